@@ -1,0 +1,245 @@
+"""Typed schemas for the config groups, and the check that runs before any work starts.
+
+Each group's YAML (``conf/<group>/*.yaml``) is merged onto its dataclass here, so a wrong type, an
+unknown key or a value outside an enum is rejected with a sentence naming the key and the allowed
+values. Cross-field rules (``scale.min < scale.max``, split ratios) are checked in :func:`validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work, explained in one sentence."""
+
+
+class Loader(str, Enum):
+    synthetic = "synthetic"
+    amazon2018 = "amazon2018"
+    exp3rt_release = "exp3rt_release"
+    tabular = "tabular"
+
+
+class DuplicatePolicy(str, Enum):
+    keep_first = "keep_first"
+    keep_latest = "keep_latest"
+    error = "error"
+
+
+class VariantPolicy(str, Enum):
+    """Amazon 5-core files repeat one review (same reviewer, text and time) across product variants."""
+
+    keep_one = "keep_one"  # keep the first copy only
+    keep_all = "keep_all"  # keep every copy as its own interaction
+
+
+class SplitStrategy(str, Enum):
+    random = "random"  # seeded random by interaction
+    per_user = "per_user"  # hold out a ratio or the last/random n of each user's interactions
+    temporal = "temporal"  # global time cut: the latest interactions are test
+    unseen_user = "unseen_user"  # whole users held out (cold start)
+    predefined = "predefined"  # the source's own split labels (e.g. EXP3RT release files)
+
+
+class HoldoutOrder(str, Enum):
+    random = "random"
+    time = "time"
+
+
+@dataclass
+class ScaleConf:
+    min: float = 1.0
+    max: float = 5.0
+    step: float = 1.0
+
+
+@dataclass
+class KCoreConf:
+    user: int = 0  # keep users with at least this many interactions (0 = no filter)
+    item: int = 0
+
+
+@dataclass
+class SyntheticWorldConf:
+    seed: int = 7
+    n_users: int = 200
+    n_items: int = 150
+    min_per_user: int = 8
+    max_per_user: int = 30
+    likes_per_user: int = 3
+    dislikes_per_user: int = 2
+    noise: float = 0.35
+    popularity_skew: float = 1.0
+
+
+@dataclass
+class ReleaseFilesConf:
+    """File names (relative to ``dataset.path``) of an EXP3RT release directory; null = absent."""
+
+    rating_train: str | None = None
+    rating_valid: str | None = None
+    rating_test: str | None = None
+    user_profiles: str | None = None
+    item_profiles: str | None = None
+    user_profile_sft: str | None = None
+    item_profile_sft: str | None = None
+    topk_dir: str | None = None
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING
+    loader: Loader = MISSING
+    domain: str = "item"  # the noun prompts use: movie / book / product
+    scale: ScaleConf = field(default_factory=ScaleConf)
+    path: str | None = None  # main file or directory
+    meta_path: str | None = None  # item metadata (Amazon meta file, generic items table)
+    format: str = "auto"  # tabular: auto | csv | tsv | jsonl | parquet
+    separator: str | None = None  # tabular: override the delimiter
+    header: bool = True  # tabular: first line names the columns
+    column_names: list[str] | None = None  # tabular without header
+    fields: dict[str, str] = field(default_factory=dict)  # canonical field -> source column
+    item_fields: dict[str, str] = field(default_factory=dict)  # canonical item field -> source column
+    encoding: str = "utf-8"
+    strict: bool = True
+    require_review: bool = True  # an empty review is bad input (false for rating-only data)
+    duplicates: DuplicatePolicy = DuplicatePolicy.keep_first
+    variants: VariantPolicy = VariantPolicy.keep_one
+    kcore: KCoreConf = field(default_factory=KCoreConf)
+    world: SyntheticWorldConf = field(default_factory=SyntheticWorldConf)
+    release: ReleaseFilesConf = field(default_factory=ReleaseFilesConf)
+
+
+@dataclass
+class SplitConf:
+    strategy: SplitStrategy = SplitStrategy.random
+    seed: int = 42  # the split seed; the training seed is the top-level `seed`
+    test_ratio: float = 0.2
+    valid_ratio: float = 0.0
+    leave_n_out: int | None = None  # per_user: hold out n per user instead of a ratio
+    order: HoldoutOrder = HoldoutOrder.random  # per_user: which interactions are held out
+    min_train_per_user: int = 1  # per_user: never hold out a user's last remaining interaction(s)
+    warm_min_train: int = 5  # a test user with at least this many training ratings is "warm"
+
+
+@dataclass
+class RatingBaselinesConf:
+    models: list[str] = field(default_factory=lambda: ["global_mean", "user_mean", "item_mean", "bias", "biased_mf"])
+    bias_reg: float = 5.0
+    bias_iters: int = 15
+    mf_factors: int = 50
+    mf_epochs: int = 30
+    mf_lr: float = 0.01
+    mf_reg: float = 0.05
+    mf_bias_reg: float = 0.01
+    mf_init_std: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class RetrieverBaselinesConf:
+    models: list[str] = field(default_factory=lambda: ["popularity", "bpr_mf", "lightgcn"])
+    num_candidates: int = 20
+    positive_threshold: float | None = None  # implicit feedback: ratings >= this count (null: all)
+    dim: int = 64
+    epochs: int = 30
+    lr: float = 0.01
+    reg: float = 1e-4
+    batch_size: int = 2048
+    lightgcn_layers: int = 3
+    seed: int = 0
+
+
+@dataclass
+class BaselinesConf:
+    rating: RatingBaselinesConf = field(default_factory=RatingBaselinesConf)
+    retrieval: RetrieverBaselinesConf = field(default_factory=RetrieverBaselinesConf)
+
+
+@dataclass
+class EvalConf:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    candidates: str = "full"  # full: rank all non-training items (the protocol is logged)
+
+
+SCHEMAS: dict[str, type] = {
+    "dataset": DatasetConf,
+    "split": SplitConf,
+    "baselines": BaselinesConf,
+    "eval": EvalConf,
+}
+
+
+def _typed(group: str, node: Any, schema: type) -> DictConfig:
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as e:  # rewrite into one sentence naming the full key
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config key '{group}.{key}': {msg}") from None
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Type-check every known group and apply cross-field rules; return the typed config.
+
+    Raises :class:`ConfigError` with a sentence naming the key and the allowed values.
+    """
+    typed = cfg.copy()
+    for group, schema in SCHEMAS.items():
+        if group in cfg and cfg[group] is not None:
+            OmegaConf.set_struct(typed, False)
+            typed[group] = _typed(group, cfg[group], schema)
+    ds = typed.get("dataset")
+    if ds is not None:
+        if not ds.scale.min < ds.scale.max:
+            raise ConfigError(
+                f"config key 'dataset.scale': min must be below max (got min={ds.scale.min}, max={ds.scale.max})"
+            )
+        if ds.scale.step <= 0:
+            raise ConfigError(f"config key 'dataset.scale.step' must be positive (got {ds.scale.step})")
+        if ds.loader != Loader.synthetic and not ds.path:
+            raise ConfigError(
+                f"config key 'dataset.path' is required for loader '{ds.loader.value}': "
+                f"pass dataset.path=/path/to/file"
+            )
+        if ds.kcore.user < 0 or ds.kcore.item < 0:
+            raise ConfigError("config keys 'dataset.kcore.user/item' must be >= 0")
+    sp = typed.get("split")
+    if sp is not None:
+        for key in ("test_ratio", "valid_ratio"):
+            if not 0.0 <= sp[key] < 1.0:
+                raise ConfigError(f"config key 'split.{key}' must be in [0, 1) (got {sp[key]})")
+        if sp.test_ratio + sp.valid_ratio >= 1.0:
+            raise ConfigError(
+                f"config keys 'split.test_ratio' + 'split.valid_ratio' must be below 1 "
+                f"(got {sp.test_ratio} + {sp.valid_ratio})"
+            )
+        if sp.leave_n_out is not None and sp.strategy != SplitStrategy.per_user:
+            raise ConfigError("config key 'split.leave_n_out' applies only to split.strategy=per_user")
+        if sp.leave_n_out is not None and sp.leave_n_out < 1:
+            raise ConfigError(f"config key 'split.leave_n_out' must be >= 1 (got {sp.leave_n_out})")
+    bl = typed.get("baselines")
+    if bl is not None:
+        known_rating = {"global_mean", "user_mean", "item_mean", "bias", "biased_mf"}
+        known_retr = {"popularity", "bpr_mf", "lightgcn"}
+        for name in bl.rating.models:
+            if name not in known_rating:
+                raise ConfigError(
+                    f"config key 'baselines.rating.models': unknown model '{name}'; allowed: {sorted(known_rating)}"
+                )
+        for name in bl.retrieval.models:
+            if name not in known_retr:
+                raise ConfigError(
+                    f"config key 'baselines.retrieval.models': unknown retriever '{name}'; allowed: {sorted(known_retr)}"
+                )
+    ev = typed.get("eval")
+    if ev is not None:
+        if any(k < 1 for k in ev.ks):
+            raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
+    return typed
