@@ -7,3 +7,14 @@ __version__ = "0.1.0"
 
 #: The repository's Hydra config directory (the package is installed in editable mode from the repo).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    # ${exp3rt_root:} is the repository root, so paths do not depend on the working directory
+    if not OmegaConf.has_resolver("exp3rt_root"):
+        OmegaConf.register_new_resolver("exp3rt_root", lambda: str(CONF_DIR.parent))
+
+
+_register_resolvers()
