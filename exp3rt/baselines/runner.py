@@ -1,0 +1,78 @@
+"""Fit and evaluate every configured baseline on one split; used by ``exp3rt-baselines`` and later by
+the pipeline. Returns a JSON-ready dict; writing files is the caller's business except candidates."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from exp3rt.data.schema import RatingScale
+from exp3rt.data.splits import Split
+from exp3rt.evaluation.metrics import mae, rmse
+
+log = logging.getLogger(__name__)
+
+
+def rating_errors(truth: np.ndarray, pred: np.ndarray, warm: np.ndarray) -> dict:
+    """RMSE/MAE overall and for warm / cold test users (``None`` where a group is empty)."""
+    out: dict = {"n": int(len(truth)), "n_warm": int(warm.sum()), "n_cold": int((~warm).sum())}
+    out["rmse"], out["mae"] = rmse(truth, pred), mae(truth, pred)
+    for tag, mask in (("warm", warm), ("cold", ~warm)):
+        out[f"rmse_{tag}"] = rmse(truth[mask], pred[mask]) if mask.any() else None
+        out[f"mae_{tag}"] = mae(truth[mask], pred[mask]) if mask.any() else None
+    return out
+
+
+def relevant_items(test: pd.DataFrame, threshold: float | None) -> dict[str, set[str]]:
+    rel = test if threshold is None else test[test["rating"] >= threshold]
+    return {u: set(g) for u, g in rel.groupby("user_id")["item_id"]}
+
+
+def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path | None = None) -> dict:
+    from exp3rt.baselines.rating import build_rating_baselines
+    from exp3rt.baselines.retrievers import build_retrievers, evaluate_retriever, write_candidates
+
+    train, test = split.train, split.test
+    truth = test["rating"].to_numpy(dtype=float)
+    warm = test["warm"].to_numpy(dtype=bool)
+    results: dict = {"rating": {}, "retrieval": {}, "timings_s": {}}
+
+    for name, model in build_rating_baselines(cfg.rating, scale).items():
+        t0 = time.perf_counter()
+        model.fit(train)
+        pred = np.asarray(model.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy()), dtype=float)
+        results["rating"][name] = rating_errors(truth, pred, warm)
+        results["timings_s"][f"rating/{name}"] = round(time.perf_counter() - t0, 3)
+        log.info("rating baseline %s: RMSE %.4f", name, results["rating"][name]["rmse"])
+
+    threshold = cfg.retrieval.positive_threshold
+    relevant = relevant_items(test, threshold)
+    users = sorted(relevant)
+    seen = {u: set(g) for u, g in train.groupby("user_id")["item_id"]}
+    for name, retriever in build_retrievers(cfg.retrieval).items():
+        t0 = time.perf_counter()
+        retriever.fit(train)
+        n = max(int(cfg.retrieval.num_candidates), max(eval_cfg.ks))
+        recs = retriever.recommend(users, n, exclude=seen)
+        results["retrieval"][name] = evaluate_retriever(recs, relevant, list(eval_cfg.ks) + [int(cfg.retrieval.num_candidates)])
+        results["timings_s"][f"retrieval/{name}"] = round(time.perf_counter() - t0, 3)
+        if out_dir is not None:
+            trimmed = {u: items[: int(cfg.retrieval.num_candidates)] for u, items in recs.items()}
+            write_candidates(trimmed, Path(out_dir) / "candidates" / f"{name}.parquet")
+    results["protocol"] = {
+        "rating": f"RMSE/MAE over {len(test)} test pairs; predictions clipped to [{scale.min}, {scale.max}]; "
+        "warm = test user has >= split.warm_min_train training ratings",
+        "topk": {
+            "candidates": eval_cfg.candidates,
+            "exclude_train_items": True,
+            "relevant": "test items" + ("" if threshold is None else f" rated >= {threshold}"),
+            "ks": list(eval_cfg.ks),
+            "num_candidates": int(cfg.retrieval.num_candidates),
+            "users": len(users),
+        },
+    }
+    return results

@@ -1,0 +1,23 @@
+"""Shared entry-point plumbing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from exp3rt.config import ConfigError
+from exp3rt.data.problems import DataError
+
+
+@contextlib.contextmanager
+def fail_cleanly(log: logging.Logger):
+    """Turn the errors a user can act on (bad config, bad input, missing file) into one clear line and
+    exit status 2 instead of a traceback; set EXP3RT_TRACEBACK=1 to see the traceback."""
+    try:
+        yield
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        if os.environ.get("EXP3RT_TRACEBACK"):
+            raise
+        log.error("%s", e)
+        raise SystemExit(f"error: {e}") from None

@@ -1,0 +1,54 @@
+"""Plain markdown tables: printed to the terminal and written into report.md files alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], digits: int = 4) -> str:
+    cells = [[fmt(c, digits) for c in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(header)]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in cells)])
+
+
+def baselines_report(metrics: dict) -> str:
+    """The exp3rt-baselines table: rating baselines, then retrievers."""
+    ds, sp = metrics["dataset"], metrics["split"]
+    tag = " — SYNTHETIC data (exp3rt synthetic world)" if ds.get("synthetic") else ""
+    counts = sp["stats"]["counts"]
+    out = [
+        f"Dataset {ds['name']}{tag}: {ds['interactions']:,} ratings, {ds['users']:,} users, {ds['items']:,} items, "
+        f"scale {ds['scale'][0]:g}–{ds['scale'][1]:g}",
+        f"Split {sp['strategy']} (seed {sp['seed']}): train {counts['train']:,} / valid {counts['valid']:,} / "
+        f"test {counts['test']:,}; test users warm {sp['stats']['test_users_warm']} / cold {sp['stats']['test_users_cold']}",
+        "",
+    ]
+    rating = metrics.get("rating", {})
+    if rating:
+        rows = [
+            [name, r["rmse"], r["mae"], r["rmse_warm"], r["rmse_cold"]] for name, r in rating.items()
+        ]
+        out += ["Rating prediction (test pairs)", markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold"], rows), ""]
+    retrieval = metrics.get("retrieval", {})
+    if retrieval:
+        ks = metrics["protocol"]["topk"]["ks"]
+        keys = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + [f"hit@{ks[-1]}"]
+        n = metrics["protocol"]["topk"]["num_candidates"]
+        keys.append(f"recall@{n}")
+        rows = [[name] + [r.get(k) for k in keys] for name, r in retrieval.items()]
+        out += [
+            f"First-stage retrieval ({metrics['protocol']['topk']['users']} test users; training items excluded; "
+            f"relevant = {metrics['protocol']['topk']['relevant']})",
+            markdown_table(["retriever", *keys], rows),
+        ]
+    return "\n".join(out)

@@ -1,0 +1,38 @@
+"""Small builders used by several test modules (test doubles live in tests/, never in the package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from exp3rt.config import validate
+from exp3rt.data.prepare import PreparedData
+from exp3rt.data.schema import Dataset, RatingScale, conform_interactions, conform_items
+
+
+def typed(group: str, node: dict):
+    """Validate one config group given as a plain dict; returns the typed node."""
+    return validate(OmegaConf.create({group: node}))[group]
+
+
+def toy_interactions(n_users: int = 30, n_items: int = 40, per_user: int = 10, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    t = 1_500_000_000
+    for u in range(n_users):
+        for i in rng.choice(n_items, size=per_user, replace=False):
+            t += int(rng.integers(1, 1000))
+            rows.append((f"u{u}", f"i{i}", float(rng.integers(1, 6)), f"review {u}-{i}", None, t, 0))
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "review", "summary", "timestamp", "helpful_votes"])
+    return conform_interactions(df)
+
+
+def toy_prepared(tmp: Path, inter: pd.DataFrame | None = None, extras: dict | None = None) -> PreparedData:
+    inter = toy_interactions() if inter is None else inter
+    items = conform_items(pd.DataFrame({"item_id": sorted(inter["item_id"].unique())}))
+    ds = Dataset("toy", "movie", RatingScale(1, 5), inter, items, extras=extras or {})
+    tmp.mkdir(parents=True, exist_ok=True)
+    return PreparedData(tmp, "toyfingerprint", ds, {}, False)

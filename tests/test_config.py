@@ -1,0 +1,73 @@
+"""Config composition and validation: every dataset and split config composes, and bad values are
+rejected before any work with a sentence naming the key and the allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from exp3rt import CONF_DIR
+from exp3rt.config import ConfigError, validate
+
+DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+SPLITS = sorted(p.stem for p in (CONF_DIR / "split").glob("*.yaml"))
+
+
+def compose_baselines(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="baselines", overrides=overrides)
+
+
+def test_config_groups_exist():
+    assert {"synthetic", "amazon_magazine", "ml100k", "release_imdb"} <= set(DATASETS)
+    assert {"random", "per_user", "temporal", "unseen_user", "predefined"} <= set(SPLITS)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_config_composes_and_validates(name, tmp_path):
+    cfg = compose_baselines([f"dataset={name}"])
+    if cfg.dataset.path is None:  # generic configs take the file from the command line
+        with pytest.raises(ConfigError, match="'dataset.path' is required"):
+            validate(cfg)
+        cfg = compose_baselines([f"dataset={name}", f"dataset.path={tmp_path}/x"])
+    typed = validate(cfg)
+    assert typed.dataset.name
+    assert typed.dataset.scale.min < typed.dataset.scale.max
+    OmegaConf.to_container(typed, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("name", SPLITS)
+def test_every_split_config_composes_and_validates(name):
+    typed = validate(compose_baselines([f"split={name}"]))
+    assert typed.split.strategy.value in {"random", "per_user", "temporal", "unseen_user", "predefined"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset.duplicates=newest"], "'dataset.duplicates': Invalid value 'newest', expected one of [keep_first, keep_latest, error]"),
+        (["dataset.loader=csv"], "'dataset.loader': Invalid value 'csv', expected one of [synthetic, amazon2018, exp3rt_release, tabular]"),
+        (["split.strategy=kfold"], "'split.strategy': Invalid value 'kfold'"),
+        (["dataset.scale.min=5", "dataset.scale.max=1"], "'dataset.scale': min must be below max"),
+        (["split.test_ratio=1.5"], "'split.test_ratio' must be in [0, 1)"),
+        (["split.test_ratio=0.6", "split.valid_ratio=0.5"], "must be below 1"),
+        (["+dataset.colour=red"], "'dataset.colour': Key 'colour' not in 'DatasetConf'"),
+        (["baselines.rating.models=[svdpp]"], "unknown model 'svdpp'; allowed:"),
+        (["eval.ks=[0,5]"], "'eval.ks' must hold positive cut-offs"),
+        (["split.leave_n_out=1"], "'split.leave_n_out' applies only to split.strategy=per_user"),
+    ],
+)
+def test_bad_values_are_rejected_with_key_and_allowed_values(overrides, message):
+    cfg = compose_baselines(overrides)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert message in str(err.value)
+
+
+def test_paths_resolve_to_the_repository():
+    cfg = compose_baselines([])
+    assert Path(cfg.paths.root_dir) == CONF_DIR.parent
+    assert cfg.paths.data_dir.endswith("artifacts/data") or "EXP3RT_ARTIFACTS" in __import__("os").environ
