@@ -57,7 +57,17 @@ _NONE_BULLET = re.compile(r"^none\.?$", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*[-*\u2022]\s?")
 # "Key: value" starts a field of an item description; keys are short capitalised words
 _DESC_KEY = re.compile(r"^([A-Z][A-Za-z &/_-]{0,30}):\s?(.*)$")
-_KNOWN_DESC_KEYS = {"Title", "Genres", "Categories", "Directors", "Director", "Cast", "Author", "Authors", "Plot"}
+_KNOWN_DESC_KEYS = {
+    "Title",
+    "Genres",
+    "Categories",
+    "Directors",
+    "Director",
+    "Cast",
+    "Author",
+    "Authors",
+    "Plot",
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,7 +233,9 @@ def _score(path: Path, index: int, record: dict, scale: RatingScale, problems: I
     try:
         value = float(raw.strip() if isinstance(raw, str) else raw)
     except ValueError:
-        problems.bad(path, index, "score", f"record {index}: {raw!r} is not a number", kind="score: not a number")
+        problems.bad(
+            path, index, "score", f"record {index}: {raw!r} is not a number", kind="score: not a number"
+        )
         return None
     if not scale.contains(value):
         problems.bad(
@@ -271,13 +283,24 @@ def read_rating_file(path: str | Path, scale: RatingScale, problems: InputProble
             continue
         rationale = rec.get("rationale")
         if rationale is not None and not isinstance(rationale, str):
-            problems.bad(path, index, "rationale", f"record {index}: expected a string, got {type(rationale).__name__}")
+            problems.bad(
+                path, index, "rationale", f"record {index}: expected a string, got {type(rationale).__name__}"
+            )
             continue
         if rationale is not None and not rationale.strip():
             problems.note("empty rationale read as missing")
             rationale = None
         rows.append(
-            (uid, iid, rating, texts["user_persona"], texts["item_synopsis"], texts["item_description"], rationale, index)
+            (
+                uid,
+                iid,
+                rating,
+                texts["user_persona"],
+                texts["item_synopsis"],
+                texts["item_description"],
+                rationale,
+                index,
+            )
         )
     df = pd.DataFrame(rows, columns=RATING_COLUMNS)
     df["rating"] = df["rating"].astype("float64")
@@ -439,13 +462,18 @@ def read_topk(directory: str | Path, problems: InputProblems) -> TopK:
     directory = Path(directory)
     missing = [name for name in TOPK_FILES if not (directory / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"top-k folder {directory} lacks {', '.join(missing)} (LightGCN format needs {TOPK_FILES})")
+        raise FileNotFoundError(
+            f"top-k folder {directory} lacks {', '.join(missing)} (LightGCN format needs {TOPK_FILES})"
+        )
     users = _read_id_map(directory / "user_list.txt", problems)
     items = _read_id_map(directory / "item_list.txt", problems)
 
     def id_map(m: dict[int, str]) -> pd.DataFrame:
         return pd.DataFrame(
-            {"org_id": pd.array(list(m.values()), dtype="string"), "remap_id": pd.array(list(m), dtype="int64")}
+            {
+                "org_id": pd.array(list(m.values()), dtype="string"),
+                "remap_id": pd.array(list(m), dtype="int64"),
+            }
         )
 
     return TopK(
@@ -484,12 +512,17 @@ def _first_per_id(ids: pd.Series, texts: pd.Series, what: str, problems: InputPr
     """One text per id (the first in file order); count ids whose records carry different texts."""
     frame = pd.DataFrame({"id": ids, "text": texts})
     varying = int((frame.groupby("id", sort=False)["text"].nunique() > 1).sum())
-    problems.note(f"{what} that differ between records of one id (kept the first; per-pair texts in pair_profiles)", varying)
+    problems.note(
+        f"{what} that differ between records of one id (kept the first; per-pair texts in pair_profiles)",
+        varying,
+    )
     first = frame.drop_duplicates("id", keep="first")
     return first["id"], first["text"]
 
 
-def _merge_profiles(from_ratings: pd.DataFrame, from_file: pd.DataFrame | None, kind: str, problems) -> pd.DataFrame:
+def _merge_profiles(
+    from_ratings: pd.DataFrame, from_file: pd.DataFrame | None, kind: str, problems
+) -> pd.DataFrame:
     """Rating-file texts win (they are the exact inputs paired with ratings and carry the average);
     the profile file adds the ids the rating files lack."""
     if from_file is None:
@@ -501,7 +534,11 @@ def _merge_profiles(from_ratings: pd.DataFrame, from_file: pd.DataFrame | None, 
             int((both["profile"] != both["profile_r"]).sum()),
         )
     extra = from_file[~from_file["id"].isin(from_ratings["id"])].assign(source="profile_file")
-    return pd.concat([from_ratings, extra], ignore_index=True) if len(from_ratings) else extra.reset_index(drop=True)
+    return (
+        pd.concat([from_ratings, extra], ignore_index=True)
+        if len(from_ratings)
+        else extra.reset_index(drop=True)
+    )
 
 
 def load_release(cfg, problems: InputProblems) -> Dataset:
@@ -514,7 +551,8 @@ def load_release(cfg, problems: InputProblems) -> Dataset:
     - ``user_profiles`` / ``item_profiles``: ``id, profile, likes, dislikes, average, source`` — one row
       per id, from the rating files' personas/synopses (``source=rating_file``) and the profile files
       for the ids the rating files lack (``source=profile_file``)
-    - ``pair_profiles``: ``user_id, item_id, split, user_profile, item_profile`` as each record gave them
+    - ``pair_profiles``: ``user_id, item_id, split, user_profile, item_profile, item_description`` as
+      each record gave them (the release varies an item's synopsis and description per target user)
     - ``rationales``: ``user_id, item_id, split, rationale`` when any rating file carries rationales
     - ``user_profile_sft`` / ``item_profile_sft``: see :func:`read_profile_sft`
     - ``topk_train`` / ``topk_test``: LightGCN implicit interactions in original ids (:func:`read_topk`)
@@ -575,14 +613,22 @@ def load_release(cfg, problems: InputProblems) -> Dataset:
         }
     )
     extras: dict[str, pd.DataFrame] = {
-        "split_labels": ratings[["user_id", "item_id", "split"]].drop_duplicates(["user_id", "item_id"]).reset_index(drop=True),
-        "pair_profiles": ratings[["user_id", "item_id", "split", "user_profile", "item_profile"]].reset_index(drop=True),
+        "split_labels": ratings[["user_id", "item_id", "split"]]
+        .drop_duplicates(["user_id", "item_id"])
+        .reset_index(drop=True),
+        "pair_profiles": ratings[
+            ["user_id", "item_id", "split", "user_profile", "item_profile", "item_description"]
+        ].reset_index(drop=True),
     }
     if ratings["rationale"].notna().any():
-        extras["rationales"] = ratings.loc[ratings["rationale"].notna(), ["user_id", "item_id", "split", "rationale"]].reset_index(drop=True)
+        extras["rationales"] = ratings.loc[
+            ratings["rationale"].notna(), ["user_id", "item_id", "split", "rationale"]
+        ].reset_index(drop=True)
 
     # items: one row per item from its first description
-    item_ids, descs = _first_per_id(ratings["item_id"], ratings["item_description"], "item descriptions", problems)
+    item_ids, descs = _first_per_id(
+        ratings["item_id"], ratings["item_description"], "item descriptions", problems
+    )
     parsed = [parse_item_description(d) for d in descs]
     items = pd.DataFrame(
         {
