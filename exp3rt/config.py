@@ -8,7 +8,7 @@ values. Cross-field rules (``scale.min < scale.max``, split ratios) are checked 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -19,27 +19,27 @@ class ConfigError(ValueError):
     """A configuration value that cannot work, explained in one sentence."""
 
 
-class Loader(str, Enum):
+class Loader(StrEnum):
     synthetic = "synthetic"
     amazon2018 = "amazon2018"
     exp3rt_release = "exp3rt_release"
     tabular = "tabular"
 
 
-class DuplicatePolicy(str, Enum):
+class DuplicatePolicy(StrEnum):
     keep_first = "keep_first"
     keep_latest = "keep_latest"
     error = "error"
 
 
-class VariantPolicy(str, Enum):
+class VariantPolicy(StrEnum):
     """Amazon 5-core files repeat one review (same reviewer, text and time) across product variants."""
 
     keep_one = "keep_one"  # keep the first copy only
     keep_all = "keep_all"  # keep every copy as its own interaction
 
 
-class SplitStrategy(str, Enum):
+class SplitStrategy(StrEnum):
     random = "random"  # seeded random by interaction
     per_user = "per_user"  # hold out a ratio or the last/random n of each user's interactions
     temporal = "temporal"  # global time cut: the latest interactions are test
@@ -47,7 +47,7 @@ class SplitStrategy(str, Enum):
     predefined = "predefined"  # the source's own split labels (e.g. EXP3RT release files)
 
 
-class HoldoutOrder(str, Enum):
+class HoldoutOrder(StrEnum):
     random = "random"
     time = "time"
 

@@ -1,11 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import toy_interactions, toy_prepared, typed
 
 from exp3rt.config import ConfigError
 from exp3rt.data.splits import assign_split, prepare_split
-
-from helpers import toy_interactions, toy_prepared, typed
 
 
 def split_cfg(**kw):

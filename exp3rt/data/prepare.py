@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from exp3rt.artifacts import FORMAT_VERSION, StagingDir, fingerprint, path_digest, read_meta, save_config, write_meta
+from exp3rt.artifacts import (
+    FORMAT_VERSION,
+    StagingDir,
+    fingerprint,
+    path_digest,
+    read_meta,
+    save_config,
+    write_meta,
+)
 from exp3rt.config import Loader
 from exp3rt.data.loaders import load_dataset, scale_of
 from exp3rt.data.problems import InputProblems
