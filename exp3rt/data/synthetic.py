@@ -172,6 +172,10 @@ def _sentence(templates, vocab: Vocab, a: Aspect, positive: bool, rnd: random.Ra
     return tpl.format(noun=noun, Noun=noun[0].upper() + noun[1:], pred=pred)
 
 
+def _pick(seq, r: float):
+    return seq[min(int(r * len(seq)), len(seq) - 1)]
+
+
 def _band(frac: float) -> int:
     """0..4: the rating band of a position ``frac`` in [0, 1] on the scale."""
     return int(min(4, max(0, np.floor(frac * 5 - 1e-9)))) if frac < 1 else 4
@@ -218,17 +222,20 @@ def _review(
         body.insert(rnd.randint(0, len(body)), rnd.choice(vocab.fillers))
     if rnd.random() < 0.4:
         body.insert(0, rnd.choice(vocab.openers))
-    if rnd.random() < 0.65:
-        body.append(rnd.choice(VERDICTS[band]).format(**fmt))
+    # Every draw below is made whatever the band, so the same world on another scale (whose
+    # rounding can move a rating into a neighbouring band) keeps the rest of its text identical.
+    r_verdict, r_verdict_pick, r_sum, r_sum_aspect, r_sum_pick = (rnd.random() for _ in range(5))
+    if r_verdict < 0.65:
+        body.append(_pick(VERDICTS[band], r_verdict_pick).format(**fmt))
     # the summary sometimes names the aspect that drove the opinion
-    if band >= 3 and praised and rnd.random() < 0.3:
-        noun = vocab.aspect(rnd.choice(praised)).nouns[0][0].removeprefix("the ")
-        summary = rnd.choice(("Great {n}", "Loved the {n}", "Worth it for the {n}")).format(n=noun)
-    elif band <= 1 and panned and rnd.random() < 0.3:
-        noun = vocab.aspect(rnd.choice(panned)).nouns[0][0].removeprefix("the ")
-        summary = rnd.choice(("Let down by the {n}", "Poor {n}", "The {n} ruined it")).format(n=noun)
+    if band >= 3 and praised and r_sum < 0.3:
+        noun = vocab.aspect(_pick(praised, r_sum_aspect)).nouns[0][0].removeprefix("the ")
+        summary = _pick(("Great {n}", "Loved the {n}", "Worth it for the {n}"), r_sum_pick).format(n=noun)
+    elif band <= 1 and panned and r_sum < 0.3:
+        noun = vocab.aspect(_pick(panned, r_sum_aspect)).nouns[0][0].removeprefix("the ")
+        summary = _pick(("Let down by the {n}", "Poor {n}", "The {n} ruined it"), r_sum_pick).format(n=noun)
     else:
-        summary = rnd.choice(SUMMARIES[band]).format(**fmt)
+        summary = _pick(SUMMARIES[band], r_sum_pick).format(**fmt)
     return " ".join(body), summary
 
 
@@ -325,6 +332,8 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
     dislike_sets = [{aspects[j] for j in np.flatnonzero(dislikes_m[u])} for u in range(n_u)]
     strong_lists = [[aspects[j] for j in np.flatnonzero(strong_m[i])] for i in range(n_i)]
     weak_lists = [[aspects[j] for j in np.flatnonzero(weak_m[i])] for i in range(n_i)]
+    titles = _titles(vocab, item_genres, rnd)
+    descriptions = [_description(vocab, titles[i], item_genres[i], strong_lists[i], rnd) for i in range(n_i)]
     reviews, summaries = [], []
     for k in range(n):
         u, i = int(uu[k]), int(ii[k])
@@ -351,14 +360,11 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
             "_line": np.arange(1, n + 1),
         }
     )
-    titles = _titles(vocab, item_genres, rnd)
     items = pd.DataFrame(
         {
             "item_id": item_ids,
             "title": titles,
-            "description": [
-                _description(vocab, titles[i], item_genres[i], strong_lists[i], rnd) for i in range(n_i)
-            ],
+            "description": descriptions,
             "categories": item_genres,
             "extra": [
                 json.dumps(
