@@ -74,8 +74,11 @@ class SyntheticWorldConf:
     max_per_user: int = 30
     likes_per_user: int = 3
     dislikes_per_user: int = 2
-    noise: float = 0.35
-    popularity_skew: float = 1.0
+    noise: float = 0.35  # std of the rating noise, in points of a 1–5 scale (scaled for other scales)
+    popularity_skew: float = 1.0  # Zipf exponent of item popularity (0 = uniform)
+    strong_per_item: int = 3
+    weak_per_item: int = 2
+    selection_bias: float = 0.5  # how much users pick items whose description promises what they like
 
 
 @dataclass
