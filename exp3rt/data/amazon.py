@@ -342,8 +342,8 @@ def _vote_with_separators(value) -> int | None:
 
 # -------------------------------------------------------------------------------------------- metadata
 
-_TAG = re.compile(r"<[^<>]*>")
-_TAG_HEAD = re.compile(r"<[^<>]*$")  # a tag cut off before its '>' (e.g. '<span class="a-size-…"')
+_TAG = re.compile(r"<[A-Za-z/!][^<>]*>")  # a tag starts with a name, '/' or '!': "3 < 4" is text
+_TAG_HEAD = re.compile(r"<[A-Za-z/!][^<>]*$")  # a tag cut off before its '>' (e.g. '<span class="a-size-…"')
 _TAG_TAIL = re.compile(r'^[^<>]*"\s*/?>')  # the end of a tag whose start was cut off (' Magazines" />')
 _SPACE = re.compile(r"[ \t\r\f\v\u00a0]+")
 _PRICE = re.compile(r"^\$\s?\d[\d,]*(\.\d+)?(\s*-\s*\$\s?\d[\d,]*(\.\d+)?)?$")
