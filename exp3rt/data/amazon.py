@@ -38,7 +38,7 @@ from exp3rt.data.textio import bad_json_reason, is_utf8, iter_line_blocks
 
 CHUNK_ROWS = 20_000  # small enough that the Python lists and Arrow builders stay small
 
-_INTER_SCHEMA = pa.schema(
+INTERACTIONS_WITH_LINE = pa.schema(
     [
         ("user_id", pa.string()),
         ("item_id", pa.string()),
@@ -152,7 +152,7 @@ def read_reviews(
                     pa.array(votes, pa.int64()),
                     pa.array(line_nos, pa.int64()),
                 ],
-                schema=_INTER_SCHEMA,
+                schema=INTERACTIONS_WITH_LINE,
             )
         )
         for col in (users, items, ratings, reviews, summaries, times, votes, line_nos):
