@@ -18,3 +18,7 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+from exp3rt.config import register_schemas as _register_schemas  # noqa: E402
+
+_register_schemas()

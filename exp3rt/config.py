@@ -246,3 +246,17 @@ def validate(cfg: DictConfig) -> DictConfig:
         if any(k < 1 for k in ev.ks):
             raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
     return typed
+
+
+def register_schemas() -> None:
+    """Register each group's schema in Hydra's ConfigStore as ``<group>/schema``.
+
+    Every YAML in ``conf/<group>/`` starts with ``defaults: [schema, _self_]``, so the composed config
+    carries every key with its default (an override never needs ``+``) and a wrong type or enum value on
+    the command line is rejected while composing, naming the key and the allowed values.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, schema in SCHEMAS.items():
+        cs.store(group=group, name="schema", node=schema)

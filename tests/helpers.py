@@ -36,3 +36,12 @@ def toy_prepared(tmp: Path, inter: pd.DataFrame | None = None, extras: dict | No
     ds = Dataset("toy", "movie", RatingScale(1, 5), inter, items, extras=extras or {})
     tmp.mkdir(parents=True, exist_ok=True)
     return PreparedData(tmp, "toyfingerprint", ds, {}, False)
+
+
+def dataset_yaml(name: str):
+    """A shipped ``conf/dataset/<name>.yaml`` as a plain node (its Hydra defaults list removed)."""
+    from exp3rt import CONF_DIR
+
+    node = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
+    node.pop("defaults", None)
+    return node

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from helpers import dataset_yaml
 from omegaconf import OmegaConf
 
 from exp3rt.config import validate
@@ -447,7 +448,7 @@ def _votes_in_file(shared_data) -> int:
 
 @pytest.mark.shared_data
 def test_shipped_magazine_config_loads(shared_data):
-    raw = OmegaConf.load(REPO / "conf" / "dataset" / "amazon_magazine.yaml")
+    raw = dataset_yaml("amazon_magazine")
     root = OmegaConf.create({"paths": {"shared_data": str(shared_data)}, "dataset": raw})
     cfg = validate(root).dataset
     assert cfg.strict is False

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import dataset_yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -504,7 +505,7 @@ def test_load_release_config_errors(tmp_path):
 
 
 def conf_cfg(name: str, shared: Path):
-    node = OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")
+    node = dataset_yaml(name)
     return validate(OmegaConf.create({"paths": {"shared_data": str(shared)}, "dataset": node})).dataset
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import dataset_yaml
 from omegaconf import OmegaConf
 
 from exp3rt.config import ConfigError, SyntheticWorldConf, validate
@@ -172,7 +173,7 @@ def test_load_dataset_gives_the_canonical_schema():
 
 @pytest.mark.parametrize("name,top", [("synthetic", 5.0), ("synthetic_imdb", 10.0)])
 def test_shipped_dataset_configs_load(name, top):
-    cfg = validate(OmegaConf.create({"dataset": OmegaConf.load(CONF / f"{name}.yaml")})).dataset
+    cfg = validate(OmegaConf.create({"dataset": dataset_yaml(name)})).dataset
     ds, _ = load_dataset(cfg)
     assert ds.name == name and ds.scale.max == top
     assert ds.interactions["rating"].max() == top

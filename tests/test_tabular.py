@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import dataset_yaml
 from omegaconf import OmegaConf
 
 from exp3rt.config import ConfigError, validate
@@ -73,7 +74,7 @@ def test_recbole_inter_with_shipped_config(tmp_path):
         tmp_path / "mini.inter",
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t881250949\n186\t302\t3\t891717742.0\n",
     )
-    raw = OmegaConf.load(REPO / "conf" / "dataset" / "ml100k.yaml")
+    raw = dataset_yaml("ml100k")
     raw.path = str(path)
     cfg = validate(OmegaConf.create({"dataset": raw})).dataset
     ds, problems = load_dataset(cfg)
@@ -312,7 +313,7 @@ def test_real_ml100k_if_given():
     inter_path = os.environ.get("EXP3RT_ML100K")
     if not inter_path or not Path(inter_path).is_file():
         pytest.skip("set EXP3RT_ML100K to RecBole's ml-100k.inter to run this test")
-    raw = OmegaConf.load(REPO / "conf" / "dataset" / "ml100k.yaml")
+    raw = dataset_yaml("ml100k")
     raw.path = inter_path
     item_path = Path(inter_path).with_suffix(".item")
     if item_path.is_file():
