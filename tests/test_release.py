@@ -470,7 +470,7 @@ def test_load_release_through_registry(tmp_path):
     d = write_release(tmp_path / "rel")
     ds, p = load_dataset(release_cfg(d))
     assert ds.summary()["interactions"] == 4 and ds.summary()["with_review"] == 0
-    assert "_line" not in ds.interactions.columns and str(ds.interactions["review"].dtype) == "string"
+    assert "_line" not in ds.interactions.columns and pd.api.types.is_string_dtype(ds.interactions["review"])
 
 
 def test_load_release_pair_in_two_splits(tmp_path):

@@ -45,6 +45,7 @@ def load_dataset(cfg, problems: InputProblems | None = None) -> tuple[Dataset, I
     loader = Loader(cfg.loader)
     dataset = _registry()[loader](cfg, problems)
     inter = dataset.interactions
+    dataset.interactions = None  # the filters below own the frame now, so they can release columns
     if "_line" not in inter.columns:
         inter = inter.assign(_line=np.arange(1, len(inter) + 1))
     inter = apply_duplicate_policy(inter, DuplicatePolicy(cfg.duplicates), problems, source=str(cfg.path or cfg.name))
@@ -59,10 +60,14 @@ def apply_duplicate_policy(
 ) -> pd.DataFrame:
     """Resolve repeated (user, item) pairs: keep the first in file order, keep the latest by
     timestamp (file order breaks ties), or raise naming both lines."""
-    dup_mask = inter.duplicated(["user_id", "item_id"], keep=False)
+    # one int64 key per pair: far less memory than hashing two string columns on millions of rows
+    users, _ = pd.factorize(inter["user_id"])
+    items, item_index = pd.factorize(inter["item_id"])
+    pair = pd.Series(users.astype(np.int64) * (len(item_index) + 1) + items, index=inter.index)
+    dup_mask = pair.duplicated(keep=False)
     if not dup_mask.any():
         return inter
-    n_extra = int(inter.duplicated(["user_id", "item_id"], keep="first").sum())
+    n_extra = int(pair.duplicated(keep="first").sum())
     if policy == DuplicatePolicy.error:
         first = inter[dup_mask].sort_values("_line").iloc[0]
         clash = inter[dup_mask & (inter.user_id == first.user_id) & (inter.item_id == first.item_id)]
@@ -74,15 +79,33 @@ def apply_duplicate_policy(
             f"duplicate pair (user {first.user_id!r}, item {first.item_id!r}) also on line {lines[0]}; "
             f"{n_extra} duplicate row(s) in all — set dataset.duplicates=keep_first or keep_latest",
         )
+    line = inter["_line"].to_numpy()
     if policy == DuplicatePolicy.keep_first:
-        out = inter.sort_values("_line", kind="stable").drop_duplicates(["user_id", "item_id"], keep="first")
+        order = np.argsort(line, kind="stable")
+        keep_sorted = ~pair.iloc[order].duplicated(keep="first").to_numpy()
     else:
         ts = inter["timestamp"] if "timestamp" in inter.columns else pd.Series(0, index=inter.index)
-        order = inter.assign(_ts=pd.to_numeric(ts, errors="coerce").fillna(-np.inf))
-        out = order.sort_values(["_ts", "_line"], kind="stable").drop_duplicates(["user_id", "item_id"], keep="last")
-        out = out.drop(columns=["_ts"]).sort_values("_line", kind="stable")
+        ts = pd.to_numeric(ts, errors="coerce").astype("float64").fillna(-np.inf).to_numpy()
+        order = np.lexsort((line, ts))  # by time, file order breaks ties; the last one wins
+        keep_sorted = ~pair.iloc[order].duplicated(keep="last").to_numpy()
+    keep = np.zeros(len(inter), dtype=bool)
+    keep[order[keep_sorted]] = True
+    del pair, users, items, order, keep_sorted
+    out = filter_rows(inter, keep)
     problems.note(f"duplicate (user, item) rows resolved by policy {policy.value}", n_extra)
     return out
+
+
+def filter_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``frame[keep]``, built one column at a time while each source column is released from
+    ``frame``: the peak is the frame plus its largest column rather than two whole frames (review text
+    dominates a million-row Amazon file). ``frame`` is emptied; callers pass a frame they own."""
+    if keep.all():
+        return frame
+    columns = {}
+    for name in list(frame.columns):
+        columns[name] = frame.pop(name)[keep].reset_index(drop=True)
+    return pd.DataFrame(columns, copy=False)
 
 
 def kcore_filter(inter: pd.DataFrame, user_k: int, item_k: int, problems: InputProblems) -> pd.DataFrame:
@@ -94,10 +117,10 @@ def kcore_filter(inter: pd.DataFrame, user_k: int, item_k: int, problems: InputP
         n = len(inter)
         if user_k > 1:
             counts = inter["user_id"].map(inter["user_id"].value_counts())
-            inter = inter[counts >= user_k]
+            inter = filter_rows(inter, (counts >= user_k).to_numpy())
         if item_k > 1:
             counts = inter["item_id"].map(inter["item_id"].value_counts())
-            inter = inter[counts >= item_k]
+            inter = filter_rows(inter, (counts >= item_k).to_numpy())
         if len(inter) == n:
             break
     problems.note(f"interactions removed by k-core filter (user>={user_k}, item>={item_k})", before - len(inter))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from exp3rt.artifacts import (
     FORMAT_VERSION,
@@ -80,6 +81,7 @@ def prepare_dataset(cfg, data_root: str | Path, force: bool = False) -> Prepared
         return PreparedData(directory, fp, _reload(cfg, directory, meta), meta.get("report", {}), True)
 
     dataset, problems = load_dataset(cfg, InputProblems(strict=bool(cfg.strict)))
+    pa.default_memory_pool().release_unused()  # hand the loader's scratch memory back before writing
     summary = dataset.summary()
     with StagingDir(directory) as tmp:
         dataset.interactions.to_parquet(tmp / "interactions.parquet", index=False)

@@ -117,31 +117,36 @@ def empty_items() -> pd.DataFrame:
     return ITEM_SCHEMA.empty_table().to_pandas()
 
 
-def conform_interactions(df: pd.DataFrame) -> pd.DataFrame:
-    """Return ``df`` with exactly the canonical interaction columns and dtypes (missing optional
-    columns are filled with nulls / zeros)."""
-    out = pd.DataFrame(index=df.index)
-    for name in INTERACTION_COLUMNS:
-        if name in df.columns:
-            out[name] = df[name]
-        elif name == "helpful_votes":
-            out[name] = 0
-        else:
-            out[name] = None
-    table = pa.Table.from_pandas(out.reset_index(drop=True), schema=INTERACTION_SCHEMA, preserve_index=False)
+def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Arrow → pandas the canonical way: nullable Int64 for integers, strings stay Arrow-backed."""
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
-def conform_items(df: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame(index=df.index)
-    for name in ITEM_COLUMNS:
-        if name in df.columns:
-            out[name] = df[name]
-        elif name == "categories":
-            out[name] = [[] for _ in range(len(df))]
-        elif name == "extra":
-            out[name] = "{}"
+def _conform(df: pd.DataFrame, schema: pa.Schema, fill: dict) -> pd.DataFrame:
+    """Canonical columns in order with the schema's dtypes. Columns that already have the right dtype
+    are kept as they are (no copy), so conforming a large loader output costs almost nothing."""
+    target = arrow_to_pandas(schema.empty_table()).dtypes
+    df = df.reset_index(drop=True)
+    out = {}
+    for f in schema:
+        if f.name in df.columns:
+            col = df[f.name]
+            if col.dtype == target[f.name]:
+                out[f.name] = col
+                continue
+            values = col.to_numpy(dtype=object, na_value=None) if f.type == pa.int64() else col
+            arr = pa.array(values, type=f.type, from_pandas=True)
         else:
-            out[name] = None
-    table = pa.Table.from_pandas(out.reset_index(drop=True), schema=ITEM_SCHEMA, preserve_index=False)
-    return table.to_pandas()
+            arr = pa.array([fill[f.name]() for _ in range(len(df))] if f.name in fill else [None] * len(df), type=f.type)
+        out[f.name] = arrow_to_pandas(pa.table({f.name: arr}))[f.name]
+    return pd.DataFrame(out, copy=False)
+
+
+def conform_interactions(df: pd.DataFrame) -> pd.DataFrame:
+    """Return ``df`` with exactly the canonical interaction columns and dtypes (missing optional
+    columns are filled with nulls / zeros)."""
+    return _conform(df, INTERACTION_SCHEMA, {"helpful_votes": lambda: 0})
+
+
+def conform_items(df: pd.DataFrame) -> pd.DataFrame:
+    return _conform(df, ITEM_SCHEMA, {"categories": list, "extra": lambda: "{}"})

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from exp3rt.artifacts import StagingDir, fingerprint, read_meta, save_config, write_meta
 from exp3rt.config import ConfigError, HoldoutOrder, SplitStrategy
 from exp3rt.data.prepare import PreparedData
+from exp3rt.data.schema import arrow_to_pandas
 
 PARTS = ("train", "valid", "test")
 
@@ -46,38 +48,42 @@ class Split:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
 
+TRAIN, VALID, TEST = 0, 1, 2  # label codes; PARTS[code] is the name
+
+
 def assign_split(inter: pd.DataFrame, cfg, extras: dict[str, pd.DataFrame] | None = None) -> np.ndarray:
     """Return an array of ``"train" | "valid" | "test"`` labels aligned with ``inter``'s rows."""
+    return np.asarray(PARTS)[split_codes(inter, cfg, extras)]
+
+
+def _tail(order: np.ndarray, n_test: int, n_valid: int, codes: np.ndarray) -> None:
+    """Label the last ``n_test`` positions of ``order`` test and the ``n_valid`` before them valid."""
+    n = len(order)
+    codes[order[n - n_test :]] = TEST
+    codes[order[n - n_test - n_valid : n - n_test]] = VALID
+
+
+def split_codes(inter: pd.DataFrame, cfg, extras: dict[str, pd.DataFrame] | None = None) -> np.ndarray:
+    """Like :func:`assign_split` but as int8 codes (TRAIN/VALID/TEST): cheap on millions of rows."""
     strategy = SplitStrategy(cfg.strategy)
     n = len(inter)
-    labels = np.full(n, "train", dtype=object)
+    codes = np.full(n, TRAIN, dtype=np.int8)
     rng = np.random.default_rng(int(cfg.seed))
     if strategy == SplitStrategy.random:
-        order = rng.permutation(n)
-        n_test, n_valid = int(round(cfg.test_ratio * n)), int(round(cfg.valid_ratio * n))
-        labels[order[n - n_test :]] = "test"
-        labels[order[n - n_test - n_valid : n - n_test]] = "valid"
+        _tail(rng.permutation(n), int(round(cfg.test_ratio * n)), int(round(cfg.valid_ratio * n)), codes)
     elif strategy == SplitStrategy.temporal:
-        ts = pd.to_numeric(inter["timestamp"], errors="coerce")
-        if ts.isna().any():
-            raise ConfigError(
-                f"split.strategy=temporal needs a timestamp on every interaction; "
-                f"{int(ts.isna().sum())} of {n} have none — use split.strategy=random or per_user"
-            )
-        order = np.lexsort((np.arange(n), ts.to_numpy()))  # by time, file order breaks ties
-        n_test, n_valid = int(round(cfg.test_ratio * n)), int(round(cfg.valid_ratio * n))
-        labels[order[n - n_test :]] = "test"
-        labels[order[n - n_test - n_valid : n - n_test]] = "valid"
+        ts = _timestamps(inter, "split.strategy=temporal needs a timestamp on every interaction",
+                         "use split.strategy=random or per_user")
+        order = np.lexsort((np.arange(n), ts))  # by time, file order breaks ties
+        _tail(order, int(round(cfg.test_ratio * n)), int(round(cfg.valid_ratio * n)), codes)
     elif strategy == SplitStrategy.per_user:
-        labels = _per_user(inter, cfg, rng)
+        codes = _per_user(inter, cfg, rng)
     elif strategy == SplitStrategy.unseen_user:
-        users = np.sort(inter["user_id"].unique())
-        perm = rng.permutation(len(users))
-        n_test, n_valid = int(round(cfg.test_ratio * len(users))), int(round(cfg.valid_ratio * len(users)))
-        test_users = set(users[perm[len(users) - n_test :]])
-        valid_users = set(users[perm[len(users) - n_test - n_valid : len(users) - n_test]])
-        labels[inter["user_id"].isin(test_users).to_numpy()] = "test"
-        labels[inter["user_id"].isin(valid_users).to_numpy()] = "valid"
+        user_codes, users = pd.factorize(inter["user_id"], sort=True)
+        n_users = len(users)
+        chosen = np.full(n_users, TRAIN, dtype=np.int8)
+        _tail(rng.permutation(n_users), int(round(cfg.test_ratio * n_users)), int(round(cfg.valid_ratio * n_users)), chosen)
+        codes = chosen[user_codes]
     elif strategy == SplitStrategy.predefined:
         given = (extras or {}).get("split_labels")
         if given is None:
@@ -92,28 +98,31 @@ def assign_split(inter: pd.DataFrame, cfg, extras: dict[str, pd.DataFrame] | Non
                 f"split.strategy=predefined: {int(key['split'].isna().sum())} interaction(s) have no split "
                 f"label, e.g. user {missing.user_id!r} item {missing.item_id!r}"
             )
-        labels = key["split"].to_numpy(dtype=object)
-    return labels
+        codes = key["split"].map({name: code for code, name in enumerate(PARTS)}).to_numpy(dtype=np.int8)
+    return codes
+
+
+def _timestamps(inter: pd.DataFrame, need: str, instead: str) -> np.ndarray:
+    ts = pd.to_numeric(inter["timestamp"], errors="coerce")
+    if ts.isna().any():
+        raise ConfigError(f"{need}; {int(ts.isna().sum())} of {len(inter)} have none — {instead}")
+    return ts.to_numpy(dtype=np.float64)
 
 
 def _per_user(inter: pd.DataFrame, cfg, rng: np.random.Generator) -> np.ndarray:
     n = len(inter)
-    users = inter["user_id"].to_numpy()
+    users, _ = pd.factorize(inter["user_id"])
     if HoldoutOrder(cfg.order) == HoldoutOrder.time:
-        ts = pd.to_numeric(inter["timestamp"], errors="coerce")
-        if ts.isna().any():
-            raise ConfigError("split.order=time needs timestamps on every interaction; use split.order=random")
-        key = ts.to_numpy(dtype=float)
+        key = _timestamps(inter, "split.order=time needs a timestamp on every interaction", "use split.order=random")
     else:
         key = rng.random(n)
-    # position of each interaction within its user, latest / highest key last
-    order = np.lexsort((key, users))
-    counts = pd.Series(users).value_counts()
-    n_u = counts.reindex(users).to_numpy()
-    pos = np.empty(n, dtype=np.int64)
+    # position of each interaction within its user, latest / highest key last (file order breaks ties)
+    order = np.lexsort((np.arange(n), key, users))
+    n_u = np.bincount(users)[users]
     sorted_users = users[order]
     starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
     group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n) - group_start
     rank_from_end = n_u - 1 - pos  # 0 = the latest / last drawn
     if cfg.leave_n_out is not None:
@@ -126,10 +135,10 @@ def _per_user(inter: pd.DataFrame, cfg, rng: np.random.Generator) -> np.ndarray:
     room = np.maximum(n_u - int(cfg.min_train_per_user), 0)
     n_test = np.minimum(n_test, room)
     n_valid = np.minimum(n_valid, room - n_test)
-    labels = np.full(n, "train", dtype=object)
-    labels[rank_from_end < n_test] = "test"
-    labels[(rank_from_end >= n_test) & (rank_from_end < n_test + n_valid)] = "valid"
-    return labels
+    codes = np.full(n, TRAIN, dtype=np.int8)
+    codes[rank_from_end < n_test] = TEST
+    codes[(rank_from_end >= n_test) & (rank_from_end < n_test + n_valid)] = VALID
+    return codes
 
 
 def _annotate_warm(parts: dict[str, pd.DataFrame], warm_min_train: int) -> None:
@@ -155,8 +164,12 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
         return Split(directory, fp, parts["train"], parts["valid"], parts["test"], meta, True)
 
     inter = prepared.dataset.interactions.reset_index(drop=True)
-    labels = assign_split(inter, cfg, prepared.dataset.extras)
-    parts = {name: inter[labels == name].reset_index(drop=True) for name in PARTS}
+    codes = split_codes(inter, cfg, prepared.dataset.extras)
+    # Arrow's chunk-wise filter: pandas' boolean indexing of Arrow-backed strings concatenated whole
+    # columns first (1M Amazon reviews: 2.0 GiB peak instead of 1.3 GiB)
+    table = pa.Table.from_pandas(inter, preserve_index=False)
+    parts = {name: arrow_to_pandas(table.filter(pa.array(codes == code))) for code, name in enumerate(PARTS)}
+    del codes, table
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ConfigError(
             f"split {SplitStrategy(cfg.strategy).value} of dataset '{prepared.dataset.name}' left "
