@@ -214,9 +214,16 @@ class _Embedding(Retriever):
                 ub, ib = uu[idx], ii[idx]
                 jb = self._negatives(ub.numpy(), pos_keys, g)
                 fu, fi = self._propagate(eu, ei)
-                pos = (fu[ub] * fi[ib]).sum(1)
-                neg = (fu[ub] * fi[jb]).sum(1)
-                ego = eu[ub].pow(2).sum() + ei[ib].pow(2).sum() + ei[jb].pow(2).sum()
+                # index_select: its backward is a plain index_add_ (advanced indexing's is an
+                # accumulating index_put_)
+                u_f, i_f, j_f = fu.index_select(0, ub), fi.index_select(0, ib), fi.index_select(0, jb)
+                pos = (u_f * i_f).sum(1)
+                neg = (u_f * j_f).sum(1)
+                ego = (
+                    eu.index_select(0, ub).pow(2).sum()
+                    + ei.index_select(0, ib).pow(2).sum()
+                    + ei.index_select(0, jb).pow(2).sum()
+                )
                 loss = -F.logsigmoid(pos - neg).mean() + self.reg * ego / (2 * len(idx))
                 opt.zero_grad()
                 loss.backward()
