@@ -185,11 +185,91 @@ class EvalConf:
     candidates: str = "full"  # full: rank all non-training items (the protocol is logged)
 
 
+class TeacherBackendName(StrEnum):
+    openai = "openai"  # any OpenAI-compatible HTTP server: OpenAI, vLLM, Ollama, llama.cpp
+    hf = "hf"  # an in-process transformers model
+    extractive = "extractive"  # no LLM: deterministic lexicon-based annotator (baseline, demo, tests)
+    release = "release"  # no calls: import the EXP3RT release annotations
+
+
+@dataclass
+class PriceConf:
+    """USD per one million tokens."""
+
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+
+
+@dataclass
+class TeacherConf:
+    backend: TeacherBackendName = TeacherBackendName.extractive
+    name: str = "extractive"  # a label for runs and W&B tags
+    model: str = "vader-lexicon"
+    # openai backend
+    base_url: str | None = None  # null = api.openai.com; e.g. http://localhost:8000/v1 for vLLM
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from config
+    organization: str | None = None
+    # sampling (the paper: temperature 0.1, max_tokens 200)
+    temperature: float = 0.1
+    max_tokens: int = 200
+    top_p: float = 1.0
+    seed: int | None = None
+    # throughput and robustness
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    repair_retries: int = 2  # re-asks when an answer breaks the stage's format
+    # cost
+    max_cost_usd: float | None = None
+    prices: dict[str, PriceConf] = field(default_factory=dict)  # model -> price
+    # hf backend
+    model_path: str | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_input_tokens: int = 2048
+    # release backend
+    release_dir: str | None = None
+
+
+class ItemReviewPolicy(StrEnum):
+    all = "all"
+    helpful = "helpful"  # top-k by helpful votes
+    similar_users = "similar_users"  # reviews by the k users most similar to the target user
+
+
+class Similarity(StrEnum):
+    rating_cosine = "rating_cosine"  # cosine on mean-centred sparse rating vectors
+    profile_embedding = "profile_embedding"  # all-MiniLM-L6-v2 embeddings of user profiles
+
+
+@dataclass
+class AnnotateConf:
+    item_policy: ItemReviewPolicy = ItemReviewPolicy.all
+    item_k: int = 3  # helpful / similar_users: how many reviews (paper: k=3 similar users)
+    item_max_reviews: int = 30  # policy all: at most this many (most helpful first)
+    similarity: Similarity = Similarity.rating_cosine
+    user_max_sets: int = 30  # summarise in groups of this many preference sets, then summarise summaries
+    context_tokens: int = 3000  # prompt budget for one profile call
+    rationale_pairs: str = "train"  # which pairs get rationales: train | train+valid
+    max_rationale_pairs: int | None = None  # cap (seeded sample) for cost control
+    consistency_check: bool = False
+    consistency_margin: float = 1.0
+    consistency_action: str = "flag"  # flag | regenerate
+    sample_seed: int = 0
+
+
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConf,
     "split": SplitConf,
     "baselines": BaselinesConf,
     "eval": EvalConf,
+    "teacher": TeacherConf,
+    "annotate": AnnotateConf,
 }
 
 

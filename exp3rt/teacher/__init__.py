@@ -1,0 +1,1 @@
+"""The teacher: distils preference sets, profiles and rationales from reviews through any LLM."""
