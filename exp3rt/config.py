@@ -263,13 +263,31 @@ class AnnotateConf:
     sample_seed: int = 0
 
 
+@dataclass
+class PromptTemplate:
+    system: str = MISSING
+    user: str = MISSING
+
+
+@dataclass
+class PromptConf:
+    version: str = MISSING
+    extract: PromptTemplate = field(default_factory=PromptTemplate)
+    user_profile: PromptTemplate = field(default_factory=PromptTemplate)
+    item_profile: PromptTemplate = field(default_factory=PromptTemplate)
+    rationale: PromptTemplate = field(default_factory=PromptTemplate)
+    consistency: PromptTemplate = field(default_factory=PromptTemplate)
+    repair: str = MISSING
+
+
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConf,
     "split": SplitConf,
     "baselines": BaselinesConf,
     "eval": EvalConf,
     "teacher": TeacherConf,
-    "annotate": AnnotateConf,
+    "annotation": AnnotateConf,
+    "prompt": PromptConf,
 }
 
 

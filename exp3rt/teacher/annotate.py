@@ -1,0 +1,304 @@
+"""Run the annotation stages for a prepared split and write their artifacts.
+
+Layout: ``<artifacts>/annotations/<dataset>-<split fp>/<teacher.name>-<fp>/`` with one file set per
+stage (see :mod:`exp3rt.teacher.stages`) plus ``meta.json`` / ``config.yaml``. The directory's
+fingerprint covers the split, the teacher's identity and sampling, the prompt texts and the annotation
+settings — so a changed prompt or model gets a new directory, while the answer cache (one sqlite file
+for all runs, content-addressed) still saves every call that is identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from exp3rt.artifacts import fingerprint, save_config, to_container, write_meta
+from exp3rt.config import ConfigError, TeacherBackendName
+from exp3rt.data.prepare import PreparedData
+from exp3rt.data.splits import Split
+from exp3rt.teacher.prompts import Prompts
+from exp3rt.teacher.stages import (
+    STAGE_ORDER,
+    AnnotationContext,
+    StageRunner,
+    extract_frame,
+    extract_works,
+    run_item_profiles,
+    run_rationales,
+    run_user_profiles,
+    write_failures,
+)
+
+log = logging.getLogger(__name__)
+
+TEACHER_IDENTITY_KEYS = ("backend", "model", "base_url", "temperature", "max_tokens", "top_p", "seed", "model_path", "repair_retries")
+
+
+@dataclass
+class AnnotationPlan:
+    directory: Path
+    fingerprint: str
+    stages: list[str]
+
+
+def teacher_identity(teacher_cfg) -> dict:
+    return {k: to_container(teacher_cfg.get(k)) for k in TEACHER_IDENTITY_KEYS}
+
+
+def annotation_dir(cfg, split: Split, prompts: Prompts) -> tuple[Path, str]:
+    fp = fingerprint(
+        "annotations",
+        split.fingerprint,
+        teacher_identity(cfg.teacher),
+        {s: prompts.version(s) for s in ("extract", "user_profile", "item_profile", "rationale", "consistency")},
+        cfg.annotation,
+    )
+    root = Path(cfg.paths.artifacts_dir) / "annotations" / f"{cfg.dataset.name}-{split.fingerprint[:12]}"
+    return root / f"{cfg.teacher.name}-{fp[:12]}", fp
+
+
+def stage_file(directory: Path, stage: str, shard: int, num_shards: int, suffix: str = "parquet") -> Path:
+    if num_shards > 1:
+        return directory / f"{stage}.shard-{shard}-of-{num_shards}.{suffix}"
+    return directory / f"{stage}.{suffix}"
+
+
+def check_run_config(cfg) -> list[str]:
+    stage = str(cfg.stage)
+    allowed = ("all", *STAGE_ORDER)
+    if stage not in allowed:
+        raise ConfigError(f"config key 'stage': '{stage}' is not one of {list(allowed)}")
+    n, i = int(cfg.num_shards), int(cfg.shard)
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"config keys 'shard'/'num_shards': need 0 <= shard < num_shards (got shard={i}, num_shards={n})")
+    if stage == "all" and n > 1:
+        raise ConfigError(
+            "stage=all runs the stages in order and each needs the whole previous stage; with num_shards > 1 "
+            "run one stage at a time (stage=extract shard=0..n-1, then stage=extract merge=true, then the next stage)"
+        )
+    if cfg.merge and stage == "all":
+        raise ConfigError("merge=true needs a single stage, e.g. stage=extract merge=true num_shards=4")
+    return list(STAGE_ORDER) if stage == "all" else [stage]
+
+
+def build_backend(teacher_cfg):
+    backend = TeacherBackendName(teacher_cfg.backend)
+    if backend == TeacherBackendName.openai:
+        from exp3rt.teacher.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(teacher_cfg)
+    if backend == TeacherBackendName.hf:
+        from exp3rt.teacher.backends.hf_backend import HFBackend
+
+        return HFBackend(teacher_cfg)
+    if backend == TeacherBackendName.extractive:
+        from exp3rt.teacher.backends.extractive import ExtractiveBackend
+
+        return ExtractiveBackend(teacher_cfg)
+    raise ConfigError("teacher.backend=release makes no calls; it is handled by import_release()")
+
+
+def _read(directory: Path, stage: str) -> pd.DataFrame:
+    path = directory / f"{stage}.parquet"
+    if not path.is_file():
+        shards = sorted(directory.glob(f"{stage}.shard-*.parquet"))
+        hint = " and merge its shards (merge=true)" if shards else ""
+        raise FileNotFoundError(f"{path} is missing: run stage={stage} first{hint}")
+    return pd.read_parquet(path)
+
+
+def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
+    """Join ``<stage>.shard-i-of-n.parquet`` for every i into ``<stage>.parquet`` (all shards required)."""
+    paths = [stage_file(directory, stage, i, num_shards) for i in range(num_shards)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot merge {stage}: shard files missing in {directory}: {missing}")
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    frame.to_parquet(directory / f"{stage}.parquet", index=False)
+    extra = directory / f"{stage}_pairs.shard-0-of-{num_shards}.parquet"
+    if extra.is_file():  # the pair → item-profile map is the same in every shard
+        pd.read_parquet(extra).to_parquet(directory / f"{stage}_pairs.parquet", index=False)
+    usages = [json.loads(stage_file(directory, stage, i, num_shards, "usage.json").read_text())
+              for i in range(num_shards) if stage_file(directory, stage, i, num_shards, "usage.json").is_file()]
+    summed: dict = {}
+    for u in usages:
+        for k, v in u.get("usage", {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                summed[k] = summed.get(k, 0) + v
+    (directory / f"{stage}.usage.json").write_text(json.dumps({"stage": stage, "merged_shards": num_shards, "usage": summed, "rows": len(frame)}, indent=2))
+    return directory / f"{stage}.parquet"
+
+
+def _summary(frame: pd.DataFrame) -> dict:
+    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+    return {"rows": int(len(frame)), "status": {str(k): int(v) for k, v in counts.items()}}
+
+
+async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path) -> dict:
+    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    runner = StageRunner(client, prompts, cfg.teacher)
+    n, i = int(cfg.num_shards), int(cfg.shard)
+    ctx = AnnotationContext(split.train, split.valid, split.test, prepared.dataset.items, prepared.dataset.scale,
+                            str(cfg.dataset.domain), cfg.annotation, shard=i, num_shards=n)
+    if cfg.dataset.get("require_review") is False and "extract" in stages:
+        if split.train["review"].isna().all():
+            raise ConfigError(
+                f"dataset '{cfg.dataset.name}' has no review text to extract preferences from; "
+                "use teacher=release to import published annotations, or a dataset with reviews"
+            )
+    report: dict = {}
+    for stage in stages:
+        out = stage_file(directory, stage, i, n)
+        if out.is_file() and not cfg.force:
+            log.info("stage %s: %s exists, skipping (force=true to redo)", stage, out)
+            report[stage] = {"skipped": True, **_summary(pd.read_parquet(out))}
+            continue
+        t0 = time.perf_counter()
+        before = client.usage_summary()
+        pair_map = None
+        if stage == "extract":
+            frame = extract_frame(await runner.run("extract", extract_works(ctx)))
+        elif stage == "user_profile":
+            frame = await run_user_profiles(runner, ctx, _read(directory, "extract"), backend.count_tokens)
+        elif stage == "item_profile":
+            uprof = None
+            if str(cfg.annotation.similarity) == "profile_embedding":
+                uprof = _read(directory, "user_profile")
+            frame, pair_map = await run_item_profiles(runner, ctx, _read(directory, "extract"), uprof, backend.count_tokens)
+        else:
+            frame = await run_rationales(runner, ctx, _read(directory, "user_profile"), _read(directory, "item_profile"),
+                                         _read(directory, "item_profile_pairs"))
+        frame.to_parquet(out, index=False)
+        if pair_map is not None:
+            pair_map.to_parquet(stage_file(directory, "item_profile_pairs", i, n), index=False)
+        failures = write_failures(frame, stage_file(directory, stage, i, n, "failures.jsonl"))
+        after = client.usage_summary()
+        usage = {k: (after[k] - before.get(k, 0)) if isinstance(after[k], int | float) and not isinstance(after[k], bool) else after[k]
+                 for k in after}
+        summary = {"stage": stage, "shard": i, "num_shards": n, **_summary(frame), "failures": failures,
+                   "seconds": round(time.perf_counter() - t0, 2), "usage": usage}
+        stage_file(directory, stage, i, n, "usage.json").write_text(json.dumps(summary, indent=2, default=str))
+        report[stage] = summary
+        log.info("stage %s: %s", stage, summary["status"])
+    return report
+
+
+def estimate_stages(cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path) -> dict:
+    """Dry run: calls, tokens and cost per stage, calling nothing. Extraction prompts are exact; later
+    stages depend on earlier answers, so their prompts are estimated from typical preference-set sizes
+    (or measured ones when the extract stage is already done)."""
+    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    runner = StageRunner(client, prompts, cfg.teacher)
+    ctx = AnnotationContext(split.train, split.valid, split.test, prepared.dataset.items, prepared.dataset.scale,
+                            str(cfg.dataset.domain), cfg.annotation, shard=int(cfg.shard), num_shards=int(cfg.num_shards))
+    out: dict = {}
+    set_tokens = 60.0
+    if (directory / "extract.parquet").is_file():
+        done = pd.read_parquet(directory / "extract.parquet")
+        ok = done[done["status"] == "ok"]["preference_set"]
+        if len(ok):
+            set_tokens = float(ok.map(backend.count_tokens).mean())
+    for stage in stages:
+        if stage == "extract":
+            est = client.estimate(runner.first_requests("extract", extract_works(ctx)))
+            out[stage] = est
+            continue
+        if stage == "user_profile":
+            sizes = ctx.train.groupby("user_id").size()
+            calls = int(sum(1 + (s > cfg.annotation.user_max_sets) * (-(-s // cfg.annotation.user_max_sets)) for s in sizes))
+            prompt_tokens = float(sizes.clip(upper=cfg.annotation.user_max_sets).sum() * set_tokens + 150 * calls)
+        elif stage == "item_profile":
+            sizes = ctx.train.groupby("item_id").size().clip(upper=cfg.annotation.item_max_reviews)
+            pairs = len(ctx.rationale_pairs()) + len(ctx.eval_pairs())
+            per_pair = str(cfg.annotation.item_policy) == "similar_users"
+            calls = int(pairs if per_pair else len(sizes) + len(ctx.rationale_pairs()))
+            k = cfg.annotation.item_k if per_pair else float(sizes.mean())
+            prompt_tokens = float(calls * (k * set_tokens + 150))
+        else:
+            calls = len(ctx.rationale_pairs()) * (2 if cfg.annotation.consistency_check else 1)
+            prompt_tokens = float(calls * (2 * 5 * 12 + 120 + 250))
+        completion = float(calls * int(cfg.teacher.max_tokens))
+        out[stage] = {"calls": calls, "cached": None, "prompt_tokens": int(prompt_tokens), "completion_tokens_max": int(completion),
+                      "cost_usd_max": client.price(prompt_tokens, completion), "estimated": True}
+    return out
+
+
+def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -> dict:
+    """teacher=release: write the EXP3RT release's published profiles and rationales as this
+    framework's user_profile / item_profile / rationale artifacts (no preference sets: the release has
+    none per review)."""
+    extras = prepared.dataset.extras
+    if "pair_profiles" not in extras:
+        raise ConfigError("teacher=release needs a dataset loaded with loader=exp3rt_release (e.g. dataset=release_imdb)")
+    pp = extras["pair_profiles"]
+    users = extras["user_profiles"].rename(columns={"id": "user_id"})
+    user_frame = pd.DataFrame({
+        "user_id": users["user_id"].astype(str), "status": "ok", "profile": users["profile"].astype(str),
+        "likes": users["likes"], "dislikes": users["dislikes"], "average": users["average"].astype("float64"),
+        "n_sets": pd.NA, "raw": None, "problem": None,
+    })
+    # the release gives each record its own item synopsis (selected for that target user): one job per pair
+    from exp3rt.data.release import split_profile
+
+    parsed = [split_profile(t) for t in pp["item_profile"]]
+    item_frame = pd.DataFrame({
+        "item_id": pp["item_id"].astype(str), "target_user": pp["user_id"].astype(str), "status": "ok",
+        "profile": pp["item_profile"].astype(str), "likes": [p[0] for p in parsed], "dislikes": [p[1] for p in parsed],
+        "average": [p[2] for p in parsed], "n_sets": pd.NA, "raw": None, "problem": None,
+    }).drop_duplicates(["item_id", "target_user"])
+    pair_map = pd.DataFrame({"user_id": pp["user_id"].astype(str), "item_id": pp["item_id"].astype(str),
+                             "job_item": pp["item_id"].astype(str), "job_user": pp["user_id"].astype(str)})
+    directory.mkdir(parents=True, exist_ok=True)
+    user_frame.to_parquet(directory / "user_profile.parquet", index=False)
+    item_frame.to_parquet(directory / "item_profile.parquet", index=False)
+    pair_map.to_parquet(directory / "item_profile_pairs.parquet", index=False)
+    report = {"user_profile": {"rows": len(user_frame), "imported": True}, "item_profile": {"rows": len(item_frame), "imported": True}}
+    if "rationales" in extras:
+        rat = extras["rationales"].merge(pp, on=["user_id", "item_id", "split"], how="left")
+        ratings = pd.concat([part[["user_id", "item_id", "rating"]] for part in (split.train, split.valid, split.test)])
+        rat = rat.merge(ratings, on=["user_id", "item_id"], how="left")
+        frame = rat.assign(status="ok", raw=None, problem=None, attempts=0)
+        frame.to_parquet(directory / "rationale.parquet", index=False)
+        report["rationale"] = {"rows": len(frame), "imported": True}
+    return report
+
+
+def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
+    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report."""
+    from exp3rt.teacher.cache import AnswerCache
+    from exp3rt.teacher.client import TeacherClient
+
+    stages = check_run_config(cfg)
+    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    directory, fp = annotation_dir(cfg, split, prompts)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, directory / "config.yaml")
+    write_meta(directory, "annotations", {"teacher": teacher_identity(cfg.teacher), "annotation": cfg.annotation,
+                                          "prompt_versions": {s: prompts.version(s) for s in STAGE_ORDER}},
+               {"split": split.fingerprint}, fp, dataset_dir=str(prepared.directory), split_dir=str(split.directory))
+    result = {"directory": str(directory), "fingerprint": fp, "stages": stages, "dry_run": bool(cfg.dry_run)}
+    if cfg.merge:
+        result["merged"] = str(merge_shards(directory, stages[0], int(cfg.num_shards)))
+        return result
+    if TeacherBackendName(cfg.teacher.backend) == TeacherBackendName.release:
+        result["report"] = import_release(cfg, prepared, split, directory)
+        return result
+    backend = build_backend(cfg.teacher)
+    cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
+    client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress))
+    try:
+        if cfg.dry_run:
+            result["estimate"] = estimate_stages(cfg, prepared, split, client, backend, stages, directory)
+            return result
+        result["report"] = asyncio.run(run_stages(cfg, prepared, split, client, backend, stages, directory))
+        result["usage"] = client.usage_summary()
+    finally:
+        asyncio.run(backend.aclose()) if hasattr(backend, "aclose") else None
+        cache.close() if hasattr(cache, "close") else None
+    return result
