@@ -350,3 +350,25 @@ def test_profile_embedding_near_duplicates_are_nearest_neighbours(monkeypatch):
     got = select_reviews(train, "m", "similar_users", k=1, max_reviews=30, target_user="p1", similarity=sim)
     assert users(got) == ["p2"]
     assert math.isclose(float(np.linalg.norm(sim.embed(["x"])[0])), 1.0, abs_tol=1e-5)
+
+
+def test_plan_agrees_with_select_reviews_on_a_random_frame():
+    """The plan's batched path (one sort, one similarity block per item) selects what
+    select_reviews selects pair by pair; votes in 0..2 and coarse times force many ties."""
+    from helpers import toy_interactions
+
+    train = toy_interactions(n_users=40, n_items=15, per_user=6, seed=1)
+    rng = np.random.default_rng(2)
+    train["helpful_votes"] = rng.integers(0, 3, len(train))
+    train["timestamp"] = rng.integers(0, 3, len(train))
+    pairs = pd.concat([train[["user_id", "item_id"]], pd.DataFrame({"user_id": ["u0", "nobody"], "item_id": ["i3", "i3"]})])
+    sim = RatingCosine().fit(train)
+    for policy in POLICIES:
+        plan = ItemProfilePlan.build(train, pairs, policy, 2, 4, sim)
+        jobs = {(r.item_id, r.target_user): r.row_ids for r in plan.jobs.itertuples()}
+        for (u, i), key in plan.pair_to_job.items():
+            expect = select_reviews(train, i, policy, 2, 4, target_user=u, similarity=sim)
+            assert jobs[key] == list(expect.index), (policy, u, i)
+        for (i, t), rows in jobs.items():
+            if t is None:
+                assert rows == list(select_reviews(train, i, policy, 2, 4).index)

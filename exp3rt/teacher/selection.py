@@ -83,6 +83,16 @@ class UserSimilarity(ABC):
         interaction out ignore it and say so.
         """
 
+    def similarity_matrix(
+        self, users: Sequence[str], candidates: Sequence[str], exclude_item: str | None = None
+    ) -> np.ndarray:
+        """``len(users) × len(candidates)``: row ``r`` is ``similarity(users[r], candidates, exclude_item)``.
+        Subclasses override it with one batched computation (the plan calls it once per item)."""
+        out = np.zeros((len(users), len(candidates)), dtype=np.float64)
+        for r, user in enumerate(users):
+            out[r] = self.similarity(user, candidates, exclude_item=exclude_item)
+        return out
+
     def top_k(self, user: str, candidates: Sequence[str], k: int, exclude_item: str | None = None) -> list[str]:
         """The ``k`` most similar distinct candidates, ties broken by user id (ascending).
 
@@ -135,41 +145,51 @@ class RatingCosine(UserSimilarity):
         if self.users is None:
             raise RuntimeError("RatingCosine: call fit(train_df) before similarity()")
 
-    def _target_vector(self, u: int, exclude_item: str | None) -> tuple[sp.csr_matrix, float]:
-        """Centred row of user index ``u`` (optionally without one item) and its norm."""
-        if exclude_item is None:
-            return self.centred[u], float(self.norms[u])
-        j = self.items.get_indexer([exclude_item])[0]
-        row = self.raw[u]
-        if j < 0 or j not in set(row.indices.tolist()):
-            return self.centred[u], float(self.norms[u])
-        keep = row.indices != j
-        cols, vals = row.indices[keep], row.data[keep]
-        if len(vals) == 0:
-            return sp.csr_matrix((1, len(self.items))), 0.0
-        centred = vals - vals.mean()
-        vec = sp.csr_matrix((centred, (np.zeros(len(cols), dtype=np.int64), cols)), shape=(1, len(self.items)))
-        return vec, float(np.sqrt(np.sum(centred**2)))
+    # dense similarity blocks are at most this many entries (targets are processed in row blocks)
+    block_entries = 4_000_000
+
+    def _target_rows(self, rows: np.ndarray, exclude_item: str | None) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Centred rating rows of user indices ``rows`` and their norms; with ``exclude_item`` each row
+        is rebuilt from the raw ratings without that item (mean recomputed over the remaining ones)."""
+        j = -1 if exclude_item is None else int(self.items.get_indexer([exclude_item])[0])
+        if j < 0:
+            return self.centred[rows], self.norms[rows]
+        raw = self.raw[rows].tocoo()
+        keep = raw.col != j
+        r, c, v = raw.row[keep], raw.col[keep], raw.data[keep]
+        n = len(rows)
+        counts = np.bincount(r, minlength=n)
+        means = np.bincount(r, weights=v, minlength=n) / np.maximum(counts, 1)
+        centred = v - means[r]
+        norms = np.sqrt(np.bincount(r, weights=centred**2, minlength=n))
+        return sp.csr_matrix((centred, (r, c)), shape=(n, len(self.items))), norms
+
+    def similarity_matrix(
+        self, users: Sequence[str], candidates: Sequence[str], exclude_item: str | None = None
+    ) -> np.ndarray:
+        self._check_fitted()
+        out = np.zeros((len(users), len(candidates)), dtype=np.float64)
+        if len(users) == 0 or len(candidates) == 0:
+            return out
+        u_idx = self.users.get_indexer(pd.Index(list(users), dtype=object))
+        c_idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
+        ku, kc = np.flatnonzero(u_idx >= 0), np.flatnonzero(c_idx >= 0)
+        if len(ku) == 0 or len(kc) == 0:
+            return out
+        targets, t_norms = self._target_rows(u_idx[ku], exclude_item)
+        cands_t = self.centred[c_idx[kc]].T.tocsc()
+        c_norms = self.norms[c_idx[kc]]
+        step = max(1, self.block_entries // len(kc))
+        for start in range(0, len(ku), step):
+            stop = min(start + step, len(ku))
+            dots = (targets[start:stop] @ cands_t).toarray()
+            denom = np.outer(t_norms[start:stop], c_norms)
+            sims = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+            out[np.ix_(ku[start:stop], kc)] = sims
+        return out
 
     def similarity(self, user: str, candidates: Sequence[str], exclude_item: str | None = None) -> np.ndarray:
-        self._check_fitted()
-        out = np.zeros(len(candidates), dtype=np.float64)
-        u = self.users.get_indexer([user])[0]
-        if u < 0 or len(candidates) == 0:
-            return out
-        vec, norm_u = self._target_vector(u, exclude_item)
-        if norm_u == 0.0:
-            return out
-        idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
-        known = np.flatnonzero(idx >= 0)
-        if len(known) == 0:
-            return out
-        rows = idx[known]
-        dots = np.asarray((self.centred[rows] @ vec.T).todense()).ravel()
-        denom = self.norms[rows] * norm_u
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[known] = np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), 0.0)
-        return out
+        return self.similarity_matrix([user], candidates, exclude_item=exclude_item)[0]
 
 
 _MISSING_EMBED = (
@@ -263,17 +283,23 @@ class ProfileEmbedding(UserSimilarity):
         self.matrix = self.embed([self.texts[u] for u in users]).astype(np.float64)
         return self
 
-    def similarity(self, user: str, candidates: Sequence[str], exclude_item: str | None = None) -> np.ndarray:
+    def similarity_matrix(
+        self, users: Sequence[str], candidates: Sequence[str], exclude_item: str | None = None
+    ) -> np.ndarray:
         if self.users is None:
             self.fit()
-        out = np.zeros(len(candidates), dtype=np.float64)
-        u = self.users.get_indexer([user])[0]
-        if u < 0 or len(candidates) == 0:
+        out = np.zeros((len(users), len(candidates)), dtype=np.float64)
+        if len(users) == 0 or len(candidates) == 0:
             return out
-        idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
-        known = np.flatnonzero(idx >= 0)
-        out[known] = self.matrix[idx[known]] @ self.matrix[u]
+        u_idx = self.users.get_indexer(pd.Index(list(users), dtype=object))
+        c_idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
+        ku, kc = np.flatnonzero(u_idx >= 0), np.flatnonzero(c_idx >= 0)
+        if len(ku) and len(kc):
+            out[np.ix_(ku, kc)] = self.matrix[u_idx[ku]] @ self.matrix[c_idx[kc]].T
         return out
+
+    def similarity(self, user: str, candidates: Sequence[str], exclude_item: str | None = None) -> np.ndarray:
+        return self.similarity_matrix([user], candidates, exclude_item=exclude_item)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,33 +333,52 @@ def _check_limits(policy: ItemReviewPolicy, k: int, max_reviews: int) -> None:
         raise ConfigError(f"annotate.item_k must be >= 1 for item_policy={policy.value} (got {k})")
 
 
-def _rank_item_rows(
-    rows: pd.DataFrame,
-    item_id: str,
-    policy: ItemReviewPolicy,
-    k: int,
-    max_reviews: int,
-    target_user: str | None,
-    similarity: UserSimilarity | None,
-) -> np.ndarray:
-    """Positions (within ``rows``: one item's training reviews) of the selected reviews, in order."""
-    if target_user is not None:
-        keep = np.flatnonzero((rows["user_id"].astype(object) != target_user).to_numpy(dtype=bool))
-    else:
-        keep = np.arange(len(rows))
-    cand = rows.iloc[keep]
-    order = helpful_order(cand)
-    if policy == ItemReviewPolicy.all:
-        return keep[order[:max_reviews]]
-    if policy == ItemReviewPolicy.helpful:
-        return keep[order[:k]]
-    # similar_users: by similarity to the target user; equal similarity (an unknown target user gives
-    # all zeros) falls back to the most-helpful order
-    users = cand["user_id"].astype(object).tolist()
-    sims = np.round(similarity.similarity(target_user, users, exclude_item=item_id), _TIE_DECIMALS)
-    helpful_rank = np.empty(len(cand), dtype=np.int64)
-    helpful_rank[order] = np.arange(len(cand))
-    return keep[np.lexsort((helpful_rank, -sims))[:k]]
+@dataclass
+class _ItemReviews:
+    """One item's training reviews in most-helpful order: positions in the training frame, and users."""
+
+    positions: np.ndarray
+    users: np.ndarray  # object array aligned with positions
+
+    @classmethod
+    def of(cls, train_df: pd.DataFrame, positions: np.ndarray) -> _ItemReviews:
+        ordered = positions[helpful_order(train_df.iloc[positions])]
+        return cls(ordered, train_df["user_id"].astype(object).to_numpy()[ordered])
+
+    def select(
+        self,
+        policy: ItemReviewPolicy,
+        k: int,
+        max_reviews: int,
+        targets: Sequence[str | None],
+        item_id: str,
+        similarity: UserSimilarity | None,
+    ) -> list[np.ndarray]:
+        """Selected positions, in prompt order, for each target user (None: no target pair). A target's
+        own review is never among them."""
+        if policy != ItemReviewPolicy.similar_users:
+            cap = max_reviews if policy == ItemReviewPolicy.all else k
+            return [self.positions[:cap] if t is None else self.positions[self.users != t][:cap] for t in targets]
+        if any(t is None for t in targets):
+            raise ValueError("item_policy=similar_users selects reviews per target user: pass target_user=")
+        n = len(self.positions)
+        if n == 0:
+            return [self.positions] * len(targets)
+        out: list[np.ndarray] = []
+        candidates = list(self.users)
+        step = max(1, 4_000_000 // n)  # bound the dense targets × reviewers block
+        for start in range(0, len(targets), step):
+            block = np.asarray(list(targets[start : start + step]), dtype=object)
+            sims = np.round(similarity.similarity_matrix(list(block), candidates, exclude_item=item_id), _TIE_DECIMALS)
+            own = self.users[None, :] == block[:, None]
+            sims[own] = -np.inf
+            # by similarity, descending; a stable sort keeps the most-helpful order among equal
+            # similarities (an unknown target user has all zeros: pure most-helpful order)
+            order = np.argsort(-sims, axis=1, kind="stable")
+            for r in range(len(block)):
+                row = order[r]
+                out.append(self.positions[row[~own[r, row]][:k]])
+        return out
 
 
 def select_reviews(
@@ -360,9 +405,8 @@ def select_reviews(
         if similarity is None:
             raise ValueError("item_policy=similar_users needs a fitted UserSimilarity: pass similarity=")
     positions = np.flatnonzero((train_df["item_id"].astype(object) == item_id).to_numpy(dtype=bool))
-    rows = train_df.iloc[positions]
-    chosen = _rank_item_rows(rows, item_id, pol, k, max_reviews, target_user, similarity)
-    return train_df.iloc[positions[chosen]]
+    reviews = _ItemReviews.of(train_df, positions)
+    return train_df.iloc[reviews.select(pol, k, max_reviews, [target_user], item_id, similarity)[0]]
 
 
 def make_similarity(conf, train_df: pd.DataFrame, profile_texts: Mapping[str, str] | None = None) -> UserSimilarity:
@@ -439,39 +483,46 @@ class ItemProfilePlan:
         else:
             pair_list = [(u, i) for u, i in pairs]
         pair_list = sorted(set(pair_list), key=lambda p: (p[1], p[0]))
+        targets_by_item: dict[str, list[str]] = {}
+        for user, item in pair_list:
+            targets_by_item.setdefault(item, []).append(user)
 
-        # group the training rows by item once (positions into train_df)
-        item_codes, item_ids = pd.factorize(train_df["item_id"].astype(object))
-        by_item_order = np.argsort(item_codes, kind="stable")
-        bounds = np.r_[0, np.cumsum(np.bincount(item_codes, minlength=len(item_ids)))]
-        item_pos = {item: by_item_order[bounds[c] : bounds[c + 1]] for c, item in enumerate(item_ids)}
-        empty = np.zeros(0, dtype=np.int64)
+        # every item's training reviews in most-helpful order, from one sort of the whole frame
         users_all = train_df["user_id"].astype(object).to_numpy()
         items_all = train_df["item_id"].astype(object).to_numpy()
         index = train_df.index
+        item_codes, item_ids = pd.factorize(items_all)
+        order = helpful_order(train_df)
+        order = order[np.argsort(item_codes[order], kind="stable")]
+        bounds = np.r_[0, np.cumsum(np.bincount(item_codes, minlength=len(item_ids)))]
+        code_of = {item: c for c, item in enumerate(item_ids)}
+        empty = _ItemReviews(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
+
+        def reviews_of(item: str) -> _ItemReviews:
+            c = code_of.get(item)
+            if c is None:
+                return empty
+            pos = order[bounds[c] : bounds[c + 1]]
+            return _ItemReviews(pos, users_all[pos])
 
         jobs: dict[JobKey, np.ndarray] = {}
         pair_to_job: dict[Pair, JobKey] = {}
-
-        def select(item: str, target: str | None) -> np.ndarray:
-            positions = item_pos.get(item, empty)
-            rows = train_df.iloc[positions]
-            return positions[_rank_item_rows(rows, item, pol, k, max_reviews, target, similarity)]
-
-        for user, item in pair_list:
+        for item, targets in targets_by_item.items():
+            reviews = reviews_of(item)
             if pol == ItemReviewPolicy.similar_users:
-                key = (item, user)
-                jobs[key] = select(item, user)
-            else:
-                shared = (item, None)
-                if shared not in jobs:
-                    jobs[shared] = select(item, None)
-                if (users_all[jobs[shared]] == user).any():
-                    key = (item, user)
-                    jobs[key] = select(item, user)
-                else:
-                    key = shared
-            pair_to_job[(user, item)] = key
+                for user, pos in zip(targets, reviews.select(pol, k, max_reviews, targets, item, similarity),
+                                     strict=True):
+                    jobs[(item, user)] = pos
+                    pair_to_job[(user, item)] = (item, user)
+                continue
+            shared = reviews.select(pol, k, max_reviews, [None], item, similarity)[0]
+            jobs[(item, None)] = shared
+            selected_users = set(users_all[shared])
+            own = [u for u in targets if u in selected_users]
+            for user, pos in zip(own, reviews.select(pol, k, max_reviews, own, item, similarity), strict=True):
+                jobs[(item, user)] = pos
+            for user in targets:
+                pair_to_job[(user, item)] = (item, user) if user in selected_users else (item, None)
 
         keys = sorted(jobs, key=lambda kk: (kk[0], kk[1] is not None, kk[1] or ""))
         records = []
