@@ -372,3 +372,13 @@ def test_plan_agrees_with_select_reviews_on_a_random_frame():
         for (i, t), rows in jobs.items():
             if t is None:
                 assert rows == list(select_reviews(train, i, policy, 2, 4).index)
+
+
+def test_make_similarity_from_conf():
+    from exp3rt.config import AnnotateConf, Similarity
+    from exp3rt.teacher.selection import make_similarity
+
+    sim = make_similarity(AnnotateConf(), COSINE)
+    assert isinstance(sim, RatingCosine) and sim.similarity("a", ["b"])[0] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="user profiles"):
+        make_similarity(AnnotateConf(similarity=Similarity.profile_embedding), COSINE)
