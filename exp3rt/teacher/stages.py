@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from exp3rt.teacher.formats import (
     render_profile,
 )
 from exp3rt.teacher.prompts import Prompts, fmt_rating
+from exp3rt.teacher.selection import round_rating
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +314,8 @@ async def run_user_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
     by_user = {u: g["preference_set"].tolist() for u, g in good.groupby("user_id", sort=False)}
     groups = {u: by_user[u] for u in users if u in by_user}
     outcomes = await summarise_groups(runner, "user_profile", groups, ctx, count_tokens)
-    averages = ctx.train.groupby("user_id")["rating"].mean().round(1).to_dict()
+    averages = {u: round_rating(Fraction(float(s)) / int(c)) for u, s, c in
+                ctx.train.groupby("user_id")["rating"].agg(["sum", "count"]).itertuples()}
     keys = [({"user_id": u}, u) for u in users]
     return profile_rows("user", keys, outcomes, {u: len(s) for u, s in groups.items()}, averages)
 
@@ -320,23 +323,35 @@ async def run_user_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
 async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, preferences: pd.DataFrame, user_profiles: pd.DataFrame | None, count_tokens) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Item profiles for every pair that needs one (rationale pairs + valid/test pairs) under the
     configured review-selection policy; returns (profiles, pair → profile map)."""
-    from exp3rt.teacher.selection import ItemProfilePlan, RatingCosine, average_rating
+    from exp3rt.teacher.selection import ItemProfilePlan, make_similarity
 
-    policy = ItemReviewPolicy(ctx.annotation.item_policy)
     similarity = None
-    if policy == ItemReviewPolicy.similar_users:
-        if Similarity(ctx.annotation.similarity) == Similarity.rating_cosine:
-            similarity = RatingCosine().fit(ctx.train)
-        else:
-            from exp3rt.teacher.selection import ProfileEmbedding
-
+    if ItemReviewPolicy(ctx.annotation.item_policy) == ItemReviewPolicy.similar_users:
+        texts = None
+        if Similarity(ctx.annotation.similarity) == Similarity.profile_embedding:
             if user_profiles is None:
                 raise ConfigError("annotation.similarity=profile_embedding needs the user_profile stage to run first")
             texts = dict(zip(user_profiles.user_id, user_profiles.profile.fillna(""), strict=True))
-            similarity = ProfileEmbedding(texts).fit(ctx.train)
-    pairs = pd.concat([ctx.rationale_pairs()[["user_id", "item_id", "split"]], ctx.eval_pairs()[["user_id", "item_id", "split"]]], ignore_index=True)
-    plan = ItemProfilePlan(ctx.train, pairs, policy, int(ctx.annotation.item_k), int(ctx.annotation.item_max_reviews), similarity)
-    jobs, pair_map = plan.jobs, plan.pair_map
+        similarity = make_similarity(ctx.annotation, ctx.train, texts)
+    pairs = pd.concat([ctx.rationale_pairs()[["user_id", "item_id"]], ctx.eval_pairs()[["user_id", "item_id"]]], ignore_index=True)
+    plan = ItemProfilePlan.from_conf(ctx.train, pairs, ctx.annotation, similarity)
+    jobs = plan.jobs
+    pair_map = pd.DataFrame(
+        [(u, i, ji, ju) for (u, i), (ji, ju) in plan.pair_to_job.items()],
+        columns=["user_id", "item_id", "job_item", "job_user"],
+    )
+    log.info("item_profile plan: %s", plan.stats)
+    sums = ctx.train.groupby("item_id")["rating"].agg(["sum", "count"])
+    own = dict(zip(zip(ctx.train.user_id, ctx.train.item_id, strict=True), ctx.train.rating, strict=True))
+
+    def item_average(item: str, target: str | None) -> float | None:
+        if item not in sums.index:
+            return None
+        s, c = float(sums.at[item, "sum"]), int(sums.at[item, "count"])
+        if target is not None and (target, item) in own:  # leave the target pair's rating out
+            s, c = s - float(own[(target, item)]), c - 1
+        return None if c == 0 else round_rating(Fraction(s) / c)
+
     set_of = {(r.user_id, r.item_id): r.preference_set for r in ok_sets(preferences).itertuples(index=False)}
     groups, counts, averages, keys = {}, {}, {}, []
     for job in jobs.itertuples(index=False):
@@ -348,7 +363,7 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
         if sets:
             groups[key] = sets
         counts[key] = len(sets)
-        averages[key] = average_rating(ctx.train, job.item_id, exclude_user=target)
+        averages[key] = item_average(job.item_id, target)
         keys.append(({"item_id": job.item_id, "target_user": target}, key))
     outcomes = await summarise_groups(runner, "item_profile", groups, ctx, count_tokens)
     return profile_rows("item", keys, outcomes, counts, averages), pair_map
