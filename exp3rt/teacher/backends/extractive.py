@@ -38,6 +38,7 @@ POLARITY_THRESHOLD = 0.05  # |compound| below this is neutral (VADER's own conve
 
 # Review vocabulary VADER lacks (valence on VADER's -4..4 scale), and aspect nouns whose own valence
 # would otherwise decide the clause ("the romance was cheesy" scores positive in plain VADER).
+# fmt: off
 LEXICON_SUPPLEMENT: dict[str, float] = {
     # negative
     "predictable": -1.5, "wooden": -1.6, "stiff": -1.2, "unconvincing": -1.6, "cheap": -1.2,
@@ -83,6 +84,7 @@ PHRASE_CUES: dict[str, float] = {
     "hoping for more": -1.8, "expected more": -1.8, "expected a lot more": -1.8, "let down": -1.6,
     "waste of": -1.6, "can't stand": -2.0, "cannot stand": -2.0, "not worth": -1.6,
 }
+# fmt: on
 # ``love story`` is a noun ("the love story was cheesy"); scoring sees it as ``story``.
 _NEUTRALISE = (("love story", "story"),)
 
@@ -130,6 +132,13 @@ GENERIC_TERMS = frozenset(
     """movie film book novel product item story read watch time money one anyone everyone someone
     complete absolute total real highly recommend recommended recommendation opinion experience
     worth expected hoping""".split()
+)
+
+
+# A clause opening with these speaks of the reviewer or the whole item, not an aspect:
+# "I was hoping for more", "It was okay overall", "A complete waste of time", "My friends had …".
+_NO_SUBJECT = frozenset(
+    "i i'm i've i'd we it it's this that a an not avoid one my here there nothing everything just quick".split()
 )
 
 
@@ -228,7 +237,11 @@ class ExtractiveBackend:
                     continue
                 if abs(pol) < POLARITY_THRESHOLD:
                     # a subject-less neighbour ("I was hoping for more, but …") lends its polarity
-                    lend = [p for c, p, s in scored[max(0, i - 1) : i + 2] if not s and abs(p) >= POLARITY_THRESHOLD]
+                    lend = [
+                        p
+                        for c, p, s in scored[max(0, i - 1) : i + 2]
+                        if not s and abs(p) >= POLARITY_THRESHOLD
+                    ]
                     pol = lend[0] if lend else (whole if len(scored) == 1 else 0.0)
                 if abs(pol) >= POLARITY_THRESHOLD:
                     out.append((core, pol))
@@ -384,9 +397,7 @@ def _has_subject(core: str) -> bool:
     if not core or len(core.split()) < 2:
         return False
     first = core.split()[0].lower()
-    if first in ("i", "i'm", "i've", "i'd", "we", "it", "it's", "this", "that", "a", "an", "not", "avoid",
-                 "one", "my", "here", "there", "nothing", "everything", "just", "quick"):
-        # "I was hoping for more", "It was okay overall", "A complete waste of time"
+    if first in _NO_SUBJECT:
         return False
     return bool(_aspect_terms(core))
 
