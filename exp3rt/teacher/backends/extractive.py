@@ -297,10 +297,19 @@ class ExtractiveBackend:
             sents.append("This user's profile states few clear preferences.")
         good = _pairs(u_like, i_like, "match") + _pairs(u_dis, i_like, "relief")
         bad = _pairs(u_like, i_dis, "miss") + _pairs(u_dis, i_dis, "peeve")
-        good_s = [_pair_sentence(u, i, tag, noun) for u, i, tag in good[:2]]
-        bad_s = [_pair_sentence(u, i, tag, noun) for u, i, tag in bad[:2]]
-        # lead with what drives the lean
-        body = good_s + bad_s if band >= 2 else bad_s + good_s
+        # the side that drives the lean leads (two sentences at most), the other side is conceded once
+        if band >= 2:
+            lead, other, concede = good, bad, "That said"
+        else:
+            lead, other, concede = bad, good, "Admittedly"
+        body = [_pair_sentence(u, i, tag, noun) for u, i, tag in lead[:2]]
+        if len(lead) < 2:  # name one more of the item's traits on the driving side, unpaired
+            side = i_like if band >= 2 else i_dis
+            rest = [b for b in side if b not in {i for _, i, _ in lead}]
+            if rest:
+                verb = "also praise" if band >= 2 else "also point out"
+                body.append(f"Reviewers {verb} that {_lc1(rest[0])}.")
+        body += [f"{concede}, {_pair_sentence(u, i, tag, noun, lower=True)}" for u, i, tag in other[:1]]
         sents += body
         if not body:
             if i_like:
@@ -452,7 +461,7 @@ def _summarise(bullets: list[str], k: int) -> list[str]:
         if not cands:
             continue
         best = min(cands, key=lambda p: (-phrase_n[p], len(p), p))
-        if forms[best] in chosen:
+        if forms[best] in chosen or covered & set(_aspect_terms(best)):
             continue
         chosen.append(forms[best])
         covered.update(_aspect_terms(best))
@@ -483,15 +492,17 @@ def _pairs(users: list[str], items: list[str], tag: str) -> list[tuple[str, str,
     return out
 
 
-def _pair_sentence(user_b: str, item_b: str, tag: str, noun: str) -> str:
+def _pair_sentence(user_b: str, item_b: str, tag: str, noun: str, lower: bool = False) -> str:
     u, i = _lc1(user_b), _lc1(item_b)
     if tag == "match":
-        return f"Reviewers of this {noun} say that {i}, which matches this user's taste, since they liked it when {u}."
-    if tag == "miss":
-        return f"However, reviewers complain that {i}, a letdown for a user who liked it when {u}."
-    if tag == "relief":
-        return f"On the bright side, reviewers say that {i}, easing this user's dislike of cases where {u}."
-    return f"Worse, reviewers report that {i}, exactly what this user disliked when {u}."
+        out = f"Reviewers of this {noun} say that {i}, which matches this user's taste, since they liked it when {u}."
+    elif tag == "miss":
+        out = f"Reviewers complain that {i}, a letdown for a user who liked it when {u}."
+    elif tag == "relief":
+        out = f"Reviewers say that {i}, which eases this user's dislike of cases where {u}."
+    else:
+        out = f"Reviewers report that {i}, exactly what this user disliked when {u}."
+    return out[:1].lower() + out[1:] if lower else out
 
 
 def _first_sentence(text: str) -> str:
