@@ -35,6 +35,11 @@ def default_answer(body: dict[str, Any]) -> str:
     return "echo: " + body["messages"][-1]["content"]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 drops bursts of new connections (1 s SYN retries)
+    daemon_threads = True
+
+
 class FakeOpenAI:
     def __init__(self, answer: Callable[[dict[str, Any]], str] = default_answer, latency_s: float = 0.0):
         self.answer = answer
@@ -50,9 +55,9 @@ class FakeOpenAI:
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     # -- control -----------------------------------------------------------------------------------
     @property
@@ -87,6 +92,7 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import random
 import time
@@ -56,6 +57,13 @@ from exp3rt.teacher.backends.base import (
 from exp3rt.teacher.cache import AnswerCache
 
 MESSAGE_OVERHEAD_TOKENS = 3  # role markers per chat message
+
+log = logging.getLogger(__name__)
+
+
+def usd(amount: float) -> str:
+    """Dollars with cents, or three significant digits below a dime (0.50, 0.0035)."""
+    return f"{amount:.2f}" if amount >= 0.1 or amount == 0 else f"{amount:.3g}"
 
 
 class BudgetExceeded(TeacherError):
@@ -340,7 +348,7 @@ class TeacherClient:
         if state.stop_reason == "budget":
             assert self.max_cost_usd is not None
             raise BudgetExceeded(
-                f"teacher.max_cost_usd={self.max_cost_usd:.2f} reached: spent ${self.usage.cost_usd:.2f} on "
+                f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached: spent ${usd(self.usage.cost_usd)} on "
                 f"{self.usage.answered} calls; {not_sent} requests not sent; rerun with a higher budget — "
                 f"answered calls are cached",
                 spent_usd=self.usage.cost_usd, calls=self.usage.answered, not_sent=not_sent, results=results,
@@ -412,11 +420,13 @@ class TeacherClient:
                     responses = [await self.backend.complete(requests[0])]
                 return responses, None
             except PermanentError as e:
+                log.error("teacher request refused, stopping the run: %s", e)
                 state.stop("permanent", e)
                 return None, e
             except TransientError as e:
                 failures += 1
                 if failures > self.max_retries or state.stop_reason == "permanent":
+                    log.warning("teacher request failed after %d attempts: %s", failures, e)
                     return None, e
                 self.usage.retries += 1
                 if e.retry_after is not None:
@@ -425,6 +435,7 @@ class TeacherClient:
                 else:
                     cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** (failures - 1))
                     delay = cap / 2 + self._rng.uniform(0, cap / 2)
+                log.debug("teacher attempt %d failed (%s); retrying in %.2fs", failures, e, delay)
                 # Sleep, but wake early if a permanent error stops the run meanwhile.
                 try:
                     await asyncio.wait_for(state.stopped.wait(), timeout=delay)

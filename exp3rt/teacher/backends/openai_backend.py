@@ -16,6 +16,7 @@ the ``Authorization`` header).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import math
@@ -132,10 +133,11 @@ class OpenAIBackend:
 
     async def complete_batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
         # An HTTP server batches on its side; the client normally calls complete() per request.
-        out = []
-        for request in requests:
-            out.append(await self.complete(request))
-        return out
+        answers = await asyncio.gather(*(self.complete(r) for r in requests), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers  # type: ignore[return-value]
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
