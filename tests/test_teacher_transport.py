@@ -422,3 +422,23 @@ def test_several_processes_can_write_one_cache(tmp_path):
                               env={"PYTHONPATH": root}) for k in range(3)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     assert AnswerCache(path).stats()["entries"] == 450
+
+
+def test_when_another_shard_answered_first_its_answer_is_used(fake_openai, tmp_path):
+    path = tmp_path / "c.sqlite"
+    other = AnswerCache(path)  # another process's connection to the same file
+    req = requests_for(1)[0]
+
+    def answer_after_the_other_shard(body):
+        other.put(req.cache_key("openai", MODEL), req, ChatResponse(text="theirs", prompt_tokens=1),
+                  backend="openai", model=MODEL)
+        return "ours"
+
+    fake_openai.answer = answer_after_the_other_shard
+    seen = []
+
+    async def on_result(r):  # async callbacks are awaited
+        seen.append(r.response.text)
+
+    _, results = run_client(make_cfg(fake_openai), [req], AnswerCache(path), on_result=on_result)
+    assert results[0].response.text == "theirs" == seen[0] and not results[0].from_cache

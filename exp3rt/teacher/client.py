@@ -169,7 +169,8 @@ class _RunState:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self, reason: str, error: PermanentError | None = None) -> None:
-        if self.stop_reason is None:
+        # A permanent error outranks a budget stop: it is what the user must fix first.
+        if self.stop_reason is None or (reason == "permanent" and self.stop_reason != "permanent"):
             self.stop_reason = reason
             self.permanent = error
         self.stopped.set()
@@ -461,8 +462,13 @@ class TeacherClient:
                 if estimate and response.prompt_tokens > estimate * self._prompt_scale:
                     self._prompt_scale = response.prompt_tokens / estimate
                 if self.cache is not None:
-                    self.cache.put(key, requests[pos], response, backend=self.backend.name,
-                                   model=self.backend.model)
+                    stored = self.cache.put(key, requests[pos], response, backend=self.backend.name,
+                                            model=self.backend.model)
+                    if not stored:  # another shard answered it first: use the answer everyone else sees
+                        first = self.cache.get(key)
+                        if first is not None:
+                            responses[pos] = ChatResponse(**{**vars(first.to_response()), "cached": False,
+                                                             "cost_usd": response.cost_usd})
             for n, index in enumerate(indices):
                 result = state.results[index]
                 if responses is not None:
