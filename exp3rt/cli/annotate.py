@@ -29,8 +29,8 @@ def annotation_table(result: dict) -> str:
     if "estimate" in result:
         rows = []
         for stage, e in result["estimate"].items():
-            rows.append([stage, e.get("calls"), e.get("cached"), e.get("prompt_tokens"), e.get("completion_tokens_max"),
-                         e.get("cost_usd_max"), "estimate" if e.get("estimated") else "exact prompts"])
+            rows.append([stage, e.get("calls"), e.get("cached"), e.get("prompt_tokens"), e.get("completion_tokens"),
+                         e.get("cost_usd"), "estimate" if e.get("estimated") else "exact prompts"])
         return "Dry run — nothing was sent\n" + markdown_table(
             ["stage", "calls to send", "cached", "prompt tokens", "max completion tokens", "max cost USD", "basis"], rows)
     if "merged" in result:
@@ -40,8 +40,8 @@ def annotation_table(result: dict) -> str:
         u = r.get("usage", {})
         st = r.get("status", {})
         rows.append([stage, r.get("rows"), st.get("ok", r.get("rows") if r.get("imported") else 0), st.get("failed", 0),
-                     "skipped (exists)" if r.get("skipped") else ("imported" if r.get("imported") else u.get("calls_sent")),
-                     u.get("cache_hits"), u.get("cost_usd"), r.get("seconds")])
+                     "skipped (exists)" if r.get("skipped") else ("imported" if r.get("imported") else u.get("calls")),
+                     u.get("cached"), u.get("cost_usd"), r.get("seconds")])
     return markdown_table(["stage", "rows", "ok", "failed", "calls sent", "cache hits", "cost USD", "seconds"], rows)
 
 

@@ -12,11 +12,14 @@ from exp3rt.data.problems import DataError
 
 @contextlib.contextmanager
 def fail_cleanly(log: logging.Logger):
-    """Turn the errors a user can act on (bad config, bad input, missing file) into one clear line and
+    """Turn the errors a user can act on (bad config, bad input, missing file, a teacher that refused or a
+    budget that ran out) into one clear line and
     exit status 2 instead of a traceback; set EXP3RT_TRACEBACK=1 to see the traceback."""
+    from exp3rt.teacher.backends.base import TeacherError
+
     try:
         yield
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, TeacherError) as e:
         if os.environ.get("EXP3RT_TRACEBACK"):
             raise
         log.error("%s", e)

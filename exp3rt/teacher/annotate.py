@@ -224,8 +224,8 @@ def estimate_stages(cfg, prepared: PreparedData, split: Split, client, backend, 
             calls = len(ctx.rationale_pairs()) * (2 if cfg.annotation.consistency_check else 1)
             prompt_tokens = float(calls * (2 * 5 * 12 + 120 + 250))
         completion = float(calls * int(cfg.teacher.max_tokens))
-        out[stage] = {"calls": calls, "cached": None, "prompt_tokens": int(prompt_tokens), "completion_tokens_max": int(completion),
-                      "cost_usd_max": client.price(prompt_tokens, completion), "estimated": True}
+        out[stage] = {"calls": calls, "cached": None, "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion),
+                      "cost_usd": client.cost(prompt_tokens, completion), "estimated": True}
     return out
 
 
@@ -292,13 +292,19 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
     backend = build_backend(cfg.teacher)
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
     client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress))
+
+    async def main() -> None:
+        try:  # one event loop for the whole run: the HTTP client is bound to it
+            if cfg.dry_run:
+                result["estimate"] = estimate_stages(cfg, prepared, split, client, backend, stages, directory)
+            else:
+                result["report"] = await run_stages(cfg, prepared, split, client, backend, stages, directory)
+                result["usage"] = client.usage_summary()
+        finally:
+            await backend.aclose()
+
     try:
-        if cfg.dry_run:
-            result["estimate"] = estimate_stages(cfg, prepared, split, client, backend, stages, directory)
-            return result
-        result["report"] = asyncio.run(run_stages(cfg, prepared, split, client, backend, stages, directory))
-        result["usage"] = client.usage_summary()
+        asyncio.run(main())
     finally:
-        asyncio.run(backend.aclose()) if hasattr(backend, "aclose") else None
-        cache.close() if hasattr(cache, "close") else None
+        cache.close()
     return result

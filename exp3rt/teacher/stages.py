@@ -118,11 +118,12 @@ class StageRunner:
             if not pending:
                 break
             requests = [self.request(stage, w, msgs, attempt) for _, w, msgs in pending]
-            results = await self.client.run(requests, desc=f"{stage} (attempt {attempt + 1})" if attempt else stage)
+            results = await self.client.run(requests)
             retry = []
             for (idx, w, msgs), res in zip(pending, results, strict=True):
-                if res.error is not None:
-                    outcomes[idx] = Outcome(w, "failed", problem=f"teacher error: {res.error}", attempts=attempt + 1)
+                if res.response is None:
+                    why = f"teacher error: {res.error}" if res.error is not None else "not sent"
+                    outcomes[idx] = Outcome(w, "failed", problem=why, attempts=attempt + 1)
                     continue
                 text = res.response.text
                 try:
@@ -435,11 +436,11 @@ async def consistency(runner: StageRunner, ctx: AnnotationContext, frame: pd.Dat
         redo = [by_key[f"{u}\t{i}"] for u, i in zip(frame.loc[off, "user_id"], frame.loc[off, "item_id"], strict=True)]
         # a fresh sample: a different attempt number gives a new cache entry for the same prompt
         requests = [runner.request("rationale", w, runner.prompts.render("rationale", **w.fields), attempt=100) for w in redo]
-        results = await runner.client.run(requests, desc="rationale (regenerate)")
+        results = await runner.client.run(requests)
         for w, res in zip(redo, results, strict=True):
             idx = frame.index[(frame.user_id == w.meta["user_id"]) & (frame.item_id == w.meta["item_id"])][0]
             try:
-                text = check_rationale(res.response.text, w.meta["rating"], ctx.scale.max) if res.error is None else None
+                text = check_rationale(res.response.text, w.meta["rating"], ctx.scale.max) if res.ok else None
             except FormatProblem:
                 text = None
             if text:
