@@ -105,3 +105,62 @@ def test_release_annotations_import(tmp_path, shared_data):
     assert users["profile"].str.contains(r"\[Like\]").all()
     pairs = pd.read_parquet(d / "item_profile_pairs.parquet")
     assert len(pairs) == 25
+
+
+def test_similar_users_policy_never_uses_the_pairs_own_review(tmp_path):
+    result = annotate(tmp_path, [*SMALL_WORLD, "annotation=paper", "stage=extract"], "x")
+    result = annotate(tmp_path, [*SMALL_WORLD, "annotation=paper", "stage=item_profile"], "i")
+    d = Path(result["directory"])
+    items = pd.read_parquet(d / "item_profile.parquet")
+    pairs = pd.read_parquet(d / "item_profile_pairs.parquet")
+    split_dir = Path(json.loads((d / "meta.json").read_text())["split_dir"])
+    train = pd.read_parquet(split_dir / "train.parquet")
+    test = pd.read_parquet(split_dir / "test.parquet")
+    assert items["target_user"].notna().all()  # one profile per (item, target user)
+    assert len(pairs) == len(train) + len(test)
+    assert items["n_sets"].max() <= 3
+    reviewers = train.groupby("item_id")["user_id"].apply(set).to_dict()
+    for row in items.itertuples(index=False):
+        assert row.target_user not in set(row.source_users)  # never the target's own review
+        assert set(row.source_users) <= reviewers.get(row.item_id, set())  # training reviews only
+
+
+def test_item_average_leaves_the_target_pairs_rating_out(tmp_path):
+    annotate(tmp_path, [*SMALL_WORLD, "stage=extract"], "x")
+    result = annotate(tmp_path, [*SMALL_WORLD, "stage=item_profile"], "i")
+    d = Path(result["directory"])
+    items = pd.read_parquet(d / "item_profile.parquet")
+    split_dir = Path(json.loads((d / "meta.json").read_text())["split_dir"])
+    train = pd.read_parquet(split_dir / "train.parquet")
+    own = train.set_index(["user_id", "item_id"])["rating"]
+    per_pair = items[items["target_user"].notna()]
+    assert len(per_pair) > 0  # under policy all, a training pair's own review forces its own profile
+    for row in per_pair.itertuples(index=False):
+        others = train[(train.item_id == row.item_id) & (train.user_id != row.target_user)]["rating"]
+        expected = None if len(others) == 0 else round_rating(Fraction(float(others.sum())) / len(others))
+        assert row.average == expected or (expected is None and pd.isna(row.average))
+        assert (row.target_user, row.item_id) in own.index
+        assert row.target_user not in set(row.source_users)
+
+
+def test_long_histories_are_summarised_in_groups(tmp_path):
+    result = annotate(tmp_path, [*SMALL_WORLD, "annotation.user_max_sets=2", "stage=extract"], "x")
+    result = annotate(tmp_path, [*SMALL_WORLD, "annotation.user_max_sets=2", "stage=user_profile"], "u")
+    d = Path(result["directory"])
+    users = pd.read_parquet(d / "user_profile.parquet")
+    usage = json.loads((d / "user_profile.usage.json").read_text())["usage"]
+    # a user with more than 2 sets needs >= 2 group calls plus >= 1 call summarising the summaries
+    big = int((users["n_sets"] > 2).sum())
+    assert big > 0
+    assert usage["requests"] >= (len(users) - big) + 3 * big
+    assert (users["status"] == "ok").all()
+
+
+def test_consistency_check_flags_rationales_that_point_elsewhere(tmp_path):
+    result = annotate(tmp_path, [*SMALL_WORLD, "annotation.consistency_check=true", "annotation.consistency_margin=0.5"])
+    rationales = pd.read_parquet(Path(result["directory"]) / "rationale.parquet")
+    ok = rationales[rationales.status == "ok"]
+    assert ok["implied_rating"].notna().all()
+    off = (ok["implied_rating"] - ok["rating"]).abs() > 0.5
+    assert (ok["flagged"] == off).all()
+    assert (ok["implied_rating"] - ok["rating"]).abs().max() <= 1.0  # the extractive lean reads back within 1

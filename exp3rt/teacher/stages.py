@@ -354,20 +354,24 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
         return None if c == 0 else round_rating(Fraction(s) / c)
 
     set_of = {(r.user_id, r.item_id): r.preference_set for r in ok_sets(preferences).itertuples(index=False)}
-    groups, counts, averages, keys = {}, {}, {}, []
+    groups, counts, averages, keys, sources = {}, {}, {}, [], {}
     for job in jobs.itertuples(index=False):
         target = job.target_user if isinstance(job.target_user, str) else None
         key = f"{job.item_id}\t{target or ''}"
         if not ctx.mine(key):
             continue
-        sets = [set_of[(u, i)] for u, i in job.review_keys if (u, i) in set_of]
+        used = [(u, i) for u, i in job.review_keys if (u, i) in set_of]
+        sets = [set_of[p] for p in used]
+        sources[key] = [u for u, _ in used]
         if sets:
             groups[key] = sets
         counts[key] = len(sets)
         averages[key] = item_average(job.item_id, target)
         keys.append(({"item_id": job.item_id, "target_user": target}, key))
     outcomes = await summarise_groups(runner, "item_profile", groups, ctx, count_tokens)
-    return profile_rows("item", keys, outcomes, counts, averages), pair_map
+    frame = profile_rows("item", keys, outcomes, counts, averages)
+    frame["source_users"] = [sources[key] for _, key in keys]  # whose reviews fed the profile
+    return frame, pair_map
 
 
 # ------------------------------------------------------------------------------------------ stage 4
