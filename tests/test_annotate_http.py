@@ -169,3 +169,15 @@ def test_killed_process_resumes_without_resending_answered_calls(tmp_path):
         assert sum(1 for c in fake.per_prompt.values() if c > 1) <= 2
     finally:
         fake.stop()
+
+
+def test_dry_run_against_openai_needs_no_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = [f"paths.artifacts_dir={tmp_path}/artifacts", "progress=false", "teacher=gpt35_turbo", "dry_run=true", *WORLD]
+    result = annotate(tmp_path, args)
+    est = result["estimate"]
+    assert est["extract"]["calls"] > 0
+    # gpt-3.5-turbo-1106 at $1 / $2 per 1M tokens: the extract cost follows from its token counts
+    expected = (est["extract"]["prompt_tokens"] * 1.0 + est["extract"]["completion_tokens"] * 2.0) / 1e6
+    assert est["extract"]["cost_usd"] == pytest.approx(expected)
+    assert "Dry run — nothing was sent" in capsys.readouterr().out

@@ -87,12 +87,12 @@ def check_run_config(cfg) -> list[str]:
     return list(STAGE_ORDER) if stage == "all" else [stage]
 
 
-def build_backend(teacher_cfg):
+def build_backend(teacher_cfg, dry_run: bool = False):
     backend = TeacherBackendName(teacher_cfg.backend)
     if backend == TeacherBackendName.openai:
         from exp3rt.teacher.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(teacher_cfg)
+        return OpenAIBackend(teacher_cfg, require_key=not dry_run)  # pricing a run needs no key
     if backend == TeacherBackendName.hf:
         from exp3rt.teacher.backends.hf_backend import HFBackend
 
@@ -289,7 +289,7 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
     if TeacherBackendName(cfg.teacher.backend) == TeacherBackendName.release:
         result["report"] = import_release(cfg, prepared, split, directory)
         return result
-    backend = build_backend(cfg.teacher)
+    backend = build_backend(cfg.teacher, dry_run=bool(cfg.dry_run))
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
     client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress))
 

@@ -79,14 +79,16 @@ def estimate_tokens(text: str) -> int:
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, cfg: Any, client: openai.AsyncOpenAI | None = None):
+    def __init__(self, cfg: Any, client: openai.AsyncOpenAI | None = None, require_key: bool = True):
+        """``require_key=False`` (dry runs) accepts a missing key: such a backend prices requests but
+        is never asked to send one."""
         self.model: str = cfg.model
         self.base_url: str | None = cfg.base_url
         self.api_key_env: str = cfg.api_key_env
         self.timeout_s: float = float(cfg.timeout_s)
         key = os.environ.get(self.api_key_env) or ""
         if not key:
-            if not is_local_url(self.base_url):
+            if require_key and not is_local_url(self.base_url):
                 where = self.base_url or "api.openai.com"
                 raise ConfigError(
                     f"teacher.backend=openai needs an API key for {where}: set the environment variable "
