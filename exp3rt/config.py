@@ -280,6 +280,45 @@ class PromptConf:
     repair: str = MISSING
 
 
+@dataclass
+class StudentConf:
+    """The student model. ``model_path`` is a local folder or a hub id (GPU machines); ``tiny`` builds a
+    random Llama with an offline tokenizer into ``model_path`` when it is missing (tests, demo)."""
+
+    name: str = "tiny"
+    model_path: str = MISSING
+    build_tiny: bool = False  # create the tiny offline Llama at model_path if absent
+    tiny_vocab: str = "bpe"
+    tiny_hidden: int = 64
+    tiny_layers: int = 2
+    dtype: str = "float32"  # float32 | bfloat16 | float16: weights as loaded
+    quantization: str | None = None  # null | 4bit (QLoRA through the `qlora` extra: bitsandbytes, GPU)
+    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
+    max_new_tokens: int = 160  # generation length for reasoning at validation / evaluation
+
+
+@dataclass
+class PeftConf:
+    method: str = "lora"  # lora | none (full fine-tune)
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # "all-linear": every linear layer but lm_head (the paper's choice); or a list of module names
+    target_modules: Any = "all-linear"
+    bias: str = "none"
+
+
+@dataclass
+class LoggerConf:
+    wandb: bool = True
+    project: str = "exp3rt"
+    entity: str | None = None
+    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    group: str | None = None  # null: the experiment name
+    tags: list[str] = field(default_factory=list)
+    csv: bool = True
+
+
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConf,
     "split": SplitConf,
@@ -288,6 +327,9 @@ SCHEMAS: dict[str, type] = {
     "teacher": TeacherConf,
     "annotation": AnnotateConf,
     "prompt": PromptConf,
+    "student": StudentConf,
+    "peft": PeftConf,
+    "logger": LoggerConf,
 }
 
 

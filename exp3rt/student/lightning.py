@@ -1,0 +1,222 @@
+"""The Lightning side of the student: a DataModule whose sampler resumes mid-epoch, and the
+LightningModule (HF model + peft) with AdamW, warm-up then constant or cosine, gradient clipping from
+the Trainer, validation loss and generation-based RMSE/MAE on a fixed validation subset."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+log = logging.getLogger(__name__)
+
+RATING_RE = re.compile(r"Predicted User Rating:\s*(-?\d+(?:\.\d+)?)")
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start part-way: after a resume it skips the examples
+    the interrupted epoch already consumed, so the data position is restored along with the step."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+        self.skip = 0  # per-rank samples to skip in the current epoch
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            idx = np.arange(self.n)
+        else:
+            idx = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        per_rank = math.ceil(self.n / self.world)
+        idx = np.resize(idx, per_rank * self.world)  # pad by wrapping so every rank sees as many
+        return idx[self.rank :: self.world]
+
+    def __iter__(self):
+        idx = self.order()[self.skip :]
+        self.skip = 0
+        return iter(idx.tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world) - self.skip
+
+
+class StudentDataModule(pl.LightningDataModule):
+    """Serves tokenised SFT datasets; ``state_dict`` (saved in every checkpoint) records the epoch and
+    how many examples of it this rank has consumed."""
+
+    def __init__(self, train_ds, val_ds, collate_fn, micro_batch_size: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        self.train_ds, self.val_ds, self.collate_fn = train_ds, val_ds, collate_fn
+        self.micro_batch_size, self.seed, self.num_workers = int(micro_batch_size), int(seed), num_workers
+        self.consumed = 0
+        self.epoch = 0
+        self._sampler: ResumableSampler | None = None
+        self._resume_skip = 0
+
+    def train_dataloader(self):
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        self._sampler = ResumableSampler(len(self.train_ds), self.seed, True, rank, world)
+        self._sampler.epoch = epoch
+        if self._resume_skip and epoch == self.epoch:
+            self._sampler.skip = self._resume_skip
+        else:
+            self.consumed = 0
+        self._resume_skip = 0
+        self.epoch = epoch
+        return DataLoader(self.train_ds, batch_size=self.micro_batch_size, sampler=self._sampler,
+                          collate_fn=self.collate_fn, num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        if self.val_ds is None or len(self.val_ds) == 0:
+            return []
+        return DataLoader(self.val_ds, batch_size=self.micro_batch_size, shuffle=False, collate_fn=self.collate_fn)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.consumed = int(state.get("consumed", 0))
+        self._resume_skip = self.consumed
+
+
+def lr_lambda(scheduler: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if scheduler == "cosine" and total > warmup:
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
+
+
+def parse_rating(text: str, scale_min: float, scale_max: float, from_text=None) -> float | None:
+    """The rating after ``Predicted User Rating:``; None when absent or outside the scale."""
+    m = RATING_RE.search(text or "")
+    if not m:
+        return None
+    try:
+        value = from_text(m.group(1)) if from_text else float(m.group(1))
+    except ValueError:
+        return None
+    return value if scale_min <= value <= scale_max else None
+
+
+class StudentModule(pl.LightningModule):
+    def __init__(self, student_cfg, peft_cfg, train_cfg, scale: tuple[float, float], gen_examples=None,
+                 tokenizer=None, rating_from_text=None, total_steps: int | None = None):
+        super().__init__()
+        self.student_cfg, self.peft_cfg, self.train_cfg = student_cfg, peft_cfg, train_cfg
+        self.scale = scale
+        self.gen_examples = list(gen_examples or [])
+        self.tokenizer = tokenizer
+        self.rating_from_text = rating_from_text
+        self.total_steps = total_steps
+        self.model = None
+        self._t_last: float | None = None
+        self._tokens = 0
+
+    # the model is built in configure_model so DeepSpeed ZeRO-3 can shard it as it is created
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from exp3rt.student.model import load_base_model, trainable_summary, wrap_peft
+
+        base = load_base_model(self.student_cfg)
+        self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
+        log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self._tokens += int(batch["attention_mask"].sum())
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "consumed"):
+            dm.consumed += int(batch["input_ids"].shape[0])
+        now = time.perf_counter()
+        if self._t_last is not None and now > self._t_last:
+            self.log("perf/tokens_per_s", self._tokens / (now - self._t_last), on_step=True, on_epoch=False)
+        self._t_last, self._tokens = now, 0
+        if torch.cuda.is_available():
+            self.log("perf/gpu_mem_gb", torch.cuda.max_memory_allocated() / 2**30, on_step=True, on_epoch=False)
+        else:
+            import psutil
+
+            self.log("perf/rss_gb", psutil.Process().memory_info().rss / 2**30, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if not (self.train_cfg.val_generate and self.gen_examples and self.tokenizer is not None):
+            return
+        if self.trainer.sanity_checking:
+            return
+        metrics = self.generate_metrics()
+        for k, v in metrics.items():
+            self.log(f"val/{k}", v, sync_dist=False, rank_zero_only=True)
+
+    @torch.no_grad()
+    def generate_metrics(self) -> dict:
+        """Decoded generation (not teacher-forced argmax) on the fixed validation subset: RMSE/MAE over
+        parsed ratings and the parse rate; unparsed answers are excluded and counted, never scored 0."""
+        from exp3rt.student.tokenize import render
+
+        was_training = self.model.training
+        self.model.eval()
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        truth, pred = [], []
+        bs = max(1, int(self.train_cfg.micro_batch_size))
+        for i in range(0, len(self.gen_examples), bs):
+            chunk = self.gen_examples[i : i + bs]
+            prompts = [render(tok, ex, add_answer=False)[0] for ex in chunk]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            out = self.model.generate(**enc, max_new_tokens=int(self.student_cfg.max_new_tokens), do_sample=False,
+                                      pad_token_id=tok.pad_token_id)
+            texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            for ex, text in zip(chunk, texts, strict=True):
+                truth.append(float(ex.meta["rating"]))
+                pred.append(parse_rating(text, *self.scale, from_text=self.rating_from_text))
+        tok.padding_side = "right"
+        if was_training:
+            self.model.train()
+        ok = [(t, p) for t, p in zip(truth, pred, strict=True) if p is not None]
+        res = {"gen_parse_rate": len(ok) / max(1, len(truth))}
+        if ok:
+            t, p = np.array(ok).T
+            res["gen_rmse"] = float(np.sqrt(np.mean((t - p) ** 2)))
+            res["gen_mae"] = float(np.mean(np.abs(t - p)))
+        return res
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        strategy = type(self.trainer.strategy).__name__ if self.trainer else ""
+        if "DeepSpeed" in strategy and getattr(self.trainer.strategy, "config", {}).get("zero_optimization", {}).get("offload_optimizer"):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            opt = DeepSpeedCPUAdam(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
+        else:
+            opt = torch.optim.AdamW(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
+        total = self.total_steps or (self.trainer.estimated_stepping_batches if self.trainer else 1000)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(str(self.train_cfg.scheduler), int(self.train_cfg.warmup_steps), int(total))
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,86 @@
+"""Load the student: an HF causal LM (local folder or hub id), optionally 4-bit, wrapped with peft."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from exp3rt.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def ensure_model_folder(student_cfg) -> Path:
+    """The model folder; for the ``tiny`` student it is built offline on first use."""
+    path = Path(student_cfg.model_path)
+    if student_cfg.build_tiny and not (path / "config.json").exists():
+        from exp3rt.models.tiny import build_tiny_llama
+
+        build_tiny_llama(path, vocab=student_cfg.tiny_vocab, hidden=int(student_cfg.tiny_hidden),
+                         layers=int(student_cfg.tiny_layers))
+    return path
+
+
+def load_tokenizer(student_cfg):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ensure_model_folder(student_cfg)))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(student_cfg):
+    from transformers import AutoModelForCausalLM
+
+    if student_cfg.dtype not in DTYPES:
+        raise ConfigError(f"config key 'student.dtype' must be one of {sorted(DTYPES)} (got {student_cfg.dtype!r})")
+    kwargs = {"dtype": DTYPES[student_cfg.dtype]}
+    if student_cfg.attn_implementation:
+        kwargs["attn_implementation"] = student_cfg.attn_implementation
+    if student_cfg.quantization == "4bit":
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError as e:  # pragma: no cover
+            raise ConfigError("student.quantization=4bit needs bitsandbytes: pip install -e '.[qlora]'") from e
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    elif student_cfg.quantization not in (None, "none"):
+        raise ConfigError(f"config key 'student.quantization' must be null or 4bit (got {student_cfg.quantization!r})")
+    return AutoModelForCausalLM.from_pretrained(str(ensure_model_folder(student_cfg)), **kwargs)
+
+
+def wrap_peft(model, peft_cfg, gradient_checkpointing: bool = False):
+    """LoRA on the configured modules (``all-linear``: every linear layer but the output head), or the
+    bare model for a full fine-tune."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if peft_cfg.method == "none":
+        return model
+    if peft_cfg.method != "lora":
+        raise ConfigError(f"config key 'peft.method' must be lora or none (got {peft_cfg.method!r})")
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    targets = peft_cfg.target_modules
+    targets = targets if isinstance(targets, str) else list(targets)
+    config = LoraConfig(r=int(peft_cfg.r), lora_alpha=int(peft_cfg.alpha), lora_dropout=float(peft_cfg.dropout),
+                        target_modules=targets, bias=peft_cfg.bias, task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def trainable_summary(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": int(total), "params_trainable": int(trainable)}

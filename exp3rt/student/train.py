@@ -1,0 +1,178 @@
+"""``exp3rt-train`` without Hydra: examples → tokenised datasets → Lightning fit → adapter.
+
+Run directory: ``config.yaml`` (resolved, secrets removed), ``checkpoints/last.ckpt`` (full state for
+resume: step, optimizer, scheduler, data position), ``adapter/`` (adapter-only weights + tokenizer for
+use), ``train.json`` (what was trained on and the final metrics), ``wandb/`` and ``csv/`` logs.
+Resume: rerun with the same run dir and ``ckpt_path=last``; W&B continues the same run id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exp3rt.artifacts import save_config, scrub_secrets, to_container
+from exp3rt.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def find_annotation_dir(cfg, prepared, split) -> Path:
+    """The teacher artifacts this student learns from: ``annotations_dir`` when given, else the
+    directory ``exp3rt-annotate`` writes for the same dataset, split, teacher, prompt and annotation
+    settings."""
+    if cfg.get("annotations_dir"):
+        path = Path(cfg.annotations_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"annotations_dir does not exist: {path}")
+        return path
+    from exp3rt.teacher.annotate import annotation_dir
+    from exp3rt.teacher.prompts import Prompts
+
+    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    path, _ = annotation_dir(cfg, split, prompts)
+    needed = [s for s in ("user_profile", "item_profile", "rationale") if not (path / f"{s}.parquet").is_file()]
+    if needed:
+        raise FileNotFoundError(
+            f"no teacher annotations for this dataset/split/teacher in {path} (missing: {', '.join(needed)}): "
+            f"run exp3rt-annotate with the same dataset, split and teacher first, or pass annotations_dir=..."
+        )
+    return path
+
+
+def resolve_ckpt(ckpt_path, run_dir: Path) -> str | None:
+    if ckpt_path in (None, "", "none"):
+        return None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            log.warning("ckpt_path=last but %s does not exist: starting fresh", last)
+            return None
+        return str(last)
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path does not exist: {ckpt_path}")
+    return str(ckpt_path)
+
+
+def wandb_logger(cfg, run_dir: Path, run_name: str):
+    """A W&B logger that continues the run id stored in the run dir (so a resume appends to the same
+    run); the whole resolved config, secrets removed, is logged once on rank zero."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    id_file = run_dir / "wandb_run_id.txt"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        import wandb
+
+        run_id = wandb.util.generate_id()
+        id_file.write_text(run_id)
+    tags = [str(t) for t in cfg.logger.tags] + [
+        f"dataset:{cfg.dataset.name}", f"teacher:{cfg.teacher.name}", f"student:{cfg.student.name}",
+        f"ablation:{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}",
+    ]
+    return WandbLogger(
+        project=cfg.logger.project, entity=cfg.logger.entity, name=run_name, id=run_id, resume="allow",
+        group=cfg.logger.group or cfg.get("experiment_name") or "default", tags=tags, save_dir=str(run_dir),
+        offline=cfg.logger.mode == "offline", mode="disabled" if cfg.logger.mode == "disabled" else None,
+        log_model=False,
+    )
+
+
+def train(cfg, run_dir: Path) -> dict:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.splits import prepare_split
+    from exp3rt.student.examples import build_examples
+    from exp3rt.student.lightning import StudentDataModule, StudentModule
+    from exp3rt.student.model import load_tokenizer
+    from exp3rt.student.ratings import RatingTokens
+    from exp3rt.student.strategies import build_strategy
+    from exp3rt.student.tokenize import build_dataset, collate
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    pl.seed_everything(int(cfg.train.seed), workers=True)
+    prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
+    split = prepare_split(prepared, cfg.split)
+    ann_dir = find_annotation_dir(cfg, prepared, split)
+    scale = prepared.dataset.scale
+    ratings = RatingTokens.from_config(scale, offset=float(cfg.sft.rating_offset))
+    examples = build_examples(ann_dir, split, prepared.dataset.items, str(cfg.dataset.domain), scale, cfg.sft,
+                              ablation=cfg.ablation)
+    tokenizer = load_tokenizer(cfg.student)
+    train_examples = list(examples["train"])
+    if not train_examples:
+        raise ConfigError(f"no training examples for tasks {list(cfg.sft.tasks)} from {ann_dir}")
+    # validation loss: a deterministic slice of the training examples; generation: valid rating pairs
+    rng = np.random.default_rng(int(cfg.train.seed))
+    n_val = int(round(float(cfg.sft.val_fraction) * len(train_examples)))
+    order = rng.permutation(len(train_examples))
+    val_loss_examples = [train_examples[i] for i in order[:n_val]]
+    fit_examples = [train_examples[i] for i in order[n_val:]]
+    gen_pool = [e for e in examples.get("valid", []) if e.task == "rating"] or [e for e in examples.get("test", []) if e.task == "rating"]
+    gen_examples = gen_pool[: int(cfg.train.val_generate_samples)]
+    cache_dir = Path(cfg.sft.cache_dir) if cfg.sft.get("cache_dir") else ann_dir / "sft_cache"
+    report: dict = {}
+    train_ds = build_dataset(fit_examples, tokenizer, int(cfg.train.max_length), cache_dir, report=report)
+    val_ds = build_dataset(val_loss_examples, tokenizer, int(cfg.train.max_length), cache_dir) if val_loss_examples else None
+
+    micro = int(cfg.train.micro_batch_size)
+    dm = StudentDataModule(train_ds, val_ds, lambda b: collate(b, tokenizer.pad_token_id), micro, int(cfg.train.seed))
+    module = StudentModule(cfg.student, cfg.peft, cfg.train, (scale.min, scale.max), gen_examples, tokenizer,
+                           rating_from_text=ratings.from_text)
+
+    run_name = cfg.get("run_name") or f"{cfg.student.name}-{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}-{cfg.dataset.name}"
+    loggers = []
+    if cfg.logger.csv:
+        from pytorch_lightning.loggers import CSVLogger
+
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=0))
+    if cfg.logger.wandb and cfg.logger.mode != "disabled":
+        wb = wandb_logger(cfg, run_dir, run_name)
+        loggers.append(wb)
+    tc = cfg.trainer
+    trainer = pl.Trainer(
+        accelerator=str(tc.accelerator), devices=int(tc.devices), num_nodes=int(tc.num_nodes),
+        precision=str(tc.precision), strategy=build_strategy(tc, cfg.deepspeed, micro_batch_size=micro),
+        max_steps=int(tc.max_steps), max_epochs=tc.max_epochs,
+        accumulate_grad_batches=int(tc.accumulate_grad_batches or 1),
+        gradient_clip_val=tc.gradient_clip_val, val_check_interval=tc.val_check_interval,
+        log_every_n_steps=int(tc.log_every_n_steps), limit_val_batches=tc.limit_val_batches,
+        deterministic=bool(tc.deterministic), default_root_dir=str(run_dir), logger=loggers or False,
+        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+                   LearningRateMonitor(logging_interval="step")],
+        enable_progress_bar=bool(cfg.get("progress", True)), num_sanity_val_steps=0,
+    )
+    if loggers and trainer.is_global_zero:
+        for lg in loggers:
+            lg.log_hyperparams(scrub_secrets(to_container(cfg)))
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), run_dir))
+    finally:
+        for lg in loggers:
+            if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
+                try:
+                    lg.experiment.finish()
+                except Exception:  # noqa: BLE001 - closing must never hide the training error
+                    pass
+    seconds = time.perf_counter() - t0
+    result = {
+        "run_dir": str(run_dir), "annotations_dir": str(ann_dir), "global_step": int(trainer.global_step),
+        "examples": {"train": len(fit_examples), "val_loss": len(val_loss_examples), "val_generate": len(gen_examples)},
+        "example_report": examples.report, "tokenize_report": report, "seconds": round(seconds, 2),
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+    if trainer.is_global_zero:
+        adapter = run_dir / "adapter"
+        module.model.save_pretrained(str(adapter))
+        tokenizer.save_pretrained(str(adapter))
+        (run_dir / "train.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
