@@ -317,6 +317,111 @@ class LoggerConf:
     group: str | None = None  # null: the experiment name
     tags: list[str] = field(default_factory=list)
     csv: bool = True
+class Accelerator(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class StrategyName(StrEnum):
+    auto = "auto"  # one device (Lightning's SingleDeviceStrategy)
+    ddp = "ddp"
+    deepspeed = "deepspeed"  # needs a `deepspeed` group other than `none`
+
+
+class SchedulerName(StrEnum):
+    constant = "constant"  # after linear warm-up
+    cosine = "cosine"  # linear warm-up, then cosine decay to 0 at trainer.max_steps
+
+
+#: Lightning precision strings this project supports (OmegaConf enums match names, and "32-true" is not
+#: a Python name, so precision is a string checked in :func:`validate`).
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+
+
+@dataclass
+class TrainerConf:
+    """Arguments of ``pytorch_lightning.Trainer`` that a user reaches for, plus how the job was launched.
+
+    ``strategy`` is a name; :func:`exp3rt.student.strategies.build_strategy` turns it (with the
+    ``deepspeed`` group) into what the Trainer takes.
+    """
+
+    accelerator: Accelerator = Accelerator.cpu
+    devices: int = 1  # processes per node (one per GPU)
+    num_nodes: int = 1
+    precision: str = "32-true"  # one of PRECISIONS; 16-mixed needs a GPU
+    strategy: StrategyName = StrategyName.auto
+    process_group_backend: str | None = None  # null: nccl on GPU, gloo on CPU
+    max_steps: int = -1  # -1: run max_epochs
+    max_epochs: int | None = 1
+    # null: derived from train.batch_size (see validate); set: must agree with it
+    accumulate_grad_batches: int | None = None
+    gradient_clip_val: float | None = None
+    val_check_interval: Any = None  # int: every n training batches; float in (0, 1]: fraction of an epoch
+    log_every_n_steps: int = 50
+    limit_val_batches: Any = None  # int: batches; float in [0, 1]: fraction
+    deterministic: bool = False
+    # the SLURM launcher's tasks_per_node (one task per device); null when not launched by SLURM
+    slurm_tasks_per_node: int | None = None
+
+
+@dataclass
+class DeepSpeedConf:
+    """DeepSpeed ZeRO in Lightning's dialect (``DeepSpeedStrategy(config=...)``), typed.
+
+    :func:`exp3rt.student.strategies.deepspeed_config` turns this into the dict. Lightning fills
+    ``gradient_accumulation_steps`` from ``trainer.accumulate_grad_batches`` (and raises if the dict
+    has it), ``gradient_clipping`` from ``trainer.gradient_clip_val``, and the ``fp16``/``bf16``
+    section from ``trainer.precision``; it does not resolve HF-style ``"auto"`` values, so none may
+    appear here.
+    """
+
+    stage: int | None = None  # ZeRO stage 1, 2 or 3; null: DeepSpeed off (deepspeed=none)
+    offload_optimizer: str | None = None  # null | cpu | nvme: optimizer states (and step) off the GPU
+    offload_param: str | None = None  # null | cpu | nvme: parameters off the GPU (stage 3 only)
+    nvme_path: str = "/local_nvme"
+    pin_memory: bool = True
+    contiguous_gradients: bool = True
+    overlap_comm: bool = True
+    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = 200_000_000
+    # stage 3
+    sub_group_size: int = 1_000_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    stage3_gather_16bit_weights_on_model_save: bool = False
+    # ZeRO-3 shards every weight across ranks, so in-training generation (train.val_generate) must
+    # gather the full weights on each rank first (deepspeed.zero.GatheredParameters); true declares
+    # that the model fits on one device for that.
+    gather_for_generation: bool = False
+    # raw DeepSpeed keys merged last into the dict (e.g. {"wall_clock_breakdown": true}); never
+    # gradient_accumulation_steps, batch sizes or "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainLoopConf:
+    """The student's optimisation loop.
+
+    Batch sizes: ``batch_size`` is global (examples per optimizer step) and ``micro_batch_size`` is per
+    device per forward. :func:`validate` derives ``trainer.accumulate_grad_batches`` when it is null,
+    ``batch_size / (micro_batch_size × trainer.devices × trainer.num_nodes)`` (it must divide
+    evenly); when it is set, ``batch_size == micro_batch_size × devices × num_nodes ×
+    accumulate_grad_batches`` must hold. A null ``batch_size`` is derived from the other four (with
+    ``accumulate_grad_batches`` null taken as 1).
+    """
+
+    seed: int = 42  # the training seed (the split seed lives in `split.seed`)
+    lr: float = 2e-4
+    warmup_steps: int = 0
+    scheduler: SchedulerName = SchedulerName.cosine
+    micro_batch_size: int = 1
+    batch_size: int | None = None
+    gradient_checkpointing: bool = False
+    max_length: int = 2048
+    val_generate: bool = True  # generate rationales on validation samples during training
+    val_generate_samples: int = 16
 
 
 SCHEMAS: dict[str, type] = {
@@ -330,6 +435,9 @@ SCHEMAS: dict[str, type] = {
     "student": StudentConf,
     "peft": PeftConf,
     "logger": LoggerConf,
+    "trainer": TrainerConf,
+    "deepspeed": DeepSpeedConf,
+    "train": TrainLoopConf,
 }
 
 
@@ -399,7 +507,144 @@ def validate(cfg: DictConfig) -> DictConfig:
     if ev is not None:
         if any(k < 1 for k in ev.ks):
             raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
+    _validate_training(typed)
     return typed
+
+
+def find_auto(node: Any, path: str) -> str | None:
+    """The key path of the first HF-style ``"auto"`` value inside ``node``, or None."""
+    if isinstance(node, str):
+        return path if node.strip().lower() == "auto" else None
+    if isinstance(node, dict):
+        for k, v in node.items():
+            hit = find_auto(v, f"{path}.{k}")
+            if hit:
+                return hit
+    if isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            hit = find_auto(v, f"{path}[{i}]")
+            if hit:
+                return hit
+    return None
+
+
+def _validate_training(typed: DictConfig) -> None:
+    """Cross-field rules of the ``trainer``, ``deepspeed`` and ``train`` groups; fills
+    ``trainer.accumulate_grad_batches`` and ``train.batch_size`` (see :class:`TrainLoopConf`)."""
+    tr = typed.get("trainer")
+    ds = typed.get("deepspeed")
+    loop = typed.get("train")
+    if tr is not None:
+        if tr.precision not in PRECISIONS:
+            raise ConfigError(
+                f"config key 'trainer.precision': unknown precision '{tr.precision}'; allowed: {list(PRECISIONS)}"
+            )
+        if tr.precision.startswith("16-") and tr.accelerator == Accelerator.cpu:
+            raise ConfigError(
+                f"config key 'trainer.precision': trainer.precision={tr.precision} needs a GPU; "
+                f"use bf16-mixed or 32-true on CPU"
+            )
+        for key in ("devices", "num_nodes"):
+            if tr[key] < 1:
+                raise ConfigError(f"config key 'trainer.{key}' must be >= 1 (got {tr[key]})")
+        if tr.accumulate_grad_batches is not None and tr.accumulate_grad_batches < 1:
+            raise ConfigError(
+                f"config key 'trainer.accumulate_grad_batches' must be >= 1 (got {tr.accumulate_grad_batches})"
+            )
+        if tr.slurm_tasks_per_node is not None and tr.slurm_tasks_per_node != tr.devices:
+            raise ConfigError(
+                f"config key 'trainer.slurm_tasks_per_node': SLURM tasks_per_node must equal trainer.devices "
+                f"(one task per device; got tasks_per_node={tr.slurm_tasks_per_node}, devices={tr.devices})"
+            )
+        for key, int_min in (("val_check_interval", 1), ("limit_val_batches", 0)):
+            v = tr[key]
+            ok = (
+                v is None
+                or (isinstance(v, int) and not isinstance(v, bool) and v >= int_min)
+                or (isinstance(v, float) and 0.0 <= v <= 1.0 and (v > 0 or int_min == 0))
+            )
+            if not ok:
+                raise ConfigError(
+                    f"config key 'trainer.{key}' must be an int (batches) or a float in "
+                    f"{'(0, 1]' if int_min else '[0, 1]'} (fraction of an epoch); got {v!r}"
+                )
+    deepspeed_on = ds is not None and ds.stage is not None
+    if tr is not None and tr.strategy == StrategyName.deepspeed and not deepspeed_on:
+        raise ConfigError(
+            "config key 'deepspeed': trainer.strategy=deepspeed needs a DeepSpeed config; "
+            "pick deepspeed=zero2, zero2_offload or zero3"
+        )
+    if tr is not None and deepspeed_on and tr.strategy != StrategyName.deepspeed:
+        raise ConfigError(
+            f"config key 'trainer.strategy': deepspeed.stage={ds.stage} is set but "
+            f"trainer.strategy={tr.strategy.value}; use a trainer=deepspeed_* preset or deepspeed=none"
+        )
+    if deepspeed_on:
+        if ds.stage not in (1, 2, 3):
+            raise ConfigError(f"config key 'deepspeed.stage' must be 1, 2 or 3 (got {ds.stage})")
+        for key in ("offload_optimizer", "offload_param"):
+            if ds[key] not in (None, "cpu", "nvme"):
+                raise ConfigError(f"config key 'deepspeed.{key}' must be null, cpu or nvme (got {ds[key]!r})")
+            if ds[key] is not None and tr is not None and tr.accelerator == Accelerator.cpu:
+                raise ConfigError(
+                    f"config key 'deepspeed.{key}': offloading does nothing on trainer.accelerator=cpu "
+                    f"(everything already lives in CPU memory); use deepspeed=zero2 or zero3"
+                )
+        if ds.offload_param is not None and ds.stage != 3:
+            raise ConfigError(
+                f"config key 'deepspeed.offload_param' needs deepspeed.stage=3 (got stage {ds.stage}); "
+                f"stages 1-2 keep full parameters on every device"
+            )
+        extra = OmegaConf.to_container(ds.extra, resolve=True)
+        for key, why in (
+            ("gradient_accumulation_steps", "Lightning sets it from trainer.accumulate_grad_batches and raises if the dict has it"),
+            ("train_micro_batch_size_per_gpu", "it is train.micro_batch_size"),
+            ("train_batch_size", "it is train.batch_size"),
+            ("zero_optimization", "set its fields in the deepspeed group instead"),
+        ):
+            if key in extra:
+                raise ConfigError(f"config key 'deepspeed.extra.{key}' must not be set: {why}")
+        auto = find_auto(extra, "deepspeed.extra")
+        if auto:
+            raise ConfigError(
+                f"config key '{auto}' is \"auto\": Lightning hands the dict to DeepSpeed unresolved "
+                f"(\"auto\" is a Hugging Face Trainer convention); give a number"
+            )
+        if ds.stage == 3 and loop is not None and loop.val_generate and not ds.gather_for_generation:
+            raise ConfigError(
+                "config key 'train.val_generate': in-training generation is incompatible with DeepSpeed "
+                "ZeRO-3 (each rank holds a shard of every weight); set train.val_generate=false, or "
+                "deepspeed.gather_for_generation=true to gather the full weights on each rank while generating"
+            )
+    if loop is not None:
+        if loop.micro_batch_size < 1:
+            raise ConfigError(f"config key 'train.micro_batch_size' must be >= 1 (got {loop.micro_batch_size})")
+        if not loop.lr > 0:
+            raise ConfigError(f"config key 'train.lr' must be positive (got {loop.lr})")
+        if loop.warmup_steps < 0 or loop.val_generate_samples < 0:
+            raise ConfigError("config keys 'train.warmup_steps/val_generate_samples' must be >= 0")
+        if loop.max_length < 1:
+            raise ConfigError(f"config key 'train.max_length' must be >= 1 (got {loop.max_length})")
+    if loop is not None and tr is not None:
+        per_step = loop.micro_batch_size * tr.devices * tr.num_nodes  # examples per forward, all ranks
+        accum = tr.accumulate_grad_batches
+        if loop.batch_size is None:
+            tr.accumulate_grad_batches = accum = accum or 1
+            loop.batch_size = per_step * accum
+        elif accum is None:
+            if loop.batch_size % per_step or loop.batch_size < per_step:
+                raise ConfigError(
+                    f"config key 'train.batch_size': {loop.batch_size} is not a multiple of "
+                    f"train.micro_batch_size × trainer.devices × trainer.num_nodes = {loop.micro_batch_size} × "
+                    f"{tr.devices} × {tr.num_nodes} = {per_step}"
+                )
+            tr.accumulate_grad_batches = loop.batch_size // per_step
+        elif loop.batch_size != per_step * accum:
+            raise ConfigError(
+                f"config key 'train.batch_size': {loop.batch_size} != train.micro_batch_size × trainer.devices × "
+                f"trainer.num_nodes × trainer.accumulate_grad_batches = {loop.micro_batch_size} × {tr.devices} × "
+                f"{tr.num_nodes} × {accum} = {per_step * accum}; set trainer.accumulate_grad_batches=null to derive it"
+            )
 
 
 def register_schemas() -> None:

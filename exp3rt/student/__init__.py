@@ -1,0 +1,1 @@
+"""The student: SFT examples, tokenisation, the LightningModule and DataModule, training strategies."""
