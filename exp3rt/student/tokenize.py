@@ -163,6 +163,11 @@ def dataset_key(examples: list[SFTExample], tokenizer, max_length: int) -> str:
     return h.hexdigest()
 
 
+def cache_dir_for(sft_cfg, annotation_dir) -> Path:
+    """``sft.cache_dir``, or ``<annotation dir>/sft_cache`` when it is null."""
+    return Path(sft_cfg.cache_dir) if sft_cfg.get("cache_dir") is not None else Path(annotation_dir) / "sft_cache"
+
+
 def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_dir, report: dict | None = None):
     """Encode ``examples`` into a ``datasets.Dataset`` (columns ``input_ids``, ``attention_mask``,
     ``labels``, ``task``, ``example_index``, ``truncated``), cached under ``cache_dir/sft-<hash>``.
