@@ -419,9 +419,64 @@ class TrainLoopConf:
     micro_batch_size: int = 1
     batch_size: int | None = None
     gradient_checkpointing: bool = False
-    max_length: int = 2048
     val_generate: bool = True  # generate rationales on validation samples during training
     val_generate_samples: int = 16
+STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating")
+
+
+@dataclass
+class StudentDataConf:
+    """How the student's SFT examples are built from an annotation directory (``exp3rt.student``)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(STUDENT_TASKS))
+    # train examples of a task are repeated / subsampled to round(weight * count); a missing task weighs 1
+    task_weights: dict[str, float] = field(default_factory=dict)
+    seed: int = 0  # the sampling seed for task weights (the split seed lives in `split.seed`)
+    max_length: int = 2048  # tokens per example; longer prompts lose the middle of their profiles/reviews
+    # the student writes rating + offset (the paper wrote IMDB 1-10 as 0-9 so every rating is one token:
+    # offset -1); readout subtracts it again before any metric
+    rating_offset: float = 0.0
+    raw_reviews_max: int = 5  # ablation raw_reviews: at most this many reviews per user / item
+    cache_dir: str | None = None  # tokenised datasets; null = <annotation dir>/sft_cache
+    val_fraction: float = 0.05  # training examples held out (seeded) for the validation loss
+
+
+@dataclass
+class AblationConf:
+    """Which inputs the rating task shows and whether the student reasons first. Every ablation config
+    flips only the switches it is named after; ``full`` is the paper's model."""
+
+    name: str = "full"
+    reasoning: bool = True  # answer "Reasoning: ...\nPredicted User Rating: r" (false: the rating alone)
+    user_profile: bool = True
+    item_profile: bool = True
+    item_description: bool = True
+    avg_rating: bool = True  # keep the [Average Rating] sections of profiles (and raw-review blocks)
+    raw_reviews: bool = False  # show raw training reviews of the user / item instead of the profiles
+
+
+@dataclass
+class RatingPromptConf:
+    system: str = MISSING
+    user: str = MISSING  # {context} (the sections below, joined) and {instruction}
+    instruction: str = MISSING  # reason first, then the rating
+    instruction_rating_only: str = MISSING  # ablation no_reasoning
+    section_separator: str = "\n\n"
+    sections: dict[str, str] = field(default_factory=dict)  # user_profile, item_description, item_profile, user_reviews, item_reviews
+    raw_review: str = MISSING  # one raw review in the raw_reviews ablation
+    no_reviews: str = "None."  # raw_reviews ablation: a user / item without other training reviews
+    answer: str = MISSING  # {rationale} then the rating-only answer
+    answer_rating_only: str = MISSING  # must end with {rating}: the text before it is the readout prefix
+
+
+@dataclass
+class StudentPromptConf:
+    version: str = MISSING
+    set_separator: str = "\n---\n"  # between preference sets / raw reviews
+    extract: PromptTemplate = field(default_factory=PromptTemplate)
+    user_profile: PromptTemplate = field(default_factory=PromptTemplate)
+    item_profile: PromptTemplate = field(default_factory=PromptTemplate)
+    rating: RatingPromptConf = field(default_factory=RatingPromptConf)
 
 
 SCHEMAS: dict[str, type] = {
@@ -438,6 +493,9 @@ SCHEMAS: dict[str, type] = {
     "trainer": TrainerConf,
     "deepspeed": DeepSpeedConf,
     "train": TrainLoopConf,
+    "sft": StudentDataConf,
+    "ablation": AblationConf,
+    "student_prompt": StudentPromptConf,
 }
 
 
@@ -508,6 +566,12 @@ def validate(cfg: DictConfig) -> DictConfig:
         if any(k < 1 for k in ev.ks):
             raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
     _validate_training(typed)
+    sft = typed.get("sft")
+    if sft is not None:
+        check_student_data(sft)
+    ab = typed.get("ablation")
+    if ab is not None:
+        check_ablation(ab)
     return typed
 
 
@@ -623,8 +687,6 @@ def _validate_training(typed: DictConfig) -> None:
             raise ConfigError(f"config key 'train.lr' must be positive (got {loop.lr})")
         if loop.warmup_steps < 0 or loop.val_generate_samples < 0:
             raise ConfigError("config keys 'train.warmup_steps/val_generate_samples' must be >= 0")
-        if loop.max_length < 1:
-            raise ConfigError(f"config key 'train.max_length' must be >= 1 (got {loop.max_length})")
     if loop is not None and tr is not None:
         per_step = loop.micro_batch_size * tr.devices * tr.num_nodes  # examples per forward, all ranks
         accum = tr.accumulate_grad_batches
@@ -645,6 +707,29 @@ def _validate_training(typed: DictConfig) -> None:
                 f"trainer.num_nodes × trainer.accumulate_grad_batches = {loop.micro_batch_size} × {tr.devices} × "
                 f"{tr.num_nodes} × {accum} = {per_step * accum}; set trainer.accumulate_grad_batches=null to derive it"
             )
+
+
+def check_student_data(sft) -> None:
+    unknown = [t for t in sft.tasks if t not in STUDENT_TASKS]
+    if unknown or not len(sft.tasks):
+        raise ConfigError(f"config key 'sft.tasks': unknown or no tasks {unknown}; allowed: {list(STUDENT_TASKS)}")
+    for task, weight in sft.task_weights.items():
+        if task not in sft.tasks:
+            raise ConfigError(f"config key 'sft.task_weights.{task}': '{task}' is not in sft.tasks {list(sft.tasks)}")
+        if not weight >= 0:
+            raise ConfigError(f"config key 'sft.task_weights.{task}' must be >= 0 (got {weight})")
+    if sft.max_length < 8:
+        raise ConfigError(f"config key 'sft.max_length' must be at least 8 tokens (got {sft.max_length})")
+    if sft.raw_reviews_max < 1:
+        raise ConfigError(f"config key 'sft.raw_reviews_max' must be >= 1 (got {sft.raw_reviews_max})")
+
+
+def check_ablation(ab) -> None:
+    if not (ab.user_profile or ab.item_profile or ab.item_description):
+        raise ConfigError(
+            f"ablation '{ab.name}' turns off the user profile, the item profile and the item description: "
+            "the rating prompt would show nothing about the pair; keep at least one"
+        )
 
 
 def register_schemas() -> None:

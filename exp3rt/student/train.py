@@ -67,9 +67,9 @@ def wandb_logger(cfg, run_dir: Path, run_name: str):
     if id_file.exists():
         run_id = id_file.read_text().strip()
     else:
-        import wandb
+        import secrets
 
-        run_id = wandb.util.generate_id()
+        run_id = secrets.token_hex(4)  # any [a-z0-9] string is a valid W&B run id
         id_file.write_text(run_id)
     tags = [str(t) for t in cfg.logger.tags] + [
         f"dataset:{cfg.dataset.name}", f"teacher:{cfg.teacher.name}", f"student:{cfg.student.name}",
@@ -105,7 +105,7 @@ def train(cfg, run_dir: Path) -> dict:
     scale = prepared.dataset.scale
     ratings = RatingTokens.from_config(scale, offset=float(cfg.sft.rating_offset))
     examples = build_examples(ann_dir, split, prepared.dataset.items, str(cfg.dataset.domain), scale, cfg.sft,
-                              ablation=cfg.ablation)
+                              ablation=cfg.ablation, prompt=cfg.student_prompt)
     tokenizer = load_tokenizer(cfg.student)
     train_examples = list(examples["train"])
     if not train_examples:
@@ -120,8 +120,8 @@ def train(cfg, run_dir: Path) -> dict:
     gen_examples = gen_pool[: int(cfg.train.val_generate_samples)]
     cache_dir = Path(cfg.sft.cache_dir) if cfg.sft.get("cache_dir") else ann_dir / "sft_cache"
     report: dict = {}
-    train_ds = build_dataset(fit_examples, tokenizer, int(cfg.train.max_length), cache_dir, report=report)
-    val_ds = build_dataset(val_loss_examples, tokenizer, int(cfg.train.max_length), cache_dir) if val_loss_examples else None
+    train_ds = build_dataset(fit_examples, tokenizer, int(cfg.sft.max_length), cache_dir, report=report)
+    val_ds = build_dataset(val_loss_examples, tokenizer, int(cfg.sft.max_length), cache_dir) if val_loss_examples else None
 
     micro = int(cfg.train.micro_batch_size)
     dm = StudentDataModule(train_ds, val_ds, lambda b: collate(b, tokenizer.pad_token_id), micro, int(cfg.train.seed))

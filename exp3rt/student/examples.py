@@ -1,0 +1,385 @@
+"""SFT examples for the student, built from a teacher's annotation directory.
+
+Tasks (``sft.tasks``):
+
+* ``extract`` — a training review → its preference set (``extract.parquet``, status ok);
+* ``user_profile`` — a user's preference sets (time order, joined by the set separator) → the profile
+  without its ``[Average Rating]`` section (that line is computed from ratings, never generated);
+* ``item_profile`` — the preference sets of the reviewers that fed an item profile (``source_users``) →
+  the profile without its ``[Average Rating]`` section;
+* ``rating`` — user profile + item description + item profile (the pair's profile from
+  ``item_profile_pairs``) → ``Reasoning: <rationale>\\nPredicted User Rating: <r>``. Valid/test pairs
+  have no rationale: their example holds the rating line alone as ``answer`` and the true rating in
+  ``meta["rating"]`` (``meta["has_reasoning"]`` is False); evaluation generates from the prompt.
+
+The generation tasks (1–3) are training data only; ``valid``/``test`` hold rating examples. Every row
+that cannot become an example (failed or missing upstream annotation, missing review) is counted by
+reason in ``report["skipped"]`` — nothing is dropped silently. Task weights resample the training
+examples deterministically (``sft.seed``). The ablation (``conf/ablation``) changes the rating prompt only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from exp3rt.config import (
+    STUDENT_TASKS,
+    AblationConf,
+    ConfigError,
+    StudentDataConf,
+    check_ablation,
+    check_student_data,
+)
+from exp3rt.student.prompts import StudentPrompts, load_student_prompt
+from exp3rt.student.ratings import RatingTokens
+from exp3rt.teacher.selection import round_rating
+from exp3rt.teacher.stages import describe_item
+
+log = logging.getLogger(__name__)
+
+PARTS = ("train", "valid", "test")
+_AVERAGE = re.compile(r"\s*^[ \t]*\[\s*average rating\s*\][ \t]*\n?[^\n\[]*", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class SFTExample:
+    task: str
+    system: str
+    user: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)  # ids, rating, split; "cut_spans": shortenable parts of `user`
+
+
+class ExampleSet(dict):
+    """``{"train": [...], "valid": [...], "test": [...]}`` plus ``report``: counts per split and task,
+    skipped rows by task and reason, and the task weights applied."""
+
+    def __init__(self, parts: dict[str, list[SFTExample]], report: dict):
+        super().__init__(parts)
+        self.report = report
+
+
+def strip_average(profile: str) -> str:
+    """A profile without its ``[Average Rating]`` section (header and its number)."""
+    return _AVERAGE.sub("", profile).rstrip()
+
+
+def _average_block(average: float | None) -> str:
+    return "" if average is None else f"\n\n[Average Rating]\n{average:.1f}"
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _read(directory: Path, stage: str, needed_by: str) -> pd.DataFrame:
+    path = directory / f"{stage}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the student's '{needed_by}' task needs the teacher's {stage} "
+                                f"stage (exp3rt-annotate stage={stage})")
+    return pd.read_parquet(path)
+
+
+def _to_conf(cfg, schema):
+    if cfg is None:
+        return OmegaConf.structured(schema)
+    return OmegaConf.merge(OmegaConf.structured(schema), cfg)
+
+
+class _Builder:
+    def __init__(self, directory: Path, split, items: pd.DataFrame, domain: str, ratings: RatingTokens,
+                 cfg, ablation, prompts: StudentPrompts):
+        self.dir = directory
+        self.split = split
+        self.domain = domain
+        self.ratings = ratings
+        self.cfg = cfg
+        self.ab = ablation
+        self.prompts = prompts
+        self.item_rows = {r["item_id"]: r for r in items.to_dict("records")}
+        self.skipped: dict[str, Counter] = defaultdict(Counter)
+        train = split.train
+        self.train_reviews = {(u, i): (s, r) for u, i, s, r in zip(train.user_id, train.item_id, train.summary, train.review, strict=True)}
+        self._extract: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ shared inputs
+
+    def extract_frame(self, needed_by: str) -> pd.DataFrame:
+        if self._extract is None:
+            self._extract = _read(self.dir, "extract", needed_by)
+        return self._extract
+
+    def ok_sets(self, needed_by: str) -> dict[tuple[str, str], str]:
+        ex = self.extract_frame(needed_by)
+        ok = ex[ex["status"] == "ok"]
+        return dict(zip(zip(ok.user_id, ok.item_id, strict=True), ok.preference_set, strict=True))
+
+    def example(self, task: str, system: str, user, answer: str, **meta) -> SFTExample:
+        return SFTExample(task, system, user.text, answer,
+                          {**meta, "cut_spans": [list(s) for s in user.spans], "prompt_version": self.prompts.version})
+
+    # ------------------------------------------------------------------ tasks 1-3
+
+    def extract(self) -> list[SFTExample]:
+        out = []
+        ex = self.extract_frame("extract")
+        ratings = dict(zip(zip(self.split.train.user_id, self.split.train.item_id, strict=True), self.split.train.rating, strict=True))
+        for row in ex.itertuples(index=False):
+            if row.status != "ok" or not _text(row.preference_set):
+                self.skipped["extract"][str(row.status) if row.status != "ok" else "empty_answer"] += 1
+                continue
+            found = self.train_reviews.get((row.user_id, row.item_id))
+            if found is None:
+                self.skipped["extract"]["review_not_in_train"] += 1
+                continue
+            summary, review = found
+            if not _text(review) or not review.strip():
+                self.skipped["extract"]["empty_review"] += 1
+                continue
+            system, user = self.prompts.messages("extract", review=review, summary=_text(summary) or "",
+                                                 rating=self.ratings.to_text(ratings[(row.user_id, row.item_id)]))
+            out.append(self.example("extract", system, user, row.preference_set, user_id=row.user_id, item_id=row.item_id))
+        return out
+
+    def _profile_task(self, task: str, frame: pd.DataFrame, inputs) -> list[SFTExample]:
+        out, seen = [], set()
+        for row in frame.to_dict("records"):
+            if row["status"] != "ok" or not _text(row["profile"]):
+                self.skipped[task][str(row["status"]) if row["status"] != "ok" else "empty_answer"] += 1
+                continue
+            sets, meta, problem = inputs(row)
+            if problem:
+                self.skipped[task][problem] += 1
+                continue
+            system, user = self.prompts.messages(task, preference_sets=self.prompts.set_separator.join(sets))
+            answer = strip_average(row["profile"])
+            if (user.text, answer) in seen:  # e.g. two target users whose similar neighbours coincide
+                self.skipped[task]["duplicate"] += 1
+                continue
+            seen.add((user.text, answer))
+            out.append(self.example(task, system, user, answer, n_sets=len(sets), **meta))
+        return out
+
+    def user_profile(self) -> list[SFTExample]:
+        frame = _read(self.dir, "user_profile", "user_profile")
+        good = self.extract_frame("user_profile")
+        good = good[good["status"] == "ok"].merge(self.split.train[["user_id", "item_id", "timestamp"]], on=["user_id", "item_id"], how="left")
+        good = good.sort_values(["user_id", "timestamp", "item_id"], kind="stable")  # the teacher's order
+        by_user = {u: g["preference_set"].tolist() for u, g in good.groupby("user_id", sort=False)}
+
+        def inputs(row):
+            sets = by_user.get(row["user_id"], [])
+            return sets, {"user_id": row["user_id"]}, None if sets else "no_preference_sets"
+
+        return self._profile_task("user_profile", frame, inputs)
+
+    def item_profile(self) -> list[SFTExample]:
+        frame = _read(self.dir, "item_profile", "item_profile")
+        set_of = self.ok_sets("item_profile")
+        has_sources = "source_users" in frame.columns
+
+        def inputs(row):
+            target = _text(row.get("target_user"))
+            meta = {"item_id": row["item_id"], "target_user": target}
+            if not has_sources or row["source_users"] is None:
+                return [], meta, "no_source_users"
+            keys = [(u, row["item_id"]) for u in row["source_users"]]
+            if not keys:
+                return [], meta, "no_preference_sets"
+            if any(k not in set_of for k in keys):
+                return [], meta, "source_set_missing"
+            return [set_of[k] for k in keys], meta, None
+
+        return self._profile_task("item_profile", frame, inputs)
+
+    # ------------------------------------------------------------------ task 4
+
+    def rating(self) -> dict[str, list[SFTExample]]:
+        ab = self.ab
+        need_profiles = not ab.raw_reviews
+        rationale = _read(self.dir, "rationale", "rating")
+        uprof, iprof, job_of, sources = {}, {}, {}, {}
+        if need_profiles or ab.item_profile:
+            items = _read(self.dir, "item_profile", "rating")
+            pairs = _read(self.dir, "item_profile_pairs", "rating")
+            for r in items.to_dict("records"):
+                key = (r["item_id"], _text(r.get("target_user")))
+                iprof[key] = _text(r["profile"])
+                if "source_users" in r and r["source_users"] is not None:
+                    sources[key] = list(r["source_users"])
+            job_of = {(u, i): (ji, _text(ju)) for u, i, ji, ju in zip(pairs.user_id, pairs.item_id, pairs.job_item, pairs.job_user, strict=True)}
+        if need_profiles and ab.user_profile:
+            users = _read(self.dir, "user_profile", "rating")
+            uprof = dict(zip(users.user_id, [_text(p) for p in users.profile], strict=True))
+        train = self.split.train
+        self.user_sum = train.groupby("user_id")["rating"].agg(["sum", "count"])
+        self.item_sum = train.groupby("item_id")["rating"].agg(["sum", "count"])
+        self.own = dict(zip(zip(train.user_id, train.item_id, strict=True), train.rating, strict=True))
+        by_user = train.sort_values(["timestamp", "item_id"], kind="stable").groupby("user_id")["item_id"].agg(list).to_dict()
+        by_item = (train.sort_values(["helpful_votes", "timestamp"], ascending=[False, True], kind="stable")
+                   .groupby("item_id")["user_id"].agg(list).to_dict()) if "helpful_votes" in train else \
+            train.groupby("item_id")["user_id"].agg(list).to_dict()
+        ctx = {"uprof": uprof, "iprof": iprof, "job_of": job_of, "sources": sources, "by_user": by_user, "by_item": by_item}
+
+        out: dict[str, list[SFTExample]] = {p: [] for p in PARTS}
+        done = set()
+        for row in rationale.to_dict("records"):
+            split = str(row.get("split") or "train")
+            pair = (row["user_id"], row["item_id"])
+            if row["status"] != "ok" or not _text(row["rationale"]):
+                self.skipped["rating"][f"{split}:rationale_{row['status']}"] += 1
+                continue
+            given = {"user_profile": _text(row.get("user_profile")), "item_profile": _text(row.get("item_profile"))}
+            ex = self._rating_example(pair, float(row["rating"]), split, row["rationale"], ctx, given)
+            if ex is not None:
+                out[split].append(ex)
+                done.add(pair)
+        annotated = set(zip(rationale.user_id, rationale.item_id, strict=True))
+        # e.g. annotation.max_rationale_pairs capped the teacher's work
+        unannotated = sum(p not in annotated for p in zip(train.user_id, train.item_id, strict=True))
+        if unannotated:
+            self.skipped["rating"]["train:no_rationale_row"] += unannotated
+        for split in ("valid", "test"):
+            frame = self.split.part(split)
+            for r in frame.to_dict("records"):
+                pair = (r["user_id"], r["item_id"])
+                if pair in done:
+                    continue
+                ex = self._rating_example(pair, float(r["rating"]), split, None, ctx, {},
+                                          warm=bool(r["warm"]) if "warm" in r else None)
+                if ex is not None:
+                    out[split].append(ex)
+        return out
+
+    def _average(self, table: pd.DataFrame, key: str, own: float | None) -> float | None:
+        if key not in table.index:
+            return None
+        s, c = float(table.at[key, "sum"]), int(table.at[key, "count"])
+        if own is not None:  # leave the target pair's own rating out
+            s, c = s - own, c - 1
+        return None if c <= 0 else round_rating(Fraction(s) / c)
+
+    def _reviews(self, keys: list[tuple[str, str]], average: float | None) -> str:
+        texts = []
+        for k in keys[: int(self.cfg.raw_reviews_max)]:
+            summary, review = self.train_reviews[k]
+            texts.append(self.prompts.raw_review(_text(summary) or "", _text(review) or ""))
+        body = self.prompts.set_separator.join(texts) if texts else self.prompts.no_reviews
+        return body + _average_block(average)
+
+    def _rating_example(self, pair, rating: float, split: str, rationale: str | None, ctx: dict, given: dict,
+                        warm: bool | None = None) -> SFTExample | None:
+        ab, (user, item) = self.ab, pair
+        sections: dict[str, str] = {}
+        own = self.own.get(pair)
+        job = ctx["job_of"].get(pair)
+        if ab.user_profile:
+            if ab.raw_reviews:
+                keys = [(user, i) for i in ctx["by_user"].get(user, []) if i != item]
+                keys = keys[-int(self.cfg.raw_reviews_max):]  # the most recent ones, in time order
+                sections["user_reviews"] = self._reviews(keys, self._average(self.user_sum, user, own))
+            else:
+                text = given.get("user_profile") or ctx["uprof"].get(user)
+                if text is None:
+                    self.skipped["rating"][f"{split}:user_profile_missing"] += 1
+                    return None
+                sections["user_profile"] = text
+        if ab.item_description:
+            sections["item_description"] = describe_item(self.item_rows.get(item), self.domain)
+        if ab.item_profile:
+            if ab.raw_reviews:
+                chosen = ctx["sources"].get(job) if job is not None else None
+                users = chosen if chosen is not None else ctx["by_item"].get(item, [])
+                keys = [(u, item) for u in users if u != user and (u, item) in self.train_reviews]
+                sections["item_reviews"] = self._reviews(keys, self._average(self.item_sum, item, own))
+            else:
+                text = given.get("item_profile") or (ctx["iprof"].get(job) if job is not None else None)
+                if text is None:
+                    self.skipped["rating"][f"{split}:item_profile_missing"] += 1
+                    return None
+                sections["item_profile"] = text
+        if not ab.avg_rating:
+            sections = {k: (v if k == "item_description" else strip_average(v)) for k, v in sections.items()}
+        system, prompt = self.prompts.rating_messages(sections, reasoning=bool(ab.reasoning))
+        with_reasoning = bool(ab.reasoning) and rationale is not None
+        answer = self.prompts.answer(rating, rationale if with_reasoning else None)
+        meta = {"user_id": user, "item_id": item, "rating": rating, "rating_text": self.ratings.to_text(rating),
+                "split": split, "has_reasoning": with_reasoning, "ablation": str(ab.name)}
+        if warm is not None:
+            meta["warm"] = warm
+        return self.example("rating", system, prompt, answer, **meta)
+
+
+def apply_task_weights(examples: list[SFTExample], weights: dict[str, float], seed: int) -> tuple[list[SFTExample], dict]:
+    """Resample each task's examples to ``round(weight * n)``: whole copies, then a seeded sample without
+    replacement for the fraction (kept in original order). Weight 1 (the default) leaves a task as it is."""
+    by_task: dict[str, list[SFTExample]] = defaultdict(list)
+    for ex in examples:
+        by_task[ex.task].append(ex)
+    out, counts = [], {}
+    for t_index, task in enumerate(STUDENT_TASKS):
+        items = by_task.get(task, [])
+        w = float(weights.get(task, 1.0))
+        n = len(items)
+        target = int(round(w * n))
+        copies, rest = divmod(target, n) if n else (0, 0)
+        rng = np.random.default_rng([int(seed), t_index])
+        extra = sorted(rng.choice(n, size=rest, replace=False).tolist()) if rest else []
+        out += items * copies + [items[i] for i in extra]
+        if n:
+            counts[task] = {"before": n, "after": target, "weight": w}
+    return out, counts
+
+
+def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation=None,
+                   prompt=None) -> ExampleSet:
+    """Every configured task's examples, keyed ``train`` / ``valid`` / ``test``.
+
+    ``split``: a :class:`exp3rt.data.splits.Split` (train/valid/test frames); ``items``: the dataset's
+    items table (for :func:`describe_item`); ``scale``: the dataset's rating scale; ``cfg``: the ``sft``
+    config (:class:`StudentDataConf`); ``ablation``: :class:`AblationConf` (default ``full``); ``prompt``:
+    the ``student_prompt`` config (default ``conf/student_prompt/exp3rt_v1.yaml``).
+    """
+    cfg = _to_conf(cfg, StudentDataConf)
+    ablation = _to_conf(ablation, AblationConf)
+    check_student_data(cfg)
+    check_ablation(ablation)
+    directory = Path(annotation_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"annotation directory {directory} does not exist; run exp3rt-annotate first")
+    ratings = RatingTokens.from_config(scale, float(cfg.rating_offset))
+    prompts = StudentPrompts(prompt if prompt is not None else load_student_prompt(), domain, ratings)
+    builder = _Builder(directory, split, items, domain, ratings, cfg, ablation, prompts)
+    parts: dict[str, list[SFTExample]] = {p: [] for p in PARTS}
+    for task in cfg.tasks:
+        if task == "rating":
+            for p, exs in builder.rating().items():
+                parts[p] += exs
+        elif task in ("extract", "user_profile", "item_profile"):
+            parts["train"] += getattr(builder, task)()
+        else:  # check_student_data already refused it; kept for callers that skip validation
+            raise ConfigError(f"unknown student task {task!r}; allowed: {list(STUDENT_TASKS)}")
+    counts_before = {p: dict(Counter(ex.task for ex in exs)) for p, exs in parts.items()}
+    parts["train"], weights = apply_task_weights(parts["train"], dict(cfg.task_weights), int(cfg.seed))
+    report = {
+        "prompt_version": prompts.version,
+        "ablation": str(ablation.name),
+        "rating_texts": list(ratings.texts),
+        "counts": {p: dict(Counter(ex.task for ex in exs)) for p, exs in parts.items()},
+        "counts_before_weights": counts_before,
+        "task_weights": weights,
+        "skipped": {task: dict(c) for task, c in builder.skipped.items() if c},
+    }
+    for task, reasons in report["skipped"].items():
+        log.warning("student %s: skipped %s", task, reasons)
+    return ExampleSet(parts, report)

@@ -1,0 +1,425 @@
+"""The student's SFT data layer on a real extractive annotation directory and the tiny BPE tokenizer:
+rating text mapping, every task's examples (skips counted), task weights, ablation prompts, answer-only
+labels, input-side truncation, the on-disk dataset cache and collate."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from exp3rt import CONF_DIR
+from exp3rt.config import AblationConf, ConfigError, ScaleConf, StudentDataConf, validate
+from exp3rt.data.splits import Split
+from exp3rt.student.examples import build_examples, strip_average
+from exp3rt.student.ratings import RatingTextError, RatingTokens
+from exp3rt.student.tokenize import ELLIPSIS, ExampleTooLong, build_dataset, collate, encode, render
+from exp3rt.teacher.stages import describe_item
+
+SMALL_WORLD = ["dataset.world.n_users=24", "dataset.world.n_items=20", "dataset.world.min_per_user=5",
+               "dataset.world.max_per_user=8", "split=per_user", "split.valid_ratio=0.1"]
+ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A full annotation directory from the offline extractive teacher, with its split and items."""
+    from exp3rt.cli.annotate import run
+
+    tmp = tmp_path_factory.mktemp("annot")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="annotate", overrides=[f"paths.artifacts_dir={tmp}/artifacts", "progress=false", *SMALL_WORLD])
+    directory = Path(run(cfg, tmp / "run")["directory"])
+    meta = json.loads((directory / "meta.json").read_text())
+    parts = {p: pd.read_parquet(Path(meta["split_dir"]) / f"{p}.parquet") for p in ("train", "valid", "test")}
+    split = Split(Path(meta["split_dir"]), "fp", parts["train"], parts["valid"], parts["test"], {}, True)
+    items = pd.read_parquet(Path(meta["dataset_dir"]) / "items.parquet")
+    return {"dir": directory, "split": split, "items": items, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from exp3rt.models.tiny import build_tiny_llama
+
+    return AutoTokenizer.from_pretrained(str(build_tiny_llama(tmp_path_factory.mktemp("tiny"), vocab="bpe")))
+
+
+def examples(world, directory=None, ablation=None, **sft):
+    cfg = OmegaConf.merge(OmegaConf.structured(StudentDataConf), sft)
+    ab = None if ablation is None else load_ablation(ablation)
+    return build_examples(directory or world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab)
+
+
+def load_ablation(name: str):
+    node = OmegaConf.load(CONF_DIR / "ablation" / f"{name}.yaml")
+    node.pop("defaults")
+    return OmegaConf.merge(OmegaConf.structured(AblationConf), node)
+
+
+def artifact(world, stage: str) -> pd.DataFrame:
+    return pd.read_parquet(world["dir"] / f"{stage}.parquet")
+
+
+# ------------------------------------------------------------------------------------ rating text
+
+
+@pytest.mark.parametrize("lo,hi,offset,texts", [
+    (1, 5, 0, ["1", "2", "3", "4", "5"]),
+    (1, 10, 0, [str(i) for i in range(1, 11)]),
+    (1, 10, -1, [str(i) for i in range(10)]),
+    (1, 5, -1, ["0", "1", "2", "3", "4"]),
+])
+def test_rating_text_round_trip(lo, hi, offset, texts):
+    rt = RatingTokens(lo, hi, offset=offset)
+    assert rt.texts == texts
+    for r in range(lo, hi + 1):
+        assert rt.from_text(rt.to_text(r)) == r
+        assert rt.from_text(f" {rt.to_text(r)}\n") == r
+    assert rt.to_text(float(hi)) == texts[-1] and rt.from_text(texts[0] + ".0") == lo
+
+
+def test_half_step_scale():
+    rt = RatingTokens(1, 3, step=0.5)
+    assert rt.texts == ["1", "1.5", "2", "2.5", "3"]
+    assert rt.from_text("2.5") == 2.5 and rt.to_text(1.5) == "1.5"
+
+
+def test_ratings_off_the_scale_are_rejected_with_a_sentence():
+    rt = RatingTokens(1, 5)
+    with pytest.raises(RatingTextError, match=r"rating 6 is outside the dataset's scale 1-5; check dataset.scale"):
+        rt.to_text(6)
+    with pytest.raises(RatingTextError, match="outside the dataset's scale"):
+        rt.to_text(0)
+    with pytest.raises(RatingTextError, match=r"rating 2.5 is not on the scale's steps of 1"):
+        rt.to_text(2.5)
+    imdb = RatingTokens(1, 10, offset=-1)
+    with pytest.raises(RatingTextError, match=r"'10' is not a rating; the student writes one of \['0', '1'"):
+        imdb.from_text("10")  # 10 is written as 9
+    with pytest.raises(RatingTextError, match="'great' is not a rating"):
+        rt.from_text("great")
+    with pytest.raises(RatingTextError, match="min < max"):
+        RatingTokens(5, 1)
+
+
+def test_rating_token_ids_come_from_the_tokenizer(tok):
+    five = RatingTokens(1, 5)
+    ids = five.token_ids(tok)
+    assert ids == [[tok.convert_tokens_to_ids(str(d))] for d in range(1, 6)]
+    assert five.single_token is True
+    ten = RatingTokens(1, 10)
+    ids10 = ten.token_ids(tok)
+    assert ids10[-1] == [tok.convert_tokens_to_ids("1"), tok.convert_tokens_to_ids("0")]  # "10": two tokens
+    assert [len(x) for x in ids10] == [1] * 9 + [2]
+    assert ten.single_token is False
+    shifted = RatingTokens(1, 10, offset=-1)
+    assert shifted.token_ids(tok) == [[tok.convert_tokens_to_ids(str(d))] for d in range(10)]
+    assert shifted.single_token is True
+    with pytest.raises(RatingTextError, match="known once token_ids"):
+        _ = RatingTokens(1, 5).single_token
+
+
+# ------------------------------------------------------------------------------------ examples
+
+
+def test_every_task_from_a_real_annotation_dir(world):
+    ex = examples(world)
+    train, split = ex["train"], world["split"]
+    by = {t: [e for e in train if e.task == t] for t in ("extract", "user_profile", "item_profile", "rating")}
+    extract, users, items, rationale = (artifact(world, s) for s in ("extract", "user_profile", "item_profile", "rationale"))
+    skipped = ex.report["skipped"]
+
+    # extract: one example per ok preference set, the review taken from the split's training frame
+    assert len(by["extract"]) == (extract.status == "ok").sum() == len(split.train)
+    first = by["extract"][0]
+    review = split.train.set_index(["user_id", "item_id"]).loc[(first.meta["user_id"], first.meta["item_id"]), "review"]
+    assert review in first.user
+    assert first.answer == extract.set_index(["user_id", "item_id"]).loc[(first.meta["user_id"], first.meta["item_id"]), "preference_set"]
+
+    # user profiles: every ok profile; the answer drops the computed [Average Rating] section
+    assert len(by["user_profile"]) == (users.status == "ok").sum() == 24
+    u = by["user_profile"][0]
+    profile = users.set_index("user_id").loc[u.meta["user_id"], "profile"]
+    assert "[Average Rating]" in profile and "[Average Rating]" not in u.answer
+    assert u.answer == profile[: profile.index("\n\n[Average Rating]")]
+    assert u.user.count("\n---\n") == u.meta["n_sets"] - 1 == (extract.user_id == u.meta["user_id"]).sum() - 1
+
+    # item profiles: ok rows (identical input+answer pairs merged, counted); no_history rows counted
+    n_ok = (items.status == "ok").sum()
+    assert len(by["item_profile"]) + skipped.get("item_profile", {}).get("duplicate", 0) == n_ok
+    assert skipped["item_profile"]["no_history"] == (items.status == "no_history").sum()
+    it = by["item_profile"][0]
+    row = items[(items.item_id == it.meta["item_id"]) & items.target_user.isna()].iloc[0] if it.meta["target_user"] is None else None
+    assert row is not None and it.meta["n_sets"] == len(row["source_users"]) == it.user.count("\n---\n") + 1
+
+    # rating: ok rationales → reasoning + rating; valid/test pairs → the rating line, the truth in meta
+    assert len(by["rating"]) == (rationale.status == "ok").sum() == len(split.train)
+    r = by["rating"][0]
+    truth = rationale.set_index(["user_id", "item_id"]).loc[(r.meta["user_id"], r.meta["item_id"])]
+    assert r.answer == f"Reasoning: {truth['rationale']}\nPredicted User Rating: {truth['rating']:g}"
+    assert re.fullmatch(r"Reasoning: .+\nPredicted User Rating: [1-5]", r.answer, re.DOTALL)
+    assert ex.report["counts"]["valid"] == {"rating": len(split.valid)} and len(ex["valid"]) == 18
+    assert ex.report["counts"]["test"] == {"rating": len(split.test)}
+    t = ex["test"][0]
+    gold = split.test.set_index(["user_id", "item_id"]).loc[(t.meta["user_id"], t.meta["item_id"]), "rating"]
+    assert t.meta["rating"] == gold and t.answer == f"Predicted User Rating: {gold:g}" and t.meta["has_reasoning"] is False
+    assert "warm" in t.meta
+    # the item description is the teacher's, and never the item's hidden `extra`
+    item_row = world["items"].set_index("item_id").loc[t.meta["item_id"]]
+    assert describe_item(item_row.to_dict(), "movie") in t.user
+    assert str(item_row["extra"]) not in t.user
+
+
+def test_failed_upstream_rows_are_skipped_and_counted(world, tmp_path):
+    d = tmp_path / "annot"
+    shutil.copytree(world["dir"], d)
+    extract = pd.read_parquet(d / "extract.parquet")
+    extract.loc[:2, "status"] = "failed"
+    extract.loc[:2, "preference_set"] = None
+    extract.to_parquet(d / "extract.parquet", index=False)
+    rationale = pd.read_parquet(d / "rationale.parquet")
+    rationale.loc[:1, "status"] = "failed"
+    rationale.loc[:1, "rationale"] = None
+    rationale.to_parquet(d / "rationale.parquet", index=False)
+    users = pd.read_parquet(d / "user_profile.parquet")
+    victim = world["split"].test.user_id.iloc[0]
+    users.loc[users.user_id == victim, ["status", "profile"]] = ["failed", None]
+    users.to_parquet(d / "user_profile.parquet", index=False)
+
+    ex = examples(world, d)
+    counts, skipped = ex.report["counts"], ex.report["skipped"]
+    assert counts["train"]["extract"] == len(extract) - 3 and skipped["extract"] == {"failed": 3}
+    assert counts["train"]["rating"] == len(rationale) - 2 and skipped["rating"]["train:rationale_failed"] == 2
+    assert skipped["user_profile"]["failed"] == 1 and counts["train"]["user_profile"] == 23
+    n_test = (world["split"].test.user_id == victim).sum()
+    n_valid = (world["split"].valid.user_id == victim).sum()
+    assert skipped["rating"]["test:user_profile_missing"] == n_test > 0
+    assert skipped["rating"].get("valid:user_profile_missing", 0) == n_valid
+    assert counts["test"]["rating"] == len(world["split"].test) - n_test
+    # an item profile whose reviewers' sets now failed cannot be rebuilt: counted, not silently changed
+    assert skipped["item_profile"]["source_set_missing"] > 0
+
+
+def test_missing_artifact_names_the_stage_to_run(world, tmp_path):
+    d = tmp_path / "annot"
+    shutil.copytree(world["dir"], d)
+    (d / "rationale.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'rating' task needs the teacher's rationale stage \(exp3rt-annotate stage=rationale\)"):
+        examples(world, d)
+    assert examples(world, d, tasks=["extract"]).report["counts"]["train"] == {"extract": 110}
+
+
+def test_task_weights_resample_train_examples_deterministically(world):
+    plain = examples(world).report["counts"]["train"]
+    a = examples(world, task_weights={"rating": 2.0, "extract": 0.5, "user_profile": 0.0}, seed=3)
+    b = examples(world, task_weights={"rating": 2.0, "extract": 0.5, "user_profile": 0.0}, seed=3)
+    c = examples(world, task_weights={"rating": 2.0, "extract": 0.5, "user_profile": 0.0}, seed=4)
+    assert a.report["counts"]["train"] == {"extract": 55, "item_profile": plain["item_profile"], "rating": 2 * plain["rating"]}
+    assert [e.user for e in a["train"]] == [e.user for e in b["train"]]
+    assert [e.user for e in a["train"]] != [e.user for e in c["train"]]
+    assert len({e.user for e in a["train"] if e.task == "extract"}) == 55  # a sample without repeats
+    assert a.report["counts"]["test"] == examples(world).report["counts"]["test"]  # eval untouched
+    with pytest.raises(ConfigError, match=r"'sft.task_weights.rating': 'rating' is not in sft.tasks"):
+        examples(world, tasks=["extract"], task_weights={"rating": 2.0})
+
+
+def test_rating_offset_changes_the_written_scale(world):
+    ex = examples(world, tasks=["rating"], rating_offset=-1)
+    t = ex["test"][0]
+    assert t.answer == f"Predicted User Rating: {t.meta['rating'] - 1:g}" and "on a 0-4 scale" in t.user
+    assert ex.report["rating_texts"] == ["0", "1", "2", "3", "4"]
+
+
+# ------------------------------------------------------------------------------------ ablations
+
+
+def test_each_ablation_config_flips_only_its_named_switches():
+    full = OmegaConf.to_container(load_ablation("full"))
+    assert set(ABLATIONS) == {"full", "no_reasoning", "no_user_profile", "no_item_profile", "no_item_description",
+                              "no_avg_rating", "raw_reviews"}
+    for name in ABLATIONS:
+        cfg = OmegaConf.to_container(load_ablation(name))
+        changed = {k for k in cfg if cfg[k] != full[k]} - {"name"}
+        assert cfg["name"] == name
+        assert name == "full" or changed == {name.removeprefix("no_")}
+
+
+def test_each_ablation_changes_the_rating_prompt_exactly_as_named(world):
+    rationale = artifact(world, "rationale").set_index(["user_id", "item_id"])
+    runs = {name: examples(world, tasks=["rating"], ablation=name) for name in ABLATIONS}
+    full = runs["full"]["train"][0]
+    key = (full.meta["user_id"], full.meta["item_id"])
+    pick = {name: next(e for e in run["train"] if (e.meta["user_id"], e.meta["item_id"]) == key) for name, run in runs.items()}
+    row = rationale.loc[key]
+    up = f"User profile:\n{row['user_profile']}"
+    desc = f"Movie description:\n{row['item_description']}"
+    ip = f"Movie profile (from other reviewers):\n{row['item_profile']}"
+    assert full.user.startswith(f"{up}\n\n{desc}\n\n{ip}\n\n")
+    assert all(p.system == full.system for p in pick.values())
+
+    assert pick["no_user_profile"].user == full.user.replace(f"{up}\n\n", "")
+    assert pick["no_item_description"].user == full.user.replace(f"{desc}\n\n", "")
+    assert pick["no_item_profile"].user == full.user.replace(f"{ip}\n\n", "")
+    assert "[Average Rating]" in full.user and "[Average Rating]" not in pick["no_avg_rating"].user
+    assert pick["no_avg_rating"].user == full.user.replace(row["user_profile"], strip_average(row["user_profile"])) \
+        .replace(row["item_profile"], strip_average(row["item_profile"]))
+    for name in ("no_user_profile", "no_item_description", "no_item_profile", "no_avg_rating", "raw_reviews"):
+        assert pick[name].answer == full.answer  # the prompt changes, the answer does not
+
+    nr = pick["no_reasoning"]
+    assert nr.answer == f"Predicted User Rating: {row['rating']:g}" and nr.meta["has_reasoning"] is False
+    context = full.user[: full.user.rindex("\n\n")]
+    assert nr.user.startswith(context + "\n\n") and "Reasoning" not in nr.user[len(context):]
+
+    raw = pick["raw_reviews"].user
+    train = world["split"].train
+    own_review = train.set_index(["user_id", "item_id"]).loc[key, "review"]
+    assert "User profile:" not in raw and "Movie profile" not in raw
+    assert raw.startswith("The user's past reviews:\n") and "Reviews of this movie by other users:\n" in raw
+    assert f"\n\n{desc}\n\n" in raw and raw.endswith(full.user[full.user.rindex("\n\n"):])
+    assert own_review not in raw  # never the target pair's own review
+    others = train[(train.user_id == key[0]) & (train.item_id != key[1])].sort_values("timestamp").review.tolist()[-5:]
+    assert all(text in raw for text in others)
+    # the ablation's counts are those of full: the same pairs, only the prompt differs
+    assert {n: r.report["counts"] for n, r in runs.items()} == {n: runs["full"].report["counts"] for n in runs}
+
+
+def test_ablation_that_removes_every_input_is_refused(world):
+    with pytest.raises(ConfigError, match="the rating prompt would show nothing about the pair"):
+        build_examples(world["dir"], world["split"], world["items"], "movie", ScaleConf(), None,
+                       {"name": "empty", "user_profile": False, "item_profile": False, "item_description": False})
+
+
+def test_sft_ablation_and_prompt_groups_compose_and_validate():
+    def composed(overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="annotate", overrides=["+sft=default", "+student_prompt=exp3rt_v1", *overrides])
+
+    cfg = validate(composed(["+ablation=no_reasoning"]))
+    assert cfg.sft.max_length == 2048 and cfg.ablation.reasoning is False and cfg.ablation.user_profile is True
+    assert cfg.student_prompt.rating.answer_rating_only == "Predicted User Rating: {rating}"
+    with pytest.raises(ConfigError, match=r"'sft.tasks': unknown or no tasks \['translate'\]"):
+        validate(composed(["+ablation=full", "sft.tasks=[extract,translate]"]))
+    with pytest.raises(ConfigError, match=r"'sft.task_weights.rating' must be >= 0"):
+        validate(composed(["+ablation=full", "+sft.task_weights.rating=-1"]))
+
+
+# ------------------------------------------------------------------------------------ tokenisation
+
+
+def test_chat_rendering_and_plain_fallback(world, tok):
+    ex = examples(world, tasks=["rating"])["test"][0]
+    prompt, answer = render(tok, ex)
+    assert prompt == f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\n{ex.user}<|im_end|>\n<|im_start|>assistant\n"
+    assert answer == ex.answer + "<|im_end|>"
+    assert render(tok, ex, add_answer=False) == (prompt, "")
+    template = tok.chat_template
+    try:
+        tok.chat_template = None
+        assert render(tok, ex)[0] == f"<|bos|>System: {ex.system}\nUser: {ex.user}\nAssistant: "
+    finally:
+        tok.chat_template = template
+
+
+def test_loss_mask_covers_exactly_the_answer_and_eos(world, tok):
+    ex = next(e for e in examples(world, tasks=["rating"])["train"])
+    enc = encode(tok, ex, 4096)
+    prompt, answer = render(tok, ex)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    labels = enc["labels"]
+    assert labels[:n_prompt] == [-100] * n_prompt and -100 not in labels[n_prompt:]
+    assert enc["input_ids"][n_prompt:] == labels[n_prompt:] and enc["attention_mask"] == [1] * len(labels)
+    assert tok.decode(labels[n_prompt:]) == answer == ex.answer + "<|im_end|>"
+    # the rating token the readout scores is the one the student learns to write, right before EOS
+    ids = RatingTokens(1, 5).token_ids(tok)
+    assert labels[-1] == tok.eos_token_id and labels[-2:-1] == ids[int(ex.meta["rating"]) - 1]
+
+
+def test_truncation_shortens_the_inputs_and_never_the_answer(world, tok):
+    ex = next(e for e in examples(world, tasks=["item_profile"])["train"] if e.meta["n_sets"] >= 10)
+    full = encode(tok, ex, 4096)
+    answer_ids = [x for x in full["labels"] if x != -100]
+    limit = len(full["input_ids"]) - 120
+    info: dict = {}
+    cut = encode(tok, ex, limit, info)
+    assert info["truncated"] is True and len(cut["input_ids"]) <= limit
+    assert [x for x in cut["labels"] if x != -100] == answer_ids  # the answer is whole
+    n = info["prompt_tokens"]
+    prompt_text = tok.decode(cut["input_ids"][:n])
+    assert prompt_text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert ELLIPSIS in prompt_text
+    # the instruction around the cut inputs is kept word for word
+    assert prompt_text.startswith(f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\nLikes and dislikes")
+    assert "Summarise them as about five bullet points under [Like] and about five under [Dislike].<|im_end|>" in prompt_text
+    assert len(cut["input_ids"]) > limit - 30  # cut only as much as needed
+    with pytest.raises(ExampleTooLong, match="answer needs .* tokens with its EOS, max_length is 20") as err:
+        encode(tok, ex, 20)
+    assert err.value.reason == "answer_too_long"
+
+
+def test_dataset_is_cached_on_disk_and_skips_are_counted(world, tok, tmp_path):
+    exs = examples(world, tasks=["extract", "rating"])["train"][:60] + examples(world, tasks=["rating"])["train"][:5]
+    first: dict = {}
+    t0 = time.perf_counter()
+    ds = build_dataset(exs, tok, 400, tmp_path / "cache", first)
+    t_build = time.perf_counter() - t0
+    second: dict = {}
+    t0 = time.perf_counter()
+    again = build_dataset(exs, tok, 400, tmp_path / "cache", second)
+    t_reload = time.perf_counter() - t0
+    assert first["cache"] == "built" and second["cache"] == "reused" and first["key"] == second["key"]
+    assert again._fingerprint == ds._fingerprint and again["input_ids"] == ds["input_ids"]
+    assert t_reload < t_build
+    assert first["rows"] + sum(first["skipped"].values()) == len(exs) == 65
+    assert set(first["skipped"]) == {"rating:prompt_too_long"}  # a 400-token window cannot hold profiles + reasoning
+    assert len(ds) == first["rows"] and set(ds.column_names) >= {"input_ids", "attention_mask", "labels", "task"}
+    assert max(len(x) for x in ds["input_ids"]) <= 400
+    assert sum(first["truncated"].values()) == sum(ds["truncated"]) > 0
+    other: dict = {}
+    build_dataset(exs, tok, 512, tmp_path / "cache", other)
+    assert other["cache"] == "built" and other["key"] != first["key"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_collate_right_pads(world, tok):
+    exs = examples(world, tasks=["extract"])["train"][:3]
+    rows = [encode(tok, e, 512) for e in exs]
+    batch = collate(rows, tok.pad_token_id)
+    width = max(len(r["input_ids"]) for r in rows)
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (3, width) for k in ("input_ids", "attention_mask", "labels")}
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        assert batch["input_ids"][i, :n].tolist() == r["input_ids"]
+        assert batch["input_ids"][i, n:].tolist() == [tok.pad_token_id] * (width - n)
+        assert batch["attention_mask"][i].sum().item() == n
+        assert batch["labels"][i, n:].tolist() == [-100] * (width - n)
+
+
+def test_real_smollm2_tokenizer(world):
+    """The same derivations on a real chat model's tokenizer (skipped where no SmolLM2 folder is prepared)."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    folder = Path(os.environ.get("EXP3RT_SMOLLM2_DIR", CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"))
+    if not (folder / "tokenizer.json").is_file():
+        pytest.skip(f"no SmolLM2 folder at {folder} (python -m exp3rt.models.smollm2)")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    five, ten = RatingTokens(1, 5), RatingTokens(1, 10)
+    assert five.token_ids(tok) == [tok.encode(str(d), add_special_tokens=False) for d in range(1, 6)] and five.single_token
+    ten.token_ids(tok)
+    assert not ten.single_token and RatingTokens(1, 10, offset=-1).token_ids(tok)[-1] == tok.encode("9", add_special_tokens=False)
+    ex = examples(world, tasks=["rating"])["train"][0]
+    enc = encode(tok, ex, 300)
+    n = sum(x == -100 for x in enc["labels"])
+    assert tok.decode(enc["labels"][n:]) == ex.answer + tok.eos_token
+    assert tok.decode(enc["input_ids"][:n]).endswith("<|im_start|>assistant\n") and len(enc["input_ids"]) <= 300
+    assert enc["labels"][-2:-1] == five.token_ids(tok)[int(ex.meta["rating"]) - 1]
