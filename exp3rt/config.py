@@ -361,6 +361,7 @@ class TrainerConf:
     log_every_n_steps: int = 50
     limit_val_batches: Any = None  # int: batches; float in [0, 1]: fraction
     deterministic: bool = False
+    checkpoint_every_n_steps: int | None = None  # also write checkpoints/last.ckpt every n optimizer steps
     # the SLURM launcher's tasks_per_node (one task per device); null when not launched by SLURM
     slurm_tasks_per_node: int | None = None
 

@@ -28,6 +28,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
     cfg = validate(cfg)
     result = train(cfg, out_dir)
+    if not result.get("is_global_zero", True):
+        return result
     m = result["metrics"]
     print(f"trained {result['global_step']} steps in {result['seconds']} s on {result['examples']['train']} examples")
     for key in ("train/loss", "val/loss", "val/gen_rmse", "val/gen_mae", "val/gen_parse_rate"):

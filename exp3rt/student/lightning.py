@@ -132,6 +132,13 @@ class StudentModule(pl.LightningModule):
             return
         from exp3rt.student.model import load_base_model, trainable_summary, wrap_peft
 
+        ds_config = getattr(self.trainer.strategy, "config", None) if self._trainer is not None else None
+        if ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3:
+            # tell transformers that ZeRO-3 is on, so from_pretrained loads each weight straight into
+            # its shard inside deepspeed.zero.Init (kept alive for the life of the module)
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         base = load_base_model(self.student_cfg)
         self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
@@ -177,6 +184,7 @@ class StudentModule(pl.LightningModule):
     def generate_metrics(self) -> dict:
         """Decoded generation (not teacher-forced argmax) on the fixed validation subset: RMSE/MAE over
         parsed ratings and the parse rate; unparsed answers are excluded and counted, never scored 0."""
+        from exp3rt.student.strategies import generation_context
         from exp3rt.student.tokenize import render
 
         was_training = self.model.training
@@ -189,8 +197,9 @@ class StudentModule(pl.LightningModule):
             chunk = self.gen_examples[i : i + bs]
             prompts = [render(tok, ex, add_answer=False)[0] for ex in chunk]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            out = self.model.generate(**enc, max_new_tokens=int(self.student_cfg.max_new_tokens), do_sample=False,
-                                      pad_token_id=tok.pad_token_id)
+            with generation_context(self.model):  # ZeRO-3: every rank gathers the weights together
+                out = self.model.generate(**enc, max_new_tokens=int(self.student_cfg.max_new_tokens), do_sample=False,
+                                          pad_token_id=tok.pad_token_id)
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for ex, text in zip(chunk, texts, strict=True):
                 truth.append(float(ex.meta["rating"]))

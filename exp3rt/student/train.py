@@ -146,7 +146,8 @@ def train(cfg, run_dir: Path) -> dict:
         gradient_clip_val=tc.gradient_clip_val, val_check_interval=tc.val_check_interval,
         log_every_n_steps=int(tc.log_every_n_steps), limit_val_batches=tc.limit_val_batches,
         deterministic=bool(tc.deterministic), default_root_dir=str(run_dir), logger=loggers or False,
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                   every_n_train_steps=tc.checkpoint_every_n_steps),
                    LearningRateMonitor(logging_interval="step")],
         enable_progress_bar=bool(cfg.get("progress", True)), num_sanity_val_steps=0,
     )
@@ -170,9 +171,13 @@ def train(cfg, run_dir: Path) -> dict:
         "example_report": examples.report, "tokenize_report": report, "seconds": round(seconds, 2),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
-    if trainer.is_global_zero:
-        adapter = run_dir / "adapter"
-        module.model.save_pretrained(str(adapter))
-        tokenizer.save_pretrained(str(adapter))
-        (run_dir / "train.json").write_text(json.dumps(result, indent=2, default=str))
+    from exp3rt.student.strategies import generation_context
+
+    with generation_context(module.model):  # ZeRO-3: all ranks gather the weights, rank zero writes them
+        if trainer.is_global_zero:
+            adapter = run_dir / "adapter"
+            module.model.save_pretrained(str(adapter))  # peft: the adapter only; full fine-tune: the model
+            tokenizer.save_pretrained(str(adapter))
+            (run_dir / "train.json").write_text(json.dumps(result, indent=2, default=str))
+    result["is_global_zero"] = bool(trainer.is_global_zero)
     return result
