@@ -13,7 +13,10 @@
    The first ``--warmup`` optimizer steps of each run are not timed (a timestamp after every step,
    from a callback in arm B); model loading and ``Trainer`` setup are not timed either. The arms are
    interleaved (A, B, A, B, ...) and the median tokens/s of each is reported with the ratio B/A. The
-   final losses of the two arms are printed too: same seed and data, so they should agree.
+   final losses of the two arms are printed too: same seed and data, so they should agree. So are the
+   minor page faults per step: part of the gap is the allocator, not Lightning's Python — glibc returns
+   the large activation buffers to the OS and faults them in again, more often in the Lightning arm;
+   ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296`` keeps them (both arms faster).
 
 2. **SmolLM2-135M LoRA step time** (r=8, all-linear, plain torch loop, sequence 512, micro batch 1
    and 4): seconds per optimizer step (median after warm-up) and tokens/s, when the model folder is
@@ -66,13 +69,19 @@ def confs(model_path: str, args, student_extra: dict | None = None):
     return student, peft, train
 
 
-def timed_rate(stamps: list[float], warmup: int, tokens_per_step: int) -> dict:
+def stamp() -> tuple[float, int]:
+    """Now, and the process's minor page faults so far (a warm allocator reuses memory: few per step)."""
+    return time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed_rate(stamps: list[tuple[float, int]], warmup: int, tokens_per_step: int) -> dict:
     """Tokens/s and seconds/step over the steps after the first ``warmup`` (``stamps[i]``: end of step i)."""
     timed = len(stamps) - warmup
-    seconds = stamps[-1] - stamps[warmup - 1]
-    gaps = [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
+    seconds = stamps[-1][0] - stamps[warmup - 1][0]
+    gaps = [b[0] - a[0] for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
+    faults = (stamps[-1][1] - stamps[warmup - 1][1]) / timed
     return {"tokens_per_s": timed * tokens_per_step / seconds, "s_per_step": seconds / timed,
-            "median_step_s": statistics.median(gaps), "timed_steps": timed}
+            "median_step_s": statistics.median(gaps), "timed_steps": timed, "page_faults_per_step": faults}
 
 
 # ------------------------------------------------------------------------------------- arm A: torch
@@ -98,7 +107,7 @@ def plain_torch_run(student, peft, train, rows, pad_id: int, steps: int, warmup:
     sampler = ResumableSampler(len(rows), int(train.seed), True)
     loader = DataLoader(rows, batch_size=int(train.micro_batch_size), sampler=sampler,
                         collate_fn=partial(collate, pad_id=pad_id))
-    stamps: list[float] = []
+    stamps: list[tuple[float, int]] = []
     loss = None
     t0 = time.perf_counter()
     while len(stamps) < steps:
@@ -109,15 +118,15 @@ def plain_torch_run(student, peft, train, rows, pad_id: int, steps: int, warmup:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            stamps.append(time.perf_counter())
-            over = budget_s is not None and len(stamps) > warmup and stamps[-1] - t0 > budget_s
+            stamps.append(stamp())
+            over = budget_s is not None and len(stamps) > warmup and stamps[-1][0] - t0 > budget_s
             if len(stamps) == steps or over:
                 steps = len(stamps)
                 loss = float(out.loss.detach())
                 break
     tokens = int(train.micro_batch_size) * len(rows[0]["input_ids"])
     return {**timed_rate(stamps, warmup, tokens), "final_loss": loss, "threads": torch.get_num_threads(),
-            "first_step_s": stamps[0] - t0, "model_in_train_mode": all(m.training for m in model.modules())}
+            "first_step_s": stamps[0][0] - t0, "model_in_train_mode": all(m.training for m in model.modules())}
 
 
 # --------------------------------------------------------------------------------- arm B: Lightning
@@ -133,12 +142,12 @@ def lightning_run(student, peft, train, rows, pad_id: int, steps: int, warmup: i
         """A timestamp after every optimizer step (callbacks' ``on_train_batch_end`` runs after it)."""
 
         def __init__(self):
-            self.stamps: list[float] = []
+            self.stamps: list[tuple[float, int]] = []
             self.threads = 0
             self.train_mode = None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(stamp())
             if self.train_mode is None:
                 self.threads = torch.get_num_threads()
                 self.train_mode = all(m.training for m in pl_module.model.modules())
@@ -180,7 +189,7 @@ def bench_overhead(args) -> dict:
                 runs[arm].append(res)
                 print(f"  round {rep + 1} {arm:9s}: {res['tokens_per_s']:8,.0f} tokens/s, "
                       f"{res['s_per_step'] * 1e3:6.1f} ms/step (median step {res['median_step_s'] * 1e3:.1f} ms), "
-                      f"final loss {res['final_loss']:.4f}, threads {res['threads']}", flush=True)
+                      f"{res['page_faults_per_step']:,.0f} page faults/step, final loss {res['final_loss']:.4f}", flush=True)
     med = {arm: statistics.median(r["tokens_per_s"] for r in rs) for arm, rs in runs.items()}
     ms = {arm: statistics.median(r["s_per_step"] for r in rs) * 1e3 for arm, rs in runs.items()}
     ratio = med["lightning"] / med["torch"]
