@@ -16,7 +16,8 @@
    final losses of the two arms are printed too: same seed and data, so they should agree. So are the
    minor page faults per step: part of the gap is the allocator, not Lightning's Python — glibc returns
    the large activation buffers to the OS and faults them in again, more often in the Lightning arm;
-   ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296`` keeps them (both arms faster).
+   ``--keep-memory`` (``mallopt``; the same as ``MALLOC_MMAP_THRESHOLD_=1073741824
+   MALLOC_TRIM_THRESHOLD_=4294967296``) keeps them: both arms faster, the ratio steadier.
 
 2. **SmolLM2-135M LoRA step time** (r=8, all-linear, plain torch loop, sequence 512, micro batch 1
    and 4): seconds per optimizer step (median after warm-up) and tokens/s, when the model folder is
@@ -25,6 +26,7 @@
     python benchmarks/bench_train.py                        # both parts; tiny Llama hidden 64 x 2 layers
     python benchmarks/bench_train.py --hidden 256 --layers 4 --skip-smollm2
     python benchmarks/bench_train.py --skip-overhead --smollm2-batches 1 --json
+    python benchmarks/bench_train.py --skip-smollm2 --keep-memory       # part 1 alone, ~20 s
 """
 
 from __future__ import annotations
@@ -256,6 +258,16 @@ def bench_smollm2(args) -> dict:
     return out
 
 
+def keep_memory() -> None:
+    """glibc: serve large blocks from the heap (no mmap per activation buffer) and never trim it."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise RuntimeError("--keep-memory: mallopt failed (glibc only)")
+
+
 def quiet() -> None:
     """Keep the output to the figures: Lightning's banner and hints, progress bars, known warnings."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -291,15 +303,19 @@ def main() -> None:
                     help="per micro batch: stop the timed steps early (after one) past this many seconds")
     ap.add_argument("--skip-overhead", action="store_true", help="skip part 1 (Lightning ÷ plain torch)")
     ap.add_argument("--skip-smollm2", action="store_true", help="skip part 2 (SmolLM2-135M step time)")
+    ap.add_argument("--keep-memory", action="store_true",
+                    help="glibc mallopt: keep freed memory in the heap (fewer page faults, steadier figures)")
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be >= 1 (the first step's end is where timing starts)")
 
     quiet()
+    if args.keep_memory:
+        keep_memory()
     torch.set_num_threads(args.threads)
 
-    result: dict = {"torch": torch.__version__, "threads": args.threads}
+    result: dict = {"torch": torch.__version__, "threads": args.threads, "keep_memory": args.keep_memory}
     if not args.skip_overhead:
         print(f"Lightning vs plain torch: tiny Llama hidden {args.hidden} x {args.layers} layers, LoRA r=8 all-linear, "
               f"{args.rows} x {args.seq} tokens, micro batch {args.micro_batch}, {args.warmup} warm-up + "
