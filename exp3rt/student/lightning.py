@@ -143,6 +143,14 @@ class StudentModule(pl.LightningModule):
         self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
 
+    def on_train_start(self) -> None:
+        # from_pretrained leaves modules in eval mode and Lightning no longer flips them: without this,
+        # dropout (LoRA or attention) would be silently off during training
+        self.model.train()
+
+    def on_validation_end(self) -> None:
+        self.model.train()
+
     def forward(self, **batch):
         return self.model(**batch)
 
