@@ -23,6 +23,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/exp3rt-baselines
 	$(BIN)/exp3rt-annotate
+	$(BIN)/exp3rt-train trainer.max_steps=200 logger=csv
 
 test: setup
 	$(BIN)/python -m pytest
@@ -35,6 +36,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_train.py
 
 # MovieLens-100k for the real-data check, taken from the RecBole wheel on PyPI (not a dependency).
 ml100k: $(ML100K)
