@@ -58,10 +58,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
+def _is_secret_key(key: Any) -> bool:
+    # `api_key_env` names an environment variable: a name, not a secret
+    return bool(_SECRET_KEY.search(str(key))) and not str(key).endswith("_env")
+
+
 def scrub_secrets(obj: Any) -> Any:
     """Replace values of secret-looking keys (api_key, token, password, …) by ``"***"``."""
     if isinstance(obj, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else scrub_secrets(v)) for k, v in obj.items()}
+        return {k: ("***" if _is_secret_key(k) and v not in (None, "") else scrub_secrets(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [scrub_secrets(v) for v in obj]
     return obj
