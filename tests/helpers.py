@@ -45,3 +45,20 @@ def dataset_yaml(name: str):
     node = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
     node.pop("defaults", None)
     return node
+
+
+def rejection(compose_fn, overrides: list[str]) -> str:
+    """What a user is told for these overrides: Hydra rejects type and enum errors while composing
+    (each group's schema is part of its YAML), ``validate()`` rejects cross-field rules."""
+    import pytest
+    from hydra.errors import ConfigCompositionException
+
+    from exp3rt.config import ConfigError
+
+    try:
+        validate(compose_fn(overrides))
+    except ConfigError as e:
+        return str(e)
+    except ConfigCompositionException as e:
+        return f"{e} {e.__cause__}"
+    pytest.fail(f"{overrides} was accepted")

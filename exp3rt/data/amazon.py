@@ -33,23 +33,12 @@ import pyarrow as pa
 
 from exp3rt.config import VariantPolicy
 from exp3rt.data.problems import InputProblems
-from exp3rt.data.schema import Dataset
+from exp3rt.data.schema import INTERACTION_SCHEMA, Dataset
 from exp3rt.data.textio import bad_json_reason, is_utf8, iter_line_blocks
 
 CHUNK_ROWS = 20_000  # small enough that the Python lists and Arrow builders stay small
 
-INTERACTIONS_WITH_LINE = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("rating", pa.float64()),
-        ("review", pa.string()),
-        ("summary", pa.string()),
-        ("timestamp", pa.int64()),
-        ("helpful_votes", pa.int64()),
-        ("_line", pa.int64()),
-    ]
-)
+INTERACTIONS_WITH_LINE = INTERACTION_SCHEMA.append(pa.field("_line", pa.int64()))
 
 # Kinds under which lenient-mode skips are counted (the reason text itself carries the details).
 VARIANT_NOTE = "variant copies removed (same reviewer, text and time under another asin; variants=keep_one)"
