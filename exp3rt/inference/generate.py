@@ -14,6 +14,7 @@ a batch's whole cache; drop the outputs (or use ``generate_and_read``) to free i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,11 +79,20 @@ def crop_cache(cache, length: int) -> None:
         cache.crop(-extra)
 
 
+def _cache_kwarg(model) -> str:
+    """``cache`` where the model's forward takes it (transformers >= 5.2x deprecates ``past_key_values``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes kwargs on
+    try:
+        return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
 def forward_step(model, cache, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """One cached forward: ``mask`` covers cache + new tokens; returns logits (B, L, V) in float32."""
     device = next(model.parameters()).device
     out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                past_key_values=cache, use_cache=True)
+                use_cache=True, **{_cache_kwarg(model): cache})
     return out.logits.float()
 
 
