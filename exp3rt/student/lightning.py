@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 
 import numpy as np
@@ -14,9 +13,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
+
 log = logging.getLogger(__name__)
 
-RATING_RE = re.compile(r"Predicted User Rating:\s*(-?\d+(?:\.\d+)?)")
 
 
 class ResumableSampler(Sampler[int]):
@@ -98,18 +98,6 @@ def lr_lambda(scheduler: str, warmup: int, total: int):
         return 1.0
 
     return f
-
-
-def parse_rating(text: str, scale_min: float, scale_max: float, from_text=None) -> float | None:
-    """The rating after ``Predicted User Rating:``; None when absent or outside the scale."""
-    m = RATING_RE.search(text or "")
-    if not m:
-        return None
-    try:
-        value = from_text(m.group(1)) if from_text else float(m.group(1))
-    except ValueError:
-        return None
-    return value if scale_min <= value <= scale_max else None
 
 
 class StudentModule(pl.LightningModule):
