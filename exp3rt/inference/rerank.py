@@ -156,7 +156,9 @@ def _readout(model, tokenizer, texts: list[str], paths: _Paths, batch_size: int,
     seqs = [_encode(tokenizer, t) for t in texts]
     if any(not s for s in seqs):
         raise ValueError("an empty prompt cannot be scored")
-    plen = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if reuse_prefix else 0  # each row keeps >= 1 token
+    # each row keeps >= 1 token; one text with one readout position gains nothing from a separate prefix pass
+    share = reuse_prefix and len(seqs) * len(paths.nodes) > 1
+    plen = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if share else 0
     cache = _prefix_cache(model, seqs[0][:plen])
     info["prefix_tokens"] = plen
     info["suffix_tokens"] = sum(len(s) - plen for s in seqs)
