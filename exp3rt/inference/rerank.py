@@ -1,0 +1,310 @@
+"""Rerank a first-stage retriever's candidates by the student's expected rating, sharing each user's prefix.
+
+For one user every candidate prompt starts with the same text (system message, user profile) and differs
+in the item part (description, item profile, instruction). :func:`score_candidates` tokenises all the
+user's prompts, runs their longest common token prefix **once** (``use_cache=True``), and then runs every
+candidate's remaining tokens as one right-padded batch against a copy of that KV cache expanded to the
+batch. The attention mask covers prefix + suffix (ones over the prefix and each row's real tokens, zeros
+over its padding; padding sits after the real tokens, so the causal mask already hides it from them) and
+each row's logits are read at its own last real position.
+
+Modes:
+
+* ``"fast"`` — the readout right after ``prompt + rating_prefix``: the next-token distribution over the
+  rating tokens, renormalised over the valid ratings. When a rating is several tokens (``"10"`` is
+  ``"1"``, ``"0"``) its probability is the chain of its tokens' probabilities, each read after the ones
+  before it; when one rating's tokens are a proper prefix of another's (``"1"`` and ``"10"``) every
+  rating's chain ends with the EOS token (the student ends its answer there), so ``"1"`` means "1 and
+  stop". The expected rating is Σ p·r over :attr:`RatingTokens.ratings` (the text mapped back with
+  ``from_text``, i.e. with the rating offset undone).
+* ``"full"`` — the student first writes its reasoning: greedy decoding per candidate, continuing from the
+  shared prefix's cache, until it writes ``rating_prefix``, the EOS token or ``max_new_tokens``; then the
+  fast readout on ``prompt + reasoning + rating_prefix`` (again with the user's prefix shared).
+
+:func:`rerank` orders each user's candidates by expected rating (ties keep the first-stage order);
+:func:`rerank_metrics` compares nDCG/Recall/Hit@k before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+
+from exp3rt.evaluation.metrics import topk_metrics
+from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
+
+MODES = ("fast", "full")
+
+Scores = dict[Hashable, list[tuple[Hashable, float, list[float]]]]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs[1:]):
+            return i
+    return n
+
+
+class _Paths:
+    """The token paths to read for the rating readout: a trie over each rating's continuation ids.
+
+    ``nodes`` are the distinct proper prefixes of the continuations (``()`` is the position right after the
+    rating prefix); the log-probability of rating ``j`` is the sum over its tokens of the log-softmax at the
+    node before that token."""
+
+    def __init__(self, tokenizer, ratings: RatingTokens, rating_prefix: str):
+        ids = [list(x) for x in ratings.token_ids(tokenizer, rating_prefix)]
+        ambiguous = any(a != b and b[: len(a)] == a for a in ids for b in ids)
+        if ambiguous:
+            if tokenizer.eos_token_id is None:
+                raise ValueError(f"ratings {ratings.texts} are prefixes of one another and the tokenizer has no EOS "
+                                 "token to end them")
+            ids = [x + [int(tokenizer.eos_token_id)] for x in ids]
+        self.sequences = ids
+        nodes: dict[tuple[int, ...], int] = {}
+        for seq in ids:
+            for k in range(len(seq)):
+                nodes.setdefault(tuple(seq[:k]), len(nodes))
+        self.nodes = list(nodes)
+        self.index = nodes
+        # (node, token) pairs per rating
+        self.steps = [[(nodes[tuple(seq[:k])], seq[k]) for k in range(len(seq))] for seq in ids]
+
+    def probabilities(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """``logprobs`` (n_nodes, vocab) → renormalised probabilities over the ratings (float64)."""
+        scores = torch.stack([sum(logprobs[n, t] for n, t in steps) for steps in self.steps]).double()
+        return torch.softmax(scores, dim=0)
+
+
+def _expand(cache, batch: int):
+    """A copy of a batch-1 KV cache repeated ``batch`` times (the original stays untouched for reuse)."""
+    out = copy.deepcopy(cache)
+    if batch > 1:
+        out.batch_repeat_interleave(batch)
+    return out
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _cache_kw(model) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes kwargs on
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _out_cache(out):
+    found = out.get("cache", None)
+    return found if found is not None else out.get("past_key_values", None)
+
+
+@torch.inference_mode()
+def _prefix_cache(model, prefix: list[int]):
+    """Run the shared prefix once; ``None`` when it is empty."""
+    if not prefix:
+        return None
+    dev = _device(model)
+    out = model(input_ids=torch.tensor([prefix], device=dev), attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=dev),
+                use_cache=True)
+    return _out_cache(out)
+
+
+@torch.inference_mode()
+def _last_logprobs(model, rows: list[list[int]], prefix_len: int, cache, pad_id: int) -> torch.Tensor:
+    """Log-softmax (float32) of the next token after each row, the rows continuing ``cache`` (the prefix of
+    length ``prefix_len``; ``None`` and 0 without one). Rows are right-padded; one batch."""
+    dev = _device(model)
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=dev)
+    mask = torch.zeros(len(rows), prefix_len + width, dtype=torch.long, device=dev)
+    mask[:, :prefix_len] = 1
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, prefix_len : prefix_len + len(r)] = 1
+    positions = torch.arange(prefix_len, prefix_len + width, device=dev).expand(len(rows), -1)
+    last = torch.tensor(lengths, device=dev).unsqueeze(1) - 1  # (B, 1): each row's last real position
+    kwargs = {_cache_kw(model): _expand(cache, len(rows))} if cache is not None else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                logits_to_keep=last, **kwargs)
+    logits = out.logits
+    if logits.dim() == 3:  # (B, 1, V)
+        logits = logits[:, -1] if logits.shape[1] == 1 else logits[torch.arange(len(rows)), last.squeeze(1)]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _readout(model, tokenizer, texts: list[str], paths: _Paths, batch_size: int, reuse_prefix: bool, info: dict) -> list[list[float]]:
+    """Rating probabilities for each full text (prompt … + rating prefix) of one user."""
+    seqs = [_encode(tokenizer, t) for t in texts]
+    if any(not s for s in seqs):
+        raise ValueError("an empty prompt cannot be scored")
+    # each row keeps >= 1 token; one text with one readout position gains nothing from a separate prefix pass
+    share = reuse_prefix and len(seqs) * len(paths.nodes) > 1
+    plen = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if share else 0
+    cache = _prefix_cache(model, seqs[0][:plen])
+    info["prefix_tokens"] = plen
+    info["suffix_tokens"] = sum(len(s) - plen for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    rows = [(c, s[plen:] + list(node)) for c, s in enumerate(seqs) for node in paths.nodes]
+    lp = []
+    for start in range(0, len(rows), max(1, int(batch_size))):
+        chunk = rows[start : start + max(1, int(batch_size))]
+        lp.append(_last_logprobs(model, [r for _, r in chunk], plen, cache if plen else None, pad))
+    logprobs = torch.cat(lp).view(len(seqs), len(paths.nodes), -1)
+    return [paths.probabilities(logprobs[c]).tolist() for c in range(len(seqs))]
+
+
+@torch.inference_mode()
+def _generate(model, tokenizer, ids: list[int], plen: int, cache, rating_prefix: str, max_new_tokens: int) -> str:
+    """Greedy continuation of ``ids`` (its first ``plen`` tokens already in ``cache``) until the rating
+    prefix, EOS or ``max_new_tokens``; returns the reasoning text (up to the rating prefix)."""
+    dev = _device(model)
+    past = _expand(cache, 1) if cache is not None else None
+    todo = ids[plen:]
+    pos = plen
+    eos = tokenizer.eos_token_id
+    out: list[int] = []
+    text = ""
+    for _ in range(int(max_new_tokens)):
+        n = len(todo)
+        inp = torch.tensor([todo], device=dev)
+        res = model(input_ids=inp, attention_mask=torch.ones(1, pos + n, dtype=torch.long, device=dev),
+                    position_ids=torch.arange(pos, pos + n, device=dev).unsqueeze(0), use_cache=True,
+                    logits_to_keep=1, **({_cache_kw(model): past} if past is not None else {}))
+        past = _out_cache(res)
+        pos += n
+        nxt = int(res.logits[0, -1].argmax())
+        if eos is not None and nxt == eos:
+            break
+        out.append(nxt)
+        todo = [nxt]
+        text = tokenizer.decode(out, skip_special_tokens=True)
+        if rating_prefix.strip() and rating_prefix.strip() in text:
+            return text[: text.index(rating_prefix.strip())]
+    text = tokenizer.decode(out, skip_special_tokens=True)
+    return text + ("\n" if text and not text.endswith("\n") else "")
+
+
+# ----------------------------------------------------------------------------------------- scoring
+
+
+def score_candidates(
+    model,
+    tokenizer,
+    prompts_by_user: Mapping[Hashable, Sequence[tuple[Hashable, str]]],
+    ratings: RatingTokens,
+    rating_prefix: str = RATING_PREFIX,
+    mode: str = "fast",
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    reuse_prefix: bool = True,
+    stats: dict | None = None,
+) -> Scores:
+    """``{user: [(item_id, expected_rating, probs), ...]}`` in the input (first-stage) order.
+
+    ``prompts_by_user[user]`` lists ``(item_id, prompt_text)`` — the chat-rendered rating prompt ending with
+    the generation prompt (:func:`exp3rt.student.tokenize.render` with ``add_answer=False``). ``probs`` are
+    the renormalised probabilities of :attr:`RatingTokens.texts` (same order); the expected rating is on the
+    dataset's scale. ``batch_size`` caps the rows of one forward (candidates × readout positions).
+    ``reuse_prefix=False`` runs every prompt whole (the reference, and the benchmark's comparison).
+    ``stats`` (optional) receives per user ``seconds``, ``prefix_tokens``, ``suffix_tokens`` and, in full
+    mode, ``reasoning`` ({item: text}).
+    """
+    if mode not in MODES:
+        raise ValueError(f"rerank mode must be one of {MODES} (got {mode!r})")
+    was_training = model.training
+    model.eval()
+    paths = _Paths(tokenizer, ratings, rating_prefix)
+    values = [ratings.from_text(t) for t in ratings.texts]
+    out: Scores = {}
+    try:
+        for user, cands in prompts_by_user.items():
+            cands = list(cands)
+            info: dict = {}
+            t0 = time.perf_counter()
+            if not cands:
+                out[user] = []
+                continue
+            items = [c[0] for c in cands]
+            if len(set(items)) != len(items):
+                raise ValueError(f"user {user!r} has duplicate candidate items")
+            prompts = [c[1] for c in cands]
+            if mode == "full":
+                seqs = [_encode(tokenizer, p) for p in prompts]
+                plen = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if reuse_prefix else 0
+                cache = _prefix_cache(model, seqs[0][:plen]) if plen else None
+                reasons = [_generate(model, tokenizer, s, plen, cache, rating_prefix, max_new_tokens) for s in seqs]
+                info["reasoning"] = dict(zip(items, reasons, strict=True))
+                prompts = [p + r for p, r in zip(prompts, reasons, strict=True)]
+            probs = _readout(model, tokenizer, [p + rating_prefix for p in prompts], paths, batch_size, reuse_prefix, info)
+            out[user] = [(item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr)
+                         for item, pr in zip(items, probs, strict=True)]
+            info["seconds"] = time.perf_counter() - t0
+            if stats is not None:
+                stats[user] = info
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- ranking
+
+
+def rerank(scores: Mapping[Hashable, Sequence[tuple]], k: int | None = None) -> dict[Hashable, list]:
+    """Each user's items by expected rating, highest first; ties keep the first-stage order (the order of
+    ``scores[user]``). ``k`` keeps the top ``k``."""
+    out = {}
+    for user, rows in scores.items():
+        order = sorted(range(len(rows)), key=lambda i: (-float(rows[i][1]), i))
+        ranked = [rows[i][0] for i in order]
+        out[user] = ranked if k is None else ranked[: int(k)]
+    return out
+
+
+def rerank_metrics(
+    first_stage: Mapping[Hashable, Sequence],
+    reranked: Mapping[Hashable, Sequence],
+    relevant: Mapping[Hashable, set],
+    ks: Sequence[int] = (1, 5, 10),
+    seconds_per_user: Mapping[Hashable, float] | float | None = None,
+) -> dict:
+    """``before/<metric>@k`` (the first-stage order) and ``after/<metric>@k`` (reranked) for nDCG, Recall
+    and Hit, over the users with relevant items (``users``); ``time_per_user_s`` when timings are given
+    (a mean of ``{user: seconds}`` or one number). A reranked list must hold only the user's candidates."""
+    for user, items in reranked.items():
+        extra = set(items) - set(first_stage.get(user, ()))
+        if extra:
+            raise ValueError(f"reranked list of user {user!r} holds items that were not its candidates: {sorted(map(str, extra))[:5]}")
+    metrics = ("ndcg", "recall", "hit")
+    before = topk_metrics(first_stage, relevant, ks, metrics)
+    after = topk_metrics(reranked, relevant, ks, metrics)
+    out: dict = {"users": before["users_evaluated"], "users_without_relevant": before["users_without_relevant"]}
+    for name, res in (("before", before), ("after", after)):
+        for key, value in res.items():
+            if "@" in key:
+                out[f"{name}/{key}"] = value
+    if seconds_per_user is not None:
+        if isinstance(seconds_per_user, Mapping):
+            vals = [float(v) for v in seconds_per_user.values()]
+            out["time_per_user_s"] = sum(vals) / len(vals) if vals else float("nan")
+        else:
+            out["time_per_user_s"] = float(seconds_per_user)
+    return out

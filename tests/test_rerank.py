@@ -1,0 +1,167 @@
+"""Reranking by expected rating with the user's prefix shared: equal to plain forwards, rerank order and metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from exp3rt.inference.rerank import (
+    _encode,
+    common_prefix_len,
+    rerank,
+    rerank_metrics,
+    score_candidates,
+)
+from exp3rt.student.prompts import StudentPrompts, load_student_prompt
+from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
+from exp3rt.student.tokenize import render_prompt
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from exp3rt.models.tiny import build_tiny_llama
+
+    folder = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", vocab="bpe", hidden=64, layers=2)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def user_prompts(tokenizer, ratings: RatingTokens, n: int = 4, reasoning: bool = False) -> list[tuple[str, str]]:
+    """Rating prompts from the project's prompt file: one user profile, items whose parts differ in length."""
+    prompts = StudentPrompts(load_student_prompt("exp3rt_v1"), "movie", ratings)
+    out = []
+    for j in range(n):
+        sections = {
+            "user_profile": "[Like]\n- Tense plots.\n- Strong acting.\n[Dislike]\n- Slow pacing.",
+            "item_description": f"Movie {j}: " + "a heist story with twists. " * (j + 1),
+            "item_profile": "[Like]\n- The score.\n" + "- The cast.\n" * j + "[Dislike]\n- The ending.",
+        }
+        system, user = prompts.rating_messages(sections, reasoning=reasoning)
+        out.append((f"item{j}", render_prompt(tokenizer, system, user.text)))
+    return out
+
+
+@torch.inference_mode()
+def plain_probs(model, tokenizer, text: str, ratings: RatingTokens, prefix: str = RATING_PREFIX) -> list[float]:
+    """Reference: one unbatched full forward per rating sequence, no cache; multi-token ratings (one a
+    prefix of another) chained and ended with EOS."""
+    seqs = ratings.token_ids(tokenizer, prefix)
+    if not ratings.single_token:
+        seqs = [s + [tokenizer.eos_token_id] for s in seqs]
+    ids = _encode(tokenizer, text + prefix)
+    scores, seen = [], {}
+    for seq in seqs:
+        key = tuple(seq[:-1])
+        if key not in seen:  # single-token ratings share one forward
+            seen[key] = torch.log_softmax(model(input_ids=torch.tensor([ids + list(key)])).logits[0].float(), dim=-1)
+        lp = seen[key]
+        scores.append(sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(seq)))
+    z = torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=0)
+    return z.tolist()
+
+
+def test_prefix_reuse_equals_plain_forward(tiny):
+    model, tok = tiny
+    ratings = RatingTokens(1, 5)
+    cands = user_prompts(tok, ratings, n=4)
+    lengths = [len(_encode(tok, p)) for _, p in cands]
+    assert len(set(lengths)) == len(lengths)  # suffixes of different lengths: padding is exercised
+    stats: dict = {}
+    scores = score_candidates(model, tok, {"u1": cands}, ratings, RATING_PREFIX, batch_size=3, stats=stats)
+    seqs = [_encode(tok, p + RATING_PREFIX) for _, p in cands]
+    assert stats["u1"]["prefix_tokens"] == common_prefix_len(seqs) > 20  # the system + user profile part
+    no_reuse = score_candidates(model, tok, {"u1": cands}, ratings, RATING_PREFIX, reuse_prefix=False)
+    assert [r[0] for r in scores["u1"]] == [c[0] for c in cands]
+    for (item, expected, probs), (_, text), (_, e2, p2) in zip(scores["u1"], cands, no_reuse["u1"], strict=True):
+        ref = plain_probs(model, tok, text, ratings)
+        assert max(abs(a - b) for a, b in zip(probs, ref, strict=True)) < TOL, item
+        assert max(abs(a - b) for a, b in zip(probs, p2, strict=True)) < TOL and abs(expected - e2) < TOL
+        assert math.isclose(sum(probs), 1.0, abs_tol=1e-9)
+        assert 1.0 <= expected <= 5.0
+        assert math.isclose(expected, sum(p * r for p, r in zip(probs, ratings.ratings, strict=True)), abs_tol=1e-9)
+
+
+def test_multi_token_ratings_chain_with_eos(tiny):
+    model, tok = tiny
+    ratings = RatingTokens(1, 10)  # "10" is "1","0": chained, and every rating ends with EOS
+    cands = user_prompts(tok, ratings, n=2)
+    scores = score_candidates(model, tok, {"u": cands}, ratings, RATING_PREFIX, batch_size=7)
+    for (_, expected, probs), (_, text) in zip(scores["u"], cands, strict=True):
+        ref = plain_probs(model, tok, text, ratings)
+        assert max(abs(a - b) for a, b in zip(probs, ref, strict=True)) < TOL
+        assert math.isclose(sum(probs), 1.0, abs_tol=1e-9) and 1.0 <= expected <= 10.0
+
+
+def test_offset_maps_back_to_scale(tiny):
+    model, tok = tiny
+    ratings = RatingTokens(1, 10, offset=-1)  # written 0-9, one token each
+    (_, expected, probs), = score_candidates(model, tok, {"u": user_prompts(tok, ratings, n=1)}, ratings)["u"]
+    assert len(probs) == 10 and 1.0 <= expected <= 10.0
+    assert math.isclose(expected, sum(p * (i + 1) for i, p in enumerate(probs)), abs_tol=1e-9)
+
+
+def test_full_mode_scores_every_candidate(tiny):
+    model, tok = tiny
+    ratings = RatingTokens(1, 5)
+    cands = user_prompts(tok, ratings, n=3, reasoning=True)
+    stats: dict = {}
+    scores = score_candidates(model, tok, {"u": cands}, ratings, mode="full", max_new_tokens=6, stats=stats)
+    assert [r[0] for r in scores["u"]] == [c[0] for c in cands]
+    reasoning = stats["u"]["reasoning"]
+    assert set(reasoning) == {c[0] for c in cands}
+    for (item, expected, probs), (_, text) in zip(scores["u"], cands, strict=True):
+        assert 1.0 <= expected <= 5.0 and math.isclose(sum(probs), 1.0, abs_tol=1e-9)
+        # the readout after the reasoning equals a plain forward on prompt + reasoning + prefix
+        ref = plain_probs(model, tok, text + reasoning[item], ratings)
+        assert max(abs(a - b) for a, b in zip(probs, ref, strict=True)) < TOL
+    # the greedy reasoning continued from the shared cache equals greedy decoding without it
+    plain = score_candidates(model, tok, {"u": cands}, ratings, mode="full", max_new_tokens=6, reuse_prefix=False, stats=(s2 := {}))
+    assert s2["u"]["reasoning"] == reasoning
+    assert all(abs(a[1] - b[1]) < TOL for a, b in zip(scores["u"], plain["u"], strict=True))
+
+
+def test_rejects_unknown_mode(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="mode"):
+        score_candidates(model, tok, {}, RatingTokens(1, 5), mode="slow")
+
+
+def test_rerank_order_and_metrics_by_hand():
+    first = {"a": ["x", "y", "z"], "b": ["p", "q", "r", "s"], "c": ["m", "n"]}
+    scores = {
+        "a": [("x", 3.0, []), ("y", 3.0, []), ("z", 4.5, [])],  # x and y tie: first-stage order kept
+        "b": [("p", 2.0, []), ("q", 4.0, []), ("r", 1.0, []), ("s", 3.0, [])],
+        "c": [("m", 1.0, []), ("n", 2.0, [])],
+    }
+    ranked = rerank(scores)
+    assert ranked == {"a": ["z", "x", "y"], "b": ["q", "s", "p", "r"], "c": ["n", "m"]}
+    assert rerank(scores, k=2)["b"] == ["q", "s"]
+    relevant = {"a": {"z"}, "b": {"q", "s"}, "c": set()}  # c has no relevant item: not evaluated
+    m = rerank_metrics(first, ranked, relevant, ks=(1, 5), seconds_per_user={"a": 1.0, "b": 3.0})
+    assert m["users"] == 2 and m["users_without_relevant"] == 1
+
+    def inv(i: int) -> float:
+        return 1 / math.log2(i)
+
+    # before: a has z at 3; b has q at 2, s at 4
+    nd5_a = inv(4)
+    nd5_b = (inv(3) + inv(5)) / (1 + inv(3))
+    expect = {
+        "before/ndcg@1": 0.0, "after/ndcg@1": 1.0,
+        "before/hit@1": 0.0, "after/hit@1": 1.0,
+        "before/recall@1": 0.0, "after/recall@1": (1 + 0.5) / 2,
+        "before/ndcg@5": (nd5_a + nd5_b) / 2, "after/ndcg@5": 1.0,
+        "before/recall@5": 1.0, "after/recall@5": 1.0,
+        "before/hit@5": 1.0, "after/hit@5": 1.0,
+        "time_per_user_s": 2.0,
+    }
+    for key, value in expect.items():
+        assert math.isclose(m[key], value, abs_tol=1e-12), key
+    with pytest.raises(ValueError, match="not its candidates"):
+        rerank_metrics(first, {"a": ["z", "w"]}, relevant)
