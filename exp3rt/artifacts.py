@@ -22,7 +22,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 #: Bump when the on-disk layout of prepared data changes, so stale caches are not reused.
 FORMAT_VERSION = 1
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|secret|token|password|authorization)", re.IGNORECASE)
+# api_key, secret, password, authorization, or a name ending in "token" (hf_token, wandb_token) — but
+# not counts such as max_tokens or tokens_per_minute
+_SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|authorization|token$)", re.IGNORECASE)
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

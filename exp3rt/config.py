@@ -183,6 +183,15 @@ class BaselinesConf:
 class EvalConf:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     candidates: str = "full"  # full: rank all non-training items (the protocol is logged)
+    # exp3rt-evaluate (student): reasoning then readout (full) or readout alone (fast)
+    mode: str = "full"
+    failure_policy: str = "user_mean"  # user_mean | item_mean | global_mean | exclude (counted either way)
+    max_pairs: int | None = None  # evaluate the first n test pairs (null: all)
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # null: student.max_new_tokens of the trained run
+    do_sample: bool = False
+    temperature: float = 1.0
+    seed: int = 0
 
 
 class TeacherBackendName(StrEnum):
@@ -566,6 +575,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     if ev is not None:
         if any(k < 1 for k in ev.ks):
             raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
+        if ev.mode not in ("full", "fast"):
+            raise ConfigError(f"config key 'eval.mode' must be full or fast (got {ev.mode!r})")
+        policies = ("user_mean", "item_mean", "global_mean", "exclude")
+        if ev.failure_policy not in policies:
+            raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(policies)} (got {ev.failure_policy!r})")
     _validate_training(typed)
     sft = typed.get("sft")
     if sft is not None:

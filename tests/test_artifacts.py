@@ -16,6 +16,8 @@ def test_secret_values_are_replaced_wherever_they_sit(tmp_path):
     assert clean["logger"]["wandb_token"] == "***" and clean["list"][0]["password"] == "***"
     assert clean["logger"]["project"] == "exp3rt"
     assert clean["teacher"]["api_key_env"] == "OPENAI_API_KEY"  # the variable's name is kept
+    counts = scrub_secrets({"max_tokens": 200, "tokens_per_minute": 1000, "hf_token": "hf_x"})
+    assert counts == {"max_tokens": 200, "tokens_per_minute": 1000, "hf_token": "***"}  # counts are not secrets
     save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     assert "sk-live-123" not in text and "pw" not in text.replace("password", "")

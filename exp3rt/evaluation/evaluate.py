@@ -1,0 +1,217 @@
+"""Evaluate a trained student: reasoning then rating on test pairs, both readouts, baselines on the same
+pairs, failure accounting, predictions, report and plots; optionally top-k reranking.
+
+The trained run is identified by its saved ``config.yaml`` (never by parsing directory names): the
+dataset, split, teacher/annotation groups, SFT and student settings come from there, so evaluation sees
+exactly the prompts and rating mapping the student was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from exp3rt.config import ConfigError, validate
+from exp3rt.evaluation.metrics import mae, rmse
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("user_mean", "item_mean", "global_mean", "exclude")
+
+
+@dataclass
+class Prediction:
+    user_id: str
+    item_id: str
+    truth: float
+    warm: bool
+    reasoning: str
+    probs: dict[str, float] = field(default_factory=dict)  # rating text -> probability (valid ratings only)
+    rating_argmax: float | None = None  # most likely rating (readout)
+    rating_expected: float | None = None  # expected rating (readout)
+    rating_parsed: float | None = None  # free text after "Predicted User Rating:"
+    fallback: bool = False  # the readout failed and the failure policy supplied the value
+    fallback_value: float | None = None
+
+
+def find_train_run(run_dir: str | None, adapter: str | None) -> tuple[Path, Path]:
+    """(train run dir, adapter dir) from either; the run dir must hold the saved config.yaml."""
+    if adapter:
+        adapter_dir = Path(adapter)
+        run = Path(run_dir) if run_dir else adapter_dir.parent
+    elif run_dir:
+        run = Path(run_dir)
+        adapter_dir = run / "adapter"
+    else:
+        raise ConfigError("exp3rt-evaluate needs run_dir=<an exp3rt-train run dir> or adapter=<adapter folder>")
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run}/config.yaml is missing: run_dir must be an exp3rt-train run directory")
+    if not (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds neither a peft adapter nor a model")
+    return run, adapter_dir
+
+
+def load_train_config(run: Path, overrides: DictConfig | None = None) -> DictConfig:
+    cfg = OmegaConf.load(run / "config.yaml")
+    if overrides is not None:
+        cfg = OmegaConf.merge(cfg, overrides)
+    return validate(cfg)
+
+
+def apply_fallback(value: float | None, policy: str, user_mean: float | None, item_mean: float | None,
+                   global_mean: float) -> tuple[float | None, bool]:
+    """The rating to score and whether the failure policy supplied it. ``exclude`` returns None:
+    the pair is left out of the error metrics and counted, never scored as zero error."""
+    if value is not None:
+        return value, False
+    if policy not in POLICIES:
+        raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(POLICIES)} (got {policy!r})")
+    if policy == "exclude":
+        return None, True
+    if policy == "user_mean" and user_mean is not None:
+        return user_mean, True
+    if policy in ("user_mean", "item_mean") and item_mean is not None:
+        return item_mean, True
+    return global_mean, True
+
+
+def error_table(preds: list[Prediction], which: str, policy: str, means: dict) -> dict:
+    """RMSE/MAE of one readout (``argmax`` | ``expected`` | ``parsed``) overall, warm and cold, with the
+    number of failures and how they were handled."""
+    truth, pred, warm, failures = [], [], [], 0
+    for p in preds:
+        value = getattr(p, f"rating_{which}")
+        value, fell_back = apply_fallback(value, policy, means["user"].get(p.user_id), means["item"].get(p.item_id),
+                                          means["global"])
+        failures += int(fell_back)
+        if value is None:
+            continue
+        truth.append(p.truth)
+        pred.append(value)
+        warm.append(p.warm)
+    truth_a, pred_a, warm_a = np.array(truth), np.array(pred), np.array(warm, dtype=bool)
+    out = {"n": len(preds), "scored": int(len(truth_a)), "failures": failures, "failure_policy": policy,
+           "parse_rate": 1.0 - failures / max(1, len(preds))}
+    out["rmse"] = rmse(truth_a, pred_a) if len(truth_a) else None
+    out["mae"] = mae(truth_a, pred_a) if len(truth_a) else None
+    for tag, mask in (("warm", warm_a), ("cold", ~warm_a)):
+        out[f"rmse_{tag}"] = rmse(truth_a[mask], pred_a[mask]) if mask.any() else None
+        out[f"mae_{tag}"] = mae(truth_a[mask], pred_a[mask]) if mask.any() else None
+    return out
+
+
+def write_predictions(preds: list[Prediction], path: Path) -> Path:
+    with open(path, "w") as f:
+        for p in preds:
+            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+    return path
+
+
+def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating) -> dict:
+    from exp3rt.baselines.rating import build_rating_baselines
+    from exp3rt.baselines.runner import rating_errors
+
+    out = {}
+    truth = pairs["rating"].to_numpy(dtype=float)
+    warm = pairs["warm"].to_numpy(dtype=bool)
+    for name, model in build_rating_baselines(cfg_rating, scale).items():
+        model.fit(train)
+        pred = np.asarray(model.predict(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), dtype=float)
+        out[name] = rating_errors(truth, pred, warm)
+    return out
+
+
+def report_markdown(metrics: dict, example: Prediction | None) -> str:
+    from exp3rt.evaluation.report import markdown_table
+
+    ds = metrics["dataset"]
+    tag = " — SYNTHETIC data (exp3rt synthetic world)" if ds.get("synthetic") else ""
+    lines = [f"# exp3rt evaluation: {ds['name']}{tag}", "",
+             f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} test pairs; "
+             f"readout mode {metrics['protocol']['mode']}; failure policy {metrics['protocol']['failure_policy']}.", ""]
+    rows = []
+    for name, r in metrics["rating"].items():
+        rows.append([name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"),
+                     r.get("parse_rate", 1.0), r.get("failures", 0)])
+    lines += ["## Rating prediction", "", markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows), ""]
+    if metrics.get("rerank"):
+        rr = metrics["rerank"]
+        keys = sorted(k.split("/", 1)[1] for k in rr if k.startswith("before/"))
+        rows = [[k, rr.get(f"before/{k}"), rr.get(f"after/{k}")] for k in keys]
+        lines += [f"## Top-{rr.get('num_candidates')} reranking ({rr.get('retriever')}, {rr.get('users')} users, "
+                  f"{rr.get('seconds_per_user', 0):.3f} s/user)", "", markdown_table(["metric", "first stage", "reranked"], rows), ""]
+    if example is not None:
+        lines += ["## Example explanation", "", f"User `{example.user_id}`, item `{example.item_id}`, true rating "
+                  f"{example.truth:g}, expected {example.rating_expected if example.rating_expected is None else round(example.rating_expected, 2)}:",
+                  "", "> " + (example.reasoning or "(no reasoning)").replace("\n", "\n> "), ""]
+    lines += ["![rating distributions](rating_distributions.png)", "", "![confusion](confusion.png)", "",
+              "![calibration](calibration.png)", ""]
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
+    """The whole exp3rt-evaluate run (minus Hydra)."""
+    from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.splits import prepare_split
+    from exp3rt.evaluation import plots
+    from exp3rt.student.examples import build_examples
+    from exp3rt.student.train import find_annotation_dir
+
+    run, adapter_dir = find_train_run(cfg.get("run_dir"), cfg.get("adapter"))
+    tcfg = load_train_config(run)
+    ev = cfg.eval
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_dataset(tcfg.dataset, tcfg.paths.data_dir)
+    split = prepare_split(prepared, tcfg.split)
+    ann_dir = find_annotation_dir(tcfg, prepared, split)
+    sft = OmegaConf.merge(tcfg.sft, {"tasks": ["rating"]})
+    examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain), prepared.dataset.scale,
+                              sft, ablation=tcfg.ablation, prompt=tcfg.student_prompt)
+    test_examples = [e for e in examples.get("test", []) if e.task == "rating"]
+    if ev.get("max_pairs"):
+        test_examples = test_examples[: int(ev.max_pairs)]
+    if not test_examples:
+        raise ConfigError(f"no test rating examples for dataset '{tcfg.dataset.name}' (split {tcfg.split.strategy})")
+    t0 = time.perf_counter()
+    preds = predict_fn(tcfg, adapter_dir, test_examples, ev)
+    seconds = time.perf_counter() - t0
+    train = split.train
+    means = {"user": train.groupby("user_id")["rating"].mean().to_dict(),
+             "item": train.groupby("item_id")["rating"].mean().to_dict(), "global": float(train["rating"].mean())}
+    policy = str(ev.failure_policy)
+    pairs = pd.DataFrame({"user_id": [p.user_id for p in preds], "item_id": [p.item_id for p in preds],
+                          "rating": [p.truth for p in preds], "warm": [p.warm for p in preds]})
+    rating = {"student_expected": error_table(preds, "expected", policy, means),
+              "student_argmax": error_table(preds, "argmax", policy, means),
+              "student_parsed": error_table(preds, "parsed", policy, means),
+              **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
+    metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
+               "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds),
+                            "readout": "next-token distribution over the valid rating tokens after the reasoning",
+                            "seconds_per_pair": seconds / max(1, len(preds))},
+               "rating": rating}
+    write_predictions(preds, out_dir / "predictions.jsonl")
+    truth = np.array([p.truth for p in preds])
+    expected = np.array([p.rating_expected if p.rating_expected is not None else np.nan for p in preds])
+    ok = ~np.isnan(expected)
+    levels = prepared.dataset.scale.levels
+    plots.rating_distributions(truth[ok], expected[ok], levels, out_dir / "rating_distributions.png", "true vs predicted")
+    plots.confusion(truth[ok], expected[ok], levels, out_dir / "confusion.png", "confusion (expected rating)")
+    plots.calibration(truth[ok], expected[ok], out_dir / "calibration.png", "calibration")
+    example = next((p for p in preds if p.reasoning), preds[0] if preds else None)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (out_dir / "report.md").write_text(report_markdown(metrics, example))
+    return metrics
+
+
+def _default_rating_cfg():
+    from exp3rt.config import RatingBaselinesConf
+
+    return OmegaConf.structured(RatingBaselinesConf)

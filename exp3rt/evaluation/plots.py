@@ -1,0 +1,90 @@
+"""PNG plots for evaluation reports (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def rating_distributions(truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Path, title: str) -> Path:
+    """Side-by-side bars: how often each rating is true and how often it is predicted (rounded)."""
+    plt = _plt()
+    levels = list(levels)
+    t_counts = [int(np.sum(np.isclose(truth, lv))) for lv in levels]
+    snapped = np.array([levels[int(np.argmin([abs(p - lv) for lv in levels]))] for p in pred]) if len(pred) else np.array([])
+    p_counts = [int(np.sum(np.isclose(snapped, lv))) for lv in levels]
+    x = np.arange(len(levels))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(x - 0.2, t_counts, width=0.4, label="true")
+    ax.bar(x + 0.2, p_counts, width=0.4, label="predicted (nearest level)")
+    ax.set_xticks(x, [f"{lv:g}" for lv in levels])
+    ax.set_xlabel("rating")
+    ax.set_ylabel("pairs")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix of true rating × predicted rating (nearest level)."""
+    plt = _plt()
+    levels = list(levels)
+    idx = {lv: i for i, lv in enumerate(levels)}
+    m = np.zeros((len(levels), len(levels)))
+    for t, p in zip(truth, pred, strict=True):
+        ti = idx.get(float(t), int(np.argmin([abs(t - lv) for lv in levels])))
+        pi = int(np.argmin([abs(p - lv) for lv in levels]))
+        m[ti, pi] += 1
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(levels)), [f"{lv:g}" for lv in levels])
+    ax.set_yticks(range(len(levels)), [f"{lv:g}" for lv in levels])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def calibration(truth: np.ndarray, expected: np.ndarray, path: Path, title: str, bins: int = 8) -> Path:
+    """Mean true rating per bin of the expected rating, against the diagonal."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    if len(expected):
+        edges = np.linspace(expected.min(), expected.max() + 1e-9, bins + 1)
+        which = np.digitize(expected, edges) - 1
+        xs, ys = [], []
+        for b in range(bins):
+            sel = which == b
+            if sel.any():
+                xs.append(float(expected[sel].mean()))
+                ys.append(float(truth[sel].mean()))
+        ax.plot(xs, ys, "o-", label="mean true rating")
+        lo, hi = float(min(truth.min(), expected.min())), float(max(truth.max(), expected.max()))
+        ax.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal")
+    ax.set_xlabel("expected rating (readout)")
+    ax.set_ylabel("true rating")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

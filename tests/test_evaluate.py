@@ -1,0 +1,68 @@
+"""exp3rt-evaluate on a freshly trained tiny student: predictions with both readouts, failures counted
+by policy, baselines on the same pairs, report and plots written; the saved config drives everything."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from exp3rt import CONF_DIR
+from exp3rt.evaluation.evaluate import Prediction, apply_fallback, error_table
+
+WORLD = ["dataset.world.n_users=12", "dataset.world.n_items=10", "dataset.world.min_per_user=4",
+         "dataset.world.max_per_user=5"]
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from exp3rt.cli.annotate import run as annotate
+    from exp3rt.cli.train import run as train
+
+    root = tmp_path_factory.mktemp("eval")
+    base = [f"paths.artifacts_dir={root}/artifacts", "progress=false", *WORLD]
+    annotate(compose_cfg("annotate", base), root / "annotate")
+    train(compose_cfg("train", [*base, "trainer.max_steps=5", "logger=csv", "train.val_generate=false"]), root / "train")
+    return root
+
+
+def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+
+    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                   "eval.max_pairs=6", "eval.max_new_tokens=8"])
+    metrics = run(cfg, tmp_path / "ev")
+    out = tmp_path / "ev"
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6
+    for p in preds:
+        assert {"user_id", "item_id", "truth", "reasoning", "probs", "rating_argmax", "rating_expected", "fallback"} <= set(p)
+        assert abs(sum(p["probs"].values()) - 1.0) < 1e-6
+        assert 1.0 <= p["rating_expected"] <= 5.0 and p["rating_argmax"] in (1.0, 2.0, 3.0, 4.0, 5.0)
+    r = metrics["rating"]
+    assert {"student_expected", "student_argmax", "student_parsed", "global_mean", "biased_mf"} <= set(r)
+    assert r["student_expected"]["n"] == 6 and r["student_expected"]["parse_rate"] == 1.0
+    # the free-text readout of a 5-step student fails; failures are counted and filled by the policy
+    assert r["student_parsed"]["failures"] + r["student_parsed"]["scored"] >= 6
+    for name in ("report.md", "metrics.json", "rating_distributions.png", "confusion.png", "calibration.png"):
+        assert (out / name).stat().st_size > 0
+    assert "SYNTHETIC" in (out / "report.md").read_text()
+
+
+def test_failure_policies_count_and_never_score_zero_error():
+    means = {"user": {"u": 4.0}, "item": {"i": 2.0}, "global": 3.0}
+    preds = [Prediction("u", "i", 5.0, True, "", rating_expected=None), Prediction("v", "i", 1.0, False, "", rating_expected=1.0)]
+    assert apply_fallback(None, "user_mean", 4.0, 2.0, 3.0) == (4.0, True)
+    assert apply_fallback(None, "user_mean", None, 2.0, 3.0) == (2.0, True)
+    assert apply_fallback(None, "item_mean", None, None, 3.0) == (3.0, True)
+    assert apply_fallback(None, "exclude", 4.0, 2.0, 3.0) == (None, True)
+    excluded = error_table(preds, "expected", "exclude", means)
+    assert excluded["failures"] == 1 and excluded["scored"] == 1 and excluded["rmse"] == 0.0 and excluded["parse_rate"] == 0.5
+    filled = error_table(preds, "expected", "user_mean", means)
+    assert filled["scored"] == 2 and filled["rmse"] == pytest.approx(((5 - 4) ** 2 / 2) ** 0.5)
