@@ -103,8 +103,10 @@ def test_resume_continues_step_data_position_and_wandb_run(annotated, tmp_path):
                        "train.val_generate=false", "ckpt_path=last")
     assert second["global_step"] == 10
     assert (run_dir / "wandb_run_id.txt").read_text() == run_id
-    runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert len(runs) == 2  # two sessions of the same W&B run id
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    # both sessions logged to the one run id (W&B names a session dir by its start second, so two
+    # sessions in the same second share a dir): no second run was created
+    assert runs and all(r.name.endswith(f"-{run_id}") for r in runs)
     # the resumed sampler skipped what the first session consumed: the order continues, not restarts
     from exp3rt.student.lightning import ResumableSampler
 
