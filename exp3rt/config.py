@@ -192,6 +192,16 @@ class EvalConf:
     do_sample: bool = False
     temperature: float = 1.0
     seed: int = 0
+    # top-k reranking of a first-stage retriever's candidates by the student's expected rating
+    rerank: bool = False
+    rerank_retriever: str = "lightgcn"  # popularity | bpr_mf | lightgcn, fitted on the training split
+    num_candidates: int = 20  # the paper reranks top-20
+    rerank_mode: str = "fast"  # fast: readout only; full: reasoning then readout
+    rerank_max_users: int | None = 50  # test users reranked (null: all)
+    candidates_file: str | None = None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
+    test_file: str | None = None  # an EXP3RT release rating file to evaluate on instead of the test split
+    wandb: bool = True  # log metrics + an explanations table (offline unless WANDB_MODE / the train run say)
+    wandb_rows: int = 200  # explanations in the table
 
 
 class TeacherBackendName(StrEnum):

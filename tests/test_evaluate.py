@@ -66,3 +66,66 @@ def test_failure_policies_count_and_never_score_zero_error():
     assert excluded["failures"] == 1 and excluded["scored"] == 1 and excluded["rmse"] == 0.0 and excluded["parse_rate"] == 0.5
     filled = error_table(preds, "expected", "user_mean", means)
     assert filled["scored"] == 2 and filled["rmse"] == pytest.approx(((5 - 4) ** 2 / 2) ** 0.5)
+
+
+def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+
+    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                   "eval.max_pairs=2", "eval.mode=fast", "eval.rerank=true", "eval.rerank_max_users=4",
+                                   "eval.num_candidates=5", "eval.rerank_retriever=popularity"])
+    rr = run(cfg, tmp_path / "ev")["rerank"]
+    assert rr["users"] == 4 and rr["num_candidates"] == 5 and rr["retriever"] == "popularity"
+    for k in (1, 5, 10):
+        for side in ("before", "after"):
+            assert 0.0 <= rr[f"{side}/ndcg@{k}"] <= 1.0
+    # reranking permutes the same 5 candidates: recall@5 (and hit@5) cannot change
+    assert rr["before/recall@5"] == rr["after/recall@5"] and rr["before/hit@5"] == rr["after/hit@5"]
+    assert rr["candidates_unscored"] == 0 and rr["time_per_user_s"] > 0
+    assert "reranking" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):
+    from exp3rt.cli.evaluate import run
+
+    path = shared_data / "exp3rt-release-sample" / "amazon-book" / "rating_with_rationale_sample.json"
+    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                   "eval.mode=fast", f"eval.test_file={path}"])
+    metrics = run(cfg, tmp_path / "ev")
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 25 and preds[0]["user_id"] == "AHM2SCEWEBC7DV2CAZHFG3PIX37Q"
+    assert metrics["protocol"]["file"]["records"] == 25 and str(path) in metrics["protocol"]["pairs"]
+    assert sum(p["truth"] for p in preds) == 30  # the sample's scores add up to 30
+
+
+def test_wandb_gets_metrics_and_an_explanations_table(trained, tmp_path, monkeypatch):
+    from exp3rt.cli.evaluate import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                   "eval.max_pairs=3", "eval.mode=fast"])
+    metrics = run(cfg, tmp_path / "ev")
+    runs = list((tmp_path / "ev" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert b"explanations" in runs[0].read_bytes()
+    assert metrics["wandb_dir"].endswith("wandb")
+
+
+def test_reranking_reads_a_candidates_file(trained, tmp_path):
+    import pandas as pd
+
+    from exp3rt.baselines.retrievers import write_candidates
+    from exp3rt.cli.evaluate import run
+
+    split_dir = next((trained / "artifacts" / "data").glob("*/splits/*"))
+    test = pd.read_parquet(split_dir / "test.parquet")
+    users = sorted(test.user_id.unique())[:3]
+    items = sorted(pd.read_parquet(split_dir / "train.parquet").item_id.unique())
+    path = write_candidates({u: [i for i in items if i not in set(test[test.user_id == u].item_id)][:3]
+                             + list(test[test.user_id == u].item_id[:1]) for u in users}, tmp_path / "cands.parquet")
+    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                   "eval.max_pairs=1", "eval.mode=fast", "eval.rerank=true", f"eval.candidates_file={path}",
+                                   "eval.num_candidates=4"])
+    rr = run(cfg, tmp_path / "ev")["rerank"]
+    assert rr["users"] == 3 and rr["retriever"] == str(path)
+    assert rr["before/hit@5"] == rr["after/hit@5"] == 1.0  # the relevant item is among the 4 either way

@@ -175,6 +175,13 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain), prepared.dataset.scale,
                               sft, ablation=tcfg.ablation, prompt=tcfg.student_prompt)
     test_examples = [e for e in examples.get("test", []) if e.task == "rating"]
+    source = {"pairs": f"test split ({tcfg.split.strategy})"}
+    if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
+        from exp3rt.student.examples import rating_file_examples
+
+        test_examples, file_report = rating_file_examples(ev.test_file, str(tcfg.dataset.domain), prepared.dataset.scale,
+                                                          tcfg.sft, tcfg.ablation, tcfg.student_prompt)
+        source = {"pairs": f"test file {ev.test_file}", "file": file_report}
     if ev.get("max_pairs"):
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
@@ -193,7 +200,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
               "student_parsed": error_table(preds, "parsed", policy, means),
               **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
     metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
-               "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds),
+               "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds), **source,
                             "readout": "next-token distribution over the valid rating tokens after the reasoning",
                             "seconds_per_pair": seconds / max(1, len(preds))},
                "rating": rating}
@@ -205,10 +212,101 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     plots.rating_distributions(truth[ok], expected[ok], levels, out_dir / "rating_distributions.png", "true vs predicted")
     plots.confusion(truth[ok], expected[ok], levels, out_dir / "confusion.png", "confusion (expected rating)")
     plots.calibration(truth[ok], expected[ok], out_dir / "calibration.png", "calibration")
+    if ev.get("rerank"):
+        metrics["rerank"] = rerank_candidates(tcfg, adapter_dir, ann_dir, prepared, split, ev)
     example = next((p for p in preds if p.reasoning), preds[0] if preds else None)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (out_dir / "report.md").write_text(report_markdown(metrics, example))
+    if ev.get("wandb") and tcfg.logger.mode != "disabled":
+        metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows))
     return metrics
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """``rating/<model>/<key>`` and ``rerank/<key>`` numbers, the names a W&B sweep or dashboard uses."""
+    out = {}
+    for model, r in metrics["rating"].items():
+        for k, v in r.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"rating/{model}/{k}"] = float(v)
+    for k, v in (metrics.get("rerank") or {}).items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"rerank/{k}"] = float(v)
+    return out
+
+
+def log_to_wandb(tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, rows: int) -> str:
+    """One W&B run (job_type=evaluate, grouped with the training run) with the metrics and a table of
+    explanations; offline unless the training config asked for online. Secrets never reach it."""
+    import wandb
+
+    from exp3rt.artifacts import scrub_secrets, to_container
+
+    run = wandb.init(project=tcfg.logger.project, entity=tcfg.logger.entity, dir=str(out_dir), job_type="evaluate",
+                     group=tcfg.logger.group or tcfg.get("experiment_name") or "default",
+                     mode="offline" if tcfg.logger.mode == "offline" else "online",
+                     config=scrub_secrets({"train": to_container(tcfg), "protocol": metrics["protocol"]}),
+                     tags=[f"dataset:{tcfg.dataset.name}", f"student:{tcfg.student.name}"], reinit="finish_previous")
+    try:
+        table = wandb.Table(columns=["user_id", "item_id", "truth", "expected", "most_likely", "reasoning"])
+        for p in preds[:rows]:
+            table.add_data(p.user_id, p.item_id, p.truth, p.rating_expected, p.rating_argmax, p.reasoning)
+        run.log({"explanations": table, **flat_metrics(metrics)})
+        return str(out_dir / "wandb")
+    finally:
+        run.finish()
+
+
+def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, ev) -> dict:
+    """First-stage candidates (a retriever fitted on the training split, training items excluded) for
+    the test users, scored by the student's expected rating with each user's shared prompt prefix run
+    once, reranked; nDCG/Recall/Hit@k before and after. Candidates the student cannot be prompted for
+    (no shared item profile) keep their first-stage place after the scored ones and are counted."""
+    from exp3rt.baselines.retrievers import build_retrievers, relevant_sets
+    from exp3rt.config import RetrieverBaselinesConf
+    from exp3rt.inference.predict import load_student
+    from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
+    from exp3rt.student.examples import candidate_examples
+    from exp3rt.student.prompts import StudentPrompts
+    from exp3rt.student.ratings import RatingTokens
+    from exp3rt.student.tokenize import render
+
+    n = int(ev.num_candidates)
+    relevant = relevant_sets(split.test)
+    users = sorted(u for u, s in relevant.items() if s)
+    if ev.get("candidates_file"):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
+        from exp3rt.baselines.retrievers import read_candidates
+
+        given = read_candidates(ev.candidates_file)
+        users = [u for u in users if u in given]
+        source = str(ev.candidates_file)
+    else:
+        rcfg = OmegaConf.merge(OmegaConf.structured(RetrieverBaselinesConf), {"models": [str(ev.rerank_retriever)], "num_candidates": n})
+        given = build_retrievers(rcfg)[str(ev.rerank_retriever)].fit(split.train).recommend(users, n)
+        source = str(ev.rerank_retriever)
+    if ev.get("rerank_max_users"):
+        users = users[: int(ev.rerank_max_users)]
+    first = {u: list(given[u])[:n] for u in users}
+    cands, skipped = candidate_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
+                                        prepared.dataset.scale, tcfg.sft, tcfg.ablation, tcfg.student_prompt, first)
+    model, tok = load_student(tcfg, Path(adapter_dir))
+    scale = prepared.dataset.scale
+    ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
+    prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix
+    prompts_by_user = {u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
+                       for u, exs in cands.items()}
+    stats: dict = {}
+    scores = score_candidates(model, tok, prompts_by_user, ratings, prefix, mode=str(ev.rerank_mode),
+                              max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens), stats=stats)
+    ranked = rerank(scores)
+    after = {u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first}
+    seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
+    out = rerank_metrics(first, after, {u: relevant[u] for u in first}, list(ev.ks), seconds_per_user=seconds)
+    unscored = sum(len(first[u]) - len(cands.get(u, [])) for u in first)
+    out.update({"retriever": source, "num_candidates": n, "mode": str(ev.rerank_mode),
+                "candidates_unscored": int(unscored), "skipped": skipped,
+                "seconds_per_user": out.get("time_per_user_s", 0.0)})
+    return out
 
 
 def _default_rating_cfg():

@@ -204,7 +204,8 @@ class _Builder:
 
     # ------------------------------------------------------------------ task 4
 
-    def rating(self) -> dict[str, list[SFTExample]]:
+    def rating_context(self) -> dict:
+        """Profiles, pair → item-profile job map and review orders that rating prompts are built from."""
         ab = self.ab
         need_profiles = not ab.raw_reviews
         rationale = _read(self.dir, "rationale", "rating")
@@ -229,8 +230,14 @@ class _Builder:
         by_item = (train.sort_values(["helpful_votes", "timestamp"], ascending=[False, True], kind="stable")
                    .groupby("item_id")["user_id"].agg(list).to_dict()) if "helpful_votes" in train else \
             train.groupby("item_id")["user_id"].agg(list).to_dict()
-        ctx = {"uprof": uprof, "iprof": iprof, "job_of": job_of, "sources": sources, "by_user": by_user, "by_item": by_item}
+        return {"uprof": uprof, "iprof": iprof, "job_of": job_of, "sources": sources, "by_user": by_user,
+                "by_item": by_item, "rationale": rationale}
 
+
+    def rating(self) -> dict[str, list[SFTExample]]:
+        ctx = self.rating_context()
+        rationale = ctx["rationale"]
+        train = self.split.train
         out: dict[str, list[SFTExample]] = {p: [] for p in PARTS}
         done = set()
         for row in rationale.to_dict("records"):
@@ -383,3 +390,66 @@ def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scal
     for task, reasons in report["skipped"].items():
         log.warning("student %s: skipped %s", task, reasons)
     return ExampleSet(parts, report)
+
+
+def candidate_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation, prompt,
+                       candidates: dict) -> tuple[dict[str, list[SFTExample]], dict]:
+    """Rating prompts for first-stage candidates (``{user: [item, ...]}``), built exactly as the rating
+    task's prompts. A candidate is not a rated pair, so its item profile is the item's shared profile
+    (the job with no target user); candidates without one are skipped and counted. ``meta["rating"]``
+    is None (the answer text is a placeholder that is never used)."""
+    cfg = _to_conf(cfg, StudentDataConf)
+    ablation = _to_conf(ablation, AblationConf)
+    ratings = RatingTokens.from_config(scale, float(cfg.rating_offset))
+    prompts = StudentPrompts(prompt if prompt is not None else load_student_prompt(), domain, ratings)
+    builder = _Builder(Path(annotation_dir), split, items, domain, ratings, cfg, ablation, prompts)
+    ctx = builder.rating_context()
+    out: dict[str, list[SFTExample]] = {}
+    for user, cands in candidates.items():
+        rows = []
+        for item in cands:
+            pair = (user, item)
+            if pair not in ctx["job_of"] and (item, None) in ctx["iprof"]:
+                ctx["job_of"][pair] = (item, None)
+            ex = builder._rating_example(pair, float(scale.min), "candidate", None, ctx, {})
+            if ex is not None:
+                ex.meta["rating"] = None
+                rows.append(ex)
+        out[user] = rows
+    return out, {task: dict(c) for task, c in builder.skipped.items() if c}
+
+
+def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt) -> tuple[list[SFTExample], dict]:
+    """Rating prompts for a given test file in the EXP3RT release format (user_persona, item_synopsis,
+    item_description, score), with the same templates and ablation switches as training. The file's
+    profiles are used as they are; ``raw_reviews`` cannot apply (the file has no reviews)."""
+    from exp3rt.data.problems import InputProblems
+    from exp3rt.data.release import read_rating_file
+
+    cfg = _to_conf(cfg, StudentDataConf)
+    ab = _to_conf(ablation, AblationConf)
+    if ab.raw_reviews:
+        raise ConfigError(f"ablation '{ab.name}' shows raw reviews, which a release rating file does not carry")
+    ratings = RatingTokens.from_config(scale, float(cfg.rating_offset))
+    prompts = StudentPrompts(prompt if prompt is not None else load_student_prompt(), domain, ratings)
+    problems = InputProblems(strict=True)
+    frame = read_rating_file(path, scale, problems)
+    out = []
+    for r in frame.to_dict("records"):
+        sections: dict[str, str] = {}
+        if ab.user_profile:
+            sections["user_profile"] = r["user_profile"]
+        if ab.item_description:
+            sections["item_description"] = r["item_description"]
+        if ab.item_profile:
+            sections["item_profile"] = r["item_profile"]
+        if not ab.avg_rating:
+            sections = {k: (v if k == "item_description" else strip_average(v)) for k, v in sections.items()}
+        system, user = prompts.rating_messages(sections, reasoning=bool(ab.reasoning))
+        rating = float(r["rating"])
+        out.append(SFTExample("rating", system, user.text, prompts.answer(rating, None),
+                              {"user_id": str(r["user_id"]), "item_id": str(r["item_id"]), "rating": rating,
+                               "rating_text": ratings.to_text(rating), "split": "test", "warm": True,
+                               "has_reasoning": False, "ablation": str(ab.name),
+                               "cut_spans": [list(s) for s in user.spans], "prompt_version": prompts.version}))
+    return out, {"file": str(path), "records": len(frame), **problems.to_dict()}
