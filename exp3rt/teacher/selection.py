@@ -93,6 +93,14 @@ class UserSimilarity(ABC):
             out[r] = self.similarity(user, candidates, exclude_item=exclude_item)
         return out
 
+    def _lookup(self, users: Sequence[str], candidates: Sequence[str]):
+        """A zero ``len(users) × len(candidates)`` matrix and the known rows/columns: ``(out, u_idx,
+        c_idx, ku, kc)`` where ``ku``/``kc`` are the positions whose ids the fitted index knows."""
+        out = np.zeros((len(users), len(candidates)), dtype=np.float64)
+        u_idx = self.users.get_indexer(pd.Index(list(users), dtype=object))
+        c_idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
+        return out, u_idx, c_idx, np.flatnonzero(u_idx >= 0), np.flatnonzero(c_idx >= 0)
+
     def top_k(self, user: str, candidates: Sequence[str], k: int, exclude_item: str | None = None) -> list[str]:
         """The ``k`` most similar distinct candidates, ties broken by user id (ascending).
 
@@ -168,12 +176,7 @@ class RatingCosine(UserSimilarity):
         self, users: Sequence[str], candidates: Sequence[str], exclude_item: str | None = None
     ) -> np.ndarray:
         self._check_fitted()
-        out = np.zeros((len(users), len(candidates)), dtype=np.float64)
-        if len(users) == 0 or len(candidates) == 0:
-            return out
-        u_idx = self.users.get_indexer(pd.Index(list(users), dtype=object))
-        c_idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
-        ku, kc = np.flatnonzero(u_idx >= 0), np.flatnonzero(c_idx >= 0)
+        out, u_idx, c_idx, ku, kc = self._lookup(users, candidates)
         if len(ku) == 0 or len(kc) == 0:
             return out
         targets, t_norms = self._target_rows(u_idx[ku], exclude_item)
@@ -288,12 +291,7 @@ class ProfileEmbedding(UserSimilarity):
     ) -> np.ndarray:
         if self.users is None:
             self.fit()
-        out = np.zeros((len(users), len(candidates)), dtype=np.float64)
-        if len(users) == 0 or len(candidates) == 0:
-            return out
-        u_idx = self.users.get_indexer(pd.Index(list(users), dtype=object))
-        c_idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
-        ku, kc = np.flatnonzero(u_idx >= 0), np.flatnonzero(c_idx >= 0)
+        out, u_idx, c_idx, ku, kc = self._lookup(users, candidates)
         if len(ku) and len(kc):
             out[np.ix_(ku, kc)] = self.matrix[u_idx[ku]] @ self.matrix[c_idx[kc]].T
         return out
