@@ -17,7 +17,7 @@ import pandas as pd
 
 from exp3rt.config import SyntheticWorldConf
 from exp3rt.data.schema import RatingScale
-from exp3rt.data.synthetic import generate_world
+from exp3rt.data.synthetic import generate_world, truth_match_features
 from exp3rt.data.world_vocab import VERDICTS
 
 SENTENCE = re.compile(r"(?<=[.!])\s+")
@@ -73,16 +73,8 @@ def main(domain: str = "movie", top: float = 5.0) -> None:
         bu = g.sum() / (g.count() + 5)
         g = pd.Series(y - mu - tr["user_id"].map(bu).to_numpy()).groupby(tr["item_id"].to_numpy())
         bi = g.sum() / (g.count() + 5)
-    users = ds.extras["user_truth"].set_index("user_id")
-    items = ds.extras["item_truth"].set_index("item_id")
-
     def feats(df):
-        rows = []
-        for u, i in zip(df["user_id"], df["item_id"], strict=True):
-            lk, dl = set(users.likes[u]), set(users.dislikes[u])
-            st, wk = set(items.strong[i]), set(items.weak[i])
-            rows.append([1.0, len(lk & st), len(lk & wk), len(dl & wk), len(dl & st)])
-        return np.array(rows)
+        return truth_match_features(ds, df)
 
     coef = np.linalg.lstsq(feats(tr), y, rcond=None)[0]
     results = {

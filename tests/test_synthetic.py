@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from exp3rt.config import ConfigError, SyntheticWorldConf, validate
 from exp3rt.data.loaders import load_dataset
 from exp3rt.data.schema import INTERACTION_COLUMNS, ITEM_COLUMNS, RatingScale
-from exp3rt.data.synthetic import generate_world, predicates, vocab_for
+from exp3rt.data.synthetic import generate_world, predicates, truth_match_features, vocab_for
 from exp3rt.data.world_vocab import VERDICTS, VOCABS
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
@@ -346,16 +346,8 @@ def test_bias_model_and_truth_profile_help(movie5):
         bi = g.sum() / (g.count() + 5)
     bias_pred = mu + te["user_id"].map(bu).fillna(0).to_numpy() + te["item_id"].map(bi).fillna(0).to_numpy()
 
-    users = movie5.extras["user_truth"].set_index("user_id")
-    items = movie5.extras["item_truth"].set_index("item_id")
-
     def feats(df):
-        rows = []
-        for u, i in zip(df["user_id"], df["item_id"], strict=True):
-            lk, dl = set(users.likes[u]), set(users.dislikes[u])
-            st, wk = set(items.strong[i]), set(items.weak[i])
-            rows.append([1.0, len(lk & st), len(lk & wk), len(dl & wk), len(dl & st)])
-        return np.array(rows)
+        return truth_match_features(movie5, df)
 
     coef = np.linalg.lstsq(feats(tr), y, rcond=None)[0]
     truth_pred = feats(te) @ coef + te["user_id"].map(bu).fillna(0).to_numpy()

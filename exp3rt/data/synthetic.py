@@ -415,3 +415,17 @@ def load_synthetic(cfg, problems: InputProblems) -> Dataset:
         from exp3rt.config import ConfigError
 
         raise ConfigError(str(e)) from None
+
+
+def truth_match_features(dataset: Dataset, pairs: pd.DataFrame) -> np.ndarray:
+    """Per (user, item) pair of a synthetic world, from its ground truth: ``[1, |likes ∩ strong|,
+    |likes ∩ weak|, |dislikes ∩ weak|, |dislikes ∩ strong|]`` — the signal a profile-reading model can
+    at best recover (used to bound what the student can reach)."""
+    users = dataset.extras["user_truth"].set_index("user_id")
+    items = dataset.extras["item_truth"].set_index("item_id")
+    rows = []
+    for u, i in zip(pairs["user_id"], pairs["item_id"], strict=True):
+        lk, dl = set(users.likes[u]), set(users.dislikes[u])
+        st, wk = set(items.strong[i]), set(items.weak[i])
+        rows.append([1.0, len(lk & st), len(lk & wk), len(dl & wk), len(dl & st)])
+    return np.array(rows)

@@ -16,6 +16,18 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, ax, path: Path, title: str, xlabel: str, ylabel: str, legend: bool = True) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def rating_distributions(truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Path, title: str) -> Path:
     """Side-by-side bars: how often each rating is true and how often it is predicted (rounded)."""
     plt = _plt()
@@ -28,14 +40,7 @@ def rating_distributions(truth: np.ndarray, pred: np.ndarray, levels: list[float
     ax.bar(x - 0.2, t_counts, width=0.4, label="true")
     ax.bar(x + 0.2, p_counts, width=0.4, label="predicted (nearest level)")
     ax.set_xticks(x, [f"{lv:g}" for lv in levels])
-    ax.set_xlabel("rating")
-    ax.set_ylabel("pairs")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, "rating", "pairs")
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Path, title: str) -> Path:
@@ -54,14 +59,8 @@ def confusion(truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Pa
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(range(len(levels)), [f"{lv:g}" for lv in levels])
     ax.set_yticks(range(len(levels)), [f"{lv:g}" for lv in levels])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, "predicted", "true", legend=False)
 
 
 def calibration(truth: np.ndarray, expected: np.ndarray, path: Path, title: str, bins: int = 8) -> Path:
@@ -80,11 +79,4 @@ def calibration(truth: np.ndarray, expected: np.ndarray, path: Path, title: str,
         ax.plot(xs, ys, "o-", label="mean true rating")
         lo, hi = float(min(truth.min(), expected.min())), float(max(truth.max(), expected.max()))
         ax.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal")
-    ax.set_xlabel("expected rating (readout)")
-    ax.set_ylabel("true rating")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, "expected rating (readout)", "true rating")
