@@ -94,7 +94,7 @@ def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):
     metrics = run(cfg, tmp_path / "ev")
     preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 25 and preds[0]["user_id"] == "AHM2SCEWEBC7DV2CAZHFG3PIX37Q"
-    assert metrics["protocol"]["file"]["records"] == 25 and str(path) in metrics["protocol"]["pairs"]
+    assert metrics["protocol"]["file"]["records"] == 25 and str(path) in metrics["protocol"]["source"]
     assert sum(p["truth"] for p in preds) == 30  # the sample's scores add up to 30
 
 

@@ -175,13 +175,13 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain), prepared.dataset.scale,
                               sft, ablation=tcfg.ablation, prompt=tcfg.student_prompt)
     test_examples = [e for e in examples.get("test", []) if e.task == "rating"]
-    source = {"pairs": f"test split ({tcfg.split.strategy})"}
+    source = {"source": f"test split ({tcfg.split.strategy})"}
     if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
         from exp3rt.student.examples import rating_file_examples
 
         test_examples, file_report = rating_file_examples(ev.test_file, str(tcfg.dataset.domain), prepared.dataset.scale,
                                                           tcfg.sft, tcfg.ablation, tcfg.student_prompt)
-        source = {"pairs": f"test file {ev.test_file}", "file": file_report}
+        source = {"source": f"test file {ev.test_file}", "file": file_report}
     if ev.get("max_pairs"):
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
@@ -217,8 +217,11 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     example = next((p for p in preds if p.reasoning), preds[0] if preds else None)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (out_dir / "report.md").write_text(report_markdown(metrics, example))
-    if ev.get("wandb") and tcfg.logger.mode != "disabled":
-        metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows))
+    if ev.get("wandb") and tcfg.logger.get("wandb", True) and tcfg.logger.mode != "disabled":
+        run_id = None
+        if cfg.get("wandb_into_train_run") and (run / "wandb_run_id.txt").is_file():
+            run_id = (run / "wandb_run_id.txt").read_text().strip()
+        metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows), run_id=run_id)
     return metrics
 
 
@@ -235,9 +238,11 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def log_to_wandb(tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, rows: int) -> str:
-    """One W&B run (job_type=evaluate, grouped with the training run) with the metrics and a table of
-    explanations; offline unless the training config asked for online. Secrets never reach it."""
+def log_to_wandb(tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, rows: int, run_id: str | None = None) -> str:
+    """The metrics and a table of explanations in W&B: a run of its own (job_type=evaluate, grouped with
+    the training run), or, given ``run_id``, appended to the training run (the pipeline does this, so a
+    sweep's run holds both the training curves and the test metrics). Offline unless the training
+    config asked for online. Secrets never reach it."""
     import wandb
 
     from exp3rt.artifacts import scrub_secrets, to_container
@@ -246,7 +251,8 @@ def log_to_wandb(tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, ro
                      group=tcfg.logger.group or tcfg.get("experiment_name") or "default",
                      mode="offline" if tcfg.logger.mode == "offline" else "online",
                      config=scrub_secrets({"train": to_container(tcfg), "protocol": metrics["protocol"]}),
-                     tags=[f"dataset:{tcfg.dataset.name}", f"student:{tcfg.student.name}"], reinit="finish_previous")
+                     tags=[f"dataset:{tcfg.dataset.name}", f"student:{tcfg.student.name}"], reinit="finish_previous",
+                     **({"id": run_id, "resume": "allow"} if run_id else {}))
     try:
         table = wandb.Table(columns=["user_id", "item_id", "truth", "expected", "most_likely", "reasoning"])
         for p in preds[:rows]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def wandb_logger(cfg, run_dir: Path, run_name: str):
     id_file = run_dir / "wandb_run_id.txt"
     if id_file.exists():
         run_id = id_file.read_text().strip()
+    elif os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        run_id = os.environ["WANDB_RUN_ID"]  # launched by `wandb agent`: log into the run the sweep created
+        id_file.write_text(run_id)
     else:
         import secrets
 

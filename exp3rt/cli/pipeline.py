@@ -1,0 +1,97 @@
+"""``exp3rt-pipeline`` (also ``python -m exp3rt``): data → baselines → annotate → train → evaluate.
+
+    exp3rt-pipeline                                   # the demo (synthetic world, extractive teacher, tiny student)
+    exp3rt-pipeline experiment=demo_smollm            # SmolLM2-135M-Instruct student
+    exp3rt-pipeline experiment=paper_imdb dry_run=true   # compose + validate a cluster preset here
+    exp3rt-pipeline stages=[evaluate] eval.rerank_mode=full   # only re-evaluate (the student is found by hash)
+    exp3rt-pipeline -m ablation=full,no_reasoning hydra/launcher=submitit_local
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from exp3rt import CONF_DIR
+from exp3rt.cli.common import fail_cleanly
+
+log = logging.getLogger("exp3rt.pipeline")
+
+
+def summary(metrics: dict, out_dir: Path) -> str:
+    """The table a user reads first: the student against the rating baselines on the same test pairs,
+    reranking before/after, one explanation, and where the report is."""
+    from exp3rt.evaluation.report import markdown_table
+
+    lines = []
+    ds = metrics.get("dataset") or {}
+    if ds:
+        tag = " (SYNTHETIC world)" if ds.get("synthetic") else ""
+        proto = metrics.get("protocol") or {}
+        lines.append(f"{ds.get('name')}{tag}: {proto.get('pairs', '?')} pairs from the {proto.get('source', 'test split')}")
+    rows = [[name, r.get("rmse"), r.get("mae"), r.get("parse_rate", 1.0), r.get("failures", 0)]
+            for name, r in (metrics.get("rating") or {}).items()]
+    if rows:
+        lines.append(markdown_table(["model", "RMSE", "MAE", "parse rate", "failures"], rows))
+    rr = metrics.get("rerank") or {}
+    if rr:
+        keys = [k for k in ("ndcg@10", "recall@10", "hit@10", "ndcg@5") if f"before/{k}" in rr]
+        lines.append(f"\nTop-{rr.get('num_candidates')} reranking of {Path(str(rr.get('retriever'))).stem} candidates "
+                     f"({rr.get('users')} users, {rr.get('mode')} mode, {rr.get('seconds_per_user', 0):.3f} s/user)")
+        lines.append(markdown_table(["metric", "first stage", "reranked"], [[k, rr[f"before/{k}"], rr.get(f"after/{k}")] for k in keys]))
+    ex = metrics.get("example")
+    if ex:
+        lines.append(f"\nExample: user {ex['user_id']}, item {ex['item_id']}, true {ex['truth']:g}, "
+                     f"predicted {ex['expected']:.2f}\n  {ex['reasoning'][:400]}")
+    stages = metrics.get("stages") or {}
+    if stages:
+        lines.append("\nstages: " + ", ".join(f"{s} {r.get('status')} ({r.get('seconds')} s)" for s, r in stages.items()))
+    report = out_dir / "report.md"
+    lines.append(f"report: {report if report.is_file() else out_dir / 'metrics.json'}")
+    return "\n".join(lines)
+
+
+def hydra_info() -> dict:
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return {}
+    return {"choices": {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra/")},
+            "overrides": list(hc.overrides.task), "job_num": hc.job.get("num")}
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from exp3rt.config import validate
+    from exp3rt.pipeline import run_pipeline
+
+    cfg = validate(cfg)
+    metrics = run_pipeline(cfg, out_dir, hydra_info())
+    if metrics.get("dry_run"):
+        print(dry_run_summary(metrics))
+    elif metrics:
+        print(summary(metrics, out_dir))
+    return metrics
+
+
+def dry_run_summary(m: dict) -> str:
+    import json
+
+    return "dry run (nothing trained, no teacher called):\n" + json.dumps(
+        {k: v for k, v in m.items() if k not in ("task",)}, indent=2, default=str)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="pipeline", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    with fail_cleanly(log):
+        metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    # a sweeper (Optuna) minimises what the task function returns
+    value = (metrics.get("flat") or {}).get(str(cfg.objective))
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

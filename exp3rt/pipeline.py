@@ -1,0 +1,308 @@
+"""``exp3rt-pipeline`` without Hydra: data → baselines → annotate → train → evaluate in one run.
+
+Every stage writes into a directory named by a fingerprint of exactly the settings it depends on
+(plus, through those, the fingerprints of the data and split), under ``paths.artifacts_dir``:
+
+    data/<dataset>-<fp>/, splits/…              prepared data and split (exp3rt.data)
+    baselines/<dataset>-<fp>/                   exp3rt-baselines output (metrics.json, candidates/)
+    annotations/<dataset>-<split>/<teacher>-<fp>/   teacher artifacts (each teacher stage resumes)
+    students/<dataset>-<student>-<fp>/          exp3rt-train run dir (checkpoints/, adapter/, train.json)
+    evaluations/<dataset>-<fp>/                 exp3rt-evaluate output (metrics.json, report.md, plots)
+
+A stage whose finished marker exists (metrics.json, train.json) is skipped; a training stage that
+crashed resumes from its ``checkpoints/last.ckpt``; the teacher resumes from its answer cache, so a
+paid call is never sent twice. The pipeline's own run dir gets ``config.yaml``, ``pipeline.json``
+(what each stage did, where, how long), ``metrics.json`` (all numbers of the run, one file) and
+``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from exp3rt.artifacts import fingerprint, save_config, to_container
+from exp3rt.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("baselines", "annotate", "train", "evaluate")
+
+# config groups that change what a stage produces (run names, loggers and progress bars do not)
+_BASELINE_KEYS = ("baselines", "seed")
+_TRAIN_KEYS = ("teacher", "prompt", "annotation", "annotations_dir", "sft", "student_prompt", "ablation",
+               "student", "peft", "train", "deepspeed", "trainer")
+# trainer keys that change neither the weights nor the metrics
+_TRAINER_COSMETIC = ("log_every_n_steps", "checkpoint_every_n_steps", "slurm_tasks_per_node")
+_EVAL_COSMETIC = ("wandb", "wandb_rows")
+
+
+def _pick(cfg: DictConfig, keys) -> dict:
+    return {k: to_container(cfg.get(k)) for k in keys}
+
+
+def _teacher_identity(cfg) -> dict:
+    """The teacher settings that change its answers (not its key variable, rate limits or concurrency)."""
+    from exp3rt.teacher.annotate import teacher_identity
+
+    return teacher_identity(cfg.teacher)
+
+
+def stage_fingerprints(cfg: DictConfig, data_fp: str, split_fp: str) -> dict[str, str]:
+    """Fingerprint of each stage's inputs; a downstream stage includes its upstream's fingerprint."""
+    base = fingerprint("baselines", data_fp, split_fp, _pick(cfg, _BASELINE_KEYS), to_container(cfg.eval.ks))
+    train_part = _pick(cfg, _TRAIN_KEYS)
+    train_part["teacher"] = _teacher_identity(cfg)
+    train_part["trainer"] = {k: v for k, v in train_part["trainer"].items() if k not in _TRAINER_COSMETIC}
+    train = fingerprint("train", data_fp, split_fp, train_part)
+    ev = {k: v for k, v in to_container(cfg.eval).items() if k not in _EVAL_COSMETIC}
+    evaluate = fingerprint("evaluate", train, base, ev)  # reranking reads the baselines' candidates
+    return {"baselines": base, "train": train, "evaluate": evaluate}
+
+
+def _done(stage: str, directory: Path) -> bool:
+    marker = {"baselines": "metrics.json", "train": "train.json", "evaluate": "metrics.json"}[stage]
+    return (directory / marker).is_file()
+
+
+def _stage_cfg(cfg: DictConfig, **top: Any) -> DictConfig:
+    """The pipeline config with the top-level keys one entry point expects."""
+    out = OmegaConf.create(to_container(cfg))
+    for k, v in top.items():
+        OmegaConf.update(out, k, v, force_add=True)
+    return out
+
+
+def check_stages(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    stages = [str(s) for s in cfg.stages]
+    force = [str(s) for s in (cfg.get("force") or [])]
+    for name, values in (("stages", stages), ("force", force)):
+        bad = [s for s in values if s not in STAGES]
+        if bad:
+            raise ConfigError(f"config key '{name}' has unknown stage(s) {bad}; allowed: {list(STAGES)}")
+    if "evaluate" in stages and "train" not in stages and not cfg.get("run_dir"):
+        pass  # evaluate alone uses the student whose fingerprint matches (it must exist)
+    return stages, force
+
+
+def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Compose, validate and build everything short of loading the student's weights or calling the
+    teacher: the prepared data and split (when the dataset's files are here), the strategy, the
+    DeepSpeed dict and the teacher's call/cost estimate. For cluster presets checked on a laptop."""
+    from exp3rt.student.strategies import build_strategy
+
+    out: dict = {"task": "pipeline", "dry_run": True}
+    micro = int(cfg.train.micro_batch_size)
+    strategy = build_strategy(cfg.trainer, cfg.deepspeed, micro_batch_size=micro)
+    out["strategy"] = type(strategy).__name__ if not isinstance(strategy, str) else strategy
+    ds_config = getattr(strategy, "config", None)
+    if ds_config:
+        out["deepspeed"] = {k: ds_config.get(k) for k in ("zero_optimization", "train_micro_batch_size_per_gpu",
+                                                           "gradient_accumulation_steps", "bf16", "fp16") if k in ds_config}
+    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    accum = int(cfg.trainer.accumulate_grad_batches or 1)
+    out["batch"] = {"micro_batch_size": micro, "devices": int(cfg.trainer.devices), "num_nodes": int(cfg.trainer.num_nodes),
+                    "accumulate_grad_batches": accum, "global_batch_size": micro * world * accum}
+    out["student"] = {"name": str(cfg.student.name), "model_path": str(cfg.student.model_path),
+                      "quantization": cfg.student.get("quantization"), "peft": to_container(cfg.peft)}
+    out["teacher"] = _teacher_identity(cfg)
+    out["fingerprints"] = None
+    (out_dir / "pipeline.json").write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None) -> dict:
+    """The whole ``exp3rt-pipeline`` run (minus Hydra). Returns the combined metrics."""
+    from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.splits import prepare_split
+
+    stages, force = check_stages(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    if cfg.get("dry_run"):
+        return dry_run(cfg, out_dir)
+    art = Path(cfg.paths.artifacts_dir)
+    record: dict = {"task": "pipeline", "stages": {}, "hydra": hydra_info or {}}
+    t0 = time.perf_counter()
+    prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
+    split = prepare_split(prepared, cfg.split)
+    record["stages"]["data"] = {"status": "ready", "dir": str(prepared.directory), "split_dir": str(split.directory),
+                                "seconds": round(time.perf_counter() - t0, 2)}
+    fps = stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint)
+    name = str(cfg.dataset.name)
+    dirs = {"baselines": art / "baselines" / f"{name}-{fps['baselines'][:12]}",
+            "train": art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}",
+            "evaluate": art / "evaluations" / f"{name}-{fps['evaluate'][:12]}"}
+    results: dict = {}
+
+    def finish(stage: str, status: str, started: float, **extra) -> None:
+        record["stages"][stage] = {"status": status, "dir": str(extra.pop("dir", dirs.get(stage, ""))),
+                                   "seconds": round(time.perf_counter() - started, 2), **extra}
+        (out_dir / "pipeline.json").write_text(json.dumps(record, indent=2, default=str))
+        log.info("stage %s: %s (%s)", stage, status, record["stages"][stage]["dir"])
+
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        started = time.perf_counter()
+        d = dirs.get(stage)
+        if stage != "annotate" and stage in force and d is not None and d.exists():
+            shutil.rmtree(d)
+        if d is not None and _done(stage, d):
+            results[stage] = _load_result(stage, d)
+            finish(stage, "skipped", started, reason="finished artifact with the same inputs")
+            continue
+        if stage == "baselines":
+            from exp3rt.cli.baselines import run as run_baselines
+
+            results[stage] = run_baselines(_stage_cfg(cfg), d)
+            finish(stage, "ran", started)
+        elif stage == "annotate":
+            results[stage] = _annotate(cfg, prepared, split, force="annotate" in force)
+            rep = results[stage].get("report", {})
+            status = "skipped" if rep and all(r.get("skipped") for r in rep.values()) else "ran"
+            finish(stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage"))
+        elif stage == "train":
+            resume = (d / "checkpoints" / "last.ckpt").is_file()
+            results[stage] = _train(cfg, d, resume)
+            finish(stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step"))
+            if not results[stage].get("is_global_zero", True):
+                return {}  # the other ranks of a multi-process training stop here
+        elif stage == "evaluate":
+            if not _done("train", dirs["train"]):
+                raise FileNotFoundError(f"no finished student at {dirs['train']} for these settings: "
+                                        "run the train stage first (stages=[...,train,evaluate])")
+            results[stage] = _evaluate(cfg, dirs["train"], d, dirs["baselines"])
+            finish(stage, "ran", started)
+    metrics = combine(cfg, record, results, hydra_info or {})
+    if "evaluate" in results:
+        metrics["example"] = first_explanation(dirs["evaluate"] / "predictions.jsonl")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    if "evaluate" in results and (dirs["evaluate"] / "report.md").is_file():
+        _write_report(out_dir, dirs["evaluate"], record)
+    return metrics
+
+
+def _load_result(stage: str, d: Path) -> dict:
+    marker = {"baselines": "metrics.json", "train": "train.json", "evaluate": "metrics.json"}[stage]
+    return json.loads((d / marker).read_text())
+
+
+def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
+    from exp3rt.teacher.annotate import annotate, check_run_config
+
+    acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force)
+    check_run_config(acfg)
+    return annotate(acfg, prepared, split)
+
+
+def _train(cfg: DictConfig, d: Path, resume: bool) -> dict:
+    from exp3rt.student.train import train
+
+    tcfg = _stage_cfg(cfg, ckpt_path="last" if resume else None, task_name="train")
+    return train(tcfg, d)
+
+
+def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None = None) -> dict:
+    from exp3rt.evaluation.evaluate import evaluate
+    from exp3rt.inference.predict import predict
+
+    ev = to_container(cfg.eval)
+    if ev.get("rerank") and not ev.get("candidates_file") and base_dir is not None:
+        cand = base_dir / "candidates" / f"{ev['rerank_retriever']}.parquet"
+        if cand.is_file():  # the first stage's own candidates, as the baselines stage wrote them
+            ev["candidates_file"] = str(cand)
+    ecfg = OmegaConf.create({"run_dir": str(train_dir), "adapter": None, "paths": to_container(cfg.paths),
+                             "eval": ev, "task_name": "evaluate",
+                             "wandb_into_train_run": True})
+    with _staging(d) as tmp:
+        metrics = evaluate(ecfg, tmp, predict_fn=predict)
+    return json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else metrics
+
+
+def _staging(d: Path):
+    from exp3rt.artifacts import StagingDir
+
+    d.parent.mkdir(parents=True, exist_ok=True)
+    return StagingDir(d)
+
+
+def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> dict:
+    """One metrics.json for the run: the student and baselines on the same test pairs, reranking, the
+    first-stage retrievers, teacher usage and time per stage — what exp3rt-compare and experiments/ read."""
+    ev = results.get("evaluate") or {}
+    base = results.get("baselines") or {}
+    ann = results.get("annotate") or {}
+    train = results.get("train") or {}
+    out: dict = {
+        "task": "pipeline",
+        "experiment_name": cfg.get("experiment_name"),
+        "choices": hydra_info.get("choices", {}),
+        "overrides": hydra_info.get("overrides", []),
+        "dataset": ev.get("dataset") or base.get("dataset"),
+        "rating": ev.get("rating") or {},
+        "rerank": ev.get("rerank") or {},
+        "retrieval": base.get("retrieval") or {},
+        "baselines_rating": base.get("rating") or {},
+        "train": {k: train.get(k) for k in ("global_step", "seconds", "examples", "metrics") if k in train},
+        "teacher": {"usage": ann.get("usage"), "directory": ann.get("directory")},
+        "protocol": ev.get("protocol") or {},
+        "stages": record["stages"],
+    }
+    u = ann.get("usage") or {}
+    out["efficiency"] = {
+        "train_seconds": train.get("seconds"),
+        "eval_seconds_per_pair": (ev.get("protocol") or {}).get("seconds_per_pair"),
+        "rerank_seconds_per_user": (ev.get("rerank") or {}).get("seconds_per_user"),
+        "teacher_calls": u.get("calls") if isinstance(u, dict) else None,
+        "teacher_cost_usd": u.get("cost_usd") if isinstance(u, dict) else None,
+    }
+    out["flat"] = flat_metrics(out)
+    return out
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """Every number as ``section/name/key`` — the names W&B, sweeps, Optuna and exp3rt-compare use:
+    ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``, ``retrieval/<model>/<metric>``,
+    ``efficiency/<key>``."""
+    from exp3rt.evaluation.evaluate import flat_metrics as eval_flat
+
+    out = eval_flat({"rating": metrics.get("rating") or {}, "rerank": metrics.get("rerank") or {}})
+    for model, r in (metrics.get("retrieval") or {}).items():
+        for k, v in (r or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"retrieval/{model}/{k}"] = float(v)
+    for k, v in (metrics.get("efficiency") or {}).items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"efficiency/{k}"] = float(v)
+    return out
+
+
+def first_explanation(path: Path) -> dict | None:
+    """The first test pair with generated reasoning (not a chosen best case)."""
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        for line in f:
+            p = json.loads(line)
+            if p.get("reasoning") and p.get("rating_expected") is not None:
+                return {"user_id": p["user_id"], "item_id": p["item_id"], "truth": p["truth"],
+                        "expected": p["rating_expected"], "reasoning": p["reasoning"]}
+    return None
+
+
+def _write_report(out_dir: Path, eval_dir: Path, record: dict) -> None:
+    from exp3rt.evaluation.report import markdown_table
+
+    text = (eval_dir / "report.md").read_text()
+    rows = [[s, r.get("status"), r.get("seconds"), r.get("dir")] for s, r in record["stages"].items()]
+    text += "\n## Pipeline stages\n\n" + markdown_table(["stage", "status", "seconds", "artifact"], rows) + "\n"
+    (out_dir / "report.md").write_text(text)
+    for png in eval_dir.glob("*.png"):
+        shutil.copy2(png, out_dir / png.name)
