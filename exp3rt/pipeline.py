@@ -93,26 +93,65 @@ def check_stages(cfg: DictConfig) -> tuple[list[str], list[str]]:
 
 def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     """Compose, validate and build everything short of loading the student's weights or calling the
-    teacher: the prepared data and split (when the dataset's files are here), the strategy, the
-    DeepSpeed dict and the teacher's call/cost estimate. For cluster presets checked on a laptop."""
-    from exp3rt.student.strategies import build_strategy
+    teacher: the prepared data and split, the teacher's calls/tokens/cost estimate (no key needed), the
+    Lightning strategy with its DeepSpeed dict, the batch arithmetic, the LoRA and 4-bit configs, and the
+    stage artifacts a real run would write or reuse. For cluster presets checked on a laptop."""
+    from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.splits import prepare_split
+    from exp3rt.student.strategies import adam_class, build_strategy
 
-    out: dict = {"task": "pipeline", "dry_run": True}
+    out: dict = {"task": "pipeline", "dry_run": True, "experiment_name": cfg.get("experiment_name")}
+    prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
+    split = prepare_split(prepared, cfg.split)
+    out["data"] = {"dir": str(prepared.directory), **prepared.dataset.summary(),
+                   "split": {"dir": str(split.directory), **split.meta.get("stats", {})}}
+    fps = stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint)
+    art = Path(cfg.paths.artifacts_dir)
+    name = str(cfg.dataset.name)
+    train_dir = art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}"
+    out["artifacts"] = {"train": {"dir": str(train_dir), "finished": _done("train", train_dir)}}
+    if "annotate" in [str(s) for s in cfg.stages]:
+        from exp3rt.teacher.annotate import annotate
+
+        est = annotate(_stage_cfg(cfg, stage="all", dry_run=True, shard=0, num_shards=1, merge=False, force=False,
+                                  progress=False), prepared, split)
+        out["teacher"] = {"identity": _teacher_identity(cfg), "directory": est.get("directory"),
+                          "estimate": est.get("estimate"), "imported": est.get("report") is not None}
+        if est.get("estimate"):
+            out["teacher"]["max_cost_usd"] = round(sum(float(e.get("cost_usd") or 0) for e in est["estimate"].values()), 4)
     micro = int(cfg.train.micro_batch_size)
     strategy = build_strategy(cfg.trainer, cfg.deepspeed, micro_batch_size=micro)
-    out["strategy"] = type(strategy).__name__ if not isinstance(strategy, str) else strategy
+    out["strategy"] = strategy if isinstance(strategy, str) else type(strategy).__name__
     ds_config = getattr(strategy, "config", None)
     if ds_config:
-        out["deepspeed"] = {k: ds_config.get(k) for k in ("zero_optimization", "train_micro_batch_size_per_gpu",
-                                                           "gradient_accumulation_steps", "bf16", "fp16") if k in ds_config}
+        out["deepspeed"] = {k: ds_config[k] for k in ("zero_optimization", "train_micro_batch_size_per_gpu",
+                                                     "gradient_accumulation_steps", "bf16", "fp16") if k in ds_config}
+    out["optimizer"] = adam_class(cfg.deepspeed).__name__
     world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     accum = int(cfg.trainer.accumulate_grad_batches or 1)
     out["batch"] = {"micro_batch_size": micro, "devices": int(cfg.trainer.devices), "num_nodes": int(cfg.trainer.num_nodes),
-                    "accumulate_grad_batches": accum, "global_batch_size": micro * world * accum}
+                    "accumulate_grad_batches": accum, "global_batch_size": micro * world * accum,
+                    "precision": str(cfg.trainer.precision), "max_length": int(cfg.sft.max_length)}
     out["student"] = {"name": str(cfg.student.name), "model_path": str(cfg.student.model_path),
-                      "quantization": cfg.student.get("quantization"), "peft": to_container(cfg.peft)}
-    out["teacher"] = _teacher_identity(cfg)
-    out["fingerprints"] = None
+                      "dtype": str(cfg.student.dtype), "quantization": cfg.student.get("quantization"),
+                      "weights": "not loaded (dry run)"}
+    if str(cfg.peft.method) == "lora":
+        from peft import LoraConfig
+
+        targets = cfg.peft.target_modules
+        lora = LoraConfig(r=int(cfg.peft.r), lora_alpha=int(cfg.peft.alpha), lora_dropout=float(cfg.peft.dropout),
+                          target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
+        out["peft"] = {"method": "lora", "r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                       "target_modules": lora.target_modules if isinstance(lora.target_modules, str) else sorted(lora.target_modules)}
+    else:
+        out["peft"] = {"method": str(cfg.peft.method)}
+    if cfg.student.get("quantization") == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+        out["student"]["quantization_config"] = {"load_in_4bit": q.load_in_4bit, "quant_type": q.bnb_4bit_quant_type}
+    out["eval"] = {k: to_container(cfg.eval.get(k)) for k in ("mode", "rerank", "rerank_retriever", "num_candidates",
+                                                              "rerank_mode", "max_new_tokens", "failure_policy")}
     (out_dir / "pipeline.json").write_text(json.dumps(out, indent=2, default=str))
     return out
 
@@ -199,7 +238,27 @@ def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
 
     acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force)
     check_run_config(acfg)
-    return annotate(acfg, prepared, split)
+    result = annotate(acfg, prepared, split)
+    result["usage"] = artifact_usage(Path(result["directory"]))
+    return result
+
+
+def artifact_usage(directory: Path) -> dict:
+    """What producing the teacher artifacts cost, summed over their stages' ``<stage>.usage.json`` — the
+    same figures whether this run made the calls or found the artifacts finished."""
+    keys = ("requests", "cached", "calls", "failed", "prompt_tokens", "completion_tokens", "cost_usd")
+    total: dict = {k: 0 for k in keys}
+    stages = []
+    for path in sorted(directory.glob("*.usage.json")):
+        u = json.loads(path.read_text()).get("usage") or {}
+        stages.append(path.name.split(".")[0])
+        for k in keys:
+            total[k] += u.get(k) or 0
+        total.setdefault("backend", u.get("backend"))
+        total.setdefault("model", u.get("model"))
+    total["cost_usd"] = round(float(total["cost_usd"]), 6)
+    total["stages"] = stages
+    return total
 
 
 def _train(cfg: DictConfig, d: Path, resume: bool) -> dict:

@@ -11,6 +11,9 @@ Tokenizers (``vocab``):
 * ``"byte"``: byte-level BPE with no merges — the 256 byte symbols plus the special tokens.
 * ``"bpe"``: the same byte-level alphabet plus a few hundred merges learnt from a built-in corpus of
   review-like text (the synthetic world's phrasings), so prompts are about 3x shorter.
+* ``"words"``: 3,000 merges on the same corpus plus the student's prompt wording, so most words of the
+  synthetic world are one token (prompts about 2x shorter again): what the CPU demo's student uses,
+  since a small network learns word-level signal much faster than spelling.
 
 In both, every digit 0–9 is its own token and numbers are split digit by digit (``"10"`` is
 ``"1"``, ``"0"``), so rating tokens can be derived from the tokenizer as they are for a real model.
@@ -30,10 +33,10 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-BPE_MERGES = 400
+BPE_MERGES = {"byte": 0, "bpe": 400, "words": 3000}
 
 
-def _corpus() -> list[str]:
+def _corpus(rich: bool = False) -> list[str]:
     """Review-like text for the BPE merges: the synthetic world's sentences plus prompt vocabulary."""
     from exp3rt.data import world_vocab as W
 
@@ -43,6 +46,21 @@ def _corpus() -> list[str]:
         "User profile. Item profile. Item description. Average rating.",
         "The user likes the item because the reviews praise what they value.",
     ]
+    if rich:  # the student's prompt and rationale wording, so they become whole-word tokens too
+        from exp3rt import CONF_DIR
+
+        for name in ("student_prompt/exp3rt_v1.yaml", "prompt/exp3rt_v1.yaml"):
+            path = CONF_DIR / name
+            if path.is_file():
+                lines += [ln for ln in path.read_text().splitlines() if ln.strip()]
+        lines += [f"{n} movie book product item reviewers user rating" for n in ("Title:", "Categories:", "Description:")]
+        from exp3rt.teacher.backends import extractive as X
+
+        for noun in ("movie", "book", "product"):
+            lines += [lean.format(noun=noun) for lean in X.LEANS]
+            lines += [X._pair_sentence("u", "i", tag, noun) for tag in ("match", "miss", "relief", "peeve")]
+        lines += ["This user has enjoyed it when, and has been put off when. That said, Admittedly,",
+                  "Reviewers also praise that. Reviewers also point out that. The description presents it as follows:"]
     for v in vars(W).values():
         if not isinstance(v, W.Vocab):
             continue
@@ -64,8 +82,8 @@ def build_tokenizer(vocab: str = "byte"):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab not in ("byte", "bpe"):
-        raise ValueError(f"tiny llama: vocab must be 'byte' or 'bpe' (got {vocab!r})")
+    if vocab not in BPE_MERGES:
+        raise ValueError(f"tiny llama: vocab must be one of {sorted(BPE_MERGES)} (got {vocab!r})")
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -75,7 +93,7 @@ def build_tokenizer(vocab: str = "byte"):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    merges = BPE_MERGES if vocab == "bpe" else 0
+    merges = BPE_MERGES[vocab]
     trainer = trainers.BpeTrainer(
         vocab_size=len(SPECIAL_TOKENS) + len(alphabet) + merges,
         min_frequency=2,
@@ -83,7 +101,7 @@ def build_tokenizer(vocab: str = "byte"):
         initial_alphabet=alphabet,
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus() if merges else [""], trainer=trainer)
+    tok.train_from_iterator(_corpus(rich=vocab == "words") if merges else [""], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,

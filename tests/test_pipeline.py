@@ -1,0 +1,267 @@
+"""exp3rt-pipeline: stage skipping by fingerprint, resume after a crash, the combined metrics.json,
+dry runs of every experiment preset, and the demo end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from exp3rt import CONF_DIR
+from exp3rt.config import validate
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# a small, fast pipeline: the debug world, a short training, a few pairs and users
+FAST = ["debug=default", "trainer.max_steps=12", "eval.max_pairs=8", "eval.rerank_max_users=3", "eval.max_new_tokens=24",
+        "progress=false"]
+
+
+def compose_pipeline(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="pipeline", overrides=overrides)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return tmp_path
+
+
+def run_in_process(overrides: list[str], out_dir: Path) -> dict:
+    from exp3rt.cli.pipeline import run
+
+    return run(compose_pipeline(overrides), out_dir)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One finished fast pipeline whose artifacts the tests below reuse (each test then only runs the
+    stages its overrides change)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    mp = pytest.MonkeyPatch()
+    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+        mp.setenv(var, str(root / sub))
+    mp.setenv("WANDB_MODE", "offline")
+    try:
+        first = run_in_process(FAST, root / "run1")
+        yield root, first
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def in_shared(shared, monkeypatch):
+    root, _ = shared
+    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+        monkeypatch.setenv(var, str(root / sub))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return root
+
+
+def test_first_run_runs_every_stage_and_writes_one_metrics_file(shared):
+    root, first = shared
+    status = {s: r["status"] for s, r in first["stages"].items()}
+    assert status == {"data": "ready", "baselines": "ran", "annotate": "ran", "train": "ran", "evaluate": "ran"}
+    saved = json.loads((root / "run1" / "metrics.json").read_text())
+    assert saved["flat"]["rating/student_expected/rmse"] == pytest.approx(first["rating"]["student_expected"]["rmse"])
+    assert saved["rating"]["global_mean"]["n"] == 8 and saved["rating"]["student_expected"]["n"] == 8
+    assert "after/ndcg@10" in saved["rerank"] and "lightgcn" in saved["retrieval"]
+    assert saved["rerank"]["retriever"].endswith("candidates/lightgcn.parquet")  # the baselines stage's own file
+    assert saved["stages"]["train"]["dir"].startswith(str(root / "artifacts" / "students"))
+    assert saved["teacher"]["usage"]["calls"] > 0 and saved["efficiency"]["teacher_calls"] == saved["teacher"]["usage"]["calls"]
+    assert (root / "run1" / "report.md").read_text().count("## Pipeline stages") == 1
+    assert (root / "run1" / "rating_distributions.png").stat().st_size > 0
+    assert saved["example"]["reasoning"] and saved["example"]["user_id"]
+
+
+def test_same_inputs_skip_every_stage_with_the_same_numbers(shared, in_shared, capsys):
+    _, first = shared
+    second = run_in_process(FAST, in_shared / "run2")
+    assert {s: r["status"] for s, r in second["stages"].items() if s != "data"} == {
+        "baselines": "skipped", "annotate": "skipped", "train": "skipped", "evaluate": "skipped"}
+    assert second["flat"] == first["flat"]
+    out = capsys.readouterr().out
+    for text in ("| student_expected", "| global_mean", "parse rate", "reranked", "Example:", "report:"):
+        assert text in out
+    # cosmetic keys (logging cadence, W&B rows) do not change any fingerprint
+    third = run_in_process(FAST + ["trainer.log_every_n_steps=3", "eval.wandb_rows=5"], in_shared / "run3")
+    assert {third["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")} == {"skipped"}
+
+
+def test_an_evaluation_setting_reruns_only_evaluate(in_shared):
+    m = run_in_process(FAST + ["eval.failure_policy=global_mean"], in_shared / "ev")
+    assert [m["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
+        "skipped", "skipped", "skipped", "ran"]
+
+
+def test_a_training_setting_retrains_and_reevaluates(shared, in_shared):
+    m = run_in_process([o for o in FAST if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=6"], in_shared / "tr")
+    assert [m["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
+        "skipped", "skipped", "ran", "ran"]
+    assert m["stages"]["train"]["global_step"] == 6
+    assert m["stages"]["train"]["dir"] != shared[1]["stages"]["train"]["dir"]
+
+
+def test_stage_selection_and_force(in_shared):
+    b = run_in_process(FAST + ["stages=[evaluate]"], in_shared / "b")  # finds the student by its fingerprint
+    assert list(b["stages"]) == ["data", "evaluate"] and b["stages"]["evaluate"]["status"] == "skipped"
+    c = run_in_process(FAST + ["stages=[train,evaluate]", "force=[evaluate]"], in_shared / "c")
+    assert c["stages"]["evaluate"]["status"] == "ran" and c["stages"]["train"]["status"] == "skipped"
+
+
+def test_evaluate_without_a_student_says_what_to_run(in_shared):
+    with pytest.raises(FileNotFoundError, match="run the train stage first"):
+        run_in_process(FAST + ["stages=[evaluate]", "train.seed=7"], in_shared / "x")
+
+
+def test_unknown_stage_is_rejected_by_name(env):
+    from exp3rt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown stage.*'trian'"):
+        run_in_process(FAST + ["stages=[trian]"], env / "x")
+
+
+def test_crash_in_evaluate_resumes_from_there(in_shared, monkeypatch):
+    import exp3rt.pipeline as P
+
+    overrides = FAST + ["eval.seed=3"]
+    with monkeypatch.context() as m:
+        m.setattr(P, "_evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("evaluation crashed")))
+        with pytest.raises(RuntimeError, match="evaluation crashed"):
+            run_in_process(overrides, in_shared / "crash")
+    record = json.loads((in_shared / "crash" / "pipeline.json").read_text())
+    assert "evaluate" not in record["stages"] and record["stages"]["train"]["status"] == "skipped"
+    again = run_in_process(overrides, in_shared / "again")
+    assert [again["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
+        "skipped", "skipped", "skipped", "ran"]
+
+
+@pytest.mark.slow
+def test_killed_training_stage_resumes_from_its_checkpoint(env):
+    """SIGKILL the pipeline during training (after a periodic checkpoint); the rerun resumes that
+    student's training from the checkpoint instead of starting over, and finishes the pipeline."""
+    args = [sys.executable, "-m", "exp3rt", "debug=default", "trainer.max_steps=300", "trainer.checkpoint_every_n_steps=20",
+            "eval.max_pairs=4", "eval.rerank=false", "eval.max_new_tokens=16", "progress=false", "logger=csv"]
+    e = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args + [f"hydra.run.dir={env / 'r1'}"], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    students = env / "artifacts" / "students"
+    deadline = time.time() + 240
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(students.glob("*/checkpoints/last.ckpt")) if students.exists() else []
+        if found:
+            ckpt = found[0]
+            time.sleep(1.0)
+            break
+        time.sleep(0.3)
+    assert ckpt is not None, "no periodic checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ckpt.parent.parent / "train.json").exists()
+    done = subprocess.run(args + [f"hydra.run.dir={env / 'r2'}"], env=e, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((env / "r2" / "metrics.json").read_text())
+    assert m["stages"]["train"]["status"] == "resumed" and m["stages"]["train"]["global_step"] == 300
+    assert m["stages"]["baselines"]["status"] == "skipped" and m["stages"]["annotate"]["status"] == "skipped"
+    train_log = (ckpt.parent.parent / "csv" / "version_0" / "metrics.csv").read_text()
+    assert train_log  # the resumed run appended to the same student's logs
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_composes_and_validates(experiment):
+    from exp3rt.config import ConfigError
+
+    try:
+        cfg = validate(compose_pipeline([f"experiment={experiment}"]))
+    except ConfigError as e:  # the paper presets name no file: they must ask for exactly that
+        assert experiment.startswith("paper_") and "dataset.path" in str(e)
+        cfg = validate(compose_pipeline([f"experiment={experiment}", "dataset.path=/data/reviews.jsonl"]))
+    assert cfg.experiment_name == experiment
+
+
+def _imdb_stand_in(path: Path) -> Path:
+    """The synthetic world on IMDB's 1–10 scale written as a reviews JSONL (the paper's IMDB reviews
+    are not shipped): the paper_imdb preset reads it through its tabular loader."""
+    from omegaconf import OmegaConf
+
+    from exp3rt.data.prepare import prepare_dataset
+    from tests.helpers import dataset_yaml, typed
+
+    prepared = prepare_dataset(typed("dataset", OmegaConf.to_container(dataset_yaml("synthetic_imdb"))), path.parent / "data")
+    df = prepared.dataset.interactions[["user_id", "item_id", "rating", "review", "timestamp"]]
+    df.to_json(path, orient="records", lines=True)
+    return path
+
+
+def test_paper_imdb_dry_run_builds_everything_but_the_weights(env):
+    data = _imdb_stand_in(env / "imdb.jsonl")
+    m = run_in_process(["experiment=paper_imdb", "dry_run=true", f"dataset.path={data}"], env / "dry")
+    assert m["dry_run"] and m["strategy"] == "DeepSpeedStrategy"
+    assert m["deepspeed"]["zero_optimization"]["stage"] == 2 and m["deepspeed"]["bf16"]["enabled"] is True
+    assert m["batch"] == {"micro_batch_size": 4, "devices": 8, "num_nodes": 1, "accumulate_grad_batches": 1,
+                          "global_batch_size": 32, "precision": "bf16-mixed", "max_length": 1200}
+    assert m["peft"]["r"] == 128 and m["peft"]["target_modules"] == "all-linear"
+    assert m["student"]["quantization_config"]["load_in_4bit"] is True
+    assert m["student"]["weights"] == "not loaded (dry run)"
+    est = m["teacher"]["estimate"]
+    assert m["teacher"]["identity"]["model"] == "gpt-3.5-turbo-1106" and m["teacher"]["identity"]["temperature"] == 0.1
+    assert est["extract"]["calls"] > 0 and m["teacher"]["max_cost_usd"] > 0
+    assert m["eval"]["rerank"] and m["eval"]["num_candidates"] == 20 and m["eval"]["rerank_retriever"] == "lightgcn"
+    assert not list((env / "artifacts").glob("students/*")), "a dry run trains nothing"
+
+
+@pytest.mark.shared_data
+def test_paper_amazon_book_dry_run_on_the_amazon_format(env, shared_data):
+    """The Amazon-2018 sample (Magazine_Subscriptions, the same format as Books) stands in for Books."""
+    amazon = shared_data / "amazon-2018"
+    m = run_in_process(["experiment=paper_amazon_book", "dry_run=true", f"dataset.path={amazon / 'Magazine_Subscriptions_5.json.gz'}",
+                        f"dataset.meta_path={amazon / 'meta_Magazine_Subscriptions.json.gz'}", "dataset.strict=false",
+                        "dataset.kcore.user=0", "dataset.kcore.item=0"], env / "dry")
+    assert m["data"]["name"] == "amazon_book" and m["data"]["interactions"] > 1000
+    assert m["batch"]["global_batch_size"] == 32 and m["deepspeed"]["zero_optimization"]["stage"] == 2
+    extract = m["teacher"]["estimate"]["extract"]  # one request per training review, exact duplicates sent once
+    assert extract["requests"] == m["data"]["split"]["counts"]["train"] and 0 < extract["calls"] <= extract["requests"]
+
+
+@pytest.mark.shared_data
+def test_release_imdb_dry_run_imports_instead_of_calling(env, shared_data):
+    m = run_in_process(["experiment=release_imdb", "dry_run=true"], env / "dry")
+    assert m["teacher"]["identity"]["backend"] == "release" and m["teacher"]["imported"] is True
+    assert m["teacher"]["estimate"] is None
+
+
+def test_python_dash_m_exp3rt_is_the_pipeline(env):
+    out = subprocess.run([sys.executable, "-m", "exp3rt", "--cfg", "job"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "task_name: pipeline" in out.stdout and "experiment_name: demo" in out.stdout
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_student_beats_the_global_mean(env):
+    """The README's first command, as a user runs it (subprocess, default config): one table with the
+    student and the baselines, reranking before/after, an explanation and the report path; the student's
+    expected-rating RMSE is below the global mean's on the same test pairs."""
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "exp3rt", f"hydra.run.dir={env / 'demo'}"], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.time() - t0
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((env / "demo" / "metrics.json").read_text())
+    student, glob = m["rating"]["student_expected"], m["rating"]["global_mean"]
+    print(f"demo: {seconds:.0f} s; student RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
+          f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> {m['rerank']['after/ndcg@10']:.4f}")
+    assert student["n"] == glob["n"] >= 200 and student["parse_rate"] == 1.0
+    assert student["rmse"] < glob["rmse"]
+    for text in ("| student_expected", "| global_mean", "| biased_mf", "parse rate", "ndcg@10", "Example:", "report:"):
+        assert text in out.stdout
+    assert (env / "demo" / "report.md").is_file()
