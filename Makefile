@@ -20,10 +20,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# data → baselines → extractive teacher → tiny student → evaluation + reranking, on the synthetic world
 demo: setup
-	$(BIN)/exp3rt-baselines
-	$(BIN)/exp3rt-annotate
-	$(BIN)/exp3rt-train trainer.max_steps=200 logger=csv
+	$(BIN)/exp3rt-pipeline
 
 test: setup
 	$(BIN)/python -m pytest

@@ -79,6 +79,9 @@ class SyntheticWorldConf:
     strong_per_item: int = 3
     weak_per_item: int = 2
     selection_bias: float = 0.5  # how much users pick items whose description promises what they like
+    base: float = 4.3  # the rating before biases and matches, in points of a 1–5 scale
+    user_bias_std: float = 0.7  # spread of users' personal tendencies (harsh … generous)
+    item_bias_std: float = 0.5  # spread of items' overall quality
 
 
 @dataclass
@@ -441,6 +444,10 @@ class TrainLoopConf:
     gradient_checkpointing: bool = False
     val_generate: bool = True  # generate rationales on validation samples during training
     val_generate_samples: int = 16
+    # weight of the rating's own tokens (after "Predicted User Rating:") in the training loss, relative to
+    # every other answer token (1.0: the plain answer-only loss, the paper's). >1 makes a weak student
+    # attend to the number it is judged on instead of spending its capacity on the reasoning's wording.
+    rating_loss_weight: float = 1.0
 STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating")
 
 

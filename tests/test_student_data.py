@@ -423,3 +423,36 @@ def test_real_smollm2_tokenizer(world):
     assert tok.decode(enc["labels"][n:]) == ex.answer + tok.eos_token
     assert tok.decode(enc["input_ids"][:n]).endswith("<|im_start|>assistant\n") and len(enc["input_ids"]) <= 300
     assert enc["labels"][-2:-1] == five.token_ids(tok)[int(ex.meta["rating"]) - 1]
+
+
+def test_rating_mask_marks_exactly_the_rating_tokens_and_weight_one_is_the_plain_loss(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from exp3rt.models.tiny import build_tiny_llama
+    from exp3rt.student.examples import SFTExample
+    from exp3rt.student.lightning import weighted_answer_loss
+    from exp3rt.student.tokenize import collate, encode
+
+    folder = build_tiny_llama(tmp_path / "m", vocab="bpe", hidden=32, layers=1)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    ten = SFTExample("rating", "sys", "Rate it.", "Reasoning: fine.\nPredicted User Rating: 10", {"rating_text": "10"})
+    other = SFTExample("extract", "sys", "List.", "[Like]\n- 10 songs", {})
+    rows = [encode(tok, ten, 256), encode(tok, other, 256)]
+    marked = [i for i, m in zip(rows[0]["input_ids"], rows[0]["rating_mask"], strict=True) if m]
+    assert tok.decode(marked).strip() == "10" and len(marked) == 2  # "1", "0": digits are single tokens
+    assert sum(rows[1]["rating_mask"]) == 0
+    batch = collate(rows, tok.pad_token_id)
+    assert batch["rating_mask"].shape == batch["input_ids"].shape
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        plain = weighted_answer_loss(out.logits, batch["labels"], batch["rating_mask"], 1.0)
+        heavy = weighted_answer_loss(out.logits, batch["labels"], batch["rating_mask"], 10.0)
+        ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
+                                               batch["labels"][:, 1:].reshape(-1), reduction="none", ignore_index=-100)
+    labelled = batch["labels"][:, 1:].reshape(-1) != -100
+    rating = batch["rating_mask"][:, 1:].reshape(-1).bool() & labelled
+    expected = (ce[labelled & ~rating].sum() + 10 * ce[rating].sum()) / ((labelled & ~rating).sum() + 10 * rating.sum())
+    assert float(plain) == pytest.approx(float(out.loss), rel=1e-5)
+    assert int(rating.sum()) == 2 and float(heavy) == pytest.approx(float(expected), rel=1e-5)

@@ -9,8 +9,8 @@ The world is built so that review text carries the rating signal the way EXP3RT 
   its strong aspects (never its weak ones — those surface only through other users' reviews);
 * a user rates items drawn by popularity, tilted towards items whose description promises what they
   like (``selection_bias``), without repeats;
-* the rating, in points of a 1–5 scale, is ``4.3 + user bias + item bias + match + N(0, noise)``
-  (user bias ~ N(0, 0.7), item bias ~ N(0, 0.5)), where
+* the rating, in points of a 1–5 scale, is ``base + user bias + item bias + match + N(0, noise)``
+  (defaults: base 4.3, user bias ~ N(0, 0.7), item bias ~ N(0, 0.5); all three are world settings), where
   ``match = 1.1·|liked∩strong| − 1.3·|liked∩weak| − 2.2·|disliked∩weak| + 0.25·|disliked∩strong|``;
   it is mapped linearly onto the dataset's scale and rounded onto its step grid, so the same world
   on a 1–10 scale has the same shape;
@@ -271,7 +271,7 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
         perm = rng.permutation(n_a)
         likes_m[u, perm[:n_like]] = 1
         dislikes_m[u, perm[n_like : n_like + n_dis]] = 1
-    user_bias = rng.normal(0.0, USER_BIAS_STD, n_u)
+    user_bias = rng.normal(0.0, float(getattr(world_cfg, 'user_bias_std', USER_BIAS_STD)), n_u)
 
     # items: genres, strong aspects (genre-tilted), weak aspects, bias, Zipf popularity
     n_strong, n_weak = int(world_cfg.strong_per_item), int(world_cfg.weak_per_item)
@@ -291,7 +291,7 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
         strong_m[i, s_idx] = 1
         rest = np.setdiff1d(np.arange(n_a), s_idx)
         weak_m[i, rng.choice(rest, size=n_weak, replace=False)] = 1
-    item_bias = rng.normal(0.0, ITEM_BIAS_STD, n_i)
+    item_bias = rng.normal(0.0, float(getattr(world_cfg, 'item_bias_std', ITEM_BIAS_STD)), n_i)
     ranks = rng.permutation(n_i) + 1
     popularity = 1.0 / ranks ** float(world_cfg.popularity_skew)
     popularity /= popularity.sum()
@@ -314,7 +314,7 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
         rows_i.append(chosen)
     uu, ii = np.concatenate(rows_u), np.concatenate(rows_i)
     n = len(uu)
-    stars = BASE + user_bias[uu] + item_bias[ii] + match[uu, ii] + rng.normal(0.0, float(world_cfg.noise), n)
+    stars = float(getattr(world_cfg, 'base', BASE)) + user_bias[uu] + item_bias[ii] + match[uu, ii] + rng.normal(0.0, float(world_cfg.noise), n)
     ratings = _to_scale(stars, scale)
     frac = (ratings - scale.min) / (scale.max - scale.min)
 

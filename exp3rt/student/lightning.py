@@ -100,6 +100,17 @@ def lr_lambda(scheduler: str, warmup: int, total: int):
     return f
 
 
+def weighted_answer_loss(logits, labels, rating_mask, weight: float):
+    """Next-token cross-entropy over the labelled (answer) tokens, the rating's tokens counting ``weight``
+    times: sum(w·ce) / sum(w). With weight 1 it equals the model's own mean loss."""
+    logits = logits[:, :-1, :].float()
+    target = labels[:, 1:]
+    w = (target != -100).float() * (1.0 + (weight - 1.0) * rating_mask[:, 1:].float())
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).clamp(min=0),
+                                           reduction="none").view_as(w)
+    return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+
 class StudentModule(pl.LightningModule):
     def __init__(self, student_cfg, peft_cfg, train_cfg, scale: tuple[float, float], gen_examples=None,
                  tokenizer=None, rating_from_text=None, total_steps: int | None = None):
@@ -143,10 +154,18 @@ class StudentModule(pl.LightningModule):
         return self.model(**batch)
 
     def training_step(self, batch, batch_idx):
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        w = float(self.train_cfg.get("rating_loss_weight", 1.0) or 1.0)
+        n = batch["input_ids"].shape[0]
+        if w != 1.0 and "rating_mask" in batch:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = weighted_answer_loss(out.logits, batch["labels"], batch["rating_mask"], w)
+            self.log("train/loss_unweighted", weighted_answer_loss(out.logits.detach(), batch["labels"], batch["rating_mask"], 1.0),
+                     on_step=True, on_epoch=False, batch_size=n)
+        else:
+            loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         self._tokens += int(batch["attention_mask"].sum())
-        return out.loss
+        return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         dm = self.trainer.datamodule

@@ -26,7 +26,7 @@ from exp3rt.student.examples import SFTExample
 log = logging.getLogger(__name__)
 
 #: bump when render/encode change what they produce (part of the dataset cache key)
-TEMPLATE_VERSION = "sft-encode-v1"
+TEMPLATE_VERSION = "sft-encode-v2"  # v2: rating_mask
 IGNORE_INDEX = -100
 ELLIPSIS = " [...] "
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -125,11 +125,29 @@ def encode(tokenizer, example: SFTExample, max_length: int, info: dict | None = 
         prompt_ids, truncated = best, True
     if info is not None:
         info.update(truncated=truncated, prompt_tokens=len(prompt_ids))
+    mask = rating_token_mask(tokenizer, example, len(answer_ids) - 1)
     return {
         "input_ids": prompt_ids + answer_ids,
         "attention_mask": [1] * (len(prompt_ids) + len(answer_ids)),
         "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+        "rating_mask": [0] * len(prompt_ids) + mask + [0],
     }
+
+
+def rating_token_mask(tokenizer, example: SFTExample, n_answer: int) -> list[int]:
+    """1 on the answer tokens that spell the rating at its end (a rating example's answer ends with
+    ``meta["rating_text"]``), 0 elsewhere; all zeros for the other tasks. Character offsets decide, so a
+    token that merges the space before the number counts as the rating's."""
+    text = (example.meta or {}).get("rating_text")
+    if example.task != "rating" or not text or not example.answer.endswith(str(text)):
+        return [0] * n_answer
+    start = len(example.answer) - len(str(text))
+    try:
+        offsets = tokenizer(example.answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, KeyError, ValueError):  # a slow tokenizer: the rating's own token count
+        k = len(_ids(tokenizer, str(text)))
+        return [0] * (n_answer - k) + [1] * k
+    return [int(end > start) for _, end in offsets][:n_answer]
 
 
 # ------------------------------------------------------------------------------- cached dataset
@@ -183,7 +201,8 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
     if (directory / "report.json").is_file():
         report.update(json.loads((directory / "report.json").read_text()), cache="reused")
         return load_from_disk(str(directory))
-    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "task": [], "example_index": [], "truncated": []}
+    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "rating_mask": [], "task": [],
+                                "example_index": [], "truncated": []}
     skipped: Counter = Counter()
     truncated = Counter()
     for index, ex in enumerate(examples):
@@ -193,7 +212,7 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
         except ExampleTooLong as e:
             skipped[f"{ex.task}:{e.reason}"] += 1
             continue
-        for name in ("input_ids", "attention_mask", "labels"):
+        for name in ("input_ids", "attention_mask", "labels", "rating_mask"):
             columns[name].append(enc[name])
         columns["task"].append(ex.task)
         columns["example_index"].append(index)
@@ -212,12 +231,16 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:
-    """Right-pad ``input_ids`` (``pad_id``), ``attention_mask`` (0) and ``labels`` (-100) to the longest row."""
+    """Right-pad ``input_ids`` (``pad_id``), ``attention_mask`` (0), ``labels`` (-100) and ``rating_mask`` (0)
+    to the longest row."""
     import torch
 
     width = max(len(row["input_ids"]) for row in batch)
     out = {}
-    for name, fill in (("input_ids", pad_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+    names = [("input_ids", pad_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)]
+    if all("rating_mask" in row for row in batch):
+        names.append(("rating_mask", 0))
+    for name, fill in names:
         rows = [list(map(int, row[name])) for row in batch]
         out[name] = torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=torch.long)
     return out
