@@ -23,4 +23,20 @@ def fail_cleanly(log: logging.Logger):
         if os.environ.get("EXP3RT_TRACEBACK"):
             raise
         log.error("%s", e)
+        if _in_multirun():  # an ordinary exception: Hydra records this job as failed and runs the others
+            raise JobFailed(f"error: {e}") from None
         raise SystemExit(f"error: {e}") from None
+
+
+class JobFailed(RuntimeError):
+    """One job of a multirun failed for a reason the user can act on (already logged)."""
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - outside Hydra
+        return False
