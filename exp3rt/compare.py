@@ -213,7 +213,7 @@ def _last_error(d: Path) -> str | None:
             continue
         for line in reversed(lines):
             if "ERROR" in line or line.startswith(("error:", "Error", "Traceback")) or "Error:" in line:
-                return line.strip()[-300:]
+                return re.sub(r"^\[[^\]]*\]\[[^\]]*\]\[ERROR\] - ", "", line.strip())[-300:]
     return None
 
 
@@ -372,12 +372,20 @@ def wandb_runs(path: str, group: str | None = None, filters: dict | None = None,
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
-    """Settings whose value is not the same in every run (a key missing from a run counts as a value)."""
+    """Settings whose value is not the same in every run. A key a run's overrides lack counts as a value
+    of its own (the default); a run that knows no group choices (a job that never started, a W&B run
+    without tags) does not make every group look different."""
     settings = [r.settings() for r in runs]
+    override_keys = [{split_override(o)[0] for o in r.overrides} for r in runs]
     keys: list[str] = []
     for s in settings:
         keys += [k for k in s if k not in keys]
-    return [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    out = []
+    for k in keys:
+        values = {s.get(k) for r, s, ov in zip(runs, settings, override_keys, strict=True) if k in ov or r.choices}
+        if len(values) > 1:
+            out.append(k)
+    return out
 
 
 def label_runs(runs: Sequence[Run], by: Sequence[str] | None = None) -> list[str]:

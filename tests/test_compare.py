@@ -99,6 +99,18 @@ def ablation_sweep(root: Path, rmses: dict[str, float | None], rerank: bool = Fa
     return root
 
 
+def table_rows(md: str, heading: str) -> list[str]:
+    """The rows (not the header) of the first markdown table after ``heading``."""
+    lines = md.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        block.append(line)
+    return block[2:]
+
+
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "experiments" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
@@ -325,9 +337,8 @@ def test_ablations_recipe_aggregates_a_finished_multirun(tmp_path):
     assert paths["markdown"] == tmp_path / "results" / "ablations.md" and paths["plot"].is_file()
     md = paths["markdown"].read_text()
     assert "## Student RMSE per ablation" in md
-    table = md.split("## Student RMSE per ablation")[1]
-    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "RMSE" not in line]
-    assert rows[:3] == ["full", "no_reasoning", "raw_reviews"]
+    rows = [line.split("|")[1].strip() for line in table_rows(md, "## Student RMSE per ablation")]
+    assert rows == ["full", "no_reasoning", "raw_reviews"]
     assert "no_reasoning: RMSE +0.1500 vs full" in md and "raw_reviews: RMSE -0.1500 vs full" in md
     assert f"failed: {sweep / '2'}" in md  # the crashed ablation is named, not dropped
     data = json.loads(paths["json"].read_text())
@@ -407,8 +418,7 @@ def test_real_multirun_through_a_recipe_then_exp3rt_compare(tmp_path):
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     md = (tmp_path / "results" / "ablations.md").read_text()
-    table = md.split("## Student RMSE per ablation")[1]
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "RMSE" not in line}
+    rows = {line.split("|")[1].strip(): line for line in table_rows(md, "## Student RMSE per ablation")}
     assert set(rows) == {"full", "no_reasoning"}
     assert all("–" not in line.split("|")[2] for line in rows.values())  # both have a student RMSE
     assert (tmp_path / "results" / "ablations.png").stat().st_size > 1000
@@ -428,3 +438,18 @@ def test_real_multirun_through_a_recipe_then_exp3rt_compare(tmp_path):
     assert data["runs"][0]["values"]["rating/student_expected/rmse"] == pytest.approx(real["flat"]["rating/student_expected/rmse"])
     # the baselines are scored on the same pairs in both runs
     assert data["runs"][0]["values"]["rating/global_mean/rmse"] == data["runs"][1]["values"]["rating/global_mean/rmse"]
+
+
+def test_real_multirun_with_a_failing_job(tmp_path):
+    """Job 0 is rejected by validation (its run dir has .hydra/ and a log, no metrics.json); the basic
+    launcher then stops, so job 1 never starts. exp3rt-compare names both, with the reason."""
+    env = _env(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "exp3rt", "-m", "debug=default", "progress=false", "split.valid_ratio=0.9,0.1",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    proc = subprocess.run([sys.executable, "-m", "exp3rt.cli.compare", str(tmp_path / "sweep")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 runs: 0 finished, 2 failed or not started" in proc.stdout
+    assert f"failed: {tmp_path / 'sweep' / '0'} (split.valid_ratio=0.9) — config keys 'split.test_ratio'" in proc.stdout
+    assert f"not started: {tmp_path / 'sweep' / '1'} (split.valid_ratio=0.1)" in proc.stdout
