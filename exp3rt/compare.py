@@ -8,8 +8,9 @@ first crash) are listed too.
 
 Every number is compared under its flat name — ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``,
 ``retrieval/<model>/<metric>``, ``efficiency/<key>`` (:func:`exp3rt.pipeline.flat_metrics`), the same
-names W&B summaries, sweeps and ``objective`` use — plus ``rating/best_baseline/<key>``: the rating
-baseline with the lowest RMSE on that run's test pairs. A run that lacks a metric shows "–", never 0.
+names W&B summaries, sweeps and ``objective`` use — plus ``rating/best_baseline/<key>`` (the rating
+baseline with the lowest RMSE on that run's test pairs) and ``teacher/<key>`` (the teacher's calls,
+tokens, cost and time from the run's usage record). A run that lacks a metric shows "–", never 0.
 
 Runs are labelled by what differs between them: the Hydra group choices and command-line overrides
 whose values are not the same in every run (``ablation=no_reasoning``), or the keys given with ``--by``
@@ -447,6 +448,17 @@ def select_metrics(runs: Sequence[Run], wanted: Sequence[str] | None = None) -> 
     return cols, warnings
 
 
+_COUNT = re.compile(r"^(n|n_\w+|\w*calls|\w*tokens|users\w*|failures|scored|failed|cached|num_candidates|"
+                    r"candidates_unscored|global_step|\w*_steps?)$")
+
+
+def cell(metric: str, value: float | None) -> float | int | None:
+    """A table cell: counts (pairs, users, calls, tokens, candidates) as integers, the rest as they are."""
+    if value is not None and float(value).is_integer() and _COUNT.match(metric.rsplit("/", 1)[-1]):
+        return int(value)
+    return value
+
+
 def short_name(metric: str) -> str:
     """Column header: the flat name without the ``rating/`` prefix."""
     return metric[len("rating/"):] if metric.startswith("rating/") else metric
@@ -480,7 +492,7 @@ class Comparison:
             row: list = [r.label]
             if self.failed:
                 row.append(r.status)
-            row += [r.value(m) for m in self.metrics]
+            row += [cell(m, r.value(m)) for m in self.metrics]
             if "rating/best_baseline/rmse" in self.metrics:
                 row.append(r.info.get("best_baseline"))
             out.append(row)
@@ -544,7 +556,7 @@ def entity_table(runs: Sequence[Run], section: str, keys: Sequence[str], entitie
     are several); columns are ``keys``. Missing values stay None (printed "–")."""
     ok = [r for r in runs if r.ok]
     names = names or {}
-    header = (["run"] if len(ok) > 1 else []) + [section if section != "rating" else "model", *keys]
+    header = (["run"] if len(ok) > 1 else []) + [{"rating": "model", "rerank": "stage"}.get(section, section), *keys]
     rows = []
     for r in ok:
         found = entities or list(dict.fromkeys(k.split("/")[1] for k in r.flat
@@ -553,7 +565,7 @@ def entity_table(runs: Sequence[Run], section: str, keys: Sequence[str], entitie
             if e == "best_baseline":
                 continue
             row = [r.label] if len(ok) > 1 else []
-            row += [names.get(e, e), *[r.value(f"{section}/{e}/{k}") for k in keys]]
+            row += [names.get(e, e), *[cell(k, r.value(f"{section}/{e}/{k}")) for k in keys]]
             rows.append(row)
     return header, rows
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exp3rt.compare import Comparison, Run, collect_runs, compare, split_override, write_outputs
+from exp3rt.compare import Comparison, Run, cell, collect_runs, compare, split_override, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def runs_view(cmp: Comparison, heading: str, columns: Sequence[tuple[str, str]],
 
     header = ["run", *[h for h, _ in columns]]
     ok = [r for r in cmp.runs if r.ok]
-    rows = [[r.label, *[r.value(m) for _, m in columns]] for r in ok]
+    rows = [[r.label, *[cell(m, r.value(m)) for _, m in columns]] for r in ok]
     text = f"## {heading}\n\n" + (markdown_table(header, rows) if rows else "(no finished run)")
     if extra_lines:
         text += "\n\n" + "\n".join(extra_lines)
