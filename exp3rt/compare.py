@@ -61,7 +61,7 @@ class Run:
     """One run as exp3rt-compare sees it: where it is, what it was, and its numbers (flat names)."""
 
     source: str  # a directory, or a W&B run path entity/project/id
-    status: str = "ok"  # ok | failed | not started | a W&B state other than finished
+    status: str = "ok"  # ok | failed | not started | dry run | a W&B state other than finished
     task: str | None = None
     name: str = ""  # a fallback label: the experiment name or the directory name
     choices: dict[str, str] = field(default_factory=dict)  # Hydra group choices (or W&B tags key:value)
@@ -226,16 +226,24 @@ def load_run(d: Path) -> Run:
               config_path=str(d / "config.yaml") if (d / "config.yaml").is_file() else str(d / ".hydra" / "config.yaml"))
     path = d / "metrics.json"
     if not path.is_file():
+        record = {}
+        try:
+            record = json.loads((d / "pipeline.json").read_text()) if (d / "pipeline.json").is_file() else {}
+        except (json.JSONDecodeError, OSError):
+            pass
+        if record.get("dry_run"):
+            run.status, run.error = "dry run", "dry_run=true: nothing was trained or evaluated"
+            return run
         run.status = "failed"
-        run.error = _last_error(d) or "no metrics.json (the run crashed or is still running)"
+        done = [s for s, r in (record.get("stages") or {}).items() if isinstance(r, dict) and r.get("status") != "failed"]
+        run.error = (_last_error(d) or "no metrics.json (the run crashed or is still running)") + (
+            f" [stages done: {', '.join(done)}]" if done else "")
         return run
     try:
         metrics = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError) as e:
         run.status, run.error = "failed", f"unreadable metrics.json: {e}"
         return run
-    if metrics.get("dry_run"):
-        run.status, run.error = "failed", "a dry run (dry_run=true): nothing was trained or evaluated"
     run.task = metrics.get("task")
     run.choices = metrics.get("choices") or choices
     run.overrides = [str(o) for o in (metrics.get("overrides") or overrides)]

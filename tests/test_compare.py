@@ -150,7 +150,8 @@ def test_missing_metric_is_a_dash_never_zero(tmp_path, capsys):
     a = write_job(tmp_path / "a", CHOICES, ["eval.rerank=true"],
                   pipeline_metrics(CHOICES, ["eval.rerank=true"], 1.2, rerank_block(0.30, 0.36)))
     b = write_job(tmp_path / "b", CHOICES, ["eval.rerank=false"], pipeline_metrics(CHOICES, ["eval.rerank=false"], 1.3))
-    assert main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert main([str(a), str(b), "--out", str(tmp_path / "cmp"), "--plot", str(tmp_path / "plots" / "bars.png")]) == 0
+    assert (tmp_path / "plots" / "bars.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "cmp" / "compare.png").exists()
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| run"))
     assert "rerank/before/ndcg@10" in header and "rerank/after/ndcg@10" in header
@@ -453,3 +454,15 @@ def test_real_multirun_with_a_failing_job(tmp_path):
     assert "2 runs: 0 finished, 2 failed or not started" in proc.stdout
     assert f"failed: {tmp_path / 'sweep' / '0'} (split.valid_ratio=0.9) — config keys 'split.test_ratio'" in proc.stdout
     assert f"not started: {tmp_path / 'sweep' / '1'} (split.valid_ratio=0.1)" in proc.stdout
+
+
+def test_a_dry_run_and_a_half_finished_run_say_so(tmp_path, capsys):
+    dry = write_job(tmp_path / "runs" / "dry", CHOICES, ["dry_run=true"])
+    (dry / "pipeline.json").write_text(json.dumps({"task": "pipeline", "dry_run": True}))
+    half = write_job(tmp_path / "runs" / "half", CHOICES, ["trainer.max_steps=5"])
+    (half / "pipeline.json").write_text(json.dumps({"task": "pipeline", "stages": {
+        "data": {"status": "ready"}, "baselines": {"status": "ran"}, "annotate": {"status": "skipped"}}}))
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"dry run: {dry}" in out and "nothing was trained" in out
+    assert f"failed: {half}" in out and "[stages done: data, baselines, annotate]" in out
