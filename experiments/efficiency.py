@@ -59,9 +59,10 @@ RECIPE = Recipe(
 )
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if "--all-items" in argv:  # a recipe-specific option, read before the shared CLI
-        i = argv.index("--all-items")
-        ALL = int(argv[i + 1])
-        del argv[i : i + 2]
-    sys.exit(RECIPE.main(argv))
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)  # the one option of this recipe; the rest is the shared CLI
+    pre.add_argument("--all-items", type=int, default=ALL, help="candidates for the 'all items' run (default 1000)")
+    known, rest = pre.parse_known_args()
+    ALL = known.all_items
+    sys.exit(RECIPE.main(rest))
