@@ -254,6 +254,7 @@ def load_run(d: Path) -> Run:
     if rr:
         run.info["retriever"] = Path(str(rr.get("retriever"))).stem if rr.get("retriever") else None
         run.info["num_candidates"] = rr.get("num_candidates")
+        run.info["rerank_mode"] = rr.get("mode")
     if (metrics.get("dataset") or {}).get("name"):
         run.info["dataset"] = metrics["dataset"]["name"]
     return run

@@ -82,9 +82,9 @@ class Recipe:
             sweep, notes = self.sweep(preset, extra)
         else:
             sweep, notes = list(self.sweep), []
-        overrides = merge_overrides(PRESETS[preset], self.preset_overrides.get(preset, []), sweep, extra)
-        cmd = [sys.executable, "-m", "exp3rt", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-        return cmd, notes
+        overrides = merge_overrides(PRESETS[preset], self.preset_overrides.get(preset, []), sweep, extra,
+                                    [f"hydra.sweep.dir={sweep_dir}"])
+        return [sys.executable, "-m", "exp3rt", "-m", *overrides], notes
 
     def sweep_dir(self) -> Path:
         root = Path(os.environ.get("EXP3RT_MULTIRUN") or REPO / "multirun")
@@ -119,9 +119,14 @@ class Recipe:
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper_imdb hydra/launcher=slurm_gpu")
         args = p.parse_args(argv)
         if args.aggregate:
-            cmp, paths = self.aggregate(args.aggregate, args.out)
+            try:
+                cmp, paths = self.aggregate(args.aggregate, args.out)
+            except FileNotFoundError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             return self._report(cmp, paths)
-        sweep_dir = self.sweep_dir()
+        given = [split_override(o)[1] for o in args.overrides if split_override(o)[0] == "hydra.sweep.dir"]
+        sweep_dir = Path(given[-1]) if given else self.sweep_dir()
         cmd, notes = self.command(args.preset, args.overrides, sweep_dir)
         shown = shlex.join(["exp3rt-pipeline", *cmd[3:]])
         for n in notes:

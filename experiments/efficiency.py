@@ -41,6 +41,9 @@ def view(cmp):
         lines.append(f"Scoring all unseen items takes {ratio:.1f}× the time per user of reranking the top-20 "
                      f"({large.value('rerank/seconds_per_user'):.3f} s vs {small.value('rerank/seconds_per_user'):.3f} s); "
                      f"the paper: {PAPER['all_seconds_per_user']:g} s vs {PAPER['top20_seconds_per_user']:g} s = {paper_ratio:.1f}×.")
+        modes = sorted({str(r.info.get("rerank_mode")) for r in ok})
+        lines.append(f"Rerank mode: {', '.join(modes)} (fast: the rating readout only, each user's prompt prefix run once; "
+                     "full: reasoning generated per candidate — eval.rerank_mode=full).")
     else:
         lines.append("Need both runs (top-20 and all items) with reranking to give the time ratio.")
     table = runs_view(cmp, "Time per test user: rerank top-20 vs score all items", COLUMNS, lines)
