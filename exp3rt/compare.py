@@ -9,8 +9,9 @@ first crash) are listed too.
 Every number is compared under its flat name — ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``,
 ``retrieval/<model>/<metric>``, ``efficiency/<key>`` (:func:`exp3rt.pipeline.flat_metrics`), the same
 names W&B summaries, sweeps and ``objective`` use — plus ``rating/best_baseline/<key>`` (the rating
-baseline with the lowest RMSE on that run's test pairs) and ``teacher/<key>`` (the teacher's calls,
-tokens, cost and time from the run's usage record). A run that lacks a metric shows "–", never 0.
+baseline with the lowest RMSE on that run's test pairs) and ``teacher/<key>`` (calls, tokens, cost and
+time it took the teacher to make the annotations the run used: :func:`teacher_bill`). A run that lacks
+a metric shows "–", never 0.
 
 Runs are labelled by what differs between them: the Hydra group choices and command-line overrides
 whose values are not the same in every run (``ablation=no_reasoning``), or the keys given with ``--by``
@@ -176,13 +177,34 @@ def flat_of(metrics: dict) -> dict[str, float]:
     if not isinstance(flat, dict):
         flat = flat_metrics(metrics)
     flat = {k: float(v) for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    usage = (metrics.get("teacher") or {}).get("usage") or {}
-    for k in TEACHER_KEYS:  # the teacher's bill, beside the pipeline's efficiency/teacher_* numbers
-        v = usage.get(k) if isinstance(usage, dict) else None
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            flat.setdefault(f"teacher/{k}", float(v))
+    for k, v in teacher_bill(metrics.get("teacher") or {}).items():
+        flat.setdefault(f"teacher/{k}", v)
     extra, _ = derived(flat)
     return {**flat, **extra}
+
+
+def teacher_bill(teacher: dict) -> dict[str, float]:
+    """What producing the run's annotations cost: the sum of the annotation directory's
+    ``<stage>.usage.json`` records, so a run that reused finished annotations (calls 0 in its own usage)
+    still shows their price; the run's own usage record when that directory is not here.
+    (``efficiency/teacher_*`` stays what the run itself sent.)"""
+    records = []
+    d = Path(str(teacher.get("directory"))) if teacher.get("directory") else None
+    if d is not None and d.is_dir():
+        for f in sorted(d.glob("*.usage.json")):
+            try:
+                records.append(json.loads(f.read_text()).get("usage") or {})
+            except (json.JSONDecodeError, OSError, AttributeError):
+                continue
+    if not records and isinstance(teacher.get("usage"), dict):
+        records = [teacher["usage"]]
+    out: dict[str, float] = {}
+    for rec in records:
+        for k in TEACHER_KEYS:
+            v = rec.get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[k] = out.get(k, 0.0) + float(v)
+    return out
 
 
 def _read_yaml(path: Path) -> Any:

@@ -466,3 +466,19 @@ def test_a_dry_run_and_a_half_finished_run_say_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"dry run: {dry}" in out and "nothing was trained" in out
     assert f"failed: {half}" in out and "[stages done: data, baselines, annotate]" in out
+
+
+def test_teacher_bill_comes_from_the_annotations_the_run_used(tmp_path):
+    """A run that reused finished annotations sent nothing itself; the teacher columns still show what
+    making those annotations cost (the stages' usage records), and fall back to the run's own usage."""
+    ann = tmp_path / "annotations" / "extractive-abc"
+    ann.mkdir(parents=True)
+    for stage, calls, cost in (("extract", 450, 0.25), ("rationale", 450, 0.5)):
+        (ann / f"{stage}.usage.json").write_text(json.dumps({"stage": stage, "usage": {
+            "calls": calls, "prompt_tokens": calls * 100, "completion_tokens": calls * 10, "cost_usd": cost, "wall_s": 1.0}}))
+    m = pipeline_metrics(CHOICES, [], 1.2)
+    assert flat_of(m)["teacher/calls"] == 1438  # the directory is not here: the run's own record
+    m["teacher"] = {"usage": {"calls": 0, "cost_usd": 0.0}, "directory": str(ann)}
+    flat = flat_of(m)
+    assert flat["teacher/calls"] == 900 and flat["teacher/cost_usd"] == pytest.approx(0.75)
+    assert flat["teacher/prompt_tokens"] == 90000 and flat["efficiency/teacher_calls"] == 1438  # the run's own
