@@ -80,3 +80,40 @@ def calibration(truth: np.ndarray, expected: np.ndarray, path: Path, title: str,
         lo, hi = float(min(truth.min(), expected.min())), float(max(truth.max(), expected.max()))
         ax.plot([lo, hi], [lo, hi], "--", color="grey", label="ideal")
     return _finish(plt, fig, ax, path, title, "expected rating (readout)", "true rating")
+
+
+def metric_bars(labels: list[str], metrics: list[str], values: list[list[float | None]], path: Path, title: str) -> Path:
+    """One panel per metric (their scales differ: RMSE, nDCG, seconds), one horizontal bar per run;
+    a missing value gets no bar and a "–" (never a zero-length bar that reads as 0)."""
+    plt = _plt()
+    n = max(1, len(metrics))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    height = max(2.2, 0.35 * len(labels) + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, height * rows), squeeze=False)
+    y = np.arange(len(labels))
+    for j in range(rows * cols):
+        ax = axes[j // cols][j % cols]
+        if j >= len(metrics):
+            ax.axis("off")
+            continue
+        col = [row[j] for row in values]
+        shown = [v if v is not None else 0.0 for v in col]
+        bars = ax.barh(y, shown, color=[f"C{i % 10}" for i in range(len(labels))])
+        for bar, v in zip(bars, col, strict=True):
+            if v is None:
+                bar.set_visible(False)
+                ax.text(0, bar.get_y() + bar.get_height() / 2, " –", va="center")
+            else:
+                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.3g}", va="center", fontsize=8)
+        ax.set_yticks(y, labels if j % cols == 0 else [""] * len(labels), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(metrics[j], fontsize=9)
+        ax.margins(x=0.25)
+    if not metrics:
+        axes[0][0].text(0.5, 0.5, "no metrics", ha="center", va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
