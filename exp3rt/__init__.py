@@ -20,10 +20,10 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("exp3rt_slurm_tasks_per_node", _slurm_tasks_per_node)
 
 
-def _slurm_tasks_per_node():
+def _slurm_tasks_per_node(*, _root_):
     from exp3rt.config import slurm_tasks_per_node
 
-    return slurm_tasks_per_node()
+    return slurm_tasks_per_node(_root_)
 
 
 _register_resolvers()

@@ -389,17 +389,22 @@ class TrainerConf:
     slurm_tasks_per_node: int | None = "${exp3rt_slurm_tasks_per_node:}"  # type: ignore[assignment]
 
 
-def slurm_tasks_per_node() -> int | None:
+def slurm_tasks_per_node(root: Any = None) -> int | None:
     """``${exp3rt_slurm_tasks_per_node:}``, the default of ``trainer.slurm_tasks_per_node``.
 
     In a job that Hydra's SLURM launcher (hydra-submitit-launcher, ``hydra/launcher=slurm_gpu``) started:
     the tasks per node SLURM gave the job (``SLURM_NTASKS_PER_NODE``, which Lightning also checks against
     ``devices``), else the launcher's ``tasks_per_node``. Anywhere else (a plain run, another launcher,
-    no Hydra) None, so :func:`validate` has nothing to compare. The launcher allocates once per multirun,
-    so a job whose ``trainer.devices`` differs from the allocation is refused before any work.
+    no Hydra) None, so :func:`validate` has nothing to compare; also None for a pipeline run that does not
+    train (``stages`` without ``train``, e.g. the teacher on ``hydra/launcher=slurm_cpu``). The launcher
+    allocates once per multirun, so a job whose ``trainer.devices`` differs from the allocation is
+    refused before any work.
     """
     import os
 
+    stages = root.get("stages") if root is not None else None
+    if stages is not None and "train" not in [str(s) for s in stages]:
+        return None
     try:
         from hydra.core.hydra_config import HydraConfig
 

@@ -318,6 +318,15 @@ def test_trainer_slurm_tasks_per_node_is_the_slurm_jobs(monkeypatch):
         monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")  # e.g. -m trainer.devices=8 on a 4-task allocation
         with pytest.raises(ConfigError, match="tasks_per_node=4, devices=8"):
             validate(cfg)
+        monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+        # the teacher on a one-task CPU job of a GPU preset: nothing trains there, nothing to compare
+        cfg = compose_pipeline(["hydra/launcher=slurm_cpu", "trainer=ddp", "stages=[baselines,annotate]"])
+        hc.set_config(cfg)
+        assert validate(cfg).trainer.slurm_tasks_per_node is None
+        cfg = compose_pipeline(["hydra/launcher=slurm_cpu", "trainer=ddp"])
+        hc.set_config(cfg)
+        with pytest.raises(ConfigError, match="tasks_per_node=1, devices=8"):
+            validate(cfg)
     finally:
         hc.cfg = None
 
