@@ -433,3 +433,10 @@ def test_a_run_as_the_wandb_agent_starts_it_logs_into_the_agents_run(tmp_path):
     for stage in ("train", "evaluate"):
         runs = list((Path(stages[stage]["dir"]) / "wandb").glob("offline-run-*-agentrun0"))
         assert runs, f"the {stage} stage did not log into the agent's W&B run"
+
+
+def test_agents_sbatch_script_is_valid_bash_and_runs_one_agent_per_task():
+    path = REPO / "sweeps" / "agents.sbatch"
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    assert "#SBATCH --ntasks=1\n" in text and "#SBATCH --array=" in text and "wandb agent" in text
