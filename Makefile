@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU machines: the pinned CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
 # GPU machines: make setup TORCH_SPEC=torch   (or the CUDA wheel your cluster uses)
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,embed
+EXTRAS ?= dev,embed,slurm,optuna
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 ML100K := artifacts/raw/ml-100k/ml-100k.inter
 

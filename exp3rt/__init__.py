@@ -15,6 +15,15 @@ def _register_resolvers() -> None:
     # ${exp3rt_root:} is the repository root, so paths do not depend on the working directory
     if not OmegaConf.has_resolver("exp3rt_root"):
         OmegaConf.register_new_resolver("exp3rt_root", lambda: str(CONF_DIR.parent))
+    # ${exp3rt_slurm_tasks_per_node:}: trainer.slurm_tasks_per_node's default (exp3rt.config)
+    if not OmegaConf.has_resolver("exp3rt_slurm_tasks_per_node"):
+        OmegaConf.register_new_resolver("exp3rt_slurm_tasks_per_node", _slurm_tasks_per_node)
+
+
+def _slurm_tasks_per_node(*, _root_):
+    from exp3rt.config import slurm_tasks_per_node
+
+    return slurm_tasks_per_node(_root_)
 
 
 _register_resolvers()

@@ -384,8 +384,39 @@ class TrainerConf:
     limit_val_batches: Any = None  # int: batches; float in [0, 1]: fraction
     deterministic: bool = False
     checkpoint_every_n_steps: int | None = None  # also write checkpoints/last.ckpt every n optimizer steps
-    # the SLURM launcher's tasks_per_node (one task per device); null when not launched by SLURM
-    slurm_tasks_per_node: int | None = None
+    # the tasks per node of the SLURM job this run is in when Hydra's SLURM launcher started it (one task
+    # per device; see slurm_tasks_per_node below); null otherwise. Set by hand for a hand-written sbatch.
+    slurm_tasks_per_node: int | None = "${exp3rt_slurm_tasks_per_node:}"  # type: ignore[assignment]
+
+
+def slurm_tasks_per_node(root: Any = None) -> int | None:
+    """``${exp3rt_slurm_tasks_per_node:}``, the default of ``trainer.slurm_tasks_per_node``.
+
+    In a job that Hydra's SLURM launcher (hydra-submitit-launcher, ``hydra/launcher=slurm_gpu``) started:
+    the tasks per node SLURM gave the job (``SLURM_NTASKS_PER_NODE``, which Lightning also checks against
+    ``devices``), else the launcher's ``tasks_per_node``. Anywhere else (a plain run, another launcher,
+    no Hydra) None, so :func:`validate` has nothing to compare; also None for a pipeline run that does not
+    train (``stages`` without ``train``, e.g. the teacher on ``hydra/launcher=slurm_cpu``). The launcher
+    allocates once per multirun, so a job whose ``trainer.devices`` differs from the allocation is
+    refused before any work.
+    """
+    import os
+
+    stages = root.get("stages") if root is not None else None
+    if stages is not None and "train" not in [str(s) for s in stages]:
+        return None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher
+    except (ImportError, ValueError):  # no Hydra run (tests, scripts)
+        return None
+    if not str(launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+        return None
+    env = os.environ.get("SLURM_NTASKS_PER_NODE", "")
+    if env.isdigit():
+        return int(env)
+    return int(launcher.tasks_per_node)
 
 
 @dataclass

@@ -18,6 +18,8 @@ paid call is never sent twice. The pipeline's own run dir gets ``config.yaml``, 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import shutil
@@ -191,23 +193,24 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
             continue
         started = time.perf_counter()
         d = dirs.get(stage)
-        if stage != "annotate" and stage in force and d is not None and d.exists():
-            shutil.rmtree(d)
-        if d is not None and _done(stage, d):
-            results[stage] = _load_result(stage, d)
-            finish(stage, "skipped", started, reason="finished artifact with the same inputs")
-            continue
-        if stage == "baselines":
-            from exp3rt.cli.baselines import run as run_baselines
+        with _shared_stage_lock(stage, cfg, dirs, split):
+            if stage != "annotate" and stage in force and d is not None and d.exists():
+                shutil.rmtree(d)
+            if d is not None and _done(stage, d):
+                results[stage] = _load_result(stage, d)
+                finish(stage, "skipped", started, reason="finished artifact with the same inputs")
+                continue
+            if stage == "baselines":
+                from exp3rt.cli.baselines import run as run_baselines
 
-            results[stage] = run_baselines(_stage_cfg(cfg), d)
-            finish(stage, "ran", started)
-        elif stage == "annotate":
-            results[stage] = _annotate(cfg, prepared, split, force="annotate" in force)
-            rep = results[stage].get("report", {})
-            status = "skipped" if rep and all(r.get("skipped") for r in rep.values()) else "ran"
-            finish(stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage"))
-        elif stage == "train":
+                results[stage] = run_baselines(_stage_cfg(cfg), d)
+                finish(stage, "ran", started)
+            elif stage == "annotate":
+                results[stage] = _annotate(cfg, prepared, split, force="annotate" in force)
+                rep = results[stage].get("report", {})
+                status = "skipped" if rep and all(r.get("skipped") for r in rep.values()) else "ran"
+                finish(stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage"))
+        if stage == "train":
             resume = (d / "checkpoints" / "last.ckpt").is_file()
             results[stage] = _train(cfg, d, resume)
             finish(stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step"))
@@ -226,6 +229,48 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
     if "evaluate" in results and (dirs["evaluate"] / "report.md").is_file():
         _write_report(out_dir, dirs["evaluate"], record)
     return metrics
+
+
+def _shared_stage_lock(stage: str, cfg: DictConfig, dirs: dict, split):
+    """An exclusive file lock around the baselines and annotate stages, keyed by their artifact: jobs of
+    one multirun (e.g. one per ablation) share those artifacts and may start together, and every rank of
+    a multi-task SLURM job runs the pipeline. The first makes the artifact; the others wait, then find
+    it finished and skip it — the teacher is never asked twice and no job reads a half-written file.
+    Training (all ranks together) and evaluation (rank zero) are not locked."""
+    if stage == "baselines":
+        target = dirs["baselines"]
+    elif stage == "annotate":
+        from exp3rt.teacher.annotate import annotation_dir
+        from exp3rt.teacher.prompts import Prompts
+
+        prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+        target, _ = annotation_dir(cfg, split, prompts)
+    else:
+        return contextlib.nullcontext()
+    return file_lock(target.with_name(f"{target.name}.lock"), what=f"stage {stage}")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str = "artifact"):
+    """Hold ``fcntl.flock(LOCK_EX)`` on ``path`` (created; works across processes and, on NFS, across
+    nodes). Where the filesystem refuses locks (e.g. Lustre mounted without flock) it warns and goes on
+    unlocked, as before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s: waiting for another job that holds %s", what, path)
+                fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning("%s: cannot lock %s (%s); parallel jobs may repeat this stage", what, path, e)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _load_result(stage: str, d: Path) -> dict:
