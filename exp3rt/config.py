@@ -187,7 +187,7 @@ class EvalConf:
     mode: str = "full"
     failure_policy: str = "user_mean"  # user_mean | item_mean | global_mean | exclude (counted either way)
     max_pairs: int | None = None  # evaluate the first n test pairs (null: all)
-    batch_size: int = 16
+    batch_size: int = 16  # rows per forward on the hf backend (vLLM schedules its own batches)
     max_new_tokens: int | None = None  # null: student.max_new_tokens of the trained run
     do_sample: bool = False
     temperature: float = 1.0
