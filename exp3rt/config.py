@@ -190,7 +190,7 @@ class EvalConf:
     mode: str = "full"
     failure_policy: str = "user_mean"  # user_mean | item_mean | global_mean | exclude (counted either way)
     max_pairs: int | None = None  # evaluate the first n test pairs (null: all)
-    batch_size: int = 16
+    batch_size: int = 16  # rows per forward on the hf backend (vLLM schedules its own batches)
     max_new_tokens: int | None = None  # null: student.max_new_tokens of the trained run
     do_sample: bool = False
     temperature: float = 1.0
@@ -205,6 +205,18 @@ class EvalConf:
     test_file: str | None = None  # an EXP3RT release rating file to evaluate on instead of the test split
     wandb: bool = True  # log metrics + an explanations table (offline unless WANDB_MODE / the train run say)
     wandb_rows: int = 200  # explanations in the table
+    # the student's inference engine: hf (transformers, CPU or GPU) | vllm (the `vllm` extra, a CUDA GPU);
+    # both give the same readouts (exp3rt.inference.vllm_backend)
+    backend: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.9  # share of GPU memory vLLM takes (weights + KV cache)
+    vllm_max_model_len: int | None = None  # null: the model's own context length
+    vllm_tensor_parallel_size: int = 1  # GPUs the model is split over
+    vllm_enable_prefix_caching: bool = True  # reranking's per-user prompt prefix is computed once
+    vllm_max_lora_rank: int | None = None  # null: the adapter's r, rounded up to a rank vLLM supports
+    vllm_enforce_eager: bool = False  # true: skip CUDA-graph capture (faster start, slower decoding)
+
+
+EVAL_BACKENDS = ("hf", "vllm")
 
 
 class TeacherBackendName(StrEnum):
@@ -628,6 +640,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         policies = ("user_mean", "item_mean", "global_mean", "exclude")
         if ev.failure_policy not in policies:
             raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(policies)} (got {ev.failure_policy!r})")
+        check_eval_backend(ev)
     _validate_training(typed)
     sft = typed.get("sft")
     if sft is not None:
@@ -770,6 +783,42 @@ def _validate_training(typed: DictConfig) -> None:
                 f"trainer.num_nodes × trainer.accumulate_grad_batches = {loop.micro_batch_size} × {tr.devices} × "
                 f"{tr.num_nodes} × {accum} = {per_step * accum}; set trainer.accumulate_grad_batches=null to derive it"
             )
+
+
+def vllm_installed() -> bool:
+    """Whether ``import vllm`` would find a package, without importing it (that takes seconds)."""
+    import importlib.util
+    import sys
+
+    if "vllm" in sys.modules:
+        return sys.modules["vllm"] is not None
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_eval_backend(ev) -> None:
+    """``eval.backend`` and the vLLM knobs, before any model loads."""
+    if ev.backend not in EVAL_BACKENDS:
+        raise ConfigError(f"config key 'eval.backend' must be one of {list(EVAL_BACKENDS)} (got {ev.backend!r})")
+    if ev.backend != "vllm":
+        return
+    if not vllm_installed():
+        raise ConfigError(
+            "config key 'eval.backend' is 'vllm' but the vllm package is not installed: "
+            'pip install -e ".[vllm]" on a machine with a CUDA GPU (vLLM needs one), or use eval.backend=hf'
+        )
+    if not 0.0 < ev.vllm_gpu_memory_utilization <= 1.0:
+        raise ConfigError(
+            f"config key 'eval.vllm_gpu_memory_utilization' must be in (0, 1] (got {ev.vllm_gpu_memory_utilization})"
+        )
+    if ev.vllm_tensor_parallel_size < 1:
+        raise ConfigError(f"config key 'eval.vllm_tensor_parallel_size' must be >= 1 (got {ev.vllm_tensor_parallel_size})")
+    if ev.vllm_max_model_len is not None and ev.vllm_max_model_len < 1:
+        raise ConfigError(f"config key 'eval.vllm_max_model_len' must be >= 1 or null (got {ev.vllm_max_model_len})")
+    if ev.vllm_max_lora_rank is not None and ev.vllm_max_lora_rank < 1:
+        raise ConfigError(f"config key 'eval.vllm_max_lora_rank' must be >= 1 or null (got {ev.vllm_max_lora_rank})")
 
 
 def check_student_data(sft) -> None:

@@ -129,3 +129,38 @@ def test_reranking_reads_a_candidates_file(trained, tmp_path):
     rr = run(cfg, tmp_path / "ev")["rerank"]
     assert rr["users"] == 3 and rr["retriever"] == str(path)
     assert rr["before/hit@5"] == rr["after/hit@5"] == 1.0  # the relevant item is among the 4 either way
+
+
+def test_vllm_backend_gives_the_same_evaluation(trained, tmp_path, monkeypatch):
+    """eval.backend=vllm through the whole run (tests/fake_vllm.py: vLLM's offline API on CPU, real logits):
+    the same predictions and rerank metrics as eval.backend=hf, the LoRA adapter served through a
+    LoRARequest, one engine for predictions and reranking."""
+    import fake_vllm
+
+    from exp3rt.cli.evaluate import run
+    from exp3rt.inference.vllm_backend import release_engines
+
+    fake_vllm.install(monkeypatch)
+    release_engines()
+    common = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=3",
+              "eval.max_new_tokens=6", "eval.rerank=true", "eval.rerank_max_users=2", "eval.num_candidates=3",
+              "eval.rerank_retriever=popularity", "eval.wandb=false"]
+    try:
+        hf = run(compose_cfg("evaluate", common), tmp_path / "hf")
+        vl = run(compose_cfg("evaluate", [*common, "eval.backend=vllm"]), tmp_path / "vllm")
+    finally:
+        release_engines()
+    (llm,) = fake_vllm.LLM.instances  # one engine for both
+    assert llm.kwargs["enable_lora"] is True and llm.kwargs["enable_prefix_caching"] is True
+    assert all(c.lora_request is not None and c.lora_request.lora_path == str(trained / "train" / "adapter") for c in llm.calls)
+    assert (hf["protocol"]["backend"], vl["protocol"]["backend"]) == ("hf", "vllm")
+    rows = {b: [json.loads(line) for line in (tmp_path / b / "predictions.jsonl").read_text().splitlines()] for b in ("hf", "vllm")}
+    assert len(rows["vllm"]) == 3
+    for a, b in zip(rows["hf"], rows["vllm"], strict=True):
+        assert (b["user_id"], b["item_id"], b["reasoning"], b["rating_argmax"]) == (a["user_id"], a["item_id"], a["reasoning"], a["rating_argmax"])
+        assert max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) < 1e-4
+        assert abs(a["rating_expected"] - b["rating_expected"]) < 1e-4
+    assert vl["rerank"]["backend"] == "vllm" and vl["rerank"]["users"] == hf["rerank"]["users"] == 2
+    for key, value in hf["rerank"].items():
+        if key.startswith(("before/", "after/")):
+            assert vl["rerank"][key] == pytest.approx(value, abs=1e-9)

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
               **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
     metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
                "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds), **source,
+                            "backend": str(ev.get("backend") or "hf"),
                             "readout": "next-token distribution over the valid rating tokens after the reasoning",
                             "seconds_per_pair": seconds / max(1, len(preds))},
                "rating": rating}
@@ -270,7 +272,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     (no shared item profile) keep their first-stage place after the scored ones and are counted."""
     from exp3rt.baselines.retrievers import build_retrievers, relevant_sets
     from exp3rt.config import RetrieverBaselinesConf
-    from exp3rt.inference.predict import load_student
+    from exp3rt.inference.predict import backend_of, load_student
     from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
     from exp3rt.student.examples import candidate_examples
     from exp3rt.student.prompts import StudentPrompts
@@ -295,21 +297,28 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     first = {u: list(given[u])[:n] for u in users}
     cands, skipped = candidate_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
                                         prepared.dataset.scale, tcfg.sft, tcfg.ablation, tcfg.student_prompt, first)
-    model, tok = load_student(tcfg, Path(adapter_dir))
     scale = prepared.dataset.scale
     ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
     prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix
+    if backend_of(ev) == "vllm":  # the same scores; the engine built for the predictions is reused
+        from exp3rt.inference.vllm_backend import load_vllm_student
+
+        student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)
+        tok, score = student.tokenizer, student.score_candidates
+    else:
+        model, tok = load_student(tcfg, Path(adapter_dir))
+        score = partial(score_candidates, model, tok)
     prompts_by_user = {u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
                        for u, exs in cands.items()}
     stats: dict = {}
-    scores = score_candidates(model, tok, prompts_by_user, ratings, prefix, mode=str(ev.rerank_mode),
-                              max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens), stats=stats)
+    scores = score(prompts_by_user, ratings, prefix, mode=str(ev.rerank_mode),
+                   max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens), stats=stats)
     ranked = rerank(scores)
     after = {u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first}
     seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
     out = rerank_metrics(first, after, {u: relevant[u] for u in first}, list(ev.ks), seconds_per_user=seconds)
     unscored = sum(len(first[u]) - len(cands.get(u, [])) for u in first)
-    out.update({"retriever": source, "num_candidates": n, "mode": str(ev.rerank_mode),
+    out.update({"retriever": source, "num_candidates": n, "mode": str(ev.rerank_mode), "backend": backend_of(ev),
                 "candidates_unscored": int(unscored), "skipped": skipped,
                 "seconds_per_user": out.get("time_per_user_s", 0.0)})
     return out

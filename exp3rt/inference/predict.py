@@ -28,7 +28,15 @@ def load_student(tcfg, adapter_dir: Path):
     return model.eval(), tokenizer
 
 
+def backend_of(ev) -> str:
+    """``eval.backend`` (``hf`` when a config predates the key)."""
+    return str(getattr(ev, "backend", None) or "hf")
+
+
 def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
+    """The student's reasoning and readouts for rating examples, on ``eval.backend`` (hf | vllm): both
+    backends give the same :class:`Prediction` fields (greedy reasoning token for token, readouts within
+    float rounding)."""
     from exp3rt.inference.parse import parse_rating
     from exp3rt.inference.readout import generate_and_read, readout_only
     from exp3rt.student.prompts import StudentPrompts
@@ -38,16 +46,29 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
     scale = (float(tcfg.dataset.scale.min), float(tcfg.dataset.scale.max))
     ratings = RatingTokens(scale[0], scale[1], float(tcfg.dataset.scale.step), float(tcfg.sft.rating_offset))
     prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix
-    model, tok = load_student(tcfg, Path(adapter_dir))
-    prompts = [render(tok, ex, add_answer=False)[0] for ex in examples]
+    fast = str(ev.mode) == "fast" or not tcfg.ablation.reasoning
     max_new = int(ev.max_new_tokens or tcfg.student.max_new_tokens)
-    out: list[Prediction] = []
-    if str(ev.mode) == "fast" or not tcfg.ablation.reasoning:
-        reads = readout_only(model, tok, prompts, ratings, prefix, batch_size=int(ev.batch_size))
-        pairs = [(None, r) for r in reads]
+    sampling = {"do_sample": bool(ev.do_sample), "temperature": float(ev.temperature), "seed": int(ev.seed)}
+    if backend_of(ev) == "vllm":
+        from exp3rt.inference.vllm_backend import load_vllm_student
+
+        student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)
+        tok = student.tokenizer
+        prompts = [render(tok, ex, add_answer=False)[0] for ex in examples]
+        if fast:
+            pairs = [(None, r) for r in student.readout_only(prompts, ratings, prefix)]
+        else:
+            pairs = student.generate_and_read(prompts, ratings, max_new, prefix, **sampling)
     else:
-        pairs = generate_and_read(model, tok, prompts, ratings, max_new, prefix, batch_size=int(ev.batch_size),
-                                  do_sample=bool(ev.do_sample), temperature=float(ev.temperature), seed=int(ev.seed))
+        model, tok = load_student(tcfg, Path(adapter_dir))
+        prompts = [render(tok, ex, add_answer=False)[0] for ex in examples]
+        if fast:
+            reads = readout_only(model, tok, prompts, ratings, prefix, batch_size=int(ev.batch_size))
+            pairs = [(None, r) for r in reads]
+        else:
+            pairs = generate_and_read(model, tok, prompts, ratings, max_new, prefix, batch_size=int(ev.batch_size),
+                                      **sampling)
+    out: list[Prediction] = []
     for ex, (gen, read) in zip(examples, pairs, strict=True):
         text = gen.text if gen is not None else ""
         parsed = parse_rating(text, *scale, from_text=ratings.from_text) if gen is not None else None
