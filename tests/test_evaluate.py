@@ -101,8 +101,23 @@ def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):
 def test_wandb_gets_metrics_and_an_explanations_table(trained, tmp_path, monkeypatch):
     from exp3rt.cli.evaluate import run
 
+    import shutil
+
+    from omegaconf import OmegaConf
+
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # the fixture trained with logger=csv (W&B off): evaluation follows the training run and logs nothing
     cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                   "eval.max_pairs=3", "eval.mode=fast"])
+    metrics = run(cfg, tmp_path / "off")
+    assert "wandb_dir" not in metrics and not (tmp_path / "off" / "wandb").exists()
+    # the same run with W&B on (as logger=wandb writes it)
+    run_dir = tmp_path / "train"
+    shutil.copytree(trained / "train", run_dir)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved.logger.wandb = True
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={run_dir}",
                                    "eval.max_pairs=3", "eval.mode=fast"])
     metrics = run(cfg, tmp_path / "ev")
     runs = list((tmp_path / "ev" / "wandb").glob("offline-run-*/run-*.wandb"))
