@@ -99,11 +99,11 @@ def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):
 
 
 def test_wandb_gets_metrics_and_an_explanations_table(trained, tmp_path, monkeypatch):
-    from exp3rt.cli.evaluate import run
-
     import shutil
 
     from omegaconf import OmegaConf
+
+    from exp3rt.cli.evaluate import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     # the fixture trained with logger=csv (W&B off): evaluation follows the training run and logs nothing
