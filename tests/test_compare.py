@@ -442,10 +442,10 @@ def test_real_multirun_through_a_recipe_then_exp3rt_compare(tmp_path):
 
 
 def test_real_multirun_with_a_failing_job(tmp_path):
-    """Job 0 is rejected by validation (its run dir has .hydra/ and a log, no metrics.json); the basic
-    launcher then stops, so job 1 never starts. exp3rt-compare names both, with the reason."""
+    """Both jobs are rejected by validation (their run dirs have .hydra/ and a log, no metrics.json); the
+    first failure does not stop the second job. exp3rt-compare names both, with the reason."""
     env = _env(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "exp3rt", "-m", "debug=default", "progress=false", "split.valid_ratio=0.9,0.1",
+    proc = subprocess.run([sys.executable, "-m", "exp3rt", "-m", "debug=default", "progress=false", "split.valid_ratio=0.9,0.95",
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     proc = subprocess.run([sys.executable, "-m", "exp3rt.cli.compare", str(tmp_path / "sweep")],
@@ -453,7 +453,7 @@ def test_real_multirun_with_a_failing_job(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "2 runs: 0 finished, 2 failed or not started" in proc.stdout
     assert f"failed: {tmp_path / 'sweep' / '0'} (split.valid_ratio=0.9) — config keys 'split.test_ratio'" in proc.stdout
-    assert f"not started: {tmp_path / 'sweep' / '1'} (split.valid_ratio=0.1)" in proc.stdout
+    assert f"failed: {tmp_path / 'sweep' / '1'} (split.valid_ratio=0.95) — config keys 'split.test_ratio'" in proc.stdout
 
 
 def test_a_dry_run_and_a_half_finished_run_say_so(tmp_path, capsys):

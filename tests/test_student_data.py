@@ -394,7 +394,7 @@ def test_collate_right_pads(world, tok):
     rows = [encode(tok, e, 512) for e in exs]
     batch = collate(rows, tok.pad_token_id)
     width = max(len(r["input_ids"]) for r in rows)
-    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (3, width) for k in ("input_ids", "attention_mask", "labels")}
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (3, width) for k in ("input_ids", "attention_mask", "labels", "rating_mask")}
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
         assert batch["input_ids"][i, :n].tolist() == r["input_ids"]
