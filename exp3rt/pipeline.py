@@ -68,9 +68,20 @@ def stage_fingerprints(cfg: DictConfig, data_fp: str, split_fp: str) -> dict[str
     return {"baselines": base, "train": train, "evaluate": evaluate}
 
 
+#: the file a stage writes last: its artifact is finished when it exists
+MARKERS = {"baselines": "metrics.json", "train": "train.json", "evaluate": "metrics.json"}
+
+
 def _done(stage: str, directory: Path) -> bool:
-    marker = {"baselines": "metrics.json", "train": "train.json", "evaluate": "metrics.json"}[stage]
-    return (directory / marker).is_file()
+    return (directory / MARKERS[stage]).is_file()
+
+
+def stage_dirs(cfg: DictConfig, fps: dict[str, str]) -> dict[str, Path]:
+    """Where each fingerprinted stage writes, under ``paths.artifacts_dir``."""
+    art, name = Path(cfg.paths.artifacts_dir), str(cfg.dataset.name)
+    return {"baselines": art / "baselines" / f"{name}-{fps['baselines'][:12]}",
+            "train": art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}",
+            "evaluate": art / "evaluations" / f"{name}-{fps['evaluate'][:12]}"}
 
 
 def _stage_cfg(cfg: DictConfig, **top: Any) -> DictConfig:
@@ -88,8 +99,6 @@ def check_stages(cfg: DictConfig) -> tuple[list[str], list[str]]:
         bad = [s for s in values if s not in STAGES]
         if bad:
             raise ConfigError(f"config key '{name}' has unknown stage(s) {bad}; allowed: {list(STAGES)}")
-    if "evaluate" in stages and "train" not in stages and not cfg.get("run_dir"):
-        pass  # evaluate alone uses the student whose fingerprint matches (it must exist)
     return stages, force
 
 
@@ -107,10 +116,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     split = prepare_split(prepared, cfg.split)
     out["data"] = {"dir": str(prepared.directory), **prepared.dataset.summary(),
                    "split": {"dir": str(split.directory), **split.meta.get("stats", {})}}
-    fps = stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint)
-    art = Path(cfg.paths.artifacts_dir)
-    name = str(cfg.dataset.name)
-    train_dir = art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}"
+    train_dir = stage_dirs(cfg, stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint))["train"]
     out["artifacts"] = {"train": {"dir": str(train_dir), "finished": _done("train", train_dir)}}
     if "annotate" in [str(s) for s in cfg.stages]:
         from exp3rt.teacher.annotate import annotate
@@ -168,18 +174,13 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
     save_config(cfg, out_dir / "config.yaml")
     if cfg.get("dry_run"):
         return dry_run(cfg, out_dir)
-    art = Path(cfg.paths.artifacts_dir)
     record: dict = {"task": "pipeline", "stages": {}, "hydra": hydra_info or {}}
     t0 = time.perf_counter()
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
     record["stages"]["data"] = {"status": "ready", "dir": str(prepared.directory), "split_dir": str(split.directory),
                                 "seconds": round(time.perf_counter() - t0, 2)}
-    fps = stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint)
-    name = str(cfg.dataset.name)
-    dirs = {"baselines": art / "baselines" / f"{name}-{fps['baselines'][:12]}",
-            "train": art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}",
-            "evaluate": art / "evaluations" / f"{name}-{fps['evaluate'][:12]}"}
+    dirs = stage_dirs(cfg, stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint))
     results: dict = {}
 
     def finish(stage: str, status: str, started: float, **extra) -> None:
@@ -274,8 +275,7 @@ def file_lock(path: Path, what: str = "artifact"):
 
 
 def _load_result(stage: str, d: Path) -> dict:
-    marker = {"baselines": "metrics.json", "train": "train.json", "evaluate": "metrics.json"}[stage]
-    return json.loads((d / marker).read_text())
+    return json.loads((d / MARKERS[stage]).read_text())
 
 
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
@@ -376,15 +376,12 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``, ``retrieval/<model>/<metric>``,
     ``efficiency/<key>``."""
     from exp3rt.evaluation.evaluate import flat_metrics as eval_flat
+    from exp3rt.evaluation.evaluate import numbers
 
     out = eval_flat({"rating": metrics.get("rating") or {}, "rerank": metrics.get("rerank") or {}})
     for model, r in (metrics.get("retrieval") or {}).items():
-        for k, v in (r or {}).items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[f"retrieval/{model}/{k}"] = float(v)
-    for k, v in (metrics.get("efficiency") or {}).items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[f"efficiency/{k}"] = float(v)
+        out.update(numbers(f"retrieval/{model}", r or {}))
+    out.update(numbers("efficiency", metrics.get("efficiency") or {}))
     return out
 
 

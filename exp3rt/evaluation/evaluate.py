@@ -227,16 +227,17 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     return metrics
 
 
+def numbers(prefix: str, values: dict) -> dict[str, float]:
+    """``<prefix>/<key>`` for the numeric values of ``values`` (booleans and text left out)."""
+    return {f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """``rating/<model>/<key>`` and ``rerank/<key>`` numbers, the names a W&B sweep or dashboard uses."""
     out = {}
     for model, r in metrics["rating"].items():
-        for k, v in r.items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[f"rating/{model}/{k}"] = float(v)
-    for k, v in (metrics.get("rerank") or {}).items():
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[f"rerank/{k}"] = float(v)
+        out.update(numbers(f"rating/{model}", r))
+    out.update(numbers("rerank", metrics.get("rerank") or {}))
     return out
 
 
