@@ -4,6 +4,7 @@ the Trainer, validation loss and generation-based RMSE/MAE on a fixed validation
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,6 +19,27 @@ from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATIN
 log = logging.getLogger(__name__)
 
 
+
+
+@contextlib.contextmanager
+def _zero_init_paused(active: bool):
+    """Build the LoRA adapters outside Lightning's ``deepspeed.zero.Init`` (ZeRO-3).
+
+    Inside it every new layer is partitioned at creation, and peft's move of the adapter to its base
+    layer's device then leaves each LoRA weight an empty (0-element) tensor that DeepSpeed no longer
+    tracks: the ZeRO-3 optimizer finds nothing to train and fails (an AssertionError in
+    ``defragment``). Created as plain tensors, the adapters are partitioned by the engine at start-up
+    like any other parameter. Seen on an H200 and reproduced on CPU with SmolLM2 + LoRA."""
+    if not active:
+        yield
+        return
+    from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
+
+    shutdown_init_context()
+    try:
+        yield
+    finally:
+        restore_init_context()
 
 class ResumableSampler(Sampler[int]):
     """A seeded permutation per epoch that can start part-way: after a resume it skips the examples
@@ -132,14 +154,16 @@ class StudentModule(pl.LightningModule):
         from exp3rt.student.model import load_base_model, trainable_summary, wrap_peft
 
         ds_config = getattr(self.trainer.strategy, "config", None) if self._trainer is not None else None
-        if ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        zero3 = bool(ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3)
+        if zero3:
             # tell transformers that ZeRO-3 is on, so from_pretrained loads each weight straight into
             # its shard inside deepspeed.zero.Init (kept alive for the life of the module)
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         base = load_base_model(self.student_cfg)
-        self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
+        with _zero_init_paused(zero3):
+            self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
 
     def on_train_start(self) -> None:
