@@ -239,6 +239,35 @@ def test_release_imdb_dry_run_imports_instead_of_calling(env, shared_data):
     assert m["teacher"]["estimate"] is None
 
 
+@pytest.mark.shared_data
+def test_release_imdb_trains_and_evaluates_without_teacher_rationales(env, shared_data):
+    """The release's IMDB files publish profiles but no rationales: the preset trains the student on
+    profiles -> rating (no_reasoning), taking its training pairs from the split, not from rationale rows.
+    The 60-pair sample is cut into train 40 / valid 5 / test 15 (the tiny student stands in for SmolLM2;
+    benchmarks/gpu_check_training.sh runs the same with SmolLM2 on a GPU)."""
+    import shutil
+
+    src = shared_data / "exp3rt-release-sample"
+    dst = env / "release"
+    shutil.copytree(src, dst)
+    rows = json.loads((dst / "imdb" / "rating_test_sample.json").read_text())
+    for name, part in (("rating_train", rows[:40]), ("rating_valid", rows[40:45]), ("rating_test", rows[45:])):
+        (dst / "imdb" / f"{name}.json").write_text(json.dumps(part))
+    m = run_in_process(["experiment=release_imdb", "student=tiny", "peft=lora", "trainer=cpu", "student.quantization=null",
+                        f"dataset.path={dst / 'imdb'}", "dataset.release.rating_train=rating_train.json",
+                        "dataset.release.rating_valid=rating_valid.json", "dataset.release.rating_test=rating_test.json",
+                        "train.batch_size=4", "train.micro_batch_size=4", "train.val_generate=false", "trainer.max_epochs=1",
+                        "sft.max_length=1024", "eval.max_new_tokens=8", "logger.wandb=false", "progress=false"], env / "run")
+    assert {s: r["status"] for s, r in m["stages"].items()} == {"data": "ready", "annotate": "ran", "train": "ran", "evaluate": "ran"}
+    train = json.loads((Path(m["stages"]["train"]["dir"]) / "train.json").read_text())
+    counts = train["example_report"]["counts"]
+    assert 0 < counts["train"]["rating"] <= 40 and 0 < counts["test"]["rating"] <= 15
+    assert train["example_report"]["ablation"] == "no_reasoning"
+    expected = m["rating"]["student_expected"]
+    assert expected["n"] == counts["test"]["rating"] and expected["failures"] == 0
+    assert 0.0 <= expected["mae"] <= expected["rmse"] <= 9.0  # within the 1-10 scale's width
+
+
 def test_python_dash_m_exp3rt_is_the_pipeline(env):
     out = subprocess.run([sys.executable, "-m", "exp3rt", "--cfg", "job"], capture_output=True, text=True, timeout=120,
                          env={**os.environ})

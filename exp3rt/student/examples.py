@@ -208,7 +208,10 @@ class _Builder:
         """Profiles, pair → item-profile job map and review orders that rating prompts are built from."""
         ab = self.ab
         need_profiles = not ab.raw_reviews
-        rationale = _read(self.dir, "rationale", "rating")
+        # without reasoning the student needs no teacher rationale: the train pairs come from the split
+        # (e.g. the EXP3RT IMDB release, which publishes profiles but no rationales)
+        has_rationale = (self.dir / "rationale.parquet").is_file()
+        rationale = _read(self.dir, "rationale", "rating") if ab.reasoning or has_rationale else None
         uprof, iprof, job_of, sources = {}, {}, {}, {}
         if need_profiles or ab.item_profile:
             items = _read(self.dir, "item_profile", "rating")
@@ -240,6 +243,8 @@ class _Builder:
         train = self.split.train
         out: dict[str, list[SFTExample]] = {p: [] for p in PARTS}
         done = set()
+        if rationale is None:
+            return self._rating_from_split(out, ctx, ("train", "valid", "test"), done)
         for row in rationale.to_dict("records"):
             split = str(row.get("split") or "train")
             pair = (row["user_id"], row["item_id"])
@@ -256,7 +261,11 @@ class _Builder:
         unannotated = sum(p not in annotated for p in zip(train.user_id, train.item_id, strict=True))
         if unannotated:
             self.skipped["rating"]["train:no_rationale_row"] += unannotated
-        for split in ("valid", "test"):
+        return self._rating_from_split(out, ctx, ("valid", "test"), done)
+
+    def _rating_from_split(self, out: dict, ctx: dict, splits: tuple[str, ...], done: set) -> dict:
+        """Rating examples with no rationale (the rating line alone) for the split's pairs not in ``done``."""
+        for split in splits:
             frame = self.split.part(split)
             for r in frame.to_dict("records"):
                 pair = (r["user_id"], r["item_id"])

@@ -36,7 +36,8 @@ def find_annotation_dir(cfg, prepared, split) -> Path:
 
     prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
     path, _ = annotation_dir(cfg, split, prompts)
-    needed = [s for s in ("user_profile", "item_profile", "rationale") if not (path / f"{s}.parquet").is_file()]
+    stages = ("user_profile", "item_profile", "rationale") if cfg.ablation.reasoning else ("user_profile", "item_profile")
+    needed = [s for s in stages if not (path / f"{s}.parquet").is_file()]
     if needed:
         raise FileNotFoundError(
             f"no teacher annotations for this dataset/split/teacher in {path} (missing: {', '.join(needed)}): "
