@@ -191,7 +191,7 @@ class EvalConf:
     failure_policy: str = "user_mean"  # user_mean | item_mean | global_mean | exclude (counted either way)
     max_pairs: int | None = None  # evaluate the first n test pairs (null: all)
     batch_size: int = 16  # rows per forward on the hf backend (vLLM schedules its own batches)
-    max_new_tokens: int | None = None  # null: student.max_new_tokens of the trained run
+    max_new_tokens: int | None = None  # null: the longest answer the student trained on + 16 (train.json), else student.max_new_tokens
     do_sample: bool = False
     temperature: float = 1.0
     seed: int = 0
@@ -328,7 +328,7 @@ class StudentConf:
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights as loaded
     quantization: str | None = None  # null | 4bit (QLoRA through the `qlora` extra: bitsandbytes, GPU)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
-    max_new_tokens: int = 160  # generation length for reasoning at validation / evaluation
+    max_new_tokens: int = 160  # reasoning length for in-training validation generation (and evaluation of runs without train.json answer_tokens)
 
 
 @dataclass

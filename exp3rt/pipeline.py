@@ -352,6 +352,7 @@ def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> d
         "dataset": ev.get("dataset") or base.get("dataset"),
         "rating": ev.get("rating") or {},
         "rerank": ev.get("rerank") or {},
+        "generation": ev.get("generation") or {},
         "retrieval": base.get("retrieval") or {},
         "baselines_rating": base.get("rating") or {},
         "train": {k: train.get(k) for k in ("global_step", "seconds", "examples", "metrics") if k in train},
@@ -374,11 +375,12 @@ def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> d
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """Every number as ``section/name/key`` — the names W&B, sweeps, Optuna and exp3rt-compare use:
     ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``, ``retrieval/<model>/<metric>``,
-    ``efficiency/<key>``."""
+    ``generation/<key>`` (reasoning budget and how many reasonings it cut), ``efficiency/<key>``."""
     from exp3rt.evaluation.evaluate import flat_metrics as eval_flat
     from exp3rt.evaluation.evaluate import numbers
 
-    out = eval_flat({"rating": metrics.get("rating") or {}, "rerank": metrics.get("rerank") or {}})
+    out = eval_flat({"rating": metrics.get("rating") or {}, "rerank": metrics.get("rerank") or {},
+                     "generation": metrics.get("generation") or {}})
     for model, r in (metrics.get("retrieval") or {}).items():
         out.update(numbers(f"retrieval/{model}", r or {}))
     out.update(numbers("efficiency", metrics.get("efficiency") or {}))

@@ -55,6 +55,43 @@ def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path)
     assert "SYNTHETIC" in (out / "report.md").read_text()
 
 
+def test_reasoning_budget_defaults_to_the_training_answers_and_cut_reasonings_are_counted(trained, tmp_path, caplog):
+    """A reasoning budget below the answers the student trained on cuts every reasoning before its
+    conclusion (seen with SmolLM2 on a GPU: ~140-token answers, 96 allowed, readouts near 1 for true 5s).
+    The default comes from train.json's answer lengths; a cut is counted, reported and warned about."""
+    from exp3rt.cli.evaluate import run
+
+    answers = json.loads((trained / "train" / "train.json").read_text())["answer_tokens"]
+    assert answers["task"] == "rating" and answers["n"] > 0 and 0 < answers["mean"] <= answers["p99"] <= answers["max"]
+    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=3"]
+
+    m = run(compose_cfg("evaluate", base), tmp_path / "default")
+    gen = m["generation"]
+    assert gen["max_new_tokens"] == answers["max"] + 16 and gen["source"].startswith("longest training answer")
+    assert sum(gen["finish"].values()) == 3
+
+    with caplog.at_level("WARNING"):
+        m = run(compose_cfg("evaluate", [*base, "eval.max_new_tokens=2"]), tmp_path / "short")
+    gen = m["generation"]
+    assert gen["max_new_tokens"] == 2 and gen["finish"] == {"length": 3} and gen["cut"] == 3 and gen["cut_rate"] == 1.0
+    assert "3 of 3 reasonings hit max_new_tokens=2" in gen["warning"]
+    assert f"below the longest answer the student trained on ({answers['max']} tokens" in caplog.text
+    preds = [json.loads(line) for line in (tmp_path / "short" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["finish"] for p in preds] == ["length"] * 3
+    assert "**Warning:** 3 of 3 reasonings hit" in (tmp_path / "short" / "report.md").read_text()
+    saved = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    assert saved["generation"]["cut"] == 3
+
+
+def test_answer_token_stats_counts_the_answer_tokens_of_one_task():
+    from exp3rt.student.tokenize import IGNORE_INDEX, answer_token_stats
+
+    data = {"labels": [[IGNORE_INDEX] * 5 + [1, 2, 3], [IGNORE_INDEX, 4, 5], [IGNORE_INDEX] * 2 + [1] * 10],
+            "task": ["rating", "rating", "user_profile"]}
+    assert answer_token_stats(data) == {"task": "rating", "n": 2, "mean": 2.5, "p99": 3, "max": 3}
+    assert answer_token_stats(data, "item_profile") is None
+
+
 def test_failure_policies_count_and_never_score_zero_error():
     means = {"user": {"u": 4.0}, "item": {"i": 2.0}, "global": 3.0}
     preds = [Prediction("u", "i", 5.0, True, "", rating_expected=None), Prediction("v", "i", 1.0, False, "", rating_expected=1.0)]

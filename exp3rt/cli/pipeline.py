@@ -37,6 +37,9 @@ def summary(metrics: dict, out_dir: Path) -> str:
             for name, r in (metrics.get("rating") or {}).items()]
     if rows:
         lines.append(markdown_table(["model", "RMSE", "MAE", "parse rate", "failures"], rows))
+    gen = metrics.get("generation") or {}
+    if gen.get("warning"):
+        lines.append(f"WARNING: {gen['warning']}")
     rr = metrics.get("rerank") or {}
     if rr:
         keys = [k for k in ("ndcg@10", "recall@10", "hit@10", "ndcg@5") if f"before/{k}" in rr]

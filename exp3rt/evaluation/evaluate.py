@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ class Prediction:
     rating_parsed: float | None = None  # free text after "Predicted User Rating:"
     fallback: bool = False  # the readout failed and the failure policy supplied the value
     fallback_value: float | None = None
+    finish: str | None = None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
 
 
 def find_train_run(run_dir: str | None, adapter: str | None) -> tuple[Path, Path]:
@@ -141,6 +143,12 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
     for name, r in metrics["rating"].items():
         rows.append([name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"),
                      r.get("parse_rate", 1.0), r.get("failures", 0)])
+    gen = metrics.get("generation") or {}
+    if gen.get("finish"):
+        lines += [f"Reasoning budget {gen['max_new_tokens']} tokens ({gen['source']}); reasonings ended: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(gen["finish"].items())) + ".", ""]
+        if gen.get("warning"):
+            lines += [f"**Warning:** {gen['warning']}.", ""]
     lines += ["## Rating prediction", "", markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows), ""]
     if metrics.get("rerank"):
         rr = metrics["rerank"]
@@ -187,6 +195,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
         raise ConfigError(f"no test rating examples for dataset '{tcfg.dataset.name}' (split {tcfg.split.strategy})")
+    budget = reasoning_budget(tcfg, ev, run)
+    ev = OmegaConf.merge(ev, {"max_new_tokens": budget["max_new_tokens"]})
     t0 = time.perf_counter()
     preds = predict_fn(tcfg, adapter_dir, test_examples, ev)
     seconds = time.perf_counter() - t0
@@ -205,7 +215,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
                             "backend": str(ev.get("backend") or "hf"),
                             "readout": "next-token distribution over the valid rating tokens after the reasoning",
                             "seconds_per_pair": seconds / max(1, len(preds))},
-               "rating": rating}
+               "rating": rating, "generation": generation_summary(preds, budget)}
+    if metrics["generation"]["cut"]:
+        log.warning("%s", metrics["generation"]["warning"])
     write_predictions(preds, out_dir / "predictions.jsonl")
     truth = np.array([p.truth for p in preds])
     expected = np.array([p.rating_expected if p.rating_expected is not None else np.nan for p in preds])
@@ -227,6 +239,45 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     return metrics
 
 
+def reasoning_budget(tcfg, ev, run: Path) -> dict:
+    """``max_new_tokens`` for the reasoning: ``eval.max_new_tokens`` when set, else the longest answer the
+    student trained on (train.json's ``answer_tokens``) plus a margin, else ``student.max_new_tokens``.
+
+    A budget below the training answers cuts every reasoning before its conclusion, and the readout
+    then follows an unfinished text (seen with SmolLM2: answers of ~140 tokens, 96 allowed): logged."""
+    trained = None
+    if (run / "train.json").is_file():
+        trained = json.loads((run / "train.json").read_text()).get("answer_tokens")
+    longest = int(trained["max"]) if trained else None
+    if ev.get("max_new_tokens"):
+        value, source = int(ev.max_new_tokens), "eval.max_new_tokens"
+        if longest and value < longest:
+            log.warning("eval.max_new_tokens=%d is below the longest answer the student trained on (%d tokens, "
+                        "p99 %d): reasonings will be cut before their conclusion", value, longest, trained["p99"])
+    elif longest:
+        value, source = longest + REASONING_MARGIN, f"longest training answer ({longest}) + {REASONING_MARGIN}"
+    else:
+        value, source = int(tcfg.student.max_new_tokens), "student.max_new_tokens"
+    return {"max_new_tokens": value, "source": source, "training_answer_tokens": trained}
+
+
+REASONING_MARGIN = 16
+
+
+def generation_summary(preds: list[Prediction], budget: dict) -> dict:
+    """How the reasonings ended (``finish`` counts), and a warning when some hit the token budget."""
+    finish = Counter(p.finish for p in preds if p.finish is not None)
+    cut = int(finish.get("length", 0))
+    out = {"max_new_tokens": budget["max_new_tokens"], "source": budget["source"],
+           "training_answer_tokens": budget["training_answer_tokens"], "finish": dict(finish), "cut": cut,
+           "cut_rate": cut / max(1, sum(finish.values())) if finish else 0.0}
+    if cut:
+        out["warning"] = (f"{cut} of {sum(finish.values())} reasonings hit max_new_tokens={budget['max_new_tokens']} "
+                          f"({budget['source']}) before the rating prefix: their readout follows an unfinished reasoning; "
+                          "raise eval.max_new_tokens")
+    return out
+
+
 def numbers(prefix: str, values: dict) -> dict[str, float]:
     """``<prefix>/<key>`` for the numeric values of ``values`` (booleans and text left out)."""
     return {f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -238,6 +289,8 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     for model, r in metrics["rating"].items():
         out.update(numbers(f"rating/{model}", r))
     out.update(numbers("rerank", metrics.get("rerank") or {}))
+    gen = metrics.get("generation") or {}
+    out.update(numbers("generation", {k: gen[k] for k in ("max_new_tokens", "cut", "cut_rate") if k in gen}))
     return out
 
 

@@ -80,5 +80,6 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
             warm=bool(ex.meta.get("warm", True)), reasoning=reasoning,
             probs={f"{r:g}": float(p) for r, p in zip(read.ratings, read.probs, strict=True)},
             rating_argmax=float(read.most_likely), rating_expected=float(read.expected), rating_parsed=parsed,
+            finish=gen.stop_reason if gen is not None else None,
         ))
     return out

@@ -230,6 +230,19 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
     return load_from_disk(str(directory))
 
 
+def answer_token_stats(data, task: str = "rating") -> dict | None:
+    """Length in tokens of the ``task`` answers (reasoning + rating line + EOS) the student trained on:
+    the evaluation's reasoning budget (``eval.max_new_tokens``) must cover them, or every reasoning is
+    cut before its conclusion and the readout follows an unfinished text."""
+    lengths = [sum(1 for t in labels if t != IGNORE_INDEX) for labels, kind in zip(data["labels"], data["task"], strict=True)
+               if kind == task]
+    if not lengths:
+        return None
+    ordered = sorted(lengths)
+    return {"task": task, "n": len(ordered), "mean": round(sum(ordered) / len(ordered), 1),
+            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "max": ordered[-1]}
+
+
 def collate(batch: list[dict], pad_id: int) -> dict:
     """Right-pad ``input_ids`` (``pad_id``), ``attention_mask`` (0), ``labels`` (-100) and ``rating_mask`` (0)
     to the longest row."""

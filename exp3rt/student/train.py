@@ -99,7 +99,7 @@ def train(cfg, run_dir: Path) -> dict:
     from exp3rt.student.model import load_tokenizer
     from exp3rt.student.ratings import RatingTokens
     from exp3rt.student.strategies import build_strategy
-    from exp3rt.student.tokenize import build_dataset, collate
+    from exp3rt.student.tokenize import answer_token_stats, build_dataset, collate
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -174,6 +174,7 @@ def train(cfg, run_dir: Path) -> dict:
         "run_dir": str(run_dir), "annotations_dir": str(ann_dir), "global_step": int(trainer.global_step),
         "examples": {"train": len(fit_examples), "val_loss": len(val_loss_examples), "val_generate": len(gen_examples)},
         "example_report": examples.report, "tokenize_report": report, "seconds": round(seconds, 2),
+        "answer_tokens": answer_token_stats(train_ds),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
     from exp3rt.student.strategies import generation_context
