@@ -49,21 +49,24 @@ def user_prompts(tokenizer, ratings: RatingTokens, n: int = 4, reasoning: bool =
 
 @torch.inference_mode()
 def plain_probs(model, tokenizer, text: str, ratings: RatingTokens, prefix: str = RATING_PREFIX) -> list[float]:
-    """Reference: one unbatched full forward per rating sequence, no cache; multi-token ratings (one a
-    prefix of another) chained and ended with EOS."""
-    seqs = ratings.token_ids(tokenizer, prefix)
-    if not ratings.single_token:
-        seqs = [s + [tokenizer.eos_token_id] for s in seqs]
+    """Reference: one unbatched full forward per rating sequence, no cache. A rating's probability is the
+    chain of its tokens' probabilities; one that is a prefix of a longer rating ("1" of "10") must stop:
+    p(1) = P("1")·(1 − P("0" | "1")); renormalised over the ratings."""
+    seqs = [list(s) for s in ratings.token_ids(tokenizer, prefix)]
     ids = _encode(tokenizer, text + prefix)
-    scores, seen = [], {}
+
+    def next_lp(extra: list[int]) -> torch.Tensor:
+        return torch.log_softmax(model(input_ids=torch.tensor([ids + extra])).logits[0, -1].double(), dim=-1)
+
+    scores = []
     for seq in seqs:
-        key = tuple(seq[:-1])
-        if key not in seen:  # single-token ratings share one forward
-            seen[key] = torch.log_softmax(model(input_ids=torch.tensor([ids + list(key)])).logits[0].float(), dim=-1)
-        lp = seen[key]
-        scores.append(sum(float(lp[len(ids) - 1 + k, t]) for k, t in enumerate(seq)))
-    z = torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=0)
-    return z.tolist()
+        p = math.exp(sum(float(next_lp(seq[:k])[t]) for k, t in enumerate(seq)))
+        longer = {s[len(seq)] for s in seqs if len(s) > len(seq) and s[: len(seq)] == seq}
+        if longer:
+            p *= 1.0 - sum(math.exp(float(next_lp(seq)[t])) for t in longer)
+        scores.append(p)
+    total = sum(scores)
+    return [x / total for x in scores]
 
 
 def test_prefix_reuse_equals_plain_forward(tiny):
@@ -87,15 +90,32 @@ def test_prefix_reuse_equals_plain_forward(tiny):
         assert math.isclose(expected, sum(p * r for p, r in zip(probs, ratings.ratings, strict=True)), abs_tol=1e-9)
 
 
-def test_multi_token_ratings_chain_with_eos(tiny):
+def test_multi_token_ratings_chain_and_a_prefix_rating_must_stop(tiny):
     model, tok = tiny
-    ratings = RatingTokens(1, 10)  # "10" is "1","0": chained, and every rating ends with EOS
+    ratings = RatingTokens(1, 10)  # "10" is "1","0": chained; "1" is "1" not followed by "0"
     cands = user_prompts(tok, ratings, n=2)
     scores = score_candidates(model, tok, {"u": cands}, ratings, RATING_PREFIX, batch_size=7)
     for (_, expected, probs), (_, text) in zip(scores["u"], cands, strict=True):
         ref = plain_probs(model, tok, text, ratings)
         assert max(abs(a - b) for a, b in zip(probs, ref, strict=True)) < TOL
         assert math.isclose(sum(probs), 1.0, abs_tol=1e-9) and 1.0 <= expected <= 10.0
+
+
+@pytest.mark.parametrize("scale", [(1, 5), (1, 10)])
+def test_rerank_scores_equal_the_prediction_readout(tiny, scale):
+    """One rule for a rating that is a prefix of another: a reranked candidate's probabilities are the
+    predictions' readout (readout_only) on the same prompt — they used to differ on 1-10 ("1" needed EOS
+    after it when reranking, only "not 0" when predicting)."""
+    from exp3rt.inference.readout import readout_only
+
+    model, tok = tiny
+    ratings = RatingTokens(*scale)
+    cands = user_prompts(tok, ratings, n=3)
+    scores = score_candidates(model, tok, {"u": cands}, ratings, RATING_PREFIX, batch_size=2)["u"]
+    reads = readout_only(model, tok, [p for _, p in cands], ratings, RATING_PREFIX)
+    for (_, expected, probs), r in zip(scores, reads, strict=True):
+        assert max(abs(a - b) for a, b in zip(probs, r.probs, strict=True)) < TOL
+        assert abs(expected - r.expected) < TOL
 
 
 def test_offset_maps_back_to_scale(tiny):

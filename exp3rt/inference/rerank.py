@@ -13,9 +13,9 @@ Modes:
 * ``"fast"`` — the readout right after ``prompt + rating_prefix``: the next-token distribution over the
   rating tokens, renormalised over the valid ratings. When a rating is several tokens (``"10"`` is
   ``"1"``, ``"0"``) its probability is the chain of its tokens' probabilities, each read after the ones
-  before it; when one rating's tokens are a proper prefix of another's (``"1"`` and ``"10"``) every
-  rating's chain ends with the EOS token (the student ends its answer there), so ``"1"`` means "1 and
-  stop". The expected rating is Σ p·r over :attr:`RatingTokens.ratings` (the text mapped back with
+  before it; a rating whose tokens are a proper prefix of another's must not continue into it
+  (``p(1) = P("1")·(1 − P("0" | "1"))``) — the rule of :mod:`exp3rt.inference.readout`, so a candidate's
+  score equals the prediction readout on the same text. The expected rating is Σ p·r over :attr:`RatingTokens.ratings` (the text mapped back with
   ``from_text``, i.e. with the rating offset undone).
 * ``"full"`` — the student first writes its reasoning: greedy decoding per candidate, continuing from the
   shared prefix's cache, until it writes ``rating_prefix``, the EOS token or ``max_new_tokens``; then the
@@ -63,34 +63,27 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 
 
 class _Paths:
-    """The token paths to read for the rating readout: a trie over each rating's continuation ids.
+    """The token paths to read for the rating readout: the trie of the ratings' continuation ids.
 
-    ``nodes`` are the distinct proper prefixes of the continuations (``()`` is the position right after the
-    rating prefix); the log-probability of rating ``j`` is the sum over its tokens of the log-softmax at the
-    node before that token."""
+    ``nodes`` are ``()`` (the position right after the rating prefix) and the ratings' proper prefixes
+    (``"1"`` for 1-10). The probabilities are :mod:`exp3rt.inference.readout`'s: a rating's chain of
+    token probabilities, times ``1 - P(continue)`` when it is a prefix of a longer rating
+    (``p(1) = P("1")·(1 − P("0" | "1"))``), renormalised over the valid ratings — the same numbers as
+    the predictions' readout."""
 
     def __init__(self, tokenizer, ratings: RatingTokens, rating_prefix: str):
+        from exp3rt.inference.readout import _Trie
+
         ids = [list(x) for x in ratings.token_ids(tokenizer, rating_prefix)]
-        ambiguous = any(a != b and b[: len(a)] == a for a in ids for b in ids)
-        if ambiguous:
-            if tokenizer.eos_token_id is None:
-                raise ValueError(f"ratings {ratings.texts} are prefixes of one another and the tokenizer has no EOS "
-                                 "token to end them")
-            ids = [x + [int(tokenizer.eos_token_id)] for x in ids]
         self.sequences = ids
-        nodes: dict[tuple[int, ...], int] = {}
-        for seq in ids:
-            for k in range(len(seq)):
-                nodes.setdefault(tuple(seq[:k]), len(nodes))
-        self.nodes = list(nodes)
-        self.index = nodes
-        # (node, token) pairs per rating
-        self.steps = [[(nodes[tuple(seq[:k])], seq[k]) for k in range(len(seq))] for seq in ids]
+        self.trie = _Trie(ids)
+        self.nodes = [(), *self.trie.inner]
+        self.index = {node: k for k, node in enumerate(self.nodes)}
 
     def probabilities(self, logprobs: torch.Tensor) -> torch.Tensor:
         """``logprobs`` (n_nodes, vocab) → renormalised probabilities over the ratings (float64)."""
-        scores = torch.stack([sum(logprobs[n, t] for n, t in steps) for steps in self.steps]).double()
-        return torch.softmax(scores, dim=0)
+        scores = self.trie.scores({node: logprobs[k][None].double() for k, node in enumerate(self.nodes)})[0]
+        return scores / scores.sum().clamp(min=1e-300)
 
 
 def _expand(cache, batch: int):

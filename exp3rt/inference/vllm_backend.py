@@ -37,10 +37,9 @@ version. Root values that are renormalised differ from the raw ones by one facto
 cancels when the ratings are renormalised, so the probabilities, ``most_likely`` and ``expected`` are
 the HF ones either way; ``mass`` (the probability on valid ratings before renormalising) is exact when
 the raw root is known and ``nan`` otherwise (processed logprobs on a scale whose ratings are all one
-token). The semantics are those of :mod:`exp3rt.inference.readout` for predictions (a rating that is a
-prefix of another must stop: ``p(1) = P("1")·(1 − P("0" | "1"))``) and of
-:mod:`exp3rt.inference.rerank` for reranking (chains ended with EOS), so each caller gets the numbers its
-HF path gives.
+token). The semantics are those of :mod:`exp3rt.inference.readout` for predictions and reranking alike
+(a rating that is a prefix of another must stop: ``p(1) = P("1")·(1 − P("0" | "1"))``), so each caller
+gets the numbers its HF path gives.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ import torch
 
 from exp3rt.inference.generate import GenOutput, _kept_prefix
 from exp3rt.inference.readout import RatingReadout, _summarise, _tokens, _Trie
-from exp3rt.inference.rerank import MODES, Scores, _encode, _Paths, common_prefix_len
+from exp3rt.inference.rerank import MODES, Scores, _encode, common_prefix_len
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
 log = logging.getLogger(__name__)
@@ -376,7 +375,6 @@ class VllmStudent:
         ``suffix_tokens`` and, in full mode, ``reasoning``."""
         if mode not in MODES:
             raise ValueError(f"rerank mode must be one of {MODES} (got {mode!r})")
-        paths = _Paths(self.tokenizer, ratings, rating_prefix)
         values = [ratings.from_text(t) for t in ratings.texts]
         out: Scores = {}
         rows: list[tuple[Hashable, Hashable, str]] = []
@@ -395,11 +393,8 @@ class VllmStudent:
         contexts = [_encode(self.tokenizer, p + r + rating_prefix) for p, r in zip(prompts, reasons, strict=True)]
         if any(not c for c in contexts):
             raise ValueError("an empty prompt cannot be scored")
-        edges, _ = self.edge_logprobs(contexts, paths.sequences)
-        for (user, item, _), e in zip(rows, edges, strict=True):
-            scores = torch.tensor([sum(e[tuple(s[:k])][s[k]] for k in range(len(s))) for s in paths.sequences],
-                                  dtype=torch.float64)
-            pr = torch.softmax(scores, dim=0).tolist()
+        for (user, item, _), r in zip(rows, self.read(contexts, ratings, rating_prefix), strict=True):
+            pr = list(r.probs)
             out[user].append((item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr))
         seconds = (time.perf_counter() - t0) / max(1, sum(1 for u in out if out[u]))
         if stats is not None:
