@@ -127,23 +127,24 @@ def test_offset_maps_back_to_scale(tiny):
 
 
 def test_full_mode_scores_every_candidate(tiny):
+    """Full mode reasons for all of a user's candidates as one batch and reads each rating after its
+    reasoning: the same reasoning and probabilities as the predictions' full mode on those prompts."""
+    from exp3rt.inference.readout import generate_and_read
+
     model, tok = tiny
     ratings = RatingTokens(1, 5)
     cands = user_prompts(tok, ratings, n=3, reasoning=True)
     stats: dict = {}
-    scores = score_candidates(model, tok, {"u": cands}, ratings, mode="full", max_new_tokens=6, stats=stats)
+    scores = score_candidates(model, tok, {"u": cands}, ratings, mode="full", max_new_tokens=6, batch_size=2, stats=stats)
     assert [r[0] for r in scores["u"]] == [c[0] for c in cands]
     reasoning = stats["u"]["reasoning"]
-    assert set(reasoning) == {c[0] for c in cands}
-    for (item, expected, probs), (_, text) in zip(scores["u"], cands, strict=True):
+    assert set(reasoning) == {c[0] for c in cands} and set(stats["u"]["finish"].values()) <= {"stop", "eos", "length"}
+    reference = generate_and_read(model, tok, [p for _, p in cands], ratings, 6, RATING_PREFIX, batch_size=1)
+    for (item, expected, probs), (gen, read) in zip(scores["u"], reference, strict=True):
         assert 1.0 <= expected <= 5.0 and math.isclose(sum(probs), 1.0, abs_tol=1e-9)
-        # the readout after the reasoning equals a plain forward on prompt + reasoning + prefix
-        ref = plain_probs(model, tok, text + reasoning[item], ratings)
-        assert max(abs(a - b) for a, b in zip(probs, ref, strict=True)) < TOL
-    # the greedy reasoning continued from the shared cache equals greedy decoding without it
-    plain = score_candidates(model, tok, {"u": cands}, ratings, mode="full", max_new_tokens=6, reuse_prefix=False, stats=(s2 := {}))
-    assert s2["u"]["reasoning"] == reasoning
-    assert all(abs(a[1] - b[1]) < TOL for a, b in zip(scores["u"], plain["u"], strict=True))
+        assert reasoning[item] == gen.text  # batched greedy reasoning = one prompt at a time
+        assert max(abs(a - b) for a, b in zip(probs, read.probs, strict=True)) < TOL
+        assert abs(expected - read.expected) < TOL
 
 
 def test_rejects_unknown_mode(tiny):

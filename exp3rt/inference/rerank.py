@@ -17,9 +17,10 @@ Modes:
   (``p(1) = P("1")·(1 − P("0" | "1"))``) — the rule of :mod:`exp3rt.inference.readout`, so a candidate's
   score equals the prediction readout on the same text. The expected rating is Σ p·r over :attr:`RatingTokens.ratings` (the text mapped back with
   ``from_text``, i.e. with the rating offset undone).
-* ``"full"`` — the student first writes its reasoning: greedy decoding per candidate, continuing from the
-  shared prefix's cache, until it writes ``rating_prefix``, the EOS token or ``max_new_tokens``; then the
-  fast readout on ``prompt + reasoning + rating_prefix`` (again with the user's prefix shared).
+* ``"full"`` — the student first writes its reasoning, the user's candidates as one greedy batch
+  (:func:`exp3rt.inference.readout.generate_and_read`: left padding, KV cache, stopped where it writes
+  ``rating_prefix``, EOS or ``max_new_tokens``), then the readout continues each row's cache — the same
+  numbers as the predictions' full mode on the same prompt.
 
 :func:`rerank` orders each user's candidates by expected rating (ties keep the first-stage order);
 :func:`rerank_metrics` compares nDCG/Recall/Hit@k before and after.
@@ -165,37 +166,6 @@ def _readout(model, tokenizer, texts: list[str], paths: _Paths, batch_size: int,
     return [paths.probabilities(logprobs[c]).tolist() for c in range(len(seqs))]
 
 
-@torch.inference_mode()
-def _generate(model, tokenizer, ids: list[int], plen: int, cache, rating_prefix: str, max_new_tokens: int) -> str:
-    """Greedy continuation of ``ids`` (its first ``plen`` tokens already in ``cache``) until the rating
-    prefix, EOS or ``max_new_tokens``; returns the reasoning text (up to the rating prefix)."""
-    dev = _device(model)
-    past = _expand(cache, 1) if cache is not None else None
-    todo = ids[plen:]
-    pos = plen
-    eos = tokenizer.eos_token_id
-    out: list[int] = []
-    text = ""
-    for _ in range(int(max_new_tokens)):
-        n = len(todo)
-        inp = torch.tensor([todo], device=dev)
-        res = model(input_ids=inp, attention_mask=torch.ones(1, pos + n, dtype=torch.long, device=dev),
-                    position_ids=torch.arange(pos, pos + n, device=dev).unsqueeze(0), use_cache=True,
-                    logits_to_keep=1, **({_cache_kw(model): past} if past is not None else {}))
-        past = _out_cache(res)
-        pos += n
-        nxt = int(res.logits[0, -1].argmax())
-        if eos is not None and nxt == eos:
-            break
-        out.append(nxt)
-        todo = [nxt]
-        text = tokenizer.decode(out, skip_special_tokens=True)
-        if rating_prefix.strip() and rating_prefix.strip() in text:
-            return text[: text.index(rating_prefix.strip())]
-    text = tokenizer.decode(out, skip_special_tokens=True)
-    return text + ("\n" if text and not text.endswith("\n") else "")
-
-
 # ----------------------------------------------------------------------------------------- scoring
 
 
@@ -241,13 +211,17 @@ def score_candidates(
                 raise ValueError(f"user {user!r} has duplicate candidate items")
             prompts = [c[1] for c in cands]
             if mode == "full":
-                seqs = [_encode(tokenizer, p) for p in prompts]
-                plen = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if reuse_prefix else 0
-                cache = _prefix_cache(model, seqs[0][:plen]) if plen else None
-                reasons = [_generate(model, tokenizer, s, plen, cache, rating_prefix, max_new_tokens) for s in seqs]
-                info["reasoning"] = dict(zip(items, reasons, strict=True))
-                prompts = [p + r for p, r in zip(prompts, reasons, strict=True)]
-            probs = _readout(model, tokenizer, [p + rating_prefix for p in prompts], paths, batch_size, reuse_prefix, info)
+                # the user's candidates reason as one batch (left-padded, KV cache) and each readout continues
+                # its row's cache: exactly the predictions' full mode (generate_and_read) on these prompts
+                from exp3rt.inference.readout import generate_and_read
+
+                pairs = generate_and_read(model, tokenizer, prompts, ratings, int(max_new_tokens), rating_prefix,
+                                          batch_size=max(1, int(batch_size)))
+                info["reasoning"] = {item: g.text for item, (g, _) in zip(items, pairs, strict=True)}
+                info["finish"] = {item: g.stop_reason for item, (g, _) in zip(items, pairs, strict=True)}
+                probs = [list(r.probs) for _, r in pairs]
+            else:
+                probs = _readout(model, tokenizer, [p + rating_prefix for p in prompts], paths, batch_size, reuse_prefix, info)
             out[user] = [(item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr)
                          for item, pr in zip(items, probs, strict=True)]
             info["seconds"] = time.perf_counter() - t0

@@ -345,25 +345,6 @@ class VllmStudent:
 
     # ------------------------------------------------------------------------------------- reranking
 
-    def _reasoning(self, prompts: Sequence[str], rating_prefix: str, max_new_tokens: int) -> list[str]:
-        """:mod:`exp3rt.inference.rerank`'s greedy reasoning: the text before the rating prefix, or the
-        whole text plus a newline when EOS or ``max_new_tokens`` ended it."""
-        from vllm import SamplingParams
-
-        stop = rating_prefix.strip()
-        params = SamplingParams(max_tokens=int(max_new_tokens), temperature=0.0, stop=[stop] if stop else None,
-                                stop_token_ids=sorted(self.eos_ids), include_stop_str_in_output=False)
-        out = []
-        for res in self._run([_encode(self.tokenizer, p) for p in prompts], params):
-            ids = [int(t) for t in res.outputs[0].token_ids]
-            cut = next((k for k, t in enumerate(ids) if t in self.eos_ids), len(ids))
-            text = self.tokenizer.decode(ids[:cut], skip_special_tokens=True)
-            if stop and stop in text:
-                out.append(text[: text.index(stop)])
-            else:
-                out.append(text + ("\n" if text and not text.endswith("\n") else ""))
-        return out
-
     def score_candidates(self, prompts_by_user: Mapping[Hashable, Sequence[tuple[Hashable, str]]], ratings: RatingTokens,
                          rating_prefix: str = RATING_PREFIX, mode: str = "fast", max_new_tokens: int = 256,
                          stats: dict | None = None) -> Scores:
@@ -389,11 +370,18 @@ class VllmStudent:
             return out
         t0 = time.perf_counter()
         prompts = [p for _, _, p in rows]
-        reasons = self._reasoning(prompts, rating_prefix, max_new_tokens) if mode == "full" else [""] * len(rows)
-        contexts = [_encode(self.tokenizer, p + r + rating_prefix) for p, r in zip(prompts, reasons, strict=True)]
-        if any(not c for c in contexts):
+        if any(not _encode(self.tokenizer, p) for p in prompts):
             raise ValueError("an empty prompt cannot be scored")
-        for (user, item, _), r in zip(rows, self.read(contexts, ratings, rating_prefix), strict=True):
+        if mode == "full":  # the predictions' full mode: reasoning, then the readout on its tokens
+            pairs = self.generate_and_read(prompts, ratings, max_new_tokens, rating_prefix)
+            reasons = [g.text for g, _ in pairs]
+            finish = [g.stop_reason for g, _ in pairs]
+            contexts = [g.prompt_ids + g.new_token_ids for g, _ in pairs]
+            reads = [r for _, r in pairs]
+        else:
+            contexts = [_encode(self.tokenizer, p + rating_prefix) for p in prompts]
+            reads = self.read(contexts, ratings, rating_prefix)
+        for (user, item, _), r in zip(rows, reads, strict=True):
             pr = list(r.probs)
             out[user].append((item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr))
         seconds = (time.perf_counter() - t0) / max(1, sum(1 for u in out if out[u]))
@@ -407,5 +395,6 @@ class VllmStudent:
                 info = {"seconds": seconds, "prefix_tokens": plen, "suffix_tokens": sum(len(s) - plen for s in seqs)}
                 if mode == "full":
                     info["reasoning"] = {rows[k][1]: reasons[k] for k in idx}
+                    info["finish"] = {rows[k][1]: finish[k] for k in idx}
                 stats[user] = info
         return out
