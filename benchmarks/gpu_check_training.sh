@@ -37,7 +37,7 @@ else
 fi
 COMMON=(paths.artifacts_dir="$WORK/artifacts" student.model_path="$SMOL" logger.wandb=false progress=false)
 DEMO=(experiment=demo_smollm train.micro_batch_size=8 train.warmup_steps=20 trainer.log_every_n_steps=20
-      eval.max_pairs=$PAIRS eval.batch_size=$GEN_BATCH eval.max_new_tokens=120 eval.rerank_max_users=$USERS)
+      eval.max_pairs=$PAIRS eval.batch_size=$GEN_BATCH eval.rerank_max_users=$USERS)  # reasoning budget: from training
 
 step() {  # step NAME MAX_SECONDS ARGS... : run one pipeline command under the shared deadline
   local name=$1 limit=$2; shift 2
@@ -75,7 +75,7 @@ step release_imdb 100 experiment=release_imdb student=smollm2_135m student.model
   student.quantization=null dataset.path="$WORK/release/imdb" dataset.release.rating_train=rating_train.json \
   dataset.release.rating_valid=rating_valid.json dataset.release.rating_test=rating_test.json \
   train.batch_size=8 train.micro_batch_size=4 train.val_generate=false trainer.max_epochs=$REL_EPOCHS \
-  eval.batch_size=16 eval.max_new_tokens=200
+  eval.batch_size=16
 step zero3_bf16 80 "${DEMO[@]}" stages=[train] trainer=deepspeed_zero3 trainer.devices=1 trainer.max_steps=$DS_STEPS \
   train.val_generate=true train.val_generate_samples=8 deepspeed.gather_for_generation=true $DS_DRY
 step zero2_fp16 70 "${DEMO[@]}" stages=[train] trainer=deepspeed_zero2 trainer.devices=1 trainer.precision=16-mixed \
