@@ -74,6 +74,9 @@ def test_first_run_runs_every_stage_and_writes_one_metrics_file(shared):
     saved = json.loads((root / "run1" / "metrics.json").read_text())
     assert saved["flat"]["rating/student_expected/rmse"] == pytest.approx(first["rating"]["student_expected"]["rmse"])
     assert saved["rating"]["global_mean"]["n"] == 8 and saved["rating"]["student_expected"]["n"] == 8
+    gen = saved["generation"]  # FAST sets eval.max_new_tokens=24, below the tiny student's training answers
+    assert gen["max_new_tokens"] == 24 and sum(gen["finish"].values()) == 8
+    assert saved["flat"]["generation/cut"] == gen["cut"] == gen["finish"].get("length", 0)
     assert "after/ndcg@10" in saved["rerank"] and "lightgcn" in saved["retrieval"]
     assert saved["rerank"]["retriever"].endswith("candidates/lightgcn.parquet")  # the baselines stage's own file
     assert saved["stages"]["train"]["dir"].startswith(str(root / "artifacts" / "students"))
@@ -266,6 +269,16 @@ def test_release_imdb_trains_and_evaluates_without_teacher_rationales(env, share
     expected = m["rating"]["student_expected"]
     assert expected["n"] == counts["test"]["rating"] and expected["failures"] == 0
     assert 0.0 <= expected["mae"] <= expected["rmse"] <= 9.0  # within the 1-10 scale's width
+
+
+def test_the_summary_warns_when_reasonings_were_cut(shared, tmp_path):
+    from exp3rt.cli.pipeline import summary
+
+    _, first = shared
+    cut = {**first, "generation": {**first["generation"], "cut": 3, "warning": "3 of 8 reasonings hit max_new_tokens=24"}}
+    assert "WARNING: 3 of 8 reasonings hit max_new_tokens=24" in summary(cut, tmp_path)
+    clean = {**first, "generation": {k: v for k, v in first["generation"].items() if k != "warning"}}
+    assert "WARNING" not in summary(clean, tmp_path)
 
 
 def test_python_dash_m_exp3rt_is_the_pipeline(env):
