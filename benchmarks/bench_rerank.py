@@ -103,29 +103,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=48, help="reasoning tokens per candidate in full mode")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
+    model, tok, ratings, cands = setup(args)
     if args.mode == "full":
-        return main_full(args)
-
-    logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+        return main_full(args, model, tok, ratings, cands)
 
     from exp3rt.inference.rerank import _encode, common_prefix_len, score_candidates
-    from exp3rt.models.tiny import build_tiny_llama
-    from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
+    from exp3rt.student.ratings import RATING_PREFIX
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_llama(f"{tmp}/llama", vocab="bpe", hidden=args.hidden, layers=args.layers)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(folder)
-    ratings = RatingTokens(1, 5)
     n = args.candidates
-    cands = make_prompts(tok, ratings, n, args.user_tokens, args.item_tokens, args.layout)
     seqs = [_encode(tok, p + RATING_PREFIX) for _, p in cands]
     shared = common_prefix_len(seqs)
     per_item = statistics.mean(len(s) - shared for s in seqs)
@@ -166,9 +151,8 @@ def main(argv=None) -> dict:
     return result
 
 
-def main_full(args) -> dict:
-    """Full mode: t(N)/t(1) for a user's N candidates reasoning as one batch (there is no no-reuse arm: the
-    reasoning batch shares no prefix cache)."""
+def setup(args):
+    """Quiet logs, torch threads, the tiny model and tokenizer, ratings 1-5 and one user's candidates."""
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -176,9 +160,8 @@ def main_full(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from exp3rt.inference.rerank import score_candidates
     from exp3rt.models.tiny import build_tiny_llama
-    from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
+    from exp3rt.student.ratings import RatingTokens
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -187,8 +170,16 @@ def main_full(args) -> dict:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(folder)
     ratings = RatingTokens(1, 5)
+    return model, tok, ratings, make_prompts(tok, ratings, args.candidates, args.user_tokens, args.item_tokens, args.layout)
+
+
+def main_full(args, model, tok, ratings, cands) -> dict:
+    """Full mode: t(N)/t(1) for a user's N candidates reasoning as one batch (there is no no-reuse arm: the
+    reasoning batch shares no prefix cache)."""
+    from exp3rt.inference.rerank import score_candidates
+    from exp3rt.student.ratings import RATING_PREFIX
+
     n = args.candidates
-    cands = make_prompts(tok, ratings, n, args.user_tokens, args.item_tokens, args.layout)
 
     finish: dict = {}
 

@@ -239,6 +239,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     return metrics
 
 
+REASONING_MARGIN = 16  # tokens beyond the longest training answer
+
+
 def reasoning_budget(tcfg, ev, run: Path) -> dict:
     """``max_new_tokens`` for the reasoning: ``eval.max_new_tokens`` when set, else the longest answer the
     student trained on (train.json's ``answer_tokens``) plus a margin, else ``student.max_new_tokens``.
@@ -259,9 +262,6 @@ def reasoning_budget(tcfg, ev, run: Path) -> dict:
     else:
         value, source = int(tcfg.student.max_new_tokens), "student.max_new_tokens"
     return {"max_new_tokens": value, "source": source, "training_answer_tokens": trained}
-
-
-REASONING_MARGIN = 16
 
 
 def generation_summary(preds: list[Prediction], budget: dict) -> dict:

@@ -36,6 +36,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 
 from exp3rt.evaluation.metrics import topk_metrics
+from exp3rt.inference.readout import _Trie, generate_and_read
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
 MODES = ("fast", "full")
@@ -73,8 +74,6 @@ class _Paths:
     the predictions' readout."""
 
     def __init__(self, tokenizer, ratings: RatingTokens, rating_prefix: str):
-        from exp3rt.inference.readout import _Trie
-
         ids = [list(x) for x in ratings.token_ids(tokenizer, rating_prefix)]
         self.sequences = ids
         self.trie = _Trie(ids)
@@ -187,7 +186,8 @@ def score_candidates(
     the generation prompt (:func:`exp3rt.student.tokenize.render` with ``add_answer=False``). ``probs`` are
     the renormalised probabilities of :attr:`RatingTokens.texts` (same order); the expected rating is on the
     dataset's scale. ``batch_size`` caps the rows of one forward (candidates × readout positions).
-    ``reuse_prefix=False`` runs every prompt whole (the reference, and the benchmark's comparison).
+    ``reuse_prefix=False`` runs every prompt whole (the reference, and the benchmark's comparison); it
+    concerns the fast readout only (full mode's batch of reasonings shares no prefix cache).
     ``stats`` (optional) receives per user ``seconds``, ``prefix_tokens``, ``suffix_tokens`` and, in full
     mode, ``reasoning`` ({item: text}).
     """
@@ -213,8 +213,6 @@ def score_candidates(
             if mode == "full":
                 # the user's candidates reason as one batch (left-padded, KV cache) and each readout continues
                 # its row's cache: exactly the predictions' full mode (generate_and_read) on these prompts
-                from exp3rt.inference.readout import generate_and_read
-
                 pairs = generate_and_read(model, tokenizer, prompts, ratings, int(max_new_tokens), rating_prefix,
                                           batch_size=max(1, int(batch_size)))
                 info["reasoning"] = {item: g.text for item, (g, _) in zip(items, pairs, strict=True)}
