@@ -491,14 +491,17 @@ class TrainLoopConf:
     # every other answer token (1.0: the plain answer-only loss, the paper's). >1 makes a weak student
     # attend to the number it is judged on instead of spending its capacity on the reasoning's wording.
     rating_loss_weight: float = 1.0
-STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating")
+# rating_direct: the rating task's rating-only form (the rating right after the prompt, no reasoning)
+# beside a reasoning student's rating task, so one student both explains and reads out fast
+STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating", "rating_direct")
+RATING_TASKS = ("rating", "rating_direct")
 
 
 @dataclass
 class StudentDataConf:
     """How the student's SFT examples are built from an annotation directory (``exp3rt.student``)."""
 
-    tasks: list[str] = field(default_factory=lambda: list(STUDENT_TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(STUDENT_TASKS[:4]))
     # train examples of a task are repeated / subsampled to round(weight * count); a missing task weighs 1
     task_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0  # the sampling seed for task weights (the split seed lives in `split.seed`)

@@ -20,7 +20,7 @@ from exp3rt.config import validate
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # a small, fast pipeline: the debug world, a short training, a few pairs and users
 FAST = ["debug=default", "trainer.max_steps=12", "eval.max_pairs=8", "eval.rerank_max_users=3", "eval.max_new_tokens=24",
-        "progress=false"]
+        "progress=false", "sft.tasks=[rating]", "~sft.task_weights.rating_direct", "eval.rerank_mode=full"]  # the reasoning student
 
 
 def compose_pipeline(overrides: list[str]):
@@ -292,21 +292,46 @@ def test_python_dash_m_exp3rt_is_the_pipeline(env):
 def test_demo_end_to_end_prints_the_table(env):
     """The README's first command, as a user runs it (subprocess, default config): one table with the
     student and the rating baselines on the same test pairs, reranking before/after, an explanation and
-    the report path. The numbers are printed (pytest -s) for the record; whether the tiny student beats
-    the global mean is not asserted — it does not yet (see README "The demo")."""
+    the report path. The student's rating-only readout beats the global mean on the same 200 pairs (a
+    margin of about 0.01 RMSE: see README "The demo"); its reasoning readout does not, and is not asserted."""
     t0 = time.time()
     out = subprocess.run([sys.executable, "-m", "exp3rt", f"hydra.run.dir={env / 'demo'}"], capture_output=True, text=True,
                          timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.time() - t0
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads((env / "demo" / "metrics.json").read_text())
-    student, glob = m["rating"]["student_expected"], m["rating"]["global_mean"]
-    print(f"demo: {seconds:.0f} s; student RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
+    student, glob = m["rating"]["student_direct_expected"], m["rating"]["global_mean"]
+    print(f"demo: {seconds:.0f} s; student (rating-only readout) RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
           f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> {m['rerank']['after/ndcg@10']:.4f}")
-    assert student["n"] == glob["n"] == 200 and student["parse_rate"] == 1.0
+    assert student["n"] == glob["n"] == m["rating"]["student_expected"]["n"] == 200 and student["parse_rate"] == 1.0
+    assert student["rmse"] < glob["rmse"], (student, glob)
+    assert m["rerank"]["mode"] == "fast"
     assert m["rerank"]["users"] == 20 and m["rerank"]["num_candidates"] == 20
     assert {s: r["status"] for s, r in m["stages"].items()} == {
         "data": "ready", "baselines": "ran", "annotate": "ran", "train": "ran", "evaluate": "ran"}
-    for text in ("| student_expected", "| global_mean", "| biased_mf", "parse rate", "ndcg@10", "Example:", "report:"):
+    for text in ("| student_direct_expected", "| student_expected", "| global_mean", "| biased_mf", "parse rate",
+                 "ndcg@10", "Example:", "report:"):
         assert text in out.stdout
     assert (env / "demo" / "report.md").is_file()
+
+
+def test_a_rating_direct_student_reports_both_readouts_and_reranks_after_the_rating_only_prompt(in_shared):
+    """The demo's student learns reasoning (task rating) and the rating-only form (rating_direct): the
+    evaluation reads out both on the same pairs, each with its own rows and prediction fields, and fast
+    reranking prompts it with the rating-only instruction it was trained on."""
+    m = run_in_process(FAST + ["sft.tasks=[rating,rating_direct]", "eval.rerank_mode=fast"], in_shared / "direct")
+    ev_dir = Path(m["stages"]["evaluate"]["dir"])
+    rows = m["rating"]
+    assert rows["student_direct_expected"]["n"] == rows["student_expected"]["n"] == rows["global_mean"]["n"] == 8
+    assert rows["student_direct_expected"]["parse_rate"] == 1.0
+    preds = [json.loads(line) for line in (ev_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 8
+    for p in preds:
+        probs = p["direct_probs"]
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and sorted(probs) == ["1", "2", "3", "4", "5"]
+        assert p["rating_direct_expected"] == pytest.approx(sum(float(r) * q for r, q in probs.items()), abs=1e-6)
+        assert p["finish"] is not None and p["probs"] != probs  # two readouts of one pair, after different prompts
+    truth = np.array([p["truth"] for p in preds])
+    direct = np.array([p["rating_direct_expected"] for p in preds])
+    assert rows["student_direct_expected"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((truth - direct) ** 2))))
+    assert m["rerank"]["mode"] == "fast" and m["flat"]["rating/student_direct_expected/rmse"] > 0

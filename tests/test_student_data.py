@@ -456,3 +456,58 @@ def test_rating_mask_marks_exactly_the_rating_tokens_and_weight_one_is_the_plain
     expected = (ce[labelled & ~rating].sum() + 10 * ce[rating].sum()) / ((labelled & ~rating).sum() + 10 * rating.sum())
     assert float(plain) == pytest.approx(float(out.loss), rel=1e-5)
     assert int(rating.sum()) == 2 and float(heavy) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_answer_logits_skip_the_prompt_positions_and_keep_the_loss(tmp_path):
+    """Training projects onto the vocabulary only from the batch's earliest answer token on; the loss is the
+    model's own (labels=...) loss on a right-padded batch whose prompts differ in length."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from exp3rt.models.tiny import build_tiny_llama
+    from exp3rt.student.examples import SFTExample
+    from exp3rt.student.lightning import _takes_logits_to_keep, answer_logits, weighted_answer_loss
+    from exp3rt.student.tokenize import collate, encode
+
+    folder = build_tiny_llama(tmp_path / "m", vocab="bpe", hidden=32, layers=1)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    long_prompt = SFTExample("rating", "sys", "Rate it. " * 40, "Predicted User Rating: 4", {"rating_text": "4"})
+    short_prompt = SFTExample("rating", "sys", "Rate it. " * 30, "Reasoning: fine.\nPredicted User Rating: 2", {"rating_text": "2"})
+    rows = [encode(tok, long_prompt, 512), encode(tok, short_prompt, 512)]
+    batch = collate(rows, tok.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    first = min(r["labels"].index(next(x for x in r["labels"] if x != -100)) for r in rows)
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    assert _takes_logits_to_keep(model)
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        logits, labels, mask = answer_logits(model, batch)
+        every, labels_all, _ = answer_logits(model, batch, keep_all=True)
+    assert logits.shape[1] == width - (first - 1) < width / 3  # both prompts' positions are skipped
+    assert every.shape[1] == width and labels_all.shape == batch["labels"].shape
+    assert labels.shape[1] == logits.shape[1] and int(mask.sum()) == 2
+    assert float(weighted_answer_loss(logits, labels, mask, 1.0)) == pytest.approx(float(full.loss), rel=1e-5)
+    assert torch.allclose(logits, full.logits[:, first - 1:], atol=1e-5)
+
+
+def test_rating_direct_adds_each_training_pair_in_the_rating_only_form(world, tok):
+    from exp3rt.student.tokenize import encode
+
+    both = examples(world, tasks=["rating", "rating_direct"], task_weights={"rating_direct": 2})
+    reasoning = [e for e in both["train"] if e.task == "rating"]
+    direct = [e for e in both["train"] if e.task == "rating_direct"]
+    assert len(reasoning) == len(world["split"].train) == both.report["counts_before_weights"]["train"]["rating_direct"]
+    assert len(direct) == 2 * len(reasoning)  # the weight repeats the direct form
+    assert all(e.meta["has_reasoning"] for e in reasoning) and not any(e.meta["has_reasoning"] for e in direct)
+    assert all(e.answer.startswith("Predicted User Rating: ") for e in direct)
+    assert all("Reasoning:" in e.answer for e in reasoning)
+    # the same pair's prompt differs only in its instruction; valid/test hold the reasoning form only
+    one = direct[0]
+    twin = next(e for e in examples(world, tasks=["rating"], ablation="no_reasoning")["train"]
+                if (e.meta["user_id"], e.meta["item_id"]) == (one.meta["user_id"], one.meta["item_id"]))
+    assert (one.system, one.user, one.answer) == (twin.system, twin.user, twin.answer)
+    assert {e.task for p in ("valid", "test") for e in both[p]} == {"rating"}
+    assert sum(encode(tok, one, 2048)["rating_mask"]) == 1  # the rating token is marked for rating_loss_weight
+    # without reasoning the rating task is the direct form already: rating_direct adds nothing
+    plain = examples(world, tasks=["rating", "rating_direct"], ablation="no_reasoning", task_weights={"rating_direct": 2})
+    assert {e.task for e in plain["train"]} == {"rating"} and len(plain["train"]) == len(reasoning)

@@ -42,6 +42,10 @@ class Prediction:
     fallback: bool = False  # the readout failed and the failure policy supplied the value
     fallback_value: float | None = None
     finish: str | None = None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
+    # a student trained with sft task rating_direct: its readout right after the rating-only prompt
+    direct_probs: dict[str, float] | None = None
+    rating_direct_argmax: float | None = None
+    rating_direct_expected: float | None = None
 
 
 def find_train_run(run_dir: str | None, adapter: str | None) -> tuple[Path, Path]:
@@ -170,7 +174,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.evaluation import plots
-    from exp3rt.student.examples import build_examples
+    from exp3rt.student.examples import build_examples, direct_ablation
     from exp3rt.student.train import find_annotation_dir
 
     run, adapter_dir = find_train_run(cfg.get("run_dir"), cfg.get("adapter"))
@@ -181,16 +185,22 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     split = prepare_split(prepared, tcfg.split)
     ann_dir = find_annotation_dir(tcfg, prepared, split)
     sft = OmegaConf.merge(tcfg.sft, {"tasks": ["rating"]})
-    examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain), prepared.dataset.scale,
-                              sft, ablation=tcfg.ablation, prompt=tcfg.student_prompt)
-    test_examples = [e for e in examples.get("test", []) if e.task == "rating"]
-    source = {"source": f"test split ({tcfg.split.strategy})"}
-    if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
-        from exp3rt.student.examples import rating_file_examples
+    sft.task_weights = {}  # the test examples are never resampled (merging {} would keep the training weights)
+    direct = trained_direct(tcfg)
 
-        test_examples, file_report = rating_file_examples(ev.test_file, str(tcfg.dataset.domain), prepared.dataset.scale,
-                                                          tcfg.sft, tcfg.ablation, tcfg.student_prompt)
-        source = {"source": f"test file {ev.test_file}", "file": file_report}
+    def test_set(ablation) -> tuple[list, dict]:
+        if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
+            from exp3rt.student.examples import rating_file_examples
+
+            exs, file_report = rating_file_examples(ev.test_file, str(tcfg.dataset.domain), prepared.dataset.scale,
+                                                    tcfg.sft, ablation, tcfg.student_prompt)
+            return exs, {"source": f"test file {ev.test_file}", "file": file_report}
+        examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
+                                  prepared.dataset.scale, sft, ablation=ablation, prompt=tcfg.student_prompt)
+        return [e for e in examples.get("test", []) if e.task == "rating"], {"source": f"test split ({tcfg.split.strategy})"}
+
+    # fast mode on a rating_direct student reads out after the rating-only prompt it was trained on
+    test_examples, source = test_set(direct_ablation(tcfg.ablation) if direct and str(ev.mode) == "fast" else tcfg.ablation)
     if ev.get("max_pairs"):
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
@@ -200,6 +210,13 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     t0 = time.perf_counter()
     preds = predict_fn(tcfg, adapter_dir, test_examples, ev)
     seconds = time.perf_counter() - t0
+    direct_rows = {}
+    if direct and str(ev.mode) != "fast":  # the same pairs read out once more, after the rating-only prompt
+        wanted = {(str(e.meta["user_id"]), str(e.meta["item_id"])) for e in test_examples}
+        direct_examples = [e for e in test_set(direct_ablation(tcfg.ablation))[0]
+                           if (str(e.meta["user_id"]), str(e.meta["item_id"])) in wanted]
+        attach_direct(preds, predict_fn(tcfg, adapter_dir, direct_examples, OmegaConf.merge(ev, {"mode": "fast"})))
+        direct_rows = {"student_direct_expected": "direct_expected", "student_direct_argmax": "direct_argmax"}
     train = split.train
     means = {"user": train.groupby("user_id")["rating"].mean().to_dict(),
              "item": train.groupby("item_id")["rating"].mean().to_dict(), "global": float(train["rating"].mean())}
@@ -209,6 +226,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     rating = {"student_expected": error_table(preds, "expected", policy, means),
               "student_argmax": error_table(preds, "argmax", policy, means),
               "student_parsed": error_table(preds, "parsed", policy, means),
+              **{k: error_table(preds, v, policy, means) for k, v in direct_rows.items()},
               **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
     metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
                "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds), **source,
@@ -237,6 +255,21 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
             run_id = (run / "wandb_run_id.txt").read_text().strip()
         metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows), run_id=run_id)
     return metrics
+
+
+def trained_direct(tcfg) -> bool:
+    """Whether this student learnt the rating-only form beside reasoning (sft task ``rating_direct``)."""
+    return "rating_direct" in list(tcfg.sft.tasks) and bool(tcfg.ablation.reasoning)
+
+
+def attach_direct(preds: list[Prediction], direct: list[Prediction]) -> None:
+    """Copy each pair's rating-only readout onto its prediction (pairs the direct prompt could not be built
+    for keep None and count as failures)."""
+    by_pair = {(d.user_id, d.item_id): d for d in direct}
+    for p in preds:
+        d = by_pair.get((p.user_id, p.item_id))
+        if d is not None:
+            p.direct_probs, p.rating_direct_argmax, p.rating_direct_expected = d.probs, d.rating_argmax, d.rating_expected
 
 
 REASONING_MARGIN = 16  # tokens beyond the longest training answer
@@ -328,7 +361,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     from exp3rt.config import RetrieverBaselinesConf
     from exp3rt.inference.predict import backend_of, load_student
     from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
-    from exp3rt.student.examples import candidate_examples
+    from exp3rt.student.examples import candidate_examples, direct_ablation
     from exp3rt.student.prompts import StudentPrompts
     from exp3rt.student.ratings import RatingTokens
     from exp3rt.student.tokenize import render
@@ -349,8 +382,9 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     if ev.get("rerank_max_users"):
         users = users[: int(ev.rerank_max_users)]
     first = {u: list(given[u])[:n] for u in users}
+    ablation = direct_ablation(tcfg.ablation) if trained_direct(tcfg) and str(ev.rerank_mode) == "fast" else tcfg.ablation
     cands, skipped = candidate_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
-                                        prepared.dataset.scale, tcfg.sft, tcfg.ablation, tcfg.student_prompt, first)
+                                        prepared.dataset.scale, tcfg.sft, ablation, tcfg.student_prompt, first)
     scale = prepared.dataset.scale
     ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
     prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix

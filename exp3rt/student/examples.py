@@ -20,6 +20,8 @@ examples deterministically (``sft.seed``). The ablation (``conf/ablation``) chan
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import re
 from collections import Counter, defaultdict
@@ -357,6 +359,27 @@ def apply_task_weights(examples: list[SFTExample], weights: dict[str, float], se
     return out, counts
 
 
+def direct_ablation(ablation):
+    """``ablation`` with the reasoning switched off: the prompts and answers of the rating-only form."""
+    return OmegaConf.merge(OmegaConf.structured(AblationConf), _to_conf(ablation, AblationConf), {"reasoning": False})
+
+
+def _direct_examples(directory, split, items, domain, ratings, cfg, ablation, prompts, builder) -> list[SFTExample]:
+    """Task ``rating_direct``: every training pair once in the rating-only form (the rating-only instruction,
+    answer "Predicted User Rating: r"), the inputs as the ablation shows them; skips count under
+    ``rating_direct``. Under an ablation without reasoning the rating task already is this form, so it adds
+    nothing (logged): a sweep over ablations can keep one ``sft.tasks``."""
+    if not ablation.reasoning:
+        log.info("student rating_direct: ablation %s has no reasoning, so the rating task already is the "
+                 "rating-only form; rating_direct adds no examples", ablation.name)
+        return []
+    direct = _Builder(directory, split, items, domain, ratings, cfg, direct_ablation(ablation), prompts)
+    out = direct._rating_from_split({p: [] for p in PARTS}, direct.rating_context(), ("train",), set())
+    for reason, n in direct.skipped.get("rating", {}).items():
+        builder.skipped["rating_direct"][reason] += n
+    return [dataclasses.replace(ex, task="rating_direct") for ex in out["train"]]
+
+
 def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation=None,
                    prompt=None) -> ExampleSet:
     """Every configured task's examples, keyed ``train`` / ``valid`` / ``test``.
@@ -381,6 +404,8 @@ def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scal
         if task == "rating":
             for p, exs in builder.rating().items():
                 parts[p] += exs
+        elif task == "rating_direct":
+            parts["train"] += _direct_examples(directory, split, items, domain, ratings, cfg, ablation, prompts, builder)
         elif task in ("extract", "user_profile", "item_profile"):
             parts["train"] += getattr(builder, task)()
         else:  # check_student_data already refused it; kept for callers that skip validation

@@ -133,6 +133,40 @@ def weighted_answer_loss(logits, labels, rating_mask, weight: float):
     return (ce * w).sum() / w.sum().clamp(min=1.0)
 
 
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the causal-LM under ``model`` (peft-wrapped or not) accepts ``logits_to_keep``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_logits(model, batch, keep_all: bool = False):
+    """(logits, labels, rating_mask) from the last position before the batch's earliest answer token
+    onward. The prompt's positions never enter the loss, so projecting them onto the vocabulary (most
+    of an SFT batch: profiles and reviews are long, answers short) is skipped: less time and far less
+    memory with a large vocabulary. ``keep_all`` or a model without ``logits_to_keep``: every position."""
+    labels = batch["labels"]
+    width = labels.shape[1]
+    answered = labels != -100
+    start = 0
+    if not keep_all and bool(answered.any()):
+        first = int(torch.where(answered.any(dim=1), answered.float().argmax(dim=1), width).min())
+        start = max(0, first - 1)
+    mask = batch.get("rating_mask")
+    if start == 0:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=width - start).logits
+    if mask is None:
+        mask = torch.zeros_like(labels)
+    return logits, labels[:, start:], mask[:, start:]
+
+
 class StudentModule(pl.LightningModule):
     def __init__(self, student_cfg, peft_cfg, train_cfg, scale: tuple[float, float], gen_examples=None,
                  tokenizer=None, rating_from_text=None, total_steps: int | None = None):
@@ -144,6 +178,7 @@ class StudentModule(pl.LightningModule):
         self.rating_from_text = rating_from_text
         self.total_steps = total_steps
         self.model = None
+        self._logits_to_keep = False
         self._t_last: float | None = None
         self._tokens = 0
 
@@ -165,6 +200,7 @@ class StudentModule(pl.LightningModule):
         with _zero_init_paused(zero3):
             self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
+        self._logits_to_keep = _takes_logits_to_keep(self.model)
 
     def on_train_start(self) -> None:
         # from_pretrained leaves modules in eval mode and Lightning no longer flips them: without this,
@@ -180,13 +216,11 @@ class StudentModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         w = float(self.train_cfg.get("rating_loss_weight", 1.0) or 1.0)
         n = batch["input_ids"].shape[0]
-        if w != 1.0 and "rating_mask" in batch:
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = weighted_answer_loss(out.logits, batch["labels"], batch["rating_mask"], w)
-            self.log("train/loss_unweighted", weighted_answer_loss(out.logits.detach(), batch["labels"], batch["rating_mask"], 1.0),
+        logits, labels, mask = answer_logits(self.model, batch, keep_all=not self._logits_to_keep)
+        loss = weighted_answer_loss(logits, labels, mask, w)
+        if w != 1.0:
+            self.log("train/loss_unweighted", weighted_answer_loss(logits.detach(), labels, mask, 1.0),
                      on_step=True, on_epoch=False, batch_size=n)
-        else:
-            loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         self._tokens += int(batch["attention_mask"].sum())
         return loss
@@ -207,8 +241,8 @@ class StudentModule(pl.LightningModule):
             self.log("perf/rss_gb", psutil.Process().memory_info().rss / 2**30, on_step=True, on_epoch=False)
 
     def validation_step(self, batch, batch_idx):
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        logits, labels, mask = answer_logits(self.model, batch, keep_all=not self._logits_to_keep)
+        self.log("val/loss", weighted_answer_loss(logits, labels, mask, 1.0), prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
 
     def on_validation_epoch_end(self) -> None:
         if not (self.train_cfg.val_generate and self.gen_examples and self.tokenizer is not None):

@@ -139,7 +139,7 @@ def rating_token_mask(tokenizer, example: SFTExample, n_answer: int) -> list[int
     ``meta["rating_text"]``), 0 elsewhere; all zeros for the other tasks. Character offsets decide, so a
     token that merges the space before the number counts as the rating's."""
     text = (example.meta or {}).get("rating_text")
-    if example.task != "rating" or not text or not example.answer.endswith(str(text)):
+    if example.task not in ("rating", "rating_direct") or not text or not example.answer.endswith(str(text)):
         return [0] * n_answer
     start = len(example.answer) - len(str(text))
     try:
@@ -205,12 +205,17 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
                                 "example_index": [], "truncated": []}
     skipped: Counter = Counter()
     truncated = Counter()
+    done: dict[int, tuple] = {}  # sft.task_weights repeats an example as the same object: encode it once
     for index, ex in enumerate(examples):
-        info: dict = {}
-        try:
-            enc = encode(tokenizer, ex, max_length, info)
-        except ExampleTooLong as e:
-            skipped[f"{ex.task}:{e.reason}"] += 1
+        if id(ex) not in done:
+            info: dict = {}
+            try:
+                done[id(ex)] = (encode(tokenizer, ex, max_length, info), info, None)
+            except ExampleTooLong as e:
+                done[id(ex)] = (None, None, e)
+        enc, info, error = done[id(ex)]
+        if error is not None:
+            skipped[f"{ex.task}:{error.reason}"] += 1
             continue
         for name in ("input_ids", "attention_mask", "labels", "rating_mask"):
             columns[name].append(enc[name])
