@@ -21,7 +21,6 @@ examples deterministically (``sft.seed``). The ablation (``conf/ablation``) chan
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import re
 from collections import Counter, defaultdict
