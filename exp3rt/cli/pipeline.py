@@ -92,7 +92,11 @@ def main(cfg: DictConfig) -> float | None:
     with fail_cleanly(log):
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     # a sweeper (Optuna) minimises what the task function returns
-    value = (metrics.get("flat") or {}).get(str(cfg.objective))
+    flat = metrics.get("flat") or {}
+    value = flat.get(str(cfg.objective))
+    if value is None and flat:
+        log.error("objective %s is not among this run's metrics (e.g. %s): a sweeper gets no value",
+                  cfg.objective, ", ".join(sorted(k for k in flat if k.endswith("/rmse"))[:8]))
     return float(value) if value is not None else None
 
 
