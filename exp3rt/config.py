@@ -493,15 +493,16 @@ class TrainLoopConf:
     rating_loss_weight: float = 1.0
 # rating_direct: the rating task's rating-only form (the rating right after the prompt, no reasoning)
 # beside a reasoning student's rating task, so one student both explains and reads out fast
-STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating", "rating_direct")
+DEFAULT_STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating")  # the paper's four
 RATING_TASKS = ("rating", "rating_direct")
+STUDENT_TASKS = (*DEFAULT_STUDENT_TASKS, "rating_direct")
 
 
 @dataclass
 class StudentDataConf:
     """How the student's SFT examples are built from an annotation directory (``exp3rt.student``)."""
 
-    tasks: list[str] = field(default_factory=lambda: list(STUDENT_TASKS[:4]))
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_STUDENT_TASKS))
     # train examples of a task are repeated / subsampled to round(weight * count); a missing task weighs 1
     task_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0  # the sampling seed for task weights (the split seed lives in `split.seed`)

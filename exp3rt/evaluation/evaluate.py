@@ -174,7 +174,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.evaluation import plots
-    from exp3rt.student.examples import build_examples, direct_ablation
+    from exp3rt.student.examples import build_examples
     from exp3rt.student.train import find_annotation_dir
 
     run, adapter_dir = find_train_run(cfg.get("run_dir"), cfg.get("adapter"))
@@ -186,7 +186,6 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     ann_dir = find_annotation_dir(tcfg, prepared, split)
     sft = OmegaConf.merge(tcfg.sft, {"tasks": ["rating"]})
     sft.task_weights = {}  # the test examples are never resampled (merging {} would keep the training weights)
-    direct = trained_direct(tcfg)
 
     def test_set(ablation) -> tuple[list, dict]:
         if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
@@ -199,8 +198,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
                                   prepared.dataset.scale, sft, ablation=ablation, prompt=tcfg.student_prompt)
         return [e for e in examples.get("test", []) if e.task == "rating"], {"source": f"test split ({tcfg.split.strategy})"}
 
-    # fast mode on a rating_direct student reads out after the rating-only prompt it was trained on
-    test_examples, source = test_set(direct_ablation(tcfg.ablation) if direct and str(ev.mode) == "fast" else tcfg.ablation)
+    test_examples, source = test_set(readout_ablation(tcfg, str(ev.mode)))
     if ev.get("max_pairs"):
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
@@ -211,9 +209,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     preds = predict_fn(tcfg, adapter_dir, test_examples, ev)
     seconds = time.perf_counter() - t0
     direct_rows = {}
-    if direct and str(ev.mode) != "fast":  # the same pairs read out once more, after the rating-only prompt
+    if trained_direct(tcfg) and str(ev.mode) != "fast":  # the same pairs read out once more, after the rating-only prompt
         wanted = {(str(e.meta["user_id"]), str(e.meta["item_id"])) for e in test_examples}
-        direct_examples = [e for e in test_set(direct_ablation(tcfg.ablation))[0]
+        direct_examples = [e for e in test_set(readout_ablation(tcfg, "fast"))[0]
                            if (str(e.meta["user_id"]), str(e.meta["item_id"])) in wanted]
         attach_direct(preds, predict_fn(tcfg, adapter_dir, direct_examples, OmegaConf.merge(ev, {"mode": "fast"})))
         direct_rows = {"student_direct_expected": "direct_expected", "student_direct_argmax": "direct_argmax"}
@@ -260,6 +258,14 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
 def trained_direct(tcfg) -> bool:
     """Whether this student learnt the rating-only form beside reasoning (sft task ``rating_direct``)."""
     return "rating_direct" in list(tcfg.sft.tasks) and bool(tcfg.ablation.reasoning)
+
+
+def readout_ablation(tcfg, mode: str):
+    """The ablation a readout in ``mode`` prompts with: fast mode on a rating_direct student uses the
+    rating-only prompt it was trained on; everything else the training ablation."""
+    from exp3rt.student.examples import direct_ablation
+
+    return direct_ablation(tcfg.ablation) if mode == "fast" and trained_direct(tcfg) else tcfg.ablation
 
 
 def attach_direct(preds: list[Prediction], direct: list[Prediction]) -> None:
@@ -361,7 +367,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     from exp3rt.config import RetrieverBaselinesConf
     from exp3rt.inference.predict import backend_of, load_student
     from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
-    from exp3rt.student.examples import candidate_examples, direct_ablation
+    from exp3rt.student.examples import candidate_examples
     from exp3rt.student.prompts import StudentPrompts
     from exp3rt.student.ratings import RatingTokens
     from exp3rt.student.tokenize import render
@@ -382,9 +388,8 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     if ev.get("rerank_max_users"):
         users = users[: int(ev.rerank_max_users)]
     first = {u: list(given[u])[:n] for u in users}
-    ablation = direct_ablation(tcfg.ablation) if trained_direct(tcfg) and str(ev.rerank_mode) == "fast" else tcfg.ablation
-    cands, skipped = candidate_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
-                                        prepared.dataset.scale, tcfg.sft, ablation, tcfg.student_prompt, first)
+    cands, skipped = candidate_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain), prepared.dataset.scale,
+                                        tcfg.sft, readout_ablation(tcfg, str(ev.rerank_mode)), tcfg.student_prompt, first)
     scale = prepared.dataset.scale
     ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
     prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix

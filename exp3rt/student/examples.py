@@ -20,7 +20,6 @@ examples deterministically (``sft.seed``). The ablation (``conf/ablation``) chan
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from collections import Counter, defaultdict
@@ -112,6 +111,7 @@ class _Builder:
         train = split.train
         self.train_reviews = {(u, i): (s, r) for u, i, s, r in zip(train.user_id, train.item_id, train.summary, train.review, strict=True)}
         self._extract: pd.DataFrame | None = None
+        self._context: dict | None = None
 
     # ------------------------------------------------------------------ shared inputs
 
@@ -206,7 +206,13 @@ class _Builder:
     # ------------------------------------------------------------------ task 4
 
     def rating_context(self) -> dict:
-        """Profiles, pair → item-profile job map and review orders that rating prompts are built from."""
+        """Profiles, pair → item-profile job map and review orders that rating prompts are built from
+        (read once per builder: the rating and rating_direct tasks share them)."""
+        if self._context is None:
+            self._context = self._read_rating_context()
+        return self._context
+
+    def _read_rating_context(self) -> dict:
         ab = self.ab
         need_profiles = not ab.raw_reviews
         # without reasoning the student needs no teacher rationale: the train pairs come from the split
@@ -264,8 +270,23 @@ class _Builder:
             self.skipped["rating"]["train:no_rationale_row"] += unannotated
         return self._rating_from_split(out, ctx, ("valid", "test"), done)
 
-    def _rating_from_split(self, out: dict, ctx: dict, splits: tuple[str, ...], done: set) -> dict:
-        """Rating examples with no rationale (the rating line alone) for the split's pairs not in ``done``."""
+    def rating_direct(self) -> list[SFTExample]:
+        """Task ``rating_direct``: every training pair once in the rating-only form (the rating-only
+        instruction, answer "Predicted User Rating: r"), the inputs as the ablation shows them; skips count
+        under ``rating_direct``. Under an ablation without reasoning the rating task already is this form,
+        so it adds nothing (logged): a sweep over ablations can keep one ``sft.tasks``."""
+        if not self.ab.reasoning:
+            log.info("student rating_direct: ablation %s has no reasoning, so the rating task already is the "
+                     "rating-only form; rating_direct adds no examples", self.ab.name)
+            return []
+        out = self._rating_from_split({p: [] for p in PARTS}, self.rating_context(), ("train",), set(),
+                                      ablation=direct_ablation(self.ab), task="rating_direct")
+        return out["train"]
+
+    def _rating_from_split(self, out: dict, ctx: dict, splits: tuple[str, ...], done: set, ablation=None,
+                           task: str = "rating") -> dict:
+        """Rating examples with no rationale (the rating line alone) for the split's pairs not in ``done``;
+        ``ablation`` (default: the builder's) decides the inputs and the instruction."""
         for split in splits:
             frame = self.split.part(split)
             for r in frame.to_dict("records"):
@@ -273,7 +294,7 @@ class _Builder:
                 if pair in done:
                     continue
                 ex = self._rating_example(pair, float(r["rating"]), split, None, ctx, {},
-                                          warm=bool(r["warm"]) if "warm" in r else None)
+                                          warm=bool(r["warm"]) if "warm" in r else None, ablation=ablation, task=task)
                 if ex is not None:
                     out[split].append(ex)
         return out
@@ -295,8 +316,8 @@ class _Builder:
         return body + _average_block(average)
 
     def _rating_example(self, pair, rating: float, split: str, rationale: str | None, ctx: dict, given: dict,
-                        warm: bool | None = None) -> SFTExample | None:
-        ab, (user, item) = self.ab, pair
+                        warm: bool | None = None, ablation=None, task: str = "rating") -> SFTExample | None:
+        ab, (user, item) = ablation if ablation is not None else self.ab, pair
         sections: dict[str, str] = {}
         own = self.own.get(pair)
         job = ctx["job_of"].get(pair)
@@ -308,7 +329,7 @@ class _Builder:
             else:
                 text = given.get("user_profile") or ctx["uprof"].get(user)
                 if text is None:
-                    self.skipped["rating"][f"{split}:user_profile_missing"] += 1
+                    self.skipped[task][f"{split}:user_profile_missing"] += 1
                     return None
                 sections["user_profile"] = text
         if ab.item_description:
@@ -322,7 +343,7 @@ class _Builder:
             else:
                 text = given.get("item_profile") or (ctx["iprof"].get(job) if job is not None else None)
                 if text is None:
-                    self.skipped["rating"][f"{split}:item_profile_missing"] += 1
+                    self.skipped[task][f"{split}:item_profile_missing"] += 1
                     return None
                 sections["item_profile"] = text
         if not ab.avg_rating:
@@ -334,7 +355,7 @@ class _Builder:
                 "split": split, "has_reasoning": with_reasoning, "ablation": str(ab.name)}
         if warm is not None:
             meta["warm"] = warm
-        return self.example("rating", system, prompt, answer, **meta)
+        return self.example(task, system, prompt, answer, **meta)
 
 
 def apply_task_weights(examples: list[SFTExample], weights: dict[str, float], seed: int) -> tuple[list[SFTExample], dict]:
@@ -363,22 +384,6 @@ def direct_ablation(ablation):
     return OmegaConf.merge(OmegaConf.structured(AblationConf), _to_conf(ablation, AblationConf), {"reasoning": False})
 
 
-def _direct_examples(directory, split, items, domain, ratings, cfg, ablation, prompts, builder) -> list[SFTExample]:
-    """Task ``rating_direct``: every training pair once in the rating-only form (the rating-only instruction,
-    answer "Predicted User Rating: r"), the inputs as the ablation shows them; skips count under
-    ``rating_direct``. Under an ablation without reasoning the rating task already is this form, so it adds
-    nothing (logged): a sweep over ablations can keep one ``sft.tasks``."""
-    if not ablation.reasoning:
-        log.info("student rating_direct: ablation %s has no reasoning, so the rating task already is the "
-                 "rating-only form; rating_direct adds no examples", ablation.name)
-        return []
-    direct = _Builder(directory, split, items, domain, ratings, cfg, direct_ablation(ablation), prompts)
-    out = direct._rating_from_split({p: [] for p in PARTS}, direct.rating_context(), ("train",), set())
-    for reason, n in direct.skipped.get("rating", {}).items():
-        builder.skipped["rating_direct"][reason] += n
-    return [dataclasses.replace(ex, task="rating_direct") for ex in out["train"]]
-
-
 def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation=None,
                    prompt=None) -> ExampleSet:
     """Every configured task's examples, keyed ``train`` / ``valid`` / ``test``.
@@ -403,9 +408,7 @@ def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scal
         if task == "rating":
             for p, exs in builder.rating().items():
                 parts[p] += exs
-        elif task == "rating_direct":
-            parts["train"] += _direct_examples(directory, split, items, domain, ratings, cfg, ablation, prompts, builder)
-        elif task in ("extract", "user_profile", "item_profile"):
+        elif task in ("extract", "user_profile", "item_profile", "rating_direct"):
             parts["train"] += getattr(builder, task)()
         else:  # check_student_data already refused it; kept for callers that skip validation
             raise ConfigError(f"unknown student task {task!r}; allowed: {list(STUDENT_TASKS)}")

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from exp3rt.artifacts import StagingDir
+from exp3rt.config import RATING_TASKS
 from exp3rt.student.examples import SFTExample
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def rating_token_mask(tokenizer, example: SFTExample, n_answer: int) -> list[int
     ``meta["rating_text"]``), 0 elsewhere; all zeros for the other tasks. Character offsets decide, so a
     token that merges the space before the number counts as the rating's."""
     text = (example.meta or {}).get("rating_text")
-    if example.task not in ("rating", "rating_direct") or not text or not example.answer.endswith(str(text)):
+    if example.task not in RATING_TASKS or not text or not example.answer.endswith(str(text)):
         return [0] * n_answer
     start = len(example.answer) - len(str(text))
     try:
