@@ -147,6 +147,116 @@ def test_cached_readout_equals_from_scratch(tiny, scale_max):
         assert max(abs(a - b) for a, b in zip(r.probs, ref, strict=True)) < 1e-5
 
 
+def test_only_the_last_position_reaches_the_vocabulary(tiny):
+    """Prompt passes, decoding steps and readouts project one position per row onto the vocabulary
+    (logits_to_keep): never (B, prompt length, V) logits, which for Llama-3 at 1,200 tokens are 0.6 GB a row."""
+    from exp3rt.inference.rerank import score_candidates
+
+    model, tok = tiny
+    widths = []
+    hook = model.lm_head.register_forward_hook(lambda mod, inp, out: widths.append(tuple(inp[0].shape[:2])))
+    try:
+        prompts = _prompts(tok)
+        longest = max(len(_ids(tok, p)) for p in prompts)
+        gens = generate_batch(model, tok, prompts, 5, keep_state=True)
+        read_after(model, tok, gens, RatingTokens(1, 10))
+        readout_only(model, tok, prompts, RatingTokens(1, 10))
+        score_candidates(model, tok, {"u": list(enumerate(prompts))}, RatingTokens(1, 5), mode="fast")
+    finally:
+        hook.remove()
+    assert longest > 20 and len(widths) > 8
+    assert all(w[1] == 1 for w in widths), widths
+    assert {w[0] for w in widths} >= {1, 4}  # the shared rerank prefix (one row) and the batches of four
+
+
+def test_length_groups_bound_padding():
+    from exp3rt.inference.generate import length_groups
+
+    lengths = [74, 299, 120, 80, 290, 75, 118, 300]
+    groups = length_groups(lengths, slack=0.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        width = max(lengths[i] for i in g)
+        assert len(g) * width <= 1.25 * sum(lengths[i] for i in g)
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[74, 75, 80], [118, 120], [290, 299, 300]]
+    assert length_groups(lengths, slack=float("inf")) == [sorted(range(8), key=lambda i: lengths[i])]
+
+
+def test_grouped_prefill_equals_one_padded_forward(tiny, monkeypatch):
+    """Prompts of very different lengths run in length groups whose caches are merged right-aligned:
+    the same tokens and readouts as one forward over the whole left-padded batch."""
+    import exp3rt.inference.generate as generate
+
+    model, tok = tiny
+    prompts = _prompts(tok, (1, 12, 2, 11, 6))
+    ratings = RatingTokens(1, 10)
+    calls = []
+    real = generate.forward_step
+    monkeypatch.setattr(generate, "forward_step", lambda *a, **k: calls.append(a[2].shape) or real(*a, **k))
+    grouped = generate_and_read(model, tok, prompts, ratings, 12, batch_size=5)
+    assert len([c for c in calls if c[1] > 1]) >= 2  # the prompt pass ran as several groups
+    calls.clear()
+    monkeypatch.setattr(generate, "PREFILL_SLACK", float("inf"))
+    single = generate_and_read(model, tok, prompts, ratings, 12, batch_size=5)
+    assert len([c for c in calls if c[1] > 1]) == 1
+    for (g1, r1), (g2, r2) in zip(grouped, single, strict=True):
+        assert g1.new_token_ids == g2.new_token_ids and g1.stop_reason == g2.stop_reason
+        assert max(abs(a - b) for a, b in zip(r1.probs, r2.probs, strict=True)) < 1e-5
+
+
+def test_reserved_cache_layer_matches_concatenation(tiny):
+    """The in-place KV layer holds what DynamicLayer's concatenation holds, through growth past its
+    reserve, crops, batch selection and a deep copy."""
+    import copy
+
+    from transformers.cache_utils import DynamicLayer
+
+    from exp3rt.inference.generate import _reserved_layer_class, new_cache
+
+    model, _ = tiny
+    assert all(type(layer).__name__ == "ReservedLayer" for layer in new_cache(model, 8).layers)
+    ref, res = DynamicLayer(), _reserved_layer_class()(reserve=5)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(n, batch=3):
+        k, v = torch.randn(batch, 2, n, 4, generator=gen), torch.randn(batch, 2, n, 4, generator=gen)
+        out_ref, out_res = ref.update(k, v), res.update(k, v)
+        for a, b in zip(out_ref, out_res, strict=True):
+            assert torch.equal(a, b)
+
+    step(4)
+    step(1)
+    step(3)  # past the reserve of 5: the buffer grows
+    assert res.get_seq_length() == 8 and res._kbuf.shape[2] >= 8
+    buffer = res._kbuf
+    ref.crop(-2)
+    res.crop(-2)
+    step(1)
+    assert res._kbuf is buffer  # a crop keeps the buffer: the next token is written in place
+    ref.batch_select_indices(torch.tensor([2, 0]))
+    res.batch_select_indices(torch.tensor([2, 0]))
+    step(2, batch=2)
+    res2 = copy.deepcopy(res)
+    ref2 = copy.deepcopy(ref)
+    ref, res = ref2, res2
+    step(1, batch=2)
+    assert torch.equal(ref.values, res.values) and res.get_seq_length() == 10
+
+
+def test_sorted_batches_keep_the_input_order(tiny):
+    model, tok = tiny
+    prompts = _prompts(tok, (9, 1, 4, 12, 2))
+    ratings = RatingTokens(1, 5)
+    plain = generate_and_read(model, tok, prompts, ratings, 6, batch_size=2, sort_by_length=False)
+    by_length = generate_and_read(model, tok, prompts, ratings, 6, batch_size=2)
+    fast_plain = readout_only(model, tok, prompts, ratings, batch_size=2, sort_by_length=False)
+    fast = readout_only(model, tok, prompts, ratings, batch_size=2)
+    for (g1, r1), (g2, r2), f1, f2, p in zip(plain, by_length, fast_plain, fast, prompts, strict=True):
+        assert g1.prompt_ids == g2.prompt_ids == _ids(tok, p) and g1.new_token_ids == g2.new_token_ids
+        assert max(abs(a - b) for a, b in zip(r1.probs, r2.probs, strict=True)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(f1.probs, f2.probs, strict=True)) < 1e-5
+
+
 def test_offset_is_inverted(tiny):
     model, tok = tiny
     ratings = RatingTokens(1, 10, offset=-1)  # the paper's IMDB: written 0-9, one token each

@@ -41,6 +41,7 @@ from exp3rt.inference.generate import (
     crop_cache,
     forward_step,
     generate_batch,
+    length_order,
     new_cache,
 )
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
@@ -100,8 +101,10 @@ def _summarise(ratings: RatingTokens, scores: torch.Tensor) -> list[RatingReadou
 @torch.no_grad()
 def _score(model, cache, base_mask: torch.Tensor, next_pos: torch.Tensor, chunks: list[list[int]], pad_id: int,
            trie: _Trie) -> torch.Tensor:
-    """Append each row's ``chunk`` (right-padded) to ``cache`` and score the ratings after it; the cache is
-    cropped back to its length on entry."""
+    """Append each row's ``chunk`` to ``cache`` and score the ratings after it; the cache is cropped back
+    to its length on entry. Chunks are left-padded (the padding masked out, positions continuing each
+    row's own count), so every row's last token sits in the last column and only that column is
+    projected onto the vocabulary."""
     start = int(cache.get_seq_length())
     if base_mask.shape[1] != start:
         raise ValueError(f"readout: mask covers {base_mask.shape[1]} cached tokens, the cache holds {start}")
@@ -109,14 +112,13 @@ def _score(model, cache, base_mask: torch.Tensor, next_pos: torch.Tensor, chunks
     if int(lens.min()) < 1:
         raise ValueError("readout: every row needs at least one appended token (the answer prefix is empty?)")
     width = int(lens.max())
-    ids = torch.tensor([c + [pad_id] * (width - len(c)) for c in chunks], dtype=torch.long)
-    chunk_mask = (torch.arange(width)[None, :] < lens[:, None]).long()
+    ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in chunks], dtype=torch.long)
+    chunk_mask = (torch.arange(width)[None, :] >= (width - lens)[:, None]).long()
     mask = torch.cat([base_mask, chunk_mask], dim=1)
-    positions = next_pos[:, None] + torch.arange(width)[None, :]
+    positions = next_pos[:, None] + (chunk_mask.cumsum(-1) - 1).clamp(min=0)
     try:
-        logits = forward_step(model, cache, ids, mask, positions)
-        rows = torch.arange(len(chunks))
-        logprobs = {(): torch.log_softmax(logits[rows, lens - 1], dim=-1)}
+        logits = forward_step(model, cache, ids, mask, positions, last_only=True)[:, -1]
+        logprobs = {(): torch.log_softmax(logits, dim=-1)}
         after = start + width
         for node in trie.inner:  # e.g. "1" for 1-10: P(next | prefix "1")
             crop_cache(cache, after)
@@ -124,7 +126,8 @@ def _score(model, cache, base_mask: torch.Tensor, next_pos: torch.Tensor, chunks
             node_ids = torch.tensor([list(node)] * len(chunks), dtype=torch.long)
             node_mask = torch.cat([mask, torch.ones(len(chunks), d, dtype=torch.long)], dim=1)
             node_pos = (next_pos + lens)[:, None] + torch.arange(d)[None, :]
-            logprobs[node] = torch.log_softmax(forward_step(model, cache, node_ids, node_mask, node_pos)[:, -1], dim=-1)
+            logprobs[node] = torch.log_softmax(forward_step(model, cache, node_ids, node_mask, node_pos, last_only=True)[:, -1],
+                                               dim=-1)
         return trie.scores(logprobs)
     finally:
         crop_cache(cache, start)
@@ -183,20 +186,24 @@ def read_after(model, tokenizer, outputs: Sequence[GenOutput], ratings: RatingTo
 
 @torch.no_grad()
 def readout_only(model, tokenizer, prompts: Sequence[str], ratings: RatingTokens, prefix: str = RATING_PREFIX,
-                 batch_size: int = 16) -> list[RatingReadout]:
-    """The fast mode: the readout right after ``prompt + prefix`` (no reasoning), batched."""
+                 batch_size: int = 16, sort_by_length: bool = True) -> list[RatingReadout]:
+    """The fast mode: the readout right after ``prompt + prefix`` (no reasoning), batched (prompts of
+    similar length together with ``sort_by_length``; results in the input order)."""
     trie, prefix_ids = _prepare(ratings, tokenizer, prefix)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = length_order(tokenizer, prompts) if sort_by_length else list(range(len(prompts)))
     was_training = model.training
     model.eval()
-    out: list[RatingReadout] = []
+    out: list[RatingReadout | None] = [None] * len(prompts)
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunks = [_tokens(tokenizer, p) + prefix_ids for p in prompts[start : start + batch_size]]
+        for start in range(0, len(order), batch_size):
+            members = order[start : start + batch_size]
+            chunks = [_tokens(tokenizer, prompts[i]) + prefix_ids for i in members]
             b = len(chunks)
             scores = _score(model, new_cache(model), torch.zeros(b, 0, dtype=torch.long), torch.zeros(b, dtype=torch.long),
                             chunks, pad_id, trie)
-            out += _summarise(ratings, scores)
+            for i, r in zip(members, _summarise(ratings, scores), strict=True):
+                out[i] = r
     finally:
         if was_training:
             model.train()
@@ -205,21 +212,27 @@ def readout_only(model, tokenizer, prompts: Sequence[str], ratings: RatingTokens
 
 def generate_and_read(model, tokenizer, prompts: list[str], ratings: RatingTokens, max_new_tokens: int,
                       prefix: str = RATING_PREFIX, separator: str = "\n", batch_size: int = 16, do_sample: bool = False,
-                      temperature: float = 1.0, seed: int | None = None) -> list[tuple[GenOutput, RatingReadout]]:
-    """Reasoning then readout, batch by batch (each batch's cache is freed before the next).
+                      temperature: float = 1.0, seed: int | None = None,
+                      sort_by_length: bool = True) -> list[tuple[GenOutput, RatingReadout]]:
+    """Reasoning then readout, batch by batch (each batch's cache is freed before the next); results in
+    the input order.
 
     Generation stops where the student writes the prefix itself (``prefix`` without its trailing space);
-    the prefix is then appended as its training tokens and read."""
+    the prefix is then appended as its training tokens and read. ``sort_by_length``: batches of prompts
+    of similar length (:func:`length_order`); greedy output is the same either way, a seeded sample is
+    reproducible either way (the seed advances per batch)."""
     stop = (prefix.rstrip(),) if prefix.strip() else ()
+    order = length_order(tokenizer, prompts) if sort_by_length else list(range(len(prompts)))
     generator_seed = seed
-    out: list[tuple[GenOutput, RatingReadout]] = []
-    for start in range(0, len(prompts), batch_size):
-        gens = generate_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens, do_sample, temperature,
+    out: list[tuple[GenOutput, RatingReadout] | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        members = order[start : start + batch_size]
+        gens = generate_batch(model, tokenizer, [prompts[i] for i in members], max_new_tokens, do_sample, temperature,
                               generator_seed, batch_size, stop=stop, keep_state=True)
         reads = read_after(model, tokenizer, gens, ratings, prefix, separator)
-        for g in gens:
+        for i, g, r in zip(members, gens, reads, strict=True):
             g.state = None  # free the cache
-        out += list(zip(gens, reads, strict=True))
+            out[i] = (g, r)
         if generator_seed is not None:
             generator_seed += 1  # a different (still reproducible) stream per batch
     return out

@@ -135,13 +135,9 @@ def weighted_answer_loss(logits, labels, rating_mask, weight: float):
 
 def _takes_logits_to_keep(model) -> bool:
     """Whether the causal-LM under ``model`` (peft-wrapped or not) accepts ``logits_to_keep``."""
-    import inspect
+    from exp3rt.inference.generate import forward_accepts
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    return forward_accepts(model, "logits_to_keep")
 
 
 def answer_logits(model, batch, keep_all: bool = False):
