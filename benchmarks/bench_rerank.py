@@ -15,7 +15,8 @@ warm-up), and the ratio t(N)/t(1) (goal with reuse: <= 10 for N=20; without reus
     python benchmarks/bench_rerank.py                    # ~30 s; 300-token user part, ~80-token item part
     python benchmarks/bench_rerank.py --layout prompt_file   # the exp3rt_v1 rating prompt (longer item part)
     python benchmarks/bench_rerank.py --repeats 3 --json
-    python benchmarks/bench_rerank.py --mode full        # reasoning (48 tokens) then readout per candidate
+    python benchmarks/bench_rerank.py --mode full        # reasoning (48 tokens) then readout per candidate;
+                                                         # + 4 users together vs one user at a time
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--mode", choices=("fast", "full"), default="fast",
                     help="full: each candidate's reasoning (--new-tokens, greedy, the user's candidates as one batch) then the readout")
     ap.add_argument("--new-tokens", type=int, default=48, help="reasoning tokens per candidate in full mode")
+    ap.add_argument("--users", type=int, default=4,
+                    help="full mode: also time this many users' candidates reasoning together vs one user at a time")
+    ap.add_argument("--batch-size", type=int, default=40, help="full mode, users together: prompts per batch")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
     model, tok, ratings, cands = setup(args)
@@ -204,6 +208,30 @@ def main_full(args, model, tok, ratings, cands) -> dict:
               "t1_ms": med[1] * 1e3, f"t{n}_ms": med[n] * 1e3, "ratio": med[n] / med[1],
               "finish": {str(k): {r: v.count(r) for r in set(v)} for k, v in finish.items()}}
     result["goal_ratio_le_10"] = result["ratio"] <= 10
+    if args.users > 1:  # time per user: all users' candidates in batches of --batch-size vs one user (N rows) at a time
+        users = {f"u{k}": cands for k in range(args.users)}
+
+        def together() -> float:
+            t0 = time.perf_counter()
+            score_candidates(model, tok, users, ratings, RATING_PREFIX, mode="full", max_new_tokens=args.new_tokens,
+                             batch_size=args.batch_size)
+            return (time.perf_counter() - t0) / len(users)
+
+        def apart() -> float:
+            t0 = time.perf_counter()
+            for user, c in users.items():
+                score_candidates(model, tok, {user: c}, ratings, RATING_PREFIX, mode="full", max_new_tokens=args.new_tokens,
+                                 batch_size=n)
+            return (time.perf_counter() - t0) / len(users)
+
+        per_user: dict = {"together": [], "apart": []}
+        for rep in range(args.repeats):
+            for name in ("together", "apart") if rep % 2 == 0 else ("apart", "together"):
+                per_user[name].append((together if name == "together" else apart)())
+        result["users"] = {"n": args.users, "batch_size": args.batch_size,
+                           "together_s_per_user": statistics.median(per_user["together"]),
+                           "apart_s_per_user": statistics.median(per_user["apart"])}
+        result["users"]["apart_over_together"] = result["users"]["apart_s_per_user"] / result["users"]["together_s_per_user"]
     if args.json:
         print(json.dumps(result, indent=2))
         return result
@@ -211,6 +239,10 @@ def main_full(args, model, tok, ratings, cands) -> dict:
           f"{args.new_tokens} reasoning tokens per candidate, median of {args.repeats}")
     print(f"t(1) {result['t1_ms']:.0f} ms, t({n}) {result[f't{n}_ms']:.0f} ms, t({n})/t(1) {result['ratio']:.2f} "
           f"(goal <= 10: {'met' if result['goal_ratio_le_10'] else 'NOT met'}); reasonings ended: {result['finish']}")
+    if "users" in result:
+        u = result["users"]
+        print(f"{u['n']} users x {n} candidates: {u['together_s_per_user']:.2f} s per user reasoning together "
+              f"(batches of {u['batch_size']}), {u['apart_s_per_user']:.2f} s one user at a time: {u['apart_over_together']:.2f}x")
     return result
 
 

@@ -7,6 +7,7 @@ values. Cross-field rules (``scale.min < scale.max``, split ratios) are checked 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -208,6 +209,10 @@ class EvalConf:
     # the student's inference engine: hf (transformers, CPU or GPU) | vllm (the `vllm` extra, a CUDA GPU);
     # both give the same readouts (exp3rt.inference.vllm_backend)
     backend: str = "hf"
+    # hf backend: where the student runs. auto = the first CUDA GPU when torch sees one, else the CPU;
+    # or cpu | cuda | cuda:N | mps
+    device: str = "auto"
+    merge_lora: bool = True  # hf backend: fold a LoRA adapter into the weights for inference (fewer ops per step)
     vllm_gpu_memory_utilization: float = 0.9  # share of GPU memory vLLM takes (weights + KV cache)
     vllm_max_model_len: int | None = None  # null: the model's own context length
     vllm_tensor_parallel_size: int = 1  # GPUs the model is split over
@@ -806,6 +811,9 @@ def check_eval_backend(ev) -> None:
     """``eval.backend`` and the vLLM knobs, before any model loads."""
     if ev.backend not in EVAL_BACKENDS:
         raise ConfigError(f"config key 'eval.backend' must be one of {list(EVAL_BACKENDS)} (got {ev.backend!r})")
+    device = str(getattr(ev, "device", "auto"))
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"config key 'eval.device' must be auto, cpu, mps, cuda or cuda:N (got {device!r})")
     if ev.backend != "vllm":
         return
     if not vllm_installed():

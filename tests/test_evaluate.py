@@ -122,6 +122,47 @@ def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, 
     assert "reranking" in (tmp_path / "ev" / "report.md").read_text()
 
 
+def test_the_student_is_loaded_once_on_its_device_with_lora_folded_in(trained, tmp_path, monkeypatch):
+    """Predictions and reranking share one load (an 8B model takes minutes); eval.device places it (the
+    hf backend once left it on the CPU of a GPU machine); the LoRA adapter is merged into the weights
+    for inference, with the same readouts as the unmerged adapter."""
+    import torch
+    from peft import PeftModel
+
+    import exp3rt.inference.predict as predict
+    from exp3rt.cli.evaluate import run
+    from exp3rt.config import ConfigError, validate
+
+    loads = []
+    original = PeftModel.from_pretrained
+    monkeypatch.setattr(PeftModel, "from_pretrained", lambda *a, **k: loads.append(a[-1]) or original(*a, **k))
+    held = []
+    real_load = predict.load_student
+    monkeypatch.setattr(predict, "load_student", lambda *a, **k: held.append(real_load(*a, **k)) or held[-1])
+    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=4", "eval.max_new_tokens=6",
+            "eval.rerank=true", "eval.rerank_max_users=2", "eval.num_candidates=3", "eval.rerank_retriever=popularity",
+            "eval.rerank_mode=full"]
+    merged = run(compose_cfg("evaluate", base), tmp_path / "merged")
+    assert len(loads) == 1 and len(held) >= 2  # predictions and reranking: one load
+    assert merged["protocol"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and merged["protocol"]["merge_lora"]
+    model = held[0][0]
+    assert not any("lora" in name for name, _ in model.named_modules())
+    assert next(model.parameters()).device.type == merged["protocol"]["device"]
+    assert not predict._LOADED  # released when the evaluation ended
+    unmerged = run(compose_cfg("evaluate", [*base, "eval.merge_lora=false"]), tmp_path / "unmerged")
+    assert len(loads) == 2 and any("lora" in name for name, _ in held[-1][0].named_modules())
+    for a, b in zip(*(((tmp_path / d / "predictions.jsonl").read_text().splitlines()) for d in ("merged", "unmerged")), strict=True):
+        pa, pb = json.loads(a), json.loads(b)
+        assert pa["reasoning"] == pb["reasoning"]
+        assert max(abs(pa["probs"][k] - pb["probs"][k]) for k in pa["probs"]) < 1e-5
+    assert merged["rerank"]["after/ndcg@1"] == unmerged["rerank"]["after/ndcg@1"]
+    with pytest.raises(ConfigError, match="eval.device"):
+        validate(compose_cfg("evaluate", [*base, "eval.device=gpu0"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+            predict.resolve_device("cuda")
+
+
 def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):
     from exp3rt.cli.evaluate import run
 

@@ -126,25 +126,35 @@ def test_offset_maps_back_to_scale(tiny):
     assert math.isclose(expected, sum(p * (i + 1) for i, p in enumerate(probs)), abs_tol=1e-9)
 
 
-def test_full_mode_scores_every_candidate(tiny):
-    """Full mode reasons for all of a user's candidates as one batch and reads each rating after its
-    reasoning: the same reasoning and probabilities as the predictions' full mode on those prompts."""
+def test_full_mode_scores_every_candidate(tiny, monkeypatch):
+    """Full mode reasons for all users' candidates together (batches of batch_size prompts, not one
+    user's at a time) and reads each rating after its reasoning: the same reasoning and probabilities as
+    the predictions' full mode on those prompts."""
+    import exp3rt.inference.rerank as rr
     from exp3rt.inference.readout import generate_and_read
 
     model, tok = tiny
     ratings = RatingTokens(1, 5)
     cands = user_prompts(tok, ratings, n=3, reasoning=True)
+    users = {"u": cands, "v": cands[:2], "w": []}
+    batches = []
+    real = rr.generate_and_read
+    monkeypatch.setattr(rr, "generate_and_read", lambda m, t, prompts, *a, **k: batches.append(len(prompts)) or real(m, t, prompts, *a, **k))
     stats: dict = {}
-    scores = score_candidates(model, tok, {"u": cands}, ratings, mode="full", max_new_tokens=6, batch_size=2, stats=stats)
-    assert [r[0] for r in scores["u"]] == [c[0] for c in cands]
-    reasoning = stats["u"]["reasoning"]
-    assert set(reasoning) == {c[0] for c in cands} and set(stats["u"]["finish"].values()) <= {"stop", "eos", "length"}
+    scores = score_candidates(model, tok, users, ratings, mode="full", max_new_tokens=6, batch_size=4, stats=stats)
+    assert batches == [5]  # one call over both users' five candidates
+    assert scores["w"] == [] and stats["w"]["seconds"] == 0.0
+    assert stats["u"]["seconds"] == stats["v"]["seconds"] > 0
     reference = generate_and_read(model, tok, [p for _, p in cands], ratings, 6, RATING_PREFIX, batch_size=1)
-    for (item, expected, probs), (gen, read) in zip(scores["u"], reference, strict=True):
-        assert 1.0 <= expected <= 5.0 and math.isclose(sum(probs), 1.0, abs_tol=1e-9)
-        assert reasoning[item] == gen.text  # batched greedy reasoning = one prompt at a time
-        assert max(abs(a - b) for a, b in zip(probs, read.probs, strict=True)) < TOL
-        assert abs(expected - read.expected) < TOL
+    for user in ("u", "v"):
+        assert [r[0] for r in scores[user]] == [c[0] for c in users[user]]
+        reasoning = stats[user]["reasoning"]
+        assert set(reasoning) == {c[0] for c in users[user]} and set(stats[user]["finish"].values()) <= {"stop", "eos", "length"}
+        for (item, expected, probs), (gen, read) in zip(scores[user], reference, strict=False):
+            assert 1.0 <= expected <= 5.0 and math.isclose(sum(probs), 1.0, abs_tol=1e-9)
+            assert reasoning[item] == gen.text  # batched greedy reasoning = one prompt at a time
+            assert max(abs(a - b) for a, b in zip(probs, read.probs, strict=True)) < TOL
+            assert abs(expected - read.expected) < TOL
 
 
 def test_rejects_unknown_mode(tiny):

@@ -170,7 +170,16 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
 
 
 def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
-    """The whole exp3rt-evaluate run (minus Hydra)."""
+    """The whole exp3rt-evaluate run (minus Hydra); the student is loaded once and freed at the end."""
+    from exp3rt.inference.predict import release_students
+
+    try:
+        return _evaluate(cfg, out_dir, predict_fn)
+    finally:
+        release_students()
+
+
+def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.evaluation import plots
@@ -228,7 +237,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
               **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
     metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
                "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds), **source,
-                            "backend": str(ev.get("backend") or "hf"),
+                            "backend": str(ev.get("backend") or "hf"), **inference_device(ev),
                             "readout": "next-token distribution over the valid rating tokens after the reasoning",
                             "seconds_per_pair": seconds / max(1, len(preds))},
                "rating": rating, "generation": generation_summary(preds, budget)}
@@ -253,6 +262,15 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
             run_id = (run / "wandb_run_id.txt").read_text().strip()
         metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows), run_id=run_id)
     return metrics
+
+
+def inference_device(ev) -> dict:
+    """Where the hf backend runs the student (``eval.device`` resolved) and whether LoRA was merged."""
+    if str(ev.get("backend") or "hf") != "hf":
+        return {}
+    from exp3rt.inference.predict import resolve_device
+
+    return {"device": str(resolve_device(ev.get("device", "auto"))), "merge_lora": bool(ev.get("merge_lora", True))}
 
 
 def trained_direct(tcfg) -> bool:
@@ -399,13 +417,14 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
         student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)
         tok, score = student.tokenizer, student.score_candidates
     else:
-        model, tok = load_student(tcfg, Path(adapter_dir))
+        model, tok = load_student(tcfg, Path(adapter_dir), ev.get("device", "auto"), bool(ev.get("merge_lora", True)))
         score = partial(score_candidates, model, tok)
     prompts_by_user = {u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
                        for u, exs in cands.items()}
     stats: dict = {}
+    sizes = {} if backend_of(ev) == "vllm" else {"batch_size": int(ev.batch_size)}  # vLLM schedules its own batches
     scores = score(prompts_by_user, ratings, prefix, mode=str(ev.rerank_mode),
-                   max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens), stats=stats)
+                   max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens), stats=stats, **sizes)
     ranked = rerank(scores)
     after = {u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first}
     seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None

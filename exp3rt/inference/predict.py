@@ -6,14 +6,40 @@ from pathlib import Path
 
 from exp3rt.evaluation.evaluate import Prediction
 
+_LOADED: dict = {}  # the student of the evaluation in progress: predictions, the rating-only readout and
+# reranking share one load (an 8B model takes minutes to load); released when the evaluation ends
 
-def load_student(tcfg, adapter_dir: Path):
-    """The trained student: base model + adapter (or a full/merged model folder) and its tokenizer."""
+
+def resolve_device(name: str | None):
+    """``eval.device``: ``auto`` is the first CUDA GPU when torch sees one, else the CPU."""
+    import torch
+
+    from exp3rt.config import ConfigError
+
+    name = str(name or "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'eval.device' is {name!r} but torch {torch.__version__} sees no CUDA GPU; "
+                          "use eval.device=auto or cpu")
+    return torch.device(name)
+
+
+def load_student(tcfg, adapter_dir: Path, device: str | None = "auto", merge_lora: bool = True):
+    """The trained student on ``device`` (``eval.device``): base model + adapter (or a full/merged model
+    folder) and its tokenizer. ``merge_lora`` folds a LoRA adapter into the weights (``merge_and_unload``):
+    the same function, without the adapter's extra matrix products at every layer of every step.
+    Loaded once per evaluation (:func:`release_students` frees it)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from exp3rt.student.model import DTYPES, ensure_model_folder
 
+    target = resolve_device(device)
+    key = (str(Path(adapter_dir).resolve()), str(target), bool(merge_lora), str(tcfg.student.dtype))
+    if key in _LOADED:
+        return _LOADED[key]
+    release_students()  # one student in memory at a time
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -23,9 +49,27 @@ def load_student(tcfg, adapter_dir: Path):
 
         base = AutoModelForCausalLM.from_pretrained(str(ensure_model_folder(tcfg.student)), dtype=dtype)
         model = PeftModel.from_pretrained(base, str(adapter_dir))
+        if merge_lora and getattr(model, "peft_type", None) is not None and str(model.peft_type).endswith("LORA"):
+            model = model.merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=dtype)
-    return model.eval(), tokenizer
+    model = model.to(target).eval()
+    _LOADED[key] = (model, tokenizer)
+    return model, tokenizer
+
+
+def release_students() -> None:
+    """Drop the student :func:`load_student` keeps for the evaluation in progress."""
+    if not _LOADED:
+        return
+    _LOADED.clear()
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def backend_of(ev) -> str:
@@ -60,7 +104,7 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
         else:
             pairs = student.generate_and_read(prompts, ratings, max_new, prefix, **sampling)
     else:
-        model, tok = load_student(tcfg, Path(adapter_dir))
+        model, tok = load_student(tcfg, Path(adapter_dir), ev.get("device", "auto"), bool(ev.get("merge_lora", True)))
         prompts = [render(tok, ex, add_answer=False)[0] for ex in examples]
         if fast:
             reads = readout_only(model, tok, prompts, ratings, prefix, batch_size=int(ev.batch_size))

@@ -17,10 +17,10 @@ Modes:
   (``p(1) = P("1")·(1 − P("0" | "1"))``) — the rule of :mod:`exp3rt.inference.readout`, so a candidate's
   score equals the prediction readout on the same text. The expected rating is Σ p·r over :attr:`RatingTokens.ratings` (the text mapped back with
   ``from_text``, i.e. with the rating offset undone).
-* ``"full"`` — the student first writes its reasoning, the user's candidates as one greedy batch
-  (:func:`exp3rt.inference.readout.generate_and_read`: left padding, KV cache, stopped where it writes
-  ``rating_prefix``, EOS or ``max_new_tokens``), then the readout continues each row's cache — the same
-  numbers as the predictions' full mode on the same prompt.
+* ``"full"`` — the student first writes its reasoning, all users' candidates in greedy batches of similar
+  prompt length (:func:`exp3rt.inference.readout.generate_and_read`: left padding, KV cache, stopped
+  where it writes ``rating_prefix``, EOS or ``max_new_tokens``), then the readout continues each row's
+  cache — the same numbers as the predictions' full mode on the same prompt.
 
 :func:`rerank` orders each user's candidates by expected rating (ties keep the first-stage order);
 :func:`rerank_metrics` compares nDCG/Recall/Hit@k before and after.
@@ -29,13 +29,13 @@ Modes:
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
 from exp3rt.evaluation.metrics import topk_metrics
+from exp3rt.inference.generate import _cache_kwarg, forward_accepts
 from exp3rt.inference.readout import _Trie, generate_and_read
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
@@ -98,12 +98,6 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _cache_kw(model) -> str:
-    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes kwargs on
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 def _out_cache(out):
     found = out.get("cache", None)
     return found if found is not None else out.get("past_key_values", None)
@@ -115,8 +109,9 @@ def _prefix_cache(model, prefix: list[int]):
     if not prefix:
         return None
     dev = _device(model)
+    extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}  # only the cache is needed
     out = model(input_ids=torch.tensor([prefix], device=dev), attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=dev),
-                use_cache=True)
+                use_cache=True, **extra)
     return _out_cache(out)
 
 
@@ -135,7 +130,7 @@ def _last_logprobs(model, rows: list[list[int]], prefix_len: int, cache, pad_id:
         mask[b, prefix_len : prefix_len + len(r)] = 1
     positions = torch.arange(prefix_len, prefix_len + width, device=dev).expand(len(rows), -1)
     last = torch.tensor(lengths, device=dev).unsqueeze(1) - 1  # (B, 1): each row's last real position
-    kwargs = {_cache_kw(model): _expand(cache, len(rows))} if cache is not None else {}
+    kwargs = {_cache_kwarg(model): _expand(cache, len(rows))} if cache is not None else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
                 logits_to_keep=last, **kwargs)
     logits = out.logits
@@ -189,7 +184,9 @@ def score_candidates(
     ``reuse_prefix=False`` runs every prompt whole (the reference, and the benchmark's comparison); it
     concerns the fast readout only (full mode's batch of reasonings shares no prefix cache).
     ``stats`` (optional) receives per user ``seconds``, ``prefix_tokens``, ``suffix_tokens`` and, in full
-    mode, ``reasoning`` ({item: text}).
+    mode, ``reasoning`` ({item: text}) and ``finish``. Full mode reasons over all users' candidates at
+    once (``batch_size`` prompts per batch, similar lengths together, as vLLM schedules them), so a
+    user's ``seconds`` there is an equal share of the whole.
     """
     if mode not in MODES:
         raise ValueError(f"rerank mode must be one of {MODES} (got {mode!r})")
@@ -198,30 +195,44 @@ def score_candidates(
     paths = _Paths(tokenizer, ratings, rating_prefix)
     values = [ratings.from_text(t) for t in ratings.texts]
     out: Scores = {}
+    cands_by_user = {user: list(cands) for user, cands in prompts_by_user.items()}
+    for user, cands in cands_by_user.items():
+        items = [c[0] for c in cands]
+        if len(set(items)) != len(items):
+            raise ValueError(f"user {user!r} has duplicate candidate items")
+
+    def scored(items, probs):
+        return [(item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr) for item, pr in zip(items, probs, strict=True)]
+
     try:
-        for user, cands in prompts_by_user.items():
-            cands = list(cands)
+        if mode == "full":
+            # every user's candidates reason together, in batches of batch_size prompts of similar length
+            # (a user's 20 alone would pay a whole reasoning's decoding steps for 20 rows), and each readout
+            # continues its row's cache: exactly the predictions' full mode (generate_and_read)
+            rows = [(user, item, prompt) for user, cands in cands_by_user.items() for item, prompt in cands]
+            t0 = time.perf_counter()
+            pairs = generate_and_read(model, tokenizer, [p for _, _, p in rows], ratings, int(max_new_tokens), rating_prefix,
+                                      batch_size=max(1, int(batch_size))) if rows else []
+            share = (time.perf_counter() - t0) / max(1, sum(1 for c in cands_by_user.values() if c))
+            by_user: dict = {user: [] for user in cands_by_user}
+            for (user, item, _), (g, r) in zip(rows, pairs, strict=True):
+                by_user[user].append((item, g, r))
+            for user, got in by_user.items():
+                out[user] = scored([item for item, _, _ in got], [list(r.probs) for _, _, r in got])
+                if stats is not None:
+                    stats[user] = {"reasoning": {item: g.text for item, g, _ in got},
+                                   "finish": {item: g.stop_reason for item, g, _ in got},
+                                   "seconds": share if got else 0.0}
+            return out
+        for user, cands in cands_by_user.items():
             info: dict = {}
             t0 = time.perf_counter()
             if not cands:
                 out[user] = []
                 continue
             items = [c[0] for c in cands]
-            if len(set(items)) != len(items):
-                raise ValueError(f"user {user!r} has duplicate candidate items")
-            prompts = [c[1] for c in cands]
-            if mode == "full":
-                # the user's candidates reason as one batch (left-padded, KV cache) and each readout continues
-                # its row's cache: exactly the predictions' full mode (generate_and_read) on these prompts
-                pairs = generate_and_read(model, tokenizer, prompts, ratings, int(max_new_tokens), rating_prefix,
-                                          batch_size=max(1, int(batch_size)))
-                info["reasoning"] = {item: g.text for item, (g, _) in zip(items, pairs, strict=True)}
-                info["finish"] = {item: g.stop_reason for item, (g, _) in zip(items, pairs, strict=True)}
-                probs = [list(r.probs) for _, r in pairs]
-            else:
-                probs = _readout(model, tokenizer, [p + rating_prefix for p in prompts], paths, batch_size, reuse_prefix, info)
-            out[user] = [(item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr)
-                         for item, pr in zip(items, probs, strict=True)]
+            probs = _readout(model, tokenizer, [c[1] + rating_prefix for c in cands], paths, batch_size, reuse_prefix, info)
+            out[user] = scored(items, probs)
             info["seconds"] = time.perf_counter() - t0
             if stats is not None:
                 stats[user] = info
