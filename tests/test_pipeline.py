@@ -107,10 +107,20 @@ def test_an_evaluation_setting_reruns_only_evaluate(in_shared):
         "skipped", "skipped", "skipped", "ran"]
 
 
-def test_a_training_setting_retrains_and_reevaluates(shared, in_shared):
+def test_a_training_setting_retrains_and_reevaluates(shared, in_shared, monkeypatch):
+    import gc
+
+    import exp3rt.pipeline as pipeline
+    from exp3rt.student.lightning import StudentModule
+
+    alive = []  # trained modules still in memory when evaluation starts (on a GPU: the training's memory)
+    real = pipeline._evaluate
+    monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: alive.append(
+        sum(isinstance(o, StudentModule) for o in gc.get_objects())) or real(*a, **k))
     m = run_in_process([o for o in FAST if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=6"], in_shared / "tr")
     assert [m["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
         "skipped", "skipped", "ran", "ran"]
+    assert alive == [0]
     assert m["stages"]["train"]["global_step"] == 6
     assert m["stages"]["train"]["dir"] != shared[1]["stages"]["train"]["dir"]
 
