@@ -85,6 +85,10 @@ def test_first_run_runs_every_stage_and_writes_one_metrics_file(shared):
     assert (root / "run1" / "report.md").read_text().count("## Pipeline stages") == 1
     assert (root / "run1" / "rating_distributions.png").stat().st_size > 0
     assert saved["example"]["reasoning"] and saved["example"]["user_id"]
+    from exp3rt.cli.pipeline import summary
+
+    assert saved["protocol"]["device"] in ("cpu", "cuda") and saved["protocol"]["merge_lora"] is True
+    assert f"student on {saved['protocol']['device']}" in summary(saved, root / "run1").splitlines()[0]
 
 
 def test_same_inputs_skip_every_stage_with_the_same_numbers(shared, in_shared, capsys):
@@ -317,6 +321,7 @@ def test_demo_end_to_end_prints_the_table(env):
     assert student["n"] == glob["n"] == m["rating"]["student_expected"]["n"] == 200 and student["parse_rate"] == 1.0
     assert student["rmse"] < glob["rmse"], (student, glob)
     assert m["rerank"]["mode"] == "fast"
+    assert f"student on {m['protocol']['device']}" in out.stdout
     assert m["rerank"]["users"] == 20 and m["rerank"]["num_candidates"] == 20
     assert {s: r["status"] for s, r in m["stages"].items()} == {
         "data": "ready", "baselines": "ran", "annotate": "ran", "train": "ran", "evaluate": "ran"}

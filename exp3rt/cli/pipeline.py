@@ -32,7 +32,8 @@ def summary(metrics: dict, out_dir: Path) -> str:
     if ds:
         tag = " (SYNTHETIC world)" if ds.get("synthetic") else ""
         proto = metrics.get("protocol") or {}
-        lines.append(f"{ds.get('name')}{tag}: {proto.get('pairs', '?')} pairs from the {proto.get('source', 'test split')}")
+        where = f", student on {proto['device']}" if proto.get("device") else ""
+        lines.append(f"{ds.get('name')}{tag}: {proto.get('pairs', '?')} pairs from the {proto.get('source', 'test split')}{where}")
     rows = [[name, r.get("rmse"), r.get("mae"), r.get("parse_rate", 1.0), r.get("failures", 0)]
             for name, r in (metrics.get("rating") or {}).items()]
     if rows:
