@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from exp3rt.devices import DEVICE_PATTERN
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot work, explained in one sentence."""
@@ -268,7 +270,7 @@ class TeacherConf:
     # hf backend
     model_path: str | None = None
     batch_size: int = 8
-    device: str = "cpu"
+    device: str = "auto"  # auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N | mps
     dtype: str = "float32"
     max_input_tokens: int = 2048
     # release backend
@@ -612,6 +614,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             )
         if ds.kcore.user < 0 or ds.kcore.item < 0:
             raise ConfigError("config keys 'dataset.kcore.user/item' must be >= 0")
+    tc = typed.get("teacher")
+    if tc is not None and not re.fullmatch(DEVICE_PATTERN, str(tc.device)):
+        raise ConfigError(f"config key 'teacher.device' must be auto, cpu, mps, cuda or cuda:N (got {tc.device!r})")
     sp = typed.get("split")
     if sp is not None:
         for key in ("test_ratio", "valid_ratio"):
@@ -812,7 +817,7 @@ def check_eval_backend(ev) -> None:
     if ev.backend not in EVAL_BACKENDS:
         raise ConfigError(f"config key 'eval.backend' must be one of {list(EVAL_BACKENDS)} (got {ev.backend!r})")
     device = str(getattr(ev, "device", "auto"))
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+    if not re.fullmatch(DEVICE_PATTERN, device):
         raise ConfigError(f"config key 'eval.device' must be auto, cpu, mps, cuda or cuda:N (got {device!r})")
     if ev.backend != "vllm":
         return

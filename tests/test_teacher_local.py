@@ -378,6 +378,23 @@ def test_hf_plain_format_without_chat_template(tiny_dir, tmp_path):
         HFBackend(TeacherConf(backend="hf", model_path=str(tmp_path / "missing")))
 
 
+def test_hf_teacher_device_auto_takes_the_gpu_when_there_is_one(hf, tiny_dir):
+    import torch
+    from omegaconf import OmegaConf
+
+    from exp3rt.config import ConfigError, validate
+    from exp3rt.teacher.backends.hf_backend import HFBackend
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert TeacherConf().device == "auto" and hf.device.type == expected
+    assert next(hf.hf_model.parameters()).device.type == expected
+    with pytest.raises(ConfigError, match="teacher.device"):
+        validate(OmegaConf.create({"teacher": {"backend": "hf", "device": "gpu0"}}))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'teacher.device' is 'cuda' but torch .* sees no CUDA GPU"):
+            HFBackend(TeacherConf(backend="hf", model_path=str(tiny_dir), device="cuda"))
+
+
 # --- SmolLM2 (only where the wheel or the converted folder is already here) -------------------------
 @pytest.mark.slow
 def test_smollm2_prepares_a_loadable_folder(tmp_path):

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exp3rt.devices import resolve_device
 from exp3rt.evaluation.evaluate import Prediction
 
 _LOADED: dict = {}  # the student of the evaluation in progress: predictions, the rating-only readout and
 # reranking share one load (an 8B model takes minutes to load); released when the evaluation ends
-
-
-def resolve_device(name: str | None):
-    """``eval.device``: ``auto`` is the first CUDA GPU when torch sees one, else the CPU."""
-    import torch
-
-    from exp3rt.config import ConfigError
-
-    name = str(name or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'eval.device' is {name!r} but torch {torch.__version__} sees no CUDA GPU; "
-                          "use eval.device=auto or cpu")
-    return torch.device(name)
 
 
 def load_student(tcfg, adapter_dir: Path, device: str | None = "auto", merge_lora: bool = True):

@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from exp3rt.devices import resolve_device
 from exp3rt.teacher.backends.base import ChatRequest, ChatResponse, PermanentError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class HFBackend:
         # so an hf run that left it unset is labelled by its folder instead
         label = getattr(cfg, "model", None)
         self.model = str(label) if label and label != "vader-lexicon" else Path(path).name
-        self.device = torch.device(str(getattr(cfg, "device", "cpu")))
+        self.device = resolve_device(getattr(cfg, "device", "auto"), "teacher.device")
         self.batch_size = max(1, int(getattr(cfg, "batch_size", 8)))
         self.max_input_tokens = int(getattr(cfg, "max_input_tokens", 2048))
         self.seed = getattr(cfg, "seed", None)
