@@ -132,6 +132,7 @@ def test_the_student_is_loaded_once_on_its_device_with_lora_folded_in(trained, t
     import exp3rt.inference.predict as predict
     from exp3rt.cli.evaluate import run
     from exp3rt.config import ConfigError, validate
+    from exp3rt.devices import resolve_device
 
     loads = []
     original = PeftModel.from_pretrained
@@ -160,7 +161,7 @@ def test_the_student_is_loaded_once_on_its_device_with_lora_folded_in(trained, t
         validate(compose_cfg("evaluate", [*base, "eval.device=gpu0"]))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA GPU"):
-            predict.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):

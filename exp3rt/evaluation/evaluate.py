@@ -268,7 +268,7 @@ def inference_device(ev) -> dict:
     """Where the hf backend runs the student (``eval.device`` resolved) and whether LoRA was merged."""
     if str(ev.get("backend") or "hf") != "hf":
         return {}
-    from exp3rt.inference.predict import resolve_device
+    from exp3rt.devices import resolve_device
 
     return {"device": str(resolve_device(ev.get("device", "auto"))), "merge_lora": bool(ev.get("merge_lora", True))}
 
