@@ -23,18 +23,19 @@ descheduled, which slowed the one-by-one arm (thousands of tiny forwards) 8–15
 here — ratios from such runs measure the contention, not batching. ``--threads 0`` keeps torch's default.
 Model loading and one warm-up call per arm are not timed.
 
-**Model size.** ``--preset tiny`` (hidden 256 x 4 layers, 2.8 M parameters, the default): a decoding step
-is partly framework overhead, partly the attention reading the cache. ``--preset student`` is the tiny
-student the demo and the tests train (``conf/student/tiny.yaml``: hidden 64 x 2 layers), where a step is
-almost all overhead and batching amortises it. ``--preset smollm2`` has
+**Model size.** ``--preset student`` (the default) is the tiny student the demo and the tests train
+(``conf/student/tiny.yaml``: hidden 64 x 2 layers, 0.2 M parameters), where a decoding step is almost
+all framework overhead and batching amortises it. ``--preset tiny`` (hidden 256 x 4 layers, 2.8 M
+parameters; the default until 2026-11-26) is a harder case: a step there is partly overhead, partly the
+attention reading the cache. ``--preset smollm2`` has
 SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads; random weights, the offline BPE vocabulary:
 100 M parameters), where a step's cost is the model's own; ``--model DIR`` loads a real folder
 (e.g. the SmolLM2 one from ``make smollm2``). One left-padded prompt pass would compute 4,784 token
 positions for 2,931 prompt tokens; the length groups compute about 3,100. What bounds the ratio now is
 decoding: every step of the batch reads the whole left-padded KV cache (a memory-bound attention).
 
-    python benchmarks/bench_inference.py                        # tiny, 1 thread, 64 new tokens, 5 repeats
-    python benchmarks/bench_inference.py --preset student          # the demo's tiny student
+    python benchmarks/bench_inference.py                        # the tiny student, 1 thread, 64 new tokens, 5 repeats
+    python benchmarks/bench_inference.py --preset tiny             # 4x wider, 2x deeper
     python benchmarks/bench_inference.py --preset smollm2 --repeats 3
     python benchmarks/bench_inference.py --model artifacts/models/smollm2-135m-instruct --json
 """
@@ -99,7 +100,7 @@ def load_model(args) -> tuple:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="student")
     ap.add_argument("--model", default=None, help="a model folder instead of a random preset")
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
