@@ -7,7 +7,6 @@ values. Cross-field rules (``scale.min < scale.max``, split ratios) are checked 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from exp3rt.devices import DEVICE_PATTERN
+from exp3rt.devices import check_device
 
 
 class ConfigError(ValueError):
@@ -615,8 +614,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         if ds.kcore.user < 0 or ds.kcore.item < 0:
             raise ConfigError("config keys 'dataset.kcore.user/item' must be >= 0")
     tc = typed.get("teacher")
-    if tc is not None and not re.fullmatch(DEVICE_PATTERN, str(tc.device)):
-        raise ConfigError(f"config key 'teacher.device' must be auto, cpu, mps, cuda or cuda:N (got {tc.device!r})")
+    if tc is not None:
+        check_device(tc.device, "teacher.device")
     sp = typed.get("split")
     if sp is not None:
         for key in ("test_ratio", "valid_ratio"):
@@ -816,9 +815,7 @@ def check_eval_backend(ev) -> None:
     """``eval.backend`` and the vLLM knobs, before any model loads."""
     if ev.backend not in EVAL_BACKENDS:
         raise ConfigError(f"config key 'eval.backend' must be one of {list(EVAL_BACKENDS)} (got {ev.backend!r})")
-    device = str(getattr(ev, "device", "auto"))
-    if not re.fullmatch(DEVICE_PATTERN, device):
-        raise ConfigError(f"config key 'eval.device' must be auto, cpu, mps, cuda or cuda:N (got {device!r})")
+    check_device(getattr(ev, "device", "auto"), "eval.device")
     if ev.backend != "vllm":
         return
     if not vllm_installed():

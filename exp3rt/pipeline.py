@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import fingerprint, save_config, to_container
 from exp3rt.config import ConfigError
+from exp3rt.devices import free_memory
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
             finish(stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step"))
             if not results[stage].get("is_global_zero", True):
                 return {}  # the other ranks of a multi-process training stop here
-            release_accelerator_memory()  # the trainer and its engine, before evaluation loads the student again
+            free_memory()  # the trainer and its engine, before evaluation loads the student again
         elif stage == "evaluate":
             if not _done("train", dirs["train"]):
                 raise FileNotFoundError(f"no finished student at {dirs['train']} for these settings: "
@@ -336,21 +337,6 @@ def _staging(d: Path):
 
     d.parent.mkdir(parents=True, exist_ok=True)
     return StagingDir(d)
-
-
-def release_accelerator_memory() -> None:
-    """Collect what the finished training left (Lightning's trainer and module reference each other, so
-    they wait for the cycle collector) and hand cached GPU blocks back to the driver."""
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> dict:

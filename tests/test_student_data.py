@@ -464,9 +464,10 @@ def test_answer_logits_skip_the_prompt_positions_and_keep_the_loss(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from exp3rt.inference.generate import forward_accepts
     from exp3rt.models.tiny import build_tiny_llama
     from exp3rt.student.examples import SFTExample
-    from exp3rt.student.lightning import _takes_logits_to_keep, answer_logits, weighted_answer_loss
+    from exp3rt.student.lightning import answer_logits, weighted_answer_loss
     from exp3rt.student.tokenize import collate, encode
 
     folder = build_tiny_llama(tmp_path / "m", vocab="bpe", hidden=32, layers=1)
@@ -478,7 +479,7 @@ def test_answer_logits_skip_the_prompt_positions_and_keep_the_loss(tmp_path):
     width = batch["input_ids"].shape[1]
     first = min(r["labels"].index(next(x for x in r["labels"] if x != -100)) for r in rows)
     model = AutoModelForCausalLM.from_pretrained(str(folder))
-    assert _takes_logits_to_keep(model)
+    assert forward_accepts(model, "logits_to_keep")
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         logits, labels, mask = answer_logits(model, batch)

@@ -383,7 +383,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     (no shared item profile) keep their first-stage place after the scored ones and are counted."""
     from exp3rt.baselines.retrievers import build_retrievers, relevant_sets
     from exp3rt.config import RetrieverBaselinesConf
-    from exp3rt.inference.predict import backend_of, load_student
+    from exp3rt.inference.predict import backend_of, student_for
     from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
     from exp3rt.student.examples import candidate_examples
     from exp3rt.student.prompts import StudentPrompts
@@ -417,7 +417,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
         student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)
         tok, score = student.tokenizer, student.score_candidates
     else:
-        model, tok = load_student(tcfg, Path(adapter_dir), ev.get("device", "auto"), bool(ev.get("merge_lora", True)))
+        model, tok = student_for(tcfg, adapter_dir, ev)
         score = partial(score_candidates, model, tok)
     prompts_by_user = {u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
                        for u, exs in cands.items()}

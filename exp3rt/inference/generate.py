@@ -75,11 +75,17 @@ def new_cache(model, reserve: int = 0):
         return DynamicCache()
     layers = getattr(cache, "layers", None)
     if reserve > 0 and layers:
-        from transformers.cache_utils import DynamicLayer
-
         reserved = _reserved_layer_class()
-        cache.layers = [reserved(int(reserve)) if type(layer) is DynamicLayer else layer for layer in layers]
+        cache.layers = [reserved(int(reserve)) if _plain_layer(layer) else layer for layer in layers]
     return cache
+
+
+def _plain_layer(layer) -> bool:
+    """A plain full-attention ``DynamicLayer`` (keys/values (B, H, T, D), appended by concatenation); not a
+    sliding window or any other kind."""
+    from transformers.cache_utils import DynamicLayer
+
+    return type(layer) is DynamicLayer
 
 
 @functools.cache
@@ -217,7 +223,7 @@ def _plain_layers(cache) -> bool:
     :func:`_prefill` can assemble from parts; anything else (sliding windows, transformers 4.x lists) is
     filled by one forward."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+    return bool(layers) and all(_plain_layer(layer) for layer in layers)
 
 
 def _prefill(model, rows: list[list[int]], pad_id: int, width: int, reserve: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exp3rt.devices import resolve_device
+from exp3rt.devices import free_memory, resolve_device
 from exp3rt.evaluation.evaluate import Prediction
 
 _LOADED: dict = {}  # the student of the evaluation in progress: predictions, the rating-only readout and
@@ -46,16 +46,14 @@ def load_student(tcfg, adapter_dir: Path, device: str | None = "auto", merge_lor
 
 def release_students() -> None:
     """Drop the student :func:`load_student` keeps for the evaluation in progress."""
-    if not _LOADED:
-        return
-    _LOADED.clear()
-    import gc
+    if _LOADED:
+        _LOADED.clear()
+        free_memory()
 
-    import torch
 
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def student_for(tcfg, adapter_dir: Path, ev):
+    """:func:`load_student` with the evaluation's ``eval.device`` and ``eval.merge_lora``."""
+    return load_student(tcfg, Path(adapter_dir), ev.get("device", "auto"), bool(ev.get("merge_lora", True)))
 
 
 def backend_of(ev) -> str:
@@ -90,7 +88,7 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
         else:
             pairs = student.generate_and_read(prompts, ratings, max_new, prefix, **sampling)
     else:
-        model, tok = load_student(tcfg, Path(adapter_dir), ev.get("device", "auto"), bool(ev.get("merge_lora", True)))
+        model, tok = student_for(tcfg, adapter_dir, ev)
         prompts = [render(tok, ex, add_answer=False)[0] for ex in examples]
         if fast:
             reads = readout_only(model, tok, prompts, ratings, prefix, batch_size=int(ev.batch_size))

@@ -133,13 +133,6 @@ def weighted_answer_loss(logits, labels, rating_mask, weight: float):
     return (ce * w).sum() / w.sum().clamp(min=1.0)
 
 
-def _takes_logits_to_keep(model) -> bool:
-    """Whether the causal-LM under ``model`` (peft-wrapped or not) accepts ``logits_to_keep``."""
-    from exp3rt.inference.generate import forward_accepts
-
-    return forward_accepts(model, "logits_to_keep")
-
-
 def answer_logits(model, batch, keep_all: bool = False):
     """(logits, labels, rating_mask) from the last position before the batch's earliest answer token
     onward. The prompt's positions never enter the loss, so projecting them onto the vocabulary (most
@@ -196,7 +189,9 @@ class StudentModule(pl.LightningModule):
         with _zero_init_paused(zero3):
             self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
-        self._logits_to_keep = _takes_logits_to_keep(self.model)
+        from exp3rt.inference.generate import forward_accepts
+
+        self._logits_to_keep = forward_accepts(self.model, "logits_to_keep")
 
     def on_train_start(self) -> None:
         # from_pretrained leaves modules in eval mode and Lightning no longer flips them: without this,
