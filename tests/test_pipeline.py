@@ -136,6 +136,32 @@ def test_stage_selection_and_force(in_shared):
     assert c["stages"]["evaluate"]["status"] == "ran" and c["stages"]["train"]["status"] == "skipped"
 
 
+def test_a_run_without_the_evaluate_stage_shows_the_baselines_and_no_objective_error(in_shared, capsys, caplog):
+    """stages=[baselines,annotate] (the CPU half before a GPU job) prints the baselines on the test split,
+    says no student was evaluated, and is not reported as a sweep error; a finished evaluation whose
+    metrics lack the objective (a misspelt name) is."""
+    from exp3rt.cli.pipeline import objective_value
+
+    overrides = FAST + ["stages=[baselines,annotate]"]
+    m = run_in_process(overrides, in_shared / "cpu_half")
+    out = capsys.readouterr().out
+    assert "no student evaluated in this run" in out and "?" not in out.splitlines()[0]
+    table = [line for line in out.splitlines() if line.startswith("| global_mean")]
+    assert len(table) == 1 and float(table[0].split("|")[2]) == pytest.approx(m["baselines_rating"]["global_mean"]["rmse"], abs=1e-3)
+    assert "stages: data ready" in out and "baselines skipped" in out and "annotate skipped" in out
+    cfg = compose_pipeline(overrides)
+    with caplog.at_level("INFO", logger="exp3rt.pipeline"):
+        assert objective_value(cfg, m) is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("evaluate stage was not part of this run" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    full = run_in_process(FAST + ["stages=[evaluate]"], in_shared / "eval_only")
+    assert objective_value(cfg, full) == pytest.approx(full["flat"][cfg.objective])
+    with caplog.at_level("INFO", logger="exp3rt.pipeline"):
+        assert objective_value(compose_pipeline(FAST + ["objective=rating/student/rmsee"]), full) is None
+    assert [r for r in caplog.records if r.levelname == "ERROR" and "rmsee" in r.getMessage()]
+
+
 def test_evaluate_without_a_student_says_what_to_run(in_shared):
     with pytest.raises(FileNotFoundError, match="run the train stage first"):
         run_in_process(FAST + ["stages=[evaluate]", "train.seed=7"], in_shared / "x")

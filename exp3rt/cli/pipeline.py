@@ -29,13 +29,19 @@ def summary(metrics: dict, out_dir: Path) -> str:
 
     lines = []
     ds = metrics.get("dataset") or {}
+    proto = metrics.get("protocol") or {}
+    rating = metrics.get("rating") or {}
     if ds:
         tag = " (SYNTHETIC world)" if ds.get("synthetic") else ""
-        proto = metrics.get("protocol") or {}
-        where = f", student on {proto['device']}" if proto.get("device") else ""
-        lines.append(f"{ds.get('name')}{tag}: {proto.get('pairs', '?')} pairs from the {proto.get('source', 'test split')}{where}")
+        if proto:
+            where = f", student on {proto['device']}" if proto.get("device") else ""
+            lines.append(f"{ds.get('name')}{tag}: {proto.get('pairs')} pairs from the {proto.get('source', 'test split')}{where}")
+        else:  # e.g. stages=[baselines,annotate] before a GPU job: no student was evaluated
+            lines.append(f"{ds.get('name')}{tag}: no student evaluated in this run (the evaluate stage did not run); "
+                         f"rating baselines on the whole test split")
+            rating = metrics.get("baselines_rating") or {}
     rows = [[name, r.get("rmse"), r.get("mae"), r.get("parse_rate", 1.0), r.get("failures", 0)]
-            for name, r in (metrics.get("rating") or {}).items()]
+            for name, r in rating.items()]
     if rows:
         lines.append(markdown_table(["model", "RMSE", "MAE", "parse rate", "failures"], rows))
     gen = metrics.get("generation") or {}
@@ -92,14 +98,21 @@ def dry_run_summary(m: dict) -> str:
 def main(cfg: DictConfig) -> float | None:
     with fail_cleanly(log):
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    # a sweeper (Optuna) minimises what the task function returns
+    return objective_value(cfg, metrics)
+
+
+def objective_value(cfg: DictConfig, metrics: dict) -> float | None:
+    """What a sweeper (Optuna) minimises: ``cfg.objective`` looked up in the run's flat metrics. A run
+    without the evaluate stage has none (said at INFO); a finished evaluation without it is an error
+    (e.g. a misspelt objective), since the sweeper would get no value."""
     flat = metrics.get("flat") or {}
     value = flat.get(str(cfg.objective))
-    if value is None and flat:
+    if value is None and "evaluate" not in (metrics.get("stages") or {}):
+        log.info("objective %s: no value, the evaluate stage was not part of this run", cfg.objective)
+    elif value is None and flat:
         log.error("objective %s is not among this run's metrics (e.g. %s): a sweeper gets no value",
                   cfg.objective, ", ".join(sorted(k for k in flat if k.endswith("/rmse"))[:8]))
     return float(value) if value is not None else None
-
 
 if __name__ == "__main__":
     main()
