@@ -543,6 +543,8 @@ class RatingPromptConf:
     instruction_rating_only: str = MISSING  # ablation no_reasoning
     section_separator: str = "\n\n"
     sections: dict[str, str] = field(default_factory=dict)  # user_profile, item_description, item_profile, user_reviews, item_reviews
+    # the order the sections are shown in, each named once; empty: the order of `sections` above
+    section_order: list[str] = field(default_factory=list)
     raw_review: str = MISSING  # one raw review in the raw_reviews ablation
     no_reviews: str = "None."  # raw_reviews ablation: a user / item without other training reviews
     answer: str = MISSING  # {rationale} then the rating-only answer
@@ -661,6 +663,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     ab = typed.get("ablation")
     if ab is not None:
         check_ablation(ab)
+    sp = typed.get("student_prompt")
+    if sp is not None and sp.get("rating") is not None and sp.rating.sections:
+        from exp3rt.student.prompts import section_order
+
+        section_order(sp.rating)
     return typed
 
 

@@ -333,8 +333,9 @@ def test_python_dash_m_exp3rt_is_the_pipeline(env):
 def test_demo_end_to_end_prints_the_table(env):
     """The README's first command, as a user runs it (subprocess, default config): one table with the
     student and the rating baselines on the same test pairs, reranking before/after, an explanation and
-    the report path. The student's rating-only readout beats the global mean on the same 200 pairs (a
-    margin of about 0.01 RMSE: see README "The demo"); its reasoning readout does not, and is not asserted."""
+    the report path. The student's rating-only readout beats the global mean on the same 200 pairs by
+    more than 0.03 RMSE (0.08 on this machine: see README "The demo"); its reasoning readout does not,
+    and is not asserted."""
     t0 = time.time()
     out = subprocess.run([sys.executable, "-m", "exp3rt", f"hydra.run.dir={env / 'demo'}"], capture_output=True, text=True,
                          timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -345,7 +346,7 @@ def test_demo_end_to_end_prints_the_table(env):
     print(f"demo: {seconds:.0f} s; student (rating-only readout) RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
           f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> {m['rerank']['after/ndcg@10']:.4f}")
     assert student["n"] == glob["n"] == m["rating"]["student_expected"]["n"] == 200 and student["parse_rate"] == 1.0
-    assert student["rmse"] < glob["rmse"], (student, glob)
+    assert student["rmse"] < glob["rmse"] - 0.03, (student, glob)
     assert m["rerank"]["mode"] == "fast"
     assert f"student on {m['protocol']['device']}" in out.stdout
     assert m["rerank"]["users"] == 20 and m["rerank"]["num_candidates"] == 20

@@ -312,6 +312,45 @@ def test_sft_ablation_and_prompt_groups_compose_and_validate():
         validate(composed(["+ablation=full", "+sft.task_weights.rating=-1"]))
 
 
+def test_section_order_and_instruction_first_reorder_the_same_prompt(world):
+    """The demo's layout (conf/experiment/demo.yaml): the instruction first, the item's profile, then
+    the user's, so the user's average sits right before the answer. Same texts, same answers, another
+    version (a cache key), and the default order's version is unchanged."""
+    from exp3rt.student.prompts import StudentPrompts, load_student_prompt
+
+    base = load_student_prompt()
+    moved = OmegaConf.merge(base, {"rating": {"user": "{instruction}\n\n{context}", "section_order": [
+        "item_description", "item_profile", "item_reviews", "user_profile", "user_reviews"]}})
+    cfg = OmegaConf.merge(OmegaConf.structured(StudentDataConf), {"tasks": ["rating", "rating_direct"]})
+    ab = load_ablation("no_item_description")
+    a = build_examples(world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab, prompt=base)
+    b = build_examples(world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab, prompt=moved)
+    assert len(a["train"]) == len(b["train"]) > 0 and len(a["test"]) == len(b["test"]) > 0
+    for x, y in zip(a["train"] + a["test"], b["train"] + b["test"], strict=True):
+        assert (x.meta["user_id"], x.meta["item_id"], x.answer, x.system) == (y.meta["user_id"], y.meta["item_id"], y.answer, y.system)
+        context, _, instruction = x.user.rpartition("\n\n")
+        user_part, _, item_part = context.partition("\n\nMovie profile")
+        assert y.user == f"{instruction}\n\nMovie profile{item_part}\n\n{user_part}"
+        assert y.user.rstrip().endswith(user_part.rstrip()) and "[Average Rating]" in user_part
+    ratings = RatingTokens.from_config(ScaleConf(), 0.0)
+    assert StudentPrompts(moved, "movie", ratings).version != StudentPrompts(base, "movie", ratings).version
+    assert a.report["prompt_version"] == "exp3rt-student-v1:73121e30c0"  # an empty section_order changes no cache key
+    for order, message in ((["item_profile", "user_profile"], r"missing \['item_description', 'user_reviews', 'item_reviews'\]"),
+                           (["user_profile", "user_profile", "item_profile", "item_description", "user_reviews", "item_reviews"],
+                            r"named twice \['user_profile'\]"),
+                           (["user_profile", "item_profil", "item_description", "user_reviews", "item_reviews"],
+                            r"unknown \['item_profil'\]; missing \['item_profile'\]")):
+        with pytest.raises(ConfigError, match=r"section_order must name each of .* once: " + message):
+            StudentPrompts(OmegaConf.merge(base, {"rating": {"section_order": order}}), "movie", ratings)
+
+
+def test_a_bad_section_order_is_refused_at_config_time():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=["student_prompt.rating.section_order=[user_profile]"])
+    with pytest.raises(ConfigError, match=r"student_prompt.rating.section_order must name each"):
+        validate(cfg)
+
+
 # ------------------------------------------------------------------------------------ tokenisation
 
 

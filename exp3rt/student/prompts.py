@@ -61,6 +61,9 @@ class StudentPrompts:
                 raise ConfigError(f"student_prompt.rating.sections.{name} is unknown; allowed: {list(RATING_SECTIONS)}")
             check_placeholders(rating.sections[name], f"student_prompt.rating.sections.{name}")
             texts.append(f"{name}={rating.sections[name]}")
+        self.section_order = section_order(rating)
+        if list(rating.get("section_order") or []):  # an explicit order is part of the version (the default adds nothing)
+            texts.append("section_order=" + ",".join(self.section_order))
         only = rating.answer_rating_only
         if not only.endswith("{rating}") or check_placeholders(only, "student_prompt.rating.answer_rating_only") != ["rating"]:
             raise ConfigError(
@@ -91,14 +94,14 @@ class StudentPrompts:
         return system, render_spans(tpl.user, values, f"student_prompt.{task}.user", CUT_FIELDS)
 
     def rating_messages(self, sections: dict[str, str], reasoning: bool) -> tuple[str, Spanned]:
-        """The rating prompt: the given sections (in the prompt file's order) and the instruction."""
+        """The rating prompt: the given sections (in ``section_order``) and the instruction."""
         tpl = self.cfg.rating
         unknown = [s for s in sections if s not in RATING_SECTIONS]
         if unknown:
             raise ValueError(f"unknown rating prompt sections {unknown}; allowed: {list(RATING_SECTIONS)}")
         values = self._values({})
         parts = [render_spans(tpl.sections[name], {**values, name: sections[name]}, f"student_prompt.rating.sections.{name}", CUT_FIELDS)
-                 for name in tpl.sections if name in sections]
+                 for name in self.section_order if name in sections]
         context = _join(parts, tpl.section_separator)
         instruction = render_spans(tpl.instruction if reasoning else tpl.instruction_rating_only, values,
                                    "student_prompt.rating.instruction").text
@@ -120,6 +123,22 @@ class StudentPrompts:
         if rationale is None:
             return render_spans(self.cfg.rating.answer_rating_only, values, "student_prompt.rating.answer_rating_only").text
         return render_spans(self.cfg.rating.answer, {**values, "rationale": rationale.strip()}, "student_prompt.rating.answer").text
+
+
+def section_order(rating) -> list[str]:
+    """The order of the rating prompt's sections: ``rating.section_order`` (every section named exactly
+    once), or the order they are written in under ``rating.sections``."""
+    order = [str(x) for x in (rating.get("section_order") or [])]
+    if not order:
+        return [str(name) for name in rating.sections]
+    unknown = [x for x in order if x not in RATING_SECTIONS]
+    twice = sorted({x for x in order if order.count(x) > 1})
+    missing = [x for x in RATING_SECTIONS if x not in order]
+    if unknown or twice or missing:
+        what = "; ".join(f"{label} {names}" for label, names in
+                         (("unknown", unknown), ("named twice", twice), ("missing", missing)) if names)
+        raise ConfigError(f"student_prompt.rating.section_order must name each of {list(RATING_SECTIONS)} once: {what}")
+    return order
 
 
 def _join(parts: list[Spanned], separator: str) -> Spanned:
