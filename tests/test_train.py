@@ -90,6 +90,29 @@ def test_tiny_student_overfits_rating_examples(annotated, tmp_path):
     assert last < 0.5 * first, (first, last)  # measured ≈ 6.3 → ≈ 1.5
 
 
+def test_every_module_trains_in_train_mode_without_lightnings_eval_mode_warning(annotated, tmp_path, monkeypatch):
+    """from_pretrained hands back modules in eval mode (LoRA dropout off); configure_model switches them
+    to train mode before Lightning's check, so no warning and every training step runs in train mode."""
+    import warnings
+
+    from exp3rt.student.lightning import StudentModule
+
+    modes = []
+    step = StudentModule.training_step
+
+    def spy(self, batch, batch_idx):
+        modes.append(sum(not m.training for m in self.model.modules()))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StudentModule, "training_step", spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_train(annotated, tmp_path / "modes", "sft.tasks=[rating]", "trainer.max_steps=3", "train.val_generate=false",
+                  "peft=lora")
+    assert modes == [0, 0, 0]
+    assert not [w for w in caught if "eval mode at the start of training" in str(w.message)]
+
+
 def test_resume_continues_step_data_position_and_wandb_run(annotated, tmp_path):
     run_dir = tmp_path / "resume"
     first = run_train(annotated, run_dir, "trainer.max_steps=6", "trainer.max_epochs=100", "trainer.log_every_n_steps=1",

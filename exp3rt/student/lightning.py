@@ -189,6 +189,8 @@ class StudentModule(pl.LightningModule):
         with _zero_init_paused(zero3):
             self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
+        # from_pretrained returns modules in eval mode; Lightning checks (and warns) before on_train_start
+        self.model.train()
         from exp3rt.inference.generate import forward_accepts
 
         self._logits_to_keep = forward_accepts(self.model, "logits_to_keep")
