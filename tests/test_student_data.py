@@ -314,7 +314,7 @@ def test_sft_ablation_and_prompt_groups_compose_and_validate():
 
 def test_section_order_and_instruction_first_reorder_the_same_prompt(world):
     """The demo's layout (conf/experiment/demo.yaml): the instruction first, the item's profile, then
-    the user's, so the user's average sits right before the answer. Same texts, same answers, another
+    the user's, so the user's profile ends right before the answer. Same texts, same answers, another
     version (a cache key), and the default order's version is unchanged."""
     from exp3rt.student.prompts import StudentPrompts, load_student_prompt
 
