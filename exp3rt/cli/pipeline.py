@@ -114,5 +114,6 @@ def objective_value(cfg: DictConfig, metrics: dict) -> float | None:
                   cfg.objective, ", ".join(sorted(k for k in flat if k.endswith("/rmse"))[:8]))
     return float(value) if value is not None else None
 
+
 if __name__ == "__main__":
     main()
