@@ -663,11 +663,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     ab = typed.get("ablation")
     if ab is not None:
         check_ablation(ab)
-    sp = typed.get("student_prompt")
-    if sp is not None and sp.get("rating") is not None and sp.rating.sections:
+    student_prompt = typed.get("student_prompt")
+    if student_prompt is not None:
         from exp3rt.student.prompts import section_order
 
-        section_order(sp.rating)
+        section_order(student_prompt.rating)
     return typed
 
 

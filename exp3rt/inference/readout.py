@@ -191,14 +191,15 @@ def readout_only(model, tokenizer, prompts: Sequence[str], ratings: RatingTokens
     similar length together with ``sort_by_length``; results in the input order)."""
     trie, prefix_ids = _prepare(ratings, tokenizer, prefix)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = length_order(tokenizer, prompts) if sort_by_length else list(range(len(prompts)))
+    rows = [_tokens(tokenizer, p) + prefix_ids for p in prompts]  # tokenized once: the order and the batches
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i])) if sort_by_length else list(range(len(rows)))
     was_training = model.training
     model.eval()
     out: list[RatingReadout | None] = [None] * len(prompts)
     try:
         for start in range(0, len(order), batch_size):
             members = order[start : start + batch_size]
-            chunks = [_tokens(tokenizer, prompts[i]) + prefix_ids for i in members]
+            chunks = [rows[i] for i in members]
             b = len(chunks)
             scores = _score(model, new_cache(model), torch.zeros(b, 0, dtype=torch.long), torch.zeros(b, dtype=torch.long),
                             chunks, pad_id, trie)

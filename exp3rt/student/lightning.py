@@ -189,16 +189,12 @@ class StudentModule(pl.LightningModule):
         with _zero_init_paused(zero3):
             self.model = wrap_peft(base, self.peft_cfg, bool(self.train_cfg.gradient_checkpointing))
         log.info("student %s: %s", self.student_cfg.name, trainable_summary(self.model))
-        # from_pretrained returns modules in eval mode; Lightning checks (and warns) before on_train_start
+        # from_pretrained returns modules in eval mode and Lightning does not flip them: without this, dropout
+        # (LoRA or attention) would be silently off; here, before Lightning's own check at the start of fit
         self.model.train()
         from exp3rt.inference.generate import forward_accepts
 
         self._logits_to_keep = forward_accepts(self.model, "logits_to_keep")
-
-    def on_train_start(self) -> None:
-        # from_pretrained leaves modules in eval mode and Lightning no longer flips them: without this,
-        # dropout (LoRA or attention) would be silently off during training
-        self.model.train()
 
     def on_validation_end(self) -> None:
         self.model.train()

@@ -62,7 +62,7 @@ class StudentPrompts:
             check_placeholders(rating.sections[name], f"student_prompt.rating.sections.{name}")
             texts.append(f"{name}={rating.sections[name]}")
         self.section_order = section_order(rating)
-        if list(rating.get("section_order") or []):  # an explicit order is part of the version (the default adds nothing)
+        if rating.get("section_order"):  # an explicit order is part of the version (the default adds nothing)
             texts.append("section_order=" + ",".join(self.section_order))
         only = rating.answer_rating_only
         if not only.endswith("{rating}") or check_placeholders(only, "student_prompt.rating.answer_rating_only") != ["rating"]:
