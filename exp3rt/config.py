@@ -54,6 +54,20 @@ class HoldoutOrder(StrEnum):
     time = "time"
 
 
+class EvalPart(StrEnum):
+    """Which pairs exp3rt-evaluate scores."""
+
+    test = "test"  # the split's test pairs: the figures you report
+    valid = "valid"  # the split's validation pairs: what a search (Optuna, a W&B sweep) may optimise
+
+
+class OverlapPolicy(StrEnum):
+    """What exp3rt-evaluate does with ``eval.test_file`` pairs that the student's training data holds."""
+
+    error = "error"  # refuse, naming the counts (default): a memorised pair is no test
+    drop = "drop"  # score only the unseen pairs; the dropped ones are counted in metrics.json
+
+
 @dataclass
 class ScaleConf:
     min: float = 1.0
@@ -204,7 +218,10 @@ class EvalConf:
     rerank_mode: str = "fast"  # fast: readout only; full: reasoning then readout
     rerank_max_users: int | None = 50  # test users reranked (null: all)
     candidates_file: str | None = None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
+    split: EvalPart = EvalPart.test  # test | valid (a hyperparameter search optimises on valid, never on test)
     test_file: str | None = None  # an EXP3RT release rating file to evaluate on instead of the test split
+    test_file_strict: bool = True  # false: skip and count bad records of eval.test_file instead of stopping
+    test_file_overlap: OverlapPolicy = OverlapPolicy.error  # pairs of the file the student trained on
     wandb: bool = True  # log metrics + an explanations table (offline unless WANDB_MODE / the train run say)
     wandb_rows: int = 200  # explanations in the table
     # the student's inference engine: hf (transformers, CPU or GPU) | vllm (the `vllm` extra, a CUDA GPU);

@@ -95,7 +95,7 @@ def test_later_stage_without_earlier_one_names_what_to_run(tmp_path):
 
 
 def test_release_annotations_import(tmp_path, shared_data):
-    result = annotate(tmp_path, [f"paths.shared_data={shared_data}", "dataset=release_amazon_book", "split=predefined",
+    result = annotate(tmp_path, [f"paths.shared_data={shared_data}", "dataset=release_amazon_book_sample", "split=random",
                                  "teacher=release"])
     d = Path(result["directory"])
     users = pd.read_parquet(d / "user_profile.parquet")
@@ -105,6 +105,32 @@ def test_release_annotations_import(tmp_path, shared_data):
     assert users["profile"].str.contains(r"\[Like\]").all()
     pairs = pd.read_parquet(d / "item_profile_pairs.parquet")
     assert len(pairs) == 25
+    # every rationale carries this run's split label, not the release file's "test"
+    assert result["report"]["rationale"]["per_split"] == {"train": 20, "test": 5}
+
+
+def test_release_rationales_follow_the_split_not_the_files_label(tmp_path):
+    """The release labels every pair of its rating file "test". Under split=random the student trained on
+    80 % of them; the evaluation's pairs must be exactly the split's test pairs (it used to score all 100)."""
+    from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.splits import prepare_split
+    from exp3rt.student.examples import build_examples
+    from release_layout import write_release
+
+    root = write_release(tmp_path / "release", n_users=25, pairs_per_user=4)
+    overrides = [f"paths.release_dir={root}", "dataset=release_amazon_book", "split=random", "teacher=release"]
+    result = annotate(tmp_path, overrides)
+    cfg = compose_annotate(tmp_path, overrides)
+    prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
+    split = prepare_split(prepared, cfg.split)
+    assert (len(split.train), len(split.test)) == (80, 20)
+    examples = build_examples(result["directory"], split, prepared.dataset.items, "book", prepared.dataset.scale,
+                              {"tasks": ["rating"]}, ablation={"name": "full"})
+    pairs = {part: {(e.meta["user_id"], e.meta["item_id"]) for e in examples[part]} for part in ("train", "test")}
+    assert pairs["test"] == set(zip(split.test.user_id, split.test.item_id, strict=True))
+    assert pairs["train"] == set(zip(split.train.user_id, split.train.item_id, strict=True))
+    assert all(e.meta["has_reasoning"] for e in examples["train"])
+    assert {e.meta["warm"] for e in examples["test"]} == {False}  # 4 pairs a user: nobody has 5 training ratings
 
 
 def test_similar_users_policy_never_uses_the_pairs_own_review(tmp_path):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -276,40 +277,69 @@ def test_paper_amazon_book_dry_run_on_the_amazon_format(env, shared_data):
     assert extract["requests"] == m["data"]["split"]["counts"]["train"] and 0 < extract["calls"] <= extract["requests"]
 
 
-@pytest.mark.shared_data
-def test_release_imdb_dry_run_imports_instead_of_calling(env, shared_data):
-    m = run_in_process(["experiment=release_imdb", "dry_run=true"], env / "dry")
+def test_release_imdb_dry_run_imports_instead_of_calling(env):
+    from release_layout import write_release
+
+    root = write_release(env / "release")
+    m = run_in_process(["experiment=release_imdb", f"dataset.path={root / 'imdb'}", "dry_run=true"], env / "dry")
     assert m["teacher"]["identity"]["backend"] == "release" and m["teacher"]["imported"] is True
     assert m["teacher"]["estimate"] is None
+    assert m["data"]["split"]["counts"] == {"train": 67, "valid": 10, "test": 19}  # 96 pairs, 70/10/20
 
 
-@pytest.mark.shared_data
-def test_release_imdb_trains_and_evaluates_without_teacher_rationales(env, shared_data):
-    """The release's IMDB files publish profiles but no rationales: the preset trains the student on
-    profiles -> rating (no_reasoning), taking its training pairs from the split, not from rationale rows.
-    The 60-pair sample is cut into train 40 / valid 5 / test 15 (the tiny student stands in for SmolLM2;
-    benchmarks/gpu_check_training.sh runs the same with SmolLM2 on a GPU)."""
-    import shutil
+def test_release_imdb_without_the_release_names_the_key_to_set(env, monkeypatch):
+    from exp3rt.cli.pipeline import run
 
-    src = shared_data / "exp3rt-release-sample"
-    dst = env / "release"
-    shutil.copytree(src, dst)
-    rows = json.loads((dst / "imdb" / "rating_test_sample.json").read_text())
-    for name, part in (("rating_train", rows[:40]), ("rating_valid", rows[40:45]), ("rating_test", rows[45:])):
-        (dst / "imdb" / f"{name}.json").write_text(json.dumps(part))
+    monkeypatch.setenv("EXP3RT_RELEASE", str(env / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"pass dataset.path=/path/to/EXP3RT/data/<imdb\|amazon-book>"):
+        run(compose_pipeline(["experiment=release_imdb", "dry_run=true"]), env / "dry")
+
+
+def test_predefined_split_of_a_test_only_release_is_a_sentence_and_its_advice_works(env):
+    """The release publishes test-labelled rating files only: split=predefined used to crash in
+    GlobalMean.fit; it now says what to do, and what it says runs."""
+    from exp3rt.config import ConfigError
+    from release_layout import write_release
+
+    root = write_release(env / "release")
+    base = ["experiment=release_imdb", f"dataset.path={root / 'imdb'}", "dry_run=true"]
+    with pytest.raises(ConfigError, match="labels no pair as training") as err:
+        run_in_process([*base, "split=predefined"], env / "dry")
+    advice = str(err.value).split("seeded split instead: ")[1].split(" (")[0].split()
+    assert advice == ["split=random", "split.test_ratio=0.2", "split.valid_ratio=0.1"]
+    m = run_in_process([*base, *advice], env / "dry2")
+    assert m["data"]["split"]["counts"]["train"] > 0
+
+
+def test_release_imdb_trains_and_evaluates_on_the_published_layout(env):
+    """experiment=release_imdb on a made-up copy of the published layout (96 test-labelled pairs, header
+    variants included): a seeded 70/10/20 split, the release's profiles imported, the student trained on
+    profiles -> rating (no IMDB rationales are published), and exactly the split's test pairs scored,
+    all of them cold (4 pairs a user). The tiny student stands in for the 8B one."""
+    from release_layout import write_release
+
+    root = write_release(env / "release")
     m = run_in_process(["experiment=release_imdb", "student=tiny", "peft=lora", "trainer=cpu", "student.quantization=null",
-                        f"dataset.path={dst / 'imdb'}", "dataset.release.rating_train=rating_train.json",
-                        "dataset.release.rating_valid=rating_valid.json", "dataset.release.rating_test=rating_test.json",
-                        "train.batch_size=4", "train.micro_batch_size=4", "train.val_generate=false", "trainer.max_epochs=1",
-                        "sft.max_length=1024", "eval.max_new_tokens=8", "logger.wandb=false", "progress=false"], env / "run")
-    assert {s: r["status"] for s, r in m["stages"].items()} == {"data": "ready", "annotate": "ran", "train": "ran", "evaluate": "ran"}
+                        f"dataset.path={root / 'imdb'}", "train.batch_size=4", "train.micro_batch_size=4",
+                        "train.val_generate=false", "trainer.max_epochs=1", "sft.max_length=1024", "eval.max_new_tokens=8",
+                        "logger.wandb=false", "progress=false"], env / "run")
+    assert {s: r["status"] for s, r in m["stages"].items()} == {"data": "ready", "baselines": "ran", "annotate": "ran",
+                                                                 "train": "ran", "evaluate": "ran"}
     train = json.loads((Path(m["stages"]["train"]["dir"]) / "train.json").read_text())
     counts = train["example_report"]["counts"]
-    assert 0 < counts["train"]["rating"] <= 40 and 0 < counts["test"]["rating"] <= 15
+    assert counts["train"]["rating"] == 67 and counts["test"]["rating"] == 19
     assert train["example_report"]["ablation"] == "no_reasoning"
+    split_dir = Path(m["stages"]["data"]["split_dir"])
+    test = pd.read_parquet(split_dir / "test.parquet")
+    preds = [json.loads(line) for line in (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()]
+    assert {(p["user_id"], p["item_id"]) for p in preds} == set(zip(test.user_id, test.item_id, strict=True))
+    assert m["protocol"]["scored_split"] == "test" and m["protocol"]["warm"]["pairs_cold"] == 19
+    assert not any(p["warm"] for p in preds)
     expected = m["rating"]["student_expected"]
-    assert expected["n"] == counts["test"]["rating"] and expected["failures"] == 0
+    assert expected["n"] == 19 and expected["failures"] == 0 and m["rating"]["global_mean"]["n"] == 19
     assert 0.0 <= expected["mae"] <= expected["rmse"] <= 9.0  # within the 1-10 scale's width
+    assert "19 of 19 users" not in (env / "run" / "report.md").read_text()  # users, not pairs, are counted
+    assert "are cold: fewer than 5 training ratings" in (env / "run" / "report.md").read_text()
 
 
 def test_the_summary_warns_when_reasonings_were_cut(shared, tmp_path):

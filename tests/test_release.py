@@ -575,9 +575,9 @@ def test_real_profiles_sft_and_topk(shared_data):
 
 @pytest.mark.shared_data
 def test_real_release_configs(shared_data):
-    ds, p = load_dataset(conf_cfg("release_imdb", shared_data))
+    ds, p = load_dataset(conf_cfg("release_imdb_sample", shared_data))
     assert ds.summary() | {"mean_rating": round(ds.summary()["mean_rating"], 4)} == {
-        "name": "release_imdb",
+        "name": "release_imdb_sample",
         "synthetic": False,
         "domain": "movie",
         "scale": [1.0, 10.0],
@@ -595,7 +595,7 @@ def test_real_release_configs(shared_data):
     assert ds.extras["topk_train"]["user_id"].nunique() == 791
     assert "rationales" not in ds.extras
 
-    book, _ = load_dataset(conf_cfg("release_amazon_book", shared_data))
+    book, _ = load_dataset(conf_cfg("release_amazon_book_sample", shared_data))
     assert len(book.interactions) == 25 and book.scale == BOOK and book.domain == "book"
     assert len(book.extras["rationales"]) == 25
     assert not math.isnan(book.extras["user_profiles"]["average"].iloc[0])

@@ -48,6 +48,10 @@ def input_digests(cfg) -> dict[str, str]:
     if cfg.path:
         root = Path(cfg.path)
         if not root.exists():
+            if Loader(cfg.loader) == Loader.exp3rt_release:
+                from exp3rt.data.release import no_release_folder
+
+                raise FileNotFoundError(no_release_folder(cfg))
             raise FileNotFoundError(f"dataset.path does not exist: {root} (dataset '{cfg.name}')")
         if Loader(cfg.loader) == Loader.exp3rt_release and root.is_dir():
             for key, name in cfg.release.items():

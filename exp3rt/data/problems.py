@@ -21,12 +21,13 @@ MAX_EXAMPLES_PER_KIND = 20
 class DataError(ValueError):
     """A bad input record: the message names file, line and field."""
 
-    def __init__(self, file: str | Path, line: int | None, field: str | None, reason: str):
+    def __init__(self, file: str | Path, line: int | None, field: str | None, reason: str,
+                 strict_key: str = "dataset.strict"):
         self.file, self.line, self.field, self.reason = str(file), line, field, reason
         where = f"{file}" + (f", line {line}" if line is not None else "")
         what = f", field '{field}'" if field else ""
         super().__init__(
-            f"{where}{what}: {reason} (set dataset.strict=false to skip such records and count them in the data report)"
+            f"{where}{what}: {reason} (set {strict_key}=false to skip such records and count them in the data report)"
         )
 
 
@@ -35,6 +36,7 @@ class InputProblems:
     """Collects skips (lenient mode) or raises on the first one (strict mode)."""
 
     strict: bool = True
+    strict_key: str = "dataset.strict"  # the config key that turns strict off, named in the error
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=lambda: defaultdict(list))
@@ -42,7 +44,7 @@ class InputProblems:
     def bad(self, file, line: int | None, field: str | None, reason: str, kind: str | None = None) -> None:
         """A record that cannot be used: raise (strict) or count a skip (lenient)."""
         if self.strict:
-            raise DataError(file, line, field, reason)
+            raise DataError(file, line, field, reason, self.strict_key)
         kind = kind or (f"{field}: {reason}" if field else reason)
         self.skipped[kind] += 1
         if len(self.examples[kind]) < MAX_EXAMPLES_PER_KIND:

@@ -488,9 +488,17 @@ def read_topk(directory: str | Path, problems: InputProblems) -> TopK:
 # The loader
 
 
+def no_release_folder(cfg) -> str:
+    """The sentence for a ``dataset.path`` that is not a release folder."""
+    return (f"dataset.path={cfg.path} is not a folder: dataset '{cfg.name}' reads the EXP3RT release's published "
+            f"files; pass dataset.path=/path/to/EXP3RT/data/<imdb|amazon-book> (or set EXP3RT_RELEASE=/path/to/EXP3RT/data)")
+
+
 def _configured(cfg) -> dict[str, Path]:
     """Each file ``dataset.release`` names, resolved under ``dataset.path``; a missing one is an error."""
     base = Path(str(cfg.path))
+    if not base.is_dir():
+        raise FileNotFoundError(no_release_folder(cfg))
     out = {}
     for key, name in cfg.release.items():
         if name is None:

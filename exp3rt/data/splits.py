@@ -174,7 +174,14 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
     parts = {name: arrow_to_pandas(table.filter(pa.array(codes == code))) for code, name in enumerate(PARTS)}
     del codes, table
     if SplitStrategy(cfg.strategy) == SplitStrategy.predefined:
-        # the source decides: the EXP3RT release samples carry a test file only (evaluation-only use)
+        if len(parts["train"]) == 0:  # e.g. the EXP3RT release: it publishes test-labelled rating files only
+            labelled = ", ".join(f"{len(f)} {n}" for n, f in parts.items() if len(f))
+            raise ConfigError(
+                f"split.strategy=predefined: dataset '{prepared.dataset.name}' labels no pair as training "
+                f"({labelled or 'no pairs at all'}), so neither a baseline nor the student has anything to learn from. "
+                f"Split these pairs with a seeded split instead: split=random split.test_ratio=0.2 split.valid_ratio=0.1 "
+                f"(experiment=release_imdb does this)"
+            )
         for name, frame in parts.items():
             if len(frame) == 0:
                 log.warning("split predefined of dataset '%s': the source has no %s pairs", prepared.dataset.name, name)

@@ -141,8 +141,10 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
     ds = metrics["dataset"]
     tag = " — SYNTHETIC data (exp3rt synthetic world)" if ds.get("synthetic") else ""
     lines = [f"# exp3rt evaluation: {ds['name']}{tag}", "",
-             f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} test pairs; "
-             f"readout mode {metrics['protocol']['mode']}; failure policy {metrics['protocol']['failure_policy']}.", ""]
+             f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} pairs scored from the "
+             f"{metrics['protocol'].get('source', 'test split')}; readout mode {metrics['protocol']['mode']}; failure policy "
+             f"{metrics['protocol']['failure_policy']}.", ""]
+    lines += scored_pairs_lines(metrics["protocol"])
     rows = []
     for name, r in metrics["rating"].items():
         rows.append([name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"),
@@ -167,6 +169,25 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
     lines += ["![rating distributions](rating_distributions.png)", "", "![confusion](confusion.png)", "",
               "![calibration](calibration.png)", ""]
     return "\n".join(lines)
+
+
+def scored_pairs_lines(protocol: dict) -> list[str]:
+    """The report's sentences on which pairs were scored: none seen in training, file overlap dropped,
+    and how many users are cold (the EXP3RT release's pairs mostly are)."""
+    lines = []
+    warm = protocol.get("warm") or {}
+    if warm:
+        lines.append(f"No scored pair was in the student's or the baselines' training data. {warm['users_cold']} of "
+                     f"{warm['users']} users ({warm['pairs_cold']} pairs) are cold: fewer than {warm['warm_min_train']} "
+                     "training ratings.")
+    if protocol.get("scored_split") == "valid":
+        lines.append("These are VALIDATION pairs (eval.split=valid, what a search optimises): report test figures "
+                     "from a run with eval.split=test.")
+    overlap = protocol.get("overlap") or {}
+    if overlap.get("dropped"):
+        lines.append(f"Dropped {overlap['dropped']} of the file's {overlap['file_pairs']} pairs that the student trained "
+                     f"on ({overlap['in_train']} training, {overlap['in_valid']} validation; eval.test_file_overlap=drop).")
+    return [" ".join(lines), ""] if lines else []
 
 
 def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
@@ -196,22 +217,30 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     sft = OmegaConf.merge(tcfg.sft, {"tasks": ["rating"]})
     sft.task_weights = {}  # the test examples are never resampled (merging {} would keep the training weights)
 
+    part = scored_part(ev, split, tcfg)
+
     def test_set(ablation) -> tuple[list, dict]:
         if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
             from exp3rt.student.examples import rating_file_examples
 
             exs, file_report = rating_file_examples(ev.test_file, str(tcfg.dataset.domain), prepared.dataset.scale,
-                                                    tcfg.sft, ablation, tcfg.student_prompt)
-            return exs, {"source": f"test file {ev.test_file}", "file": file_report}
+                                                    tcfg.sft, ablation, tcfg.student_prompt,
+                                                    strict=bool(ev.test_file_strict))
+            exs, overlap = unseen_file_pairs(exs, split, str(ev.test_file_overlap), str(ev.test_file))
+            return exs, {"source": f"test file {ev.test_file}", "scored_split": "test file", "file": file_report,
+                         "overlap": overlap}
         examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
                                   prepared.dataset.scale, sft, ablation=ablation, prompt=tcfg.student_prompt)
-        return [e for e in examples.get("test", []) if e.task == "rating"], {"source": f"test split ({tcfg.split.strategy})"}
+        return ([e for e in examples.get(part, []) if e.task == "rating"],
+                {"source": f"{part} split ({tcfg.split.strategy})", "scored_split": part,
+                 "split_pairs": int(len(split.part(part))), "skipped": examples.report.get("skipped", {})})
 
     test_examples, source = test_set(readout_ablation(tcfg, str(ev.mode)))
     if ev.get("max_pairs"):
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
-        raise ConfigError(f"no test rating examples for dataset '{tcfg.dataset.name}' (split {tcfg.split.strategy})")
+        raise ConfigError(f"no {part} rating examples for dataset '{tcfg.dataset.name}' (split {tcfg.split.strategy})")
+    check_scored_pairs(test_examples, split, part if not ev.get("test_file") else "test file")
     budget = reasoning_budget(tcfg, ev, run)
     ev = OmegaConf.merge(ev, {"max_new_tokens": budget["max_new_tokens"]})
     t0 = time.perf_counter()
@@ -225,6 +254,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         attach_direct(preds, predict_fn(tcfg, adapter_dir, direct_examples, OmegaConf.merge(ev, {"mode": "fast"})))
         direct_rows = {"student_direct_expected": "direct_expected", "student_direct_argmax": "direct_argmax"}
     train = split.train
+    source["warm"] = mark_warm(preds, train, int(tcfg.split.warm_min_train))
     means = {"user": train.groupby("user_id")["rating"].mean().to_dict(),
              "item": train.groupby("item_id")["rating"].mean().to_dict(), "global": float(train["rating"].mean())}
     policy = str(ev.failure_policy)
@@ -262,6 +292,81 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
             run_id = (run / "wandb_run_id.txt").read_text().strip()
         metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows), run_id=run_id)
     return metrics
+
+
+def scored_part(ev, split, tcfg) -> str:
+    """The split part exp3rt-evaluate scores (``eval.split``), checked against what the split holds."""
+    part = str(ev.get("split") or "test")
+    if ev.get("test_file") and part != "test":
+        raise ConfigError(f"eval.test_file scores the pairs of {ev.test_file}; eval.split={part} does not apply to it: "
+                          "leave eval.split at test, or drop eval.test_file to score the split's own validation pairs")
+    if part == "valid" and len(split.valid) == 0:
+        raise ConfigError(
+            f"eval.split=valid, but split '{tcfg.split.strategy}' of dataset '{tcfg.dataset.name}' has no validation "
+            f"pairs ({split.directory}): train on a split with a validation part, e.g. exp3rt-pipeline split.valid_ratio=0.1 "
+            f"eval.split=valid (the student is retrained on the new split)")
+    return part
+
+
+def _pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True))
+
+
+def _pair_of(example) -> tuple[str, str]:
+    return str(example.meta["user_id"]), str(example.meta["item_id"])
+
+
+def unseen_file_pairs(examples: list, split, policy: str, path: str) -> tuple[list, dict]:
+    """``eval.test_file``'s examples less the pairs the student and the baselines trained on (the split's
+    train and valid parts). With ``eval.test_file_overlap=error`` (default) any such pair stops the run:
+    a memorised rating is no test (seen on the EXP3RT release: 1,631 of 2,049 file pairs were training pairs).
+    Returns the examples kept and the counts, which metrics.json records."""
+    train, valid = _pairs(split.train), _pairs(split.valid)
+    in_train = sum(_pair_of(e) in train for e in examples)
+    in_valid = sum(_pair_of(e) in valid for e in examples)
+    seen = train | valid
+    kept = [e for e in examples if _pair_of(e) not in seen]
+    counts = {"file_pairs": len(examples), "in_train": int(in_train), "in_valid": int(in_valid),
+              "dropped": 0, "scored": len(kept)}
+    if in_train or in_valid:
+        if policy == "error":
+            raise ConfigError(
+                f"eval.test_file={path}: {in_train + in_valid} of {len(examples)} pairs are in the data the student and "
+                f"the baselines trained on ({in_train} training, {in_valid} validation pairs of its split), and scoring "
+                f"them would report memorised ratings. Score only the {len(kept)} unseen pairs with "
+                f"eval.test_file_overlap=drop, or evaluate on the split's own test pairs (leave eval.test_file unset)")
+        counts["dropped"] = in_train + in_valid
+        log.warning("eval.test_file: dropped %d of %d pairs that the student trained on (%d training, %d validation); "
+                    "scoring the %d unseen ones", in_train + in_valid, len(examples), in_train, in_valid, len(kept))
+    return kept, counts
+
+
+def check_scored_pairs(examples: list, split, part: str) -> None:
+    """The guarantee behind every figure: no scored pair was a training pair of the student or the
+    baselines (the split's train part; for test scores, its valid part too), and split-scored pairs are
+    exactly pairs of that part. Raises RuntimeError (a bug, never a user error) otherwise."""
+    scored = {_pair_of(e) for e in examples}
+    banned = _pairs(split.train) | (_pairs(split.valid) if part != "valid" else set())
+    leaked = scored & banned
+    outside = scored - _pairs(split.part(part)) if part in ("train", "valid", "test") else set()
+    if leaked or outside:
+        example = sorted(leaked or outside)[0]
+        raise RuntimeError(f"refusing to score: {len(leaked)} pair(s) the student trained on and {len(outside)} outside "
+                           f"the {part} part, e.g. {example}")
+
+
+def mark_warm(preds: list[Prediction], train: pd.DataFrame, warm_min_train: int) -> dict:
+    """Set each prediction's warm flag from the training data actually used (a user with at least
+    ``split.warm_min_train`` training ratings is warm) and return the counts for metrics.json."""
+    counts = train["user_id"].astype(str).value_counts()
+    users_cold = set()
+    for p in preds:
+        p.warm = int(counts.get(str(p.user_id), 0)) >= warm_min_train
+        if not p.warm:
+            users_cold.add(p.user_id)
+    users = {p.user_id for p in preds}
+    return {"warm_min_train": warm_min_train, "pairs_warm": sum(p.warm for p in preds),
+            "pairs_cold": sum(not p.warm for p in preds), "users": len(users), "users_cold": len(users_cold)}
 
 
 def inference_device(ev) -> dict:
@@ -391,7 +496,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     from exp3rt.student.tokenize import render
 
     n = int(ev.num_candidates)
-    relevant = relevant_sets(split.test)
+    relevant = relevant_sets(split.part(str(ev.get("split") or "test")))  # valid during a search
     users = sorted(u for u, s in relevant.items() if s)
     if ev.get("candidates_file"):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
         from exp3rt.baselines.retrievers import read_candidates

@@ -252,14 +252,21 @@ class _Builder:
         done = set()
         if rationale is None:
             return self._rating_from_split(out, ctx, ("train", "valid", "test"), done)
+        part_of = self.part_of()
         for row in rationale.to_dict("records"):
-            split = str(row.get("split") or "train")
             pair = (row["user_id"], row["item_id"])
+            # the split decides where a pair belongs, never the label an annotation row carries (the EXP3RT
+            # release labels its rationales by its own files: under another split they would be scored
+            # although the student trained on them)
+            split, warm = part_of.get(pair, (None, None))
+            if split is None:
+                self.skipped["rating"]["rationale_pair_not_in_split"] += 1
+                continue
             if row["status"] != "ok" or not _text(row["rationale"]):
                 self.skipped["rating"][f"{split}:rationale_{row['status']}"] += 1
                 continue
             given = {"user_profile": _text(row.get("user_profile")), "item_profile": _text(row.get("item_profile"))}
-            ex = self._rating_example(pair, float(row["rating"]), split, row["rationale"], ctx, given)
+            ex = self._rating_example(pair, float(row["rating"]), split, row["rationale"], ctx, given, warm=warm)
             if ex is not None:
                 out[split].append(ex)
                 done.add(pair)
@@ -269,6 +276,15 @@ class _Builder:
         if unannotated:
             self.skipped["rating"]["train:no_rationale_row"] += unannotated
         return self._rating_from_split(out, ctx, ("valid", "test"), done)
+
+    def part_of(self) -> dict[tuple[str, str], tuple[str, bool | None]]:
+        """Each pair of the split: ``(part, warm)`` (warm is None for training pairs)."""
+        out = {}
+        for name in PARTS:
+            frame = self.split.part(name)
+            warm = frame["warm"].tolist() if "warm" in frame else [None] * len(frame)
+            out.update({pair: (name, w) for pair, w in zip(zip(frame.user_id, frame.item_id, strict=True), warm, strict=True)})
+        return out
 
     def rating_direct(self) -> list[SFTExample]:
         """Task ``rating_direct``: every training pair once in the rating-only form (the rating-only
@@ -455,10 +471,13 @@ def candidate_examples(annotation_dir, split, items: pd.DataFrame, domain: str, 
     return out, {task: dict(c) for task, c in builder.skipped.items() if c}
 
 
-def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt) -> tuple[list[SFTExample], dict]:
+def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt, strict: bool = True,
+                         strict_key: str = "eval.test_file_strict") -> tuple[list[SFTExample], dict]:
     """Rating prompts for a given test file in the EXP3RT release format (user_persona, item_synopsis,
     item_description, score), with the same templates and ablation switches as training. The file's
-    profiles are used as they are; ``raw_reviews`` cannot apply (the file has no reviews)."""
+    profiles are used as they are; ``raw_reviews`` cannot apply (the file has no reviews). ``strict=False``
+    skips bad records and counts them in the returned report; ``meta["warm"]`` is left to the caller,
+    which knows the training data."""
     from exp3rt.data.problems import InputProblems
     from exp3rt.data.release import read_rating_file
 
@@ -468,7 +487,7 @@ def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt) -> tup
         raise ConfigError(f"ablation '{ab.name}' shows raw reviews, which a release rating file does not carry")
     ratings = RatingTokens.from_config(scale, float(cfg.rating_offset))
     prompts = StudentPrompts(prompt if prompt is not None else load_student_prompt(), domain, ratings)
-    problems = InputProblems(strict=True)
+    problems = InputProblems(strict=strict, strict_key=strict_key)
     frame = read_rating_file(path, scale, problems)
     out = []
     for r in frame.to_dict("records"):
@@ -485,7 +504,7 @@ def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt) -> tup
         rating = float(r["rating"])
         out.append(SFTExample("rating", system, user.text, prompts.answer(rating, None),
                               {"user_id": str(r["user_id"]), "item_id": str(r["item_id"]), "rating": rating,
-                               "rating_text": ratings.to_text(rating), "split": "test", "warm": True,
+                               "rating_text": ratings.to_text(rating), "split": "test",
                                "has_reasoning": False, "ablation": str(ab.name),
                                "cut_spans": [list(s) for s in user.spans], "prompt_version": prompts.version}))
     return out, {"file": str(path), "records": len(frame), **problems.to_dict()}

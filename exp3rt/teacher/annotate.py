@@ -260,12 +260,16 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
     pair_map.to_parquet(directory / "item_profile_pairs.parquet", index=False)
     report = {"user_profile": {"rows": len(user_frame), "imported": True}, "item_profile": {"rows": len(item_frame), "imported": True}}
     if "rationales" in extras:
-        rat = extras["rationales"].merge(pp, on=["user_id", "item_id", "split"], how="left")
-        ratings = pd.concat([part[["user_id", "item_id", "rating"]] for part in (split.train, split.valid, split.test)])
-        rat = rat.merge(ratings, on=["user_id", "item_id"], how="left")
+        # the release labels each rationale by the file it came from; this run's split decides the part
+        rat = extras["rationales"].merge(pp, on=["user_id", "item_id", "split"], how="left").drop(columns="split")
+        ratings = pd.concat([part[["user_id", "item_id", "rating"]].assign(split=name)
+                             for name, part in (("train", split.train), ("valid", split.valid), ("test", split.test))])
+        rat = rat.merge(ratings, on=["user_id", "item_id"], how="inner")
         frame = rat.assign(status="ok", raw=None, problem=None, attempts=0)
         frame.to_parquet(directory / "rationale.parquet", index=False)
-        report["rationale"] = {"rows": len(frame), "imported": True}
+        report["rationale"] = {"rows": len(frame), "imported": True,
+                               "per_split": {k: int(v) for k, v in frame["split"].value_counts().items()},
+                               "not_in_split": int(len(extras["rationales"]) - len(frame))}
     return report
 
 
