@@ -112,10 +112,11 @@ def test_release_annotations_import(tmp_path, shared_data):
 def test_release_rationales_follow_the_split_not_the_files_label(tmp_path):
     """The release labels every pair of its rating file "test". Under split=random the student trained on
     80 % of them; the evaluation's pairs must be exactly the split's test pairs (it used to score all 100)."""
+    from release_layout import write_release
+
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.student.examples import build_examples
-    from release_layout import write_release
 
     root = write_release(tmp_path / "release", n_users=25, pairs_per_user=4)
     overrides = [f"paths.release_dir={root}", "dataset=release_amazon_book", "split=random", "teacher=release"]

@@ -298,8 +298,9 @@ def test_release_imdb_without_the_release_names_the_key_to_set(env, monkeypatch)
 def test_predefined_split_of_a_test_only_release_is_a_sentence_and_its_advice_works(env):
     """The release publishes test-labelled rating files only: split=predefined used to crash in
     GlobalMean.fit; it now says what to do, and what it says runs."""
-    from exp3rt.config import ConfigError
     from release_layout import write_release
+
+    from exp3rt.config import ConfigError
 
     root = write_release(env / "release")
     base = ["experiment=release_imdb", f"dataset.path={root / 'imdb'}", "dry_run=true"]
