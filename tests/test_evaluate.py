@@ -258,3 +258,118 @@ def test_vllm_backend_gives_the_same_evaluation(trained, tmp_path, monkeypatch):
     for key, value in hf["rerank"].items():
         if key.startswith(("before/", "after/")):
             assert vl["rerank"][key] == pytest.approx(value, abs=1e-9)
+
+
+# ------------------------------------------------------------------ which pairs are scored
+
+
+def _split_parts(trained):
+    import pandas as pd
+
+    split_dir = next((trained / "artifacts" / "data").glob("*/splits/*"))
+    return {part: pd.read_parquet(split_dir / f"{part}.parquet") for part in ("train", "valid", "test")}
+
+
+def _release_file(path, rows, bad_score_at: int | None = None):
+    """A rating file in the EXP3RT release format for (user, item, rating) rows."""
+    records = [{"user_id": u, "item_id": i, "user_persona": "[Like]\n- Good value.\n[Dislike]\n- None.",
+                "item_synopsis": "[Like]\n- Sturdy.\n[Dislike]\n- Slow delivery.",
+                "item_description": f"Title: Item {i}\nCategories: Things", "score": str(int(r))} for u, i, r in rows]
+    if bad_score_at is not None:
+        records[bad_score_at]["score"] = "11"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _rows(frame):
+    return list(zip(frame.user_id, frame.item_id, frame.rating, strict=True))
+
+
+def test_the_split_path_scores_exactly_the_test_pairs_with_warm_from_training(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+
+    parts = _split_parts(trained)
+    metrics = run(compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                           "eval.mode=fast"]), tmp_path / "ev")
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    scored = {(p["user_id"], p["item_id"]) for p in preds}
+    test = parts["test"]
+    assert scored == set(zip(test.user_id, test.item_id, strict=True))
+    assert not scored & set(zip(parts["train"].user_id, parts["train"].item_id, strict=True))
+    counts = parts["train"].user_id.value_counts()
+    assert all(p["warm"] == (counts.get(p["user_id"], 0) >= 5) for p in preds)
+    assert metrics["protocol"]["warm"]["pairs_warm"] == sum(p["warm"] for p in preds)
+    assert metrics["protocol"]["scored_split"] == "test" and metrics["protocol"]["split_pairs"] == len(test)
+    assert "No scored pair was in the student's or the baselines' training data" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_a_test_file_with_training_pairs_is_refused_and_the_advice_runs(trained, tmp_path):
+    """The EXP3RT release file scored after training on most of its pairs gave RMSE 0.04 on them with no
+    warning. Now the overlap stops the run; eval.test_file_overlap=drop (as the message says) scores the rest."""
+    from exp3rt.cli.evaluate import run
+    from exp3rt.config import ConfigError
+
+    parts = _split_parts(trained)
+    rows = _rows(parts["train"].head(7)) + _rows(parts["test"].head(4))
+    path = _release_file(tmp_path / "release.json", rows)
+    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.mode=fast", f"eval.test_file={path}"]
+    with pytest.raises(ConfigError, match=r"7 of 11 pairs are in the data the student and the baselines trained on") as err:
+        run(compose_cfg("evaluate", base), tmp_path / "refused")
+    advice = str(err.value).split("pairs with ")[1].split(",")[0]
+    assert advice == "eval.test_file_overlap=drop"
+    metrics = run(compose_cfg("evaluate", [*base, advice]), tmp_path / "ev")
+    assert metrics["protocol"]["overlap"] == {"file_pairs": 11, "in_train": 7, "in_valid": 0, "dropped": 7, "scored": 4}
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["user_id"], p["item_id"]) for p in preds] == [(u, i) for u, i, _ in rows[7:]]
+    assert metrics["rating"]["global_mean"]["n"] == 4
+    assert "Dropped 7 of the file's 11 pairs" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_a_bad_test_file_record_names_the_evaluate_key_and_that_key_works(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+    from exp3rt.data.problems import DataError
+
+    path = _release_file(tmp_path / "release.json", _rows(_split_parts(trained)["test"].head(5)), bad_score_at=2)
+    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.mode=fast", f"eval.test_file={path}"]
+    with pytest.raises(DataError, match="field 'score': record 3:") as err:
+        run(compose_cfg("evaluate", base), tmp_path / "strict")
+    advice = str(err.value).split("(set ")[1].split(" to skip")[0]
+    assert advice == "eval.test_file_strict=false"
+    metrics = run(compose_cfg("evaluate", [*base, advice]), tmp_path / "lenient")
+    assert metrics["protocol"]["file"]["skipped_total"] == 1 and metrics["rating"]["student_expected"]["n"] == 4
+
+
+def test_eval_split_valid_without_a_validation_part_says_how_to_get_one(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+    from exp3rt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"has no validation pairs .*split.valid_ratio=0.1 eval.split=valid"):
+        run(compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
+                                     "eval.mode=fast", "eval.split=valid"]), tmp_path / "ev")
+
+
+def test_the_guard_refuses_a_training_pair_among_the_scored_ones():
+    import pandas as pd
+
+    from exp3rt.evaluation.evaluate import check_scored_pairs
+    from exp3rt.student.examples import SFTExample
+
+    class Split:
+        train = pd.DataFrame({"user_id": ["u"], "item_id": ["a"]})
+        valid = pd.DataFrame({"user_id": ["v"], "item_id": ["b"]})
+        test = pd.DataFrame({"user_id": ["u", "w"], "item_id": ["c", "d"]})
+
+        def part(self, name):
+            return getattr(self, name)
+
+    def ex(u, i):
+        return SFTExample("rating", "", "", "", {"user_id": u, "item_id": i})
+
+    check_scored_pairs([ex("u", "c"), ex("w", "d")], Split(), "test")
+    with pytest.raises(RuntimeError, match="1 pair\\(s\\) the student trained on"):
+        check_scored_pairs([ex("u", "c"), ex("u", "a")], Split(), "test")
+    with pytest.raises(RuntimeError, match="1 pair\\(s\\) the student trained on"):
+        check_scored_pairs([ex("v", "b")], Split(), "test")  # validation pairs steer training: never test figures
+    check_scored_pairs([ex("v", "b")], Split(), "valid")
+    with pytest.raises(RuntimeError, match="1 outside the valid part"):
+        check_scored_pairs([ex("w", "d")], Split(), "valid")
