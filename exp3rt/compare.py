@@ -279,6 +279,8 @@ def load_run(d: Path) -> Run:
         run.info["rerank_mode"] = rr.get("mode")
     if (metrics.get("dataset") or {}).get("name"):
         run.info["dataset"] = metrics["dataset"]["name"]
+    if metrics.get("rating"):  # which pairs its figures come from (test | valid | test file); older runs: test
+        run.info["scored_on"] = (metrics.get("protocol") or {}).get("scored_split") or "test"
     return run
 
 
@@ -392,6 +394,9 @@ def wandb_runs(path: str, group: str | None = None, filters: dict | None = None,
         run = Run(source=source, status="ok" if state == "finished" else state, task=config.get("task_name"),
                   name=str(getattr(r, "name", None) or getattr(r, "id", "?")), choices=choices,
                   flat={**flat, **extra}, info=info, config=flatten(config))
+        if any(k.startswith("rating/") for k in flat):
+            run.info["scored_on"] = str((config.get("eval") or {}).get("split") or "test") \
+                if isinstance(config.get("eval"), dict) else "test"
         if state != "finished":
             run.error = f"W&B state {state}"
         if getattr(r, "url", None):
@@ -512,10 +517,16 @@ class Comparison:
     def failed(self) -> list[Run]:
         return [r for r in self.runs if not r.ok]
 
+    @property
+    def scored_on(self) -> bool:
+        """Whether the table says which pairs each run's figures come from (any run evaluated a student)."""
+        return any(r.info.get("scored_on") for r in self.runs)
+
     def header(self) -> list[str]:
         status = ["status"] if self.failed else []
         best = ["best baseline"] if "rating/best_baseline/rmse" in self.metrics else []
-        return ["run", *status, *[short_name(m) for m in self.metrics], *best]
+        scored = ["scored on"] if self.scored_on else []
+        return ["run", *status, *scored, *[short_name(m) for m in self.metrics], *best]
 
     def rows(self) -> list[list]:
         out = []
@@ -523,6 +534,8 @@ class Comparison:
             row: list = [r.label]
             if self.failed:
                 row.append(r.status)
+            if self.scored_on:
+                row.append(r.info.get("scored_on"))
             row += [cell(m, r.value(m)) for m in self.metrics]
             if "rating/best_baseline/rmse" in self.metrics:
                 row.append(r.info.get("best_baseline"))
@@ -576,6 +589,10 @@ def compare(runs: list[Run], metrics: Sequence[str] | None = None, by: Sequence[
     keys = label_runs(runs, by)
     ok = [r for r in runs if r.ok]
     cols, warnings = select_metrics(ok, metrics)
+    kinds = sorted({str(r.info["scored_on"]) for r in ok if r.info.get("scored_on")})
+    if len(kinds) > 1:
+        warnings.append(f"these runs were scored on different pairs ({', '.join(kinds)}): compare like with like; "
+                        "validation figures are what a search optimised, not figures to report")
     return Comparison(runs=runs, metrics=cols, title=title or "exp3rt-compare", sources=[str(s) for s in sources or []],
                       label_keys=keys, warnings=warnings)
 

@@ -36,6 +36,8 @@ def summary(metrics: dict, out_dir: Path) -> str:
         if proto:
             where = f", student on {proto['device']}" if proto.get("device") else ""
             lines.append(f"{ds.get('name')}{tag}: {proto.get('pairs')} pairs from the {proto.get('source', 'test split')}{where}")
+            if proto.get("scored_split") == "valid":
+                lines.append("VALIDATION pairs (eval.split=valid): what a search optimises, not figures to report")
         else:  # e.g. stages=[baselines,annotate] before a GPU job: no student was evaluated
             lines.append(f"{ds.get('name')}{tag}: no student evaluated in this run (the evaluate stage did not run); "
                          f"rating baselines on the whole test split")
@@ -97,8 +99,36 @@ def dry_run_summary(m: dict) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     with fail_cleanly(log):
+        check_search_split(cfg)
         metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     return objective_value(cfg, metrics)
+
+
+def searching() -> str | None:
+    """The Hydra sweeper that optimises this run's returned objective (Optuna, Nevergrad, Ax), if any.
+    (A W&B sweep's method is not visible to its runs: the search sweeps in sweeps/ fix eval.split=valid.)"""
+    try:
+        target = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_") or "")
+    except ValueError:
+        return None
+    short = target.rsplit(".", 1)[-1]
+    return f"the Hydra sweeper {short}" if any(n in target.lower() for n in ("optuna", "nevergrad", ".ax")) else None
+
+
+def check_search_split(cfg: DictConfig) -> None:
+    """A search optimises what it measures: it must never measure the test pairs (issue: the Optuna
+    objective used to be the test RMSE). Refused before any work, with the keys that fix it."""
+    from exp3rt.config import ConfigError
+
+    who = searching()
+    if who and str(cfg.eval.get("split", "test")) != "valid":
+        raise ConfigError(
+            f"{who} optimises the objective {cfg.objective}, which eval.split={cfg.eval.get('split', 'test')} measures on "
+            "test pairs; a search must not read the test set: pass eval.split=valid split.valid_ratio=0.1, then report "
+            "the chosen trial once with eval.split=test")
+    if who and float(cfg.split.valid_ratio) <= 0 and cfg.split.get("leave_n_out") is None:
+        raise ConfigError(f"{who} measures the objective on validation pairs, but split.valid_ratio=0 leaves none: "
+                          "pass split.valid_ratio=0.1")
 
 
 def objective_value(cfg: DictConfig, metrics: dict) -> float | None:
