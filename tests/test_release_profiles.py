@@ -19,6 +19,7 @@ from exp3rt.data.release import (
     read_profiles,
     read_rating_file,
     split_profile,
+    strip_average_section,
 )
 from exp3rt.data.schema import RatingScale
 
@@ -123,6 +124,22 @@ def test_average_that_is_not_one_number_stays_a_problem(value):
 def test_preamble_is_not_a_section():
     text = "Here is the profile you asked for.\n\n**[Like]**\n- a\n\n**[Dislike]**\n- b"
     assert profile_sections(text) == {"like": ["a"], "dislike": ["b"]}
+
+
+@pytest.mark.parametrize("form", list(HEADER_FORMS))
+def test_strip_average_section_in_every_form(form):
+    text = profile(*HEADER_FORMS[form])
+    stripped = strip_average_section(text)
+    assert split_profile(stripped) == (LIKES, DISLIKES, None) and "7.5" not in stripped
+    assert text.startswith(stripped)
+    same_line = "Like: a\nDislike: b\n**Average Rating:** 7.5\n"
+    assert strip_average_section(same_line) == "Like: a\nDislike: b"
+
+
+def test_strip_average_section_matches_the_canonical_layout():
+    text = "[Like]\n- a\n\n[Dislike]\n- None.\n\n[Average Rating]\n5.0"
+    assert strip_average_section(text) == "[Like]\n- a\n\n[Dislike]\n- None."
+    assert strip_average_section("free text only") == "free text only"
 
 
 FREE_TEXT = "This viewer enjoys slow-burning crime dramas and dislikes loud, effects-heavy blockbusters."

@@ -152,6 +152,20 @@ def profile_sections(text: str) -> dict[str, list[str]]:
     return scan_profile(text).sections
 
 
+def strip_average_section(text: str) -> str:
+    """``text`` without its ``[Average Rating]`` section (the header, in any form :func:`scan_profile`
+    reads, and the lines up to the next header); everything else is kept verbatim."""
+    kept: list[str] = []
+    in_average = False
+    for raw in text.splitlines():
+        header = _section_header(raw)
+        if header:
+            in_average = header[0] == "average rating"
+        if not in_average:
+            kept.append(raw)
+    return "\n".join(kept).rstrip()
+
+
 def _average(lines: list[str]) -> float:
     """The one number of an ``[Average Rating]`` section: ``7.5``, ``**7.5**``, ``7.5/10``, ``7.5 out of 10``."""
     match = None
