@@ -178,7 +178,8 @@ BAD_RECORDS = [
     (rec(user_persona="  "), "user_persona", "empty text"),
     (rec(user_id=""), "user_id", "empty text"),
     (rec(item_id=["x"]), "item_id", "expected a string, got list"),
-    (rec(item_synopsis="no sections here"), "item_synopsis", "neither a [Like] nor a [Dislike] section"),
+    # a synopsis without [Like]/[Dislike] headers is kept as free text (tests/test_release_profiles.py)
+    (rec(item_synopsis="**[Like]**\n- a\n**[Average Rating]**\n7 or 8"), "item_synopsis", "[Average Rating]"),
     (rec(user_persona="[Like]\n- a\n[Average Rating]\nhigh"), "user_persona", "[Average Rating]"),
     (rec(rationale=3), "rationale", "expected a string, got int"),
 ]

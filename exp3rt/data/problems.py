@@ -6,6 +6,10 @@ record index) and the field. In strict mode (the default) the first problem rais
 counts plus the first examples of each kind go into the data report written beside the data. Quirks
 that are fixed rather than skipped (a thousands separator in a vote count, a duplicate metadata row)
 are counted with :meth:`InputProblems.note` so the report shows them too. Nothing is dropped silently.
+
+A ``kind`` is the reason a report row counts, so it must be stable: it names the field and what is
+wrong, never the record number or the offending value (those go into ``reason`` and the examples).
+The data report has one row per kind: its count and the first record numbers (lines) where it occurred.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_EXAMPLES_PER_KIND = 20
+REPORT_LINES_PER_KIND = 5  # record numbers shown per reason in data_report.md (the JSON keeps up to 20)
 
 
 class DataError(ValueError):
@@ -40,6 +45,7 @@ class InputProblems:
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=lambda: defaultdict(list))
+    note_examples: dict = field(default_factory=lambda: defaultdict(list))
 
     def bad(self, file, line: int | None, field: str | None, reason: str, kind: str | None = None) -> None:
         """A record that cannot be used: raise (strict) or count a skip (lenient)."""
@@ -50,10 +56,13 @@ class InputProblems:
         if len(self.examples[kind]) < MAX_EXAMPLES_PER_KIND:
             self.examples[kind].append({"file": str(file), "line": line, "field": field, "reason": reason})
 
-    def note(self, kind: str, count: int = 1) -> None:
-        """A quirk that was repaired or resolved by a configured policy (not a skip)."""
+    def note(self, kind: str, count: int = 1, file=None, line: int | None = None) -> None:
+        """A quirk that was repaired or resolved by a configured policy (not a skip); ``file`` / ``line``
+        (when given) say where, for the report's first examples."""
         if count:
             self.notes[kind] += count
+            if file is not None and len(self.note_examples[kind]) < MAX_EXAMPLES_PER_KIND:
+                self.note_examples[kind].append({"file": str(file), "line": line})
 
     @property
     def total_skipped(self) -> int:
@@ -66,6 +75,7 @@ class InputProblems:
             "skipped": dict(self.skipped),
             "notes": dict(self.notes),
             "examples": {k: v for k, v in self.examples.items()},
+            "note_examples": {k: v for k, v in self.note_examples.items()},
         }
 
     def write(self, directory: Path, summary: dict | None = None) -> Path:
@@ -80,15 +90,35 @@ class InputProblems:
             lines += ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()] + [""]
         lines += [f"Mode: {'strict' if self.strict else 'lenient'}. Records skipped: {self.total_skipped}.", ""]
         if self.skipped:
-            lines += ["## Skipped records", "", "| reason | count |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in self.skipped.most_common()] + [""]
-            lines += ["First examples:", ""]
-            for kind, exs in self.examples.items():
-                for ex in exs[:5]:
-                    lines.append(f"- {kind} — {ex['file']} line {ex['line']}")
+            lines += ["## Skipped records", "", "| reason | count | first records | first example |"]
+            lines.append("|---|---|---|---|")
+            for kind, count in self.skipped.most_common():
+                exs = self.examples.get(kind, [])
+                first = _cell(exs[0]["reason"]) if exs else ""
+                lines.append(f"| {_cell(kind)} | {count} | {_where(exs, count)} | {first} |")
             lines.append("")
         if self.notes:
-            lines += ["## Repaired or resolved by policy", "", "| what | count |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in self.notes.most_common()] + [""]
+            lines += ["## Repaired or resolved by policy", "", "| what | count | first records |", "|---|---|---|"]
+            for kind, count in self.notes.most_common():
+                where = _where(self.note_examples.get(kind, []), count)
+                lines.append(f"| {_cell(kind)} | {count} | {where} |")
+            lines.append("")
         (directory / "data_report.md").write_text("\n".join(lines))
         return directory / "data_report.json"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    """Text for one markdown table cell: one line, pipes escaped, long text cut."""
+    text = " ".join(str(text).split()).replace("|", "\\|").replace("*", "\\*")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _where(examples: list[dict], count: int) -> str:
+    """``file.json: 72, 80, 95, …`` — the first record numbers (lines) per file; "…" when there are more."""
+    shown = examples[:REPORT_LINES_PER_KIND]
+    by_file: dict[str, list[str]] = {}
+    for ex in shown:
+        by_file.setdefault(Path(ex["file"]).name, []).append("-" if ex.get("line") is None else str(ex["line"]))
+    text = "; ".join(f"{name}: {', '.join(lines)}" for name, lines in by_file.items())
+    more = ", …" if count > len(shown) and shown else ""
+    return _cell(text + more, limit=200)

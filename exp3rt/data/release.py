@@ -24,7 +24,6 @@ Formats (one record shown per file kind):
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +51,33 @@ SFT_FIELDS = ["instruction", "input", "output"]
 SFT_SET_SEPARATOR = "\n---\n"
 SPLITS = ("train", "valid", "test")
 
-_SECTION = re.compile(r"^\s*\[\s*(like|dislike|average rating)\s*\]\s*$", re.IGNORECASE)
+# A profile section header. The canonical form is the whole line "[Like]" / "[Dislike]" /
+# "[Average Rating]"; LLM output also writes "**[Like]**", "Like:", "**Likes:**", "## Dislike", "[LIKE]",
+# "__Like__", "*Like*", optionally with content after a colon ("Like: action, humour"). A header is
+# the whole line being the (decorated) name, or "Name:" / "[Name]" followed by content; a bullet
+# ("- Likes the pacing", "* Like") never is.
+_CANONICAL_SECTION = re.compile(r"^\s*\[\s*(like|dislike|average rating)\s*\]\s*$", re.IGNORECASE)
+_SECTION_NAME = r"likes?|dislikes?|average[ _-]*ratings?"
+_SECTION = re.compile(
+    rf"""^\s*(?:\#{{1,6}}\s*)?                 # markdown heading marks
+    (?P<deco>\*{{1,3}}|_{{1,3}})?\s*       # opening bold/italic
+    (?:\[\s*(?P<bracketed>{_SECTION_NAME})\s*\]|(?P<bare>{_SECTION_NAME}))
+    \s*(?P<colon1>:)?\s*
+    (?(deco)(?P=deco))                    # the same closing decoration
+    \s*(?P<colon2>:)?\s*
+    (?P<rest>.*?)\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# the number of an [Average Rating] section: "7.5", "**7.5**", "7.5/10", "**7.5**/10", "7.5 out of 10"
+_AVERAGE_VALUE = re.compile(
+    r"^(?P<deco>\*{1,3}|_{1,3})?\s*(?P<num>[-+]?\d+(?:\.\d+)?)\s*(?(deco)(?P=deco))"
+    r"\s*(?:(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?\s*\.?$",
+    re.IGNORECASE,
+)
+_WRAPPED = re.compile(r"^(\*{1,3}|_{1,3})(.+?)\1$")  # "**7.5/10**"
 _NONE_BULLET = re.compile(r"^none\.?$", re.IGNORECASE)
-_BULLET = re.compile(r"^\s*[-*\u2022]\s?")
+# "- x", "\u2022 x", "* x"; a star followed by text is markdown emphasis ("**Great cast**"), not a bullet
+_BULLET = re.compile(r"^\s*(?:[-\u2022]|\*(?=\s|$))\s?")
 # "Key: value" starts a field of an item description; keys are short capitalised words
 _DESC_KEY = re.compile(r"^([A-Z][A-Za-z &/_-]{0,30}):\s?(.*)$")
 _KNOWN_DESC_KEYS = {
@@ -74,50 +97,106 @@ _KNOWN_DESC_KEYS = {
 # Profiles and descriptions (pure text helpers)
 
 
+def _section_header(line: str) -> tuple[str, str] | None:
+    """``(section, content after the header)`` when ``line`` is a section header, else None."""
+    m = _SECTION.match(line)
+    if not m:
+        return None
+    rest = m.group("rest")
+    if rest and not (m.group("colon1") or m.group("colon2") or m.group("bracketed")):
+        return None  # "Likes the pacing": prose, not a header
+    name = re.sub(r"[ _-]+", " ", (m.group("bracketed") or m.group("bare")).lower())
+    name = "average rating" if name.startswith("average") else name.rstrip("s")
+    return name, rest
+
+
+@dataclass
+class ProfileScan:
+    """What :func:`scan_profile` found in a profile text."""
+
+    sections: dict[str, list[str]]  # like / dislike / average rating -> bullet texts
+    preamble: list[str]  # non-empty lines before the first header
+    other_headers: bool  # a header was written in a non-canonical form (**[Like]**, Like:, ...)
+
+
+def scan_profile(text: str) -> ProfileScan:
+    """Split a profile text into its sections, tolerating the header forms LLM output uses.
+
+    Bullet markers are removed and empty bullets dropped; content on a header line ("Like: humour") is
+    the section's first bullet. Lines before the first header are returned as ``preamble``.
+    """
+    sections: dict[str, list[str]] = {}
+    preamble: list[str] = []
+    other = False
+    current: list[str] | None = None
+    for raw in text.splitlines():
+        header = _section_header(raw)
+        if header:
+            other = other or not _CANONICAL_SECTION.match(raw)
+            current = sections.setdefault(header[0], [])
+            raw = header[1]
+        line = _BULLET.sub("", raw, count=1).strip()
+        if not line:
+            continue
+        (preamble if current is None else current).append(line)
+    return ProfileScan(sections, preamble, other)
+
+
 def profile_sections(text: str) -> dict[str, list[str]]:
     """Split a ``[Like]`` / ``[Dislike]`` / ``[Average Rating]`` block into its sections' lines.
 
-    Keys are ``like``, ``dislike``, ``average rating`` (only the sections present). Bullet markers are
-    removed, empty bullets dropped; text before the first section header is ignored.
+    Keys are ``like``, ``dislike``, ``average rating`` (only the sections present). Headers may be
+    decorated (``**[Like]**``, ``Likes:``, ``## Dislike``, ...; see :func:`scan_profile`). Bullet
+    markers are removed, empty bullets dropped; text before the first section header is ignored.
     """
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
+    return scan_profile(text).sections
+
+
+def strip_average_section(text: str) -> str:
+    """``text`` without its ``[Average Rating]`` section (the header, in any form :func:`scan_profile`
+    reads, and the lines up to the next header); everything else is kept verbatim."""
+    kept: list[str] = []
+    in_average = False
     for raw in text.splitlines():
-        header = _SECTION.match(raw)
+        header = _section_header(raw)
         if header:
-            current = sections.setdefault(header.group(1).lower(), [])
-            continue
-        if current is None:
-            continue
-        line = _BULLET.sub("", raw, count=1).strip()
-        if line:
-            current.append(line)
-    return sections
+            in_average = header[0] == "average rating"
+        if not in_average:
+            kept.append(raw)
+    return "\n".join(kept).rstrip()
+
+
+def _average(lines: list[str]) -> float:
+    """The one number of an ``[Average Rating]`` section: ``7.5``, ``**7.5**``, ``7.5/10``, ``7.5 out of 10``."""
+    match = None
+    if len(lines) == 1:
+        value = lines[0].strip()
+        wrapped = _WRAPPED.match(value)
+        match = _AVERAGE_VALUE.match(wrapped.group(2).strip() if wrapped else value)
+    if match is None:
+        raise ValueError(f"[Average Rating] must be followed by one number, got {lines!r}")
+    value = float(match.group("num"))
+    if match.group("den") is not None and value > float(match.group("den")):
+        raise ValueError(
+            f"[Average Rating] must be followed by one number, got {lines!r} (above its own maximum)"
+        )
+    return value
 
 
 def split_profile(text: str) -> tuple[list[str], list[str], float | None]:
     """Return ``(likes, dislikes, average)`` of a profile text.
 
     A side written as ``None`` / ``None.`` is empty; a missing section is empty (the release has
-    synopses cut off before ``[Dislike]``); ``average`` is None without an ``[Average Rating]`` line.
-    Raises :class:`ValueError` when the ``[Average Rating]`` section is not one number.
+    synopses cut off before ``[Dislike]``; a free-text profile has neither side); ``average`` is None
+    without an ``[Average Rating]`` line. Raises :class:`ValueError` when the ``[Average Rating]``
+    section is not one number (decoration such as ``**7.5**`` or ``7.5/10`` is allowed).
     """
     sections = profile_sections(text)
 
     def side(name: str) -> list[str]:
         return [b for b in sections.get(name, []) if not _NONE_BULLET.match(b)]
 
-    average = None
-    if "average rating" in sections:
-        lines = sections["average rating"]
-        try:
-            if len(lines) != 1:
-                raise ValueError
-            average = float(lines[0])
-            if math.isnan(average):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"[Average Rating] must be followed by one number, got {lines!r}") from None
+    average = _average(sections["average rating"]) if "average rating" in sections else None
     return side("like"), side("dislike"), average
 
 
@@ -176,7 +255,13 @@ def _read_json_list(path: Path, problems: InputProblems) -> list | None:
         )
         return None
     if not isinstance(data, list):
-        problems.bad(path, None, None, f"top level must be a JSON list of records, got {type(data).__name__}")
+        problems.bad(
+            path,
+            None,
+            None,
+            f"top level must be a JSON list of records, got {type(data).__name__}",
+            kind="file is not a JSON list",
+        )
         return None
     return data
 
@@ -184,7 +269,13 @@ def _read_json_list(path: Path, problems: InputProblems) -> list | None:
 def _record(path: Path, index: int, record, problems: InputProblems) -> dict | None:
     if isinstance(record, dict):
         return record
-    problems.bad(path, index, None, f"record {index} is a {type(record).__name__}, expected a JSON object")
+    problems.bad(
+        path,
+        index,
+        None,
+        f"record {index} is a {type(record).__name__}, expected a JSON object",
+        kind="record is not a JSON object",
+    )
     return None
 
 
@@ -197,7 +288,13 @@ def _text_field(path: Path, index: int, record: dict, name: str, problems: Input
     if ids and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        problems.bad(path, index, name, f"record {index}: expected a string, got {type(value).__name__}")
+        problems.bad(
+            path,
+            index,
+            name,
+            f"record {index}: expected a string, got {type(value).__name__}",
+            kind=f"{name}: not a string",
+        )
         return None
     if not value.strip():
         problems.bad(path, index, name, f"record {index}: empty text", kind=f"{name}: empty")
@@ -205,21 +302,32 @@ def _text_field(path: Path, index: int, record: dict, name: str, problems: Input
     return value
 
 
-def _check_profile(path: Path, index: int, name: str, text: str, problems: InputProblems) -> bool:
-    """Profile text must have a [Like] or [Dislike] section and a numeric average if any."""
-    sections = profile_sections(text)
-    if "like" not in sections and "dislike" not in sections:
-        problems.bad(path, index, name, f"record {index}: neither a [Like] nor a [Dislike] section")
-        return False
+def _check_profile(path: Path, index: int, name: str, text: str, problems: InputProblems) -> list[str] | None:
+    """Check a profile text; None after a reported problem, else the quirks to note if the record is kept.
+
+    Only an ``[Average Rating]`` section that is not one number is a problem. A text without any
+    ``[Like]`` / ``[Dislike]`` header is kept as free text (it is what a prompt shows either way) with
+    empty sides; text before the first header, headers in another form and a missing side are noted.
+    """
+    scan = scan_profile(text)
     try:
         split_profile(text)
     except ValueError as e:
         problems.bad(path, index, name, f"record {index}: {e}", kind=f"{name}: bad [Average Rating]")
-        return False
-    if "like" not in sections or "dislike" not in sections:
-        missing = "[Dislike]" if "like" in sections else "[Like]"
-        problems.note(f"{name} without a {missing} section (truncated in the source; read as empty)")
-    return True
+        return None
+    has_like, has_dislike = "like" in scan.sections, "dislike" in scan.sections
+    notes = []
+    if not has_like and not has_dislike:
+        notes.append(f"{name} without [Like]/[Dislike] headers (kept as free text)")
+    else:
+        if scan.preamble:
+            notes.append(f"{name}: text before the first [Like]/[Dislike] header (kept in the profile text)")
+        if not has_like or not has_dislike:
+            missing = "[Dislike]" if has_like else "[Like]"
+            notes.append(f"{name} without a {missing} section (truncated in the source; read as empty)")
+    if scan.other_headers:
+        notes.append(f"{name}: section headers written another way (e.g. **[Like]**, Like:; read the same)")
+    return notes
 
 
 def _score(path: Path, index: int, record: dict, scale: RatingScale, problems: InputProblems) -> float | None:
@@ -228,7 +336,13 @@ def _score(path: Path, index: int, record: dict, scale: RatingScale, problems: I
         return None
     raw = record["score"]
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        problems.bad(path, index, "score", f"record {index}: expected a number as text, got {raw!r}")
+        problems.bad(
+            path,
+            index,
+            "score",
+            f"record {index}: expected a number as text, got {raw!r}",
+            kind="score: not a number",
+        )
         return None
     try:
         value = float(raw.strip() if isinstance(raw, str) else raw)
@@ -266,16 +380,19 @@ def read_rating_file(path: str | Path, scale: RatingScale, problems: InputProble
             continue
         uid = _text_field(path, index, rec, "user_id", problems, ids=True)
         iid = uid and _text_field(path, index, rec, "item_id", problems, ids=True)
-        texts = {}
+        texts, quirks = {}, []
         for name in ("user_persona", "item_synopsis", "item_description"):
             if iid is None:
                 break
             texts[name] = _text_field(path, index, rec, name, problems)
             if texts[name] is None:
                 break
-            if name != "item_description" and not _check_profile(path, index, name, texts[name], problems):
-                texts[name] = None
-                break
+            if name != "item_description":
+                found = _check_profile(path, index, name, texts[name], problems)
+                if found is None:
+                    texts[name] = None
+                    break
+                quirks += found
         if uid is None or iid is None or len(texts) < 3 or None in texts.values():
             continue
         rating = _score(path, index, rec, scale, problems)
@@ -284,12 +401,18 @@ def read_rating_file(path: str | Path, scale: RatingScale, problems: InputProble
         rationale = rec.get("rationale")
         if rationale is not None and not isinstance(rationale, str):
             problems.bad(
-                path, index, "rationale", f"record {index}: expected a string, got {type(rationale).__name__}"
+                path,
+                index,
+                "rationale",
+                f"record {index}: expected a string, got {type(rationale).__name__}",
+                kind="rationale: not a string",
             )
             continue
         if rationale is not None and not rationale.strip():
-            problems.note("empty rationale read as missing")
+            quirks.append("empty rationale read as missing")
             rationale = None
+        for quirk in quirks:  # noted only for kept records: a skipped one is counted once, as a skip
+            problems.note(quirk, file=path, line=index)
         rows.append(
             (
                 uid,
@@ -342,11 +465,18 @@ def read_profiles(path: str | Path, kind: str, problems: InputProblems) -> pd.Da
             continue
         pid = _text_field(path, index, rec, id_field, problems, ids=True)
         text = pid and _text_field(path, index, rec, text_field, problems)
-        if pid is None or text is None or not _check_profile(path, index, text_field, text, problems):
+        quirks = (
+            None if pid is None or text is None else _check_profile(path, index, text_field, text, problems)
+        )
+        if quirks is None:
             continue
         if pid in seen:
-            problems.note(f"repeated {id_field} in a {kind} profile file: kept the first profile")
+            problems.note(
+                f"repeated {id_field} in a {kind} profile file: kept the first profile", file=path, line=index
+            )
             continue
+        for quirk in quirks:
+            problems.note(quirk, file=path, line=index)
         seen.add(pid)
         ids.append(pid)
         texts.append(text)
