@@ -319,7 +319,7 @@ def test_release_imdb_trains_and_evaluates_on_the_published_layout(env):
     all of them cold (4 pairs a user). The tiny student stands in for the 8B one."""
     from release_layout import write_release
 
-    root = write_release(env / "release")
+    root = write_release(env / "release", variants=True)
     m = run_in_process(["experiment=release_imdb", "student=tiny", "peft=lora", "trainer=cpu", "student.quantization=null",
                         f"dataset.path={root / 'imdb'}", "train.batch_size=4", "train.micro_batch_size=4",
                         "train.val_generate=false", "trainer.max_epochs=1", "sft.max_length=1024", "eval.max_new_tokens=8",

@@ -21,7 +21,6 @@ examples deterministically (``sft.seed``). The ablation (``conf/ablation``) chan
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -40,6 +39,7 @@ from exp3rt.config import (
     check_ablation,
     check_student_data,
 )
+from exp3rt.data.release import strip_average_section
 from exp3rt.student.prompts import StudentPrompts, load_student_prompt
 from exp3rt.student.ratings import RatingTokens
 from exp3rt.teacher.selection import round_rating
@@ -48,7 +48,6 @@ from exp3rt.teacher.stages import describe_item
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "valid", "test")
-_AVERAGE = re.compile(r"\s*^[ \t]*\[\s*average rating\s*\][ \t]*\n?[^\n\[]*", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass
@@ -70,8 +69,10 @@ class ExampleSet(dict):
 
 
 def strip_average(profile: str) -> str:
-    """A profile without its ``[Average Rating]`` section (header and its number)."""
-    return _AVERAGE.sub("", profile).rstrip()
+    """A profile without its ``[Average Rating]`` section (header and its number), in any header form the
+    release's profiles use (``**[Average Rating]**``, ``Average Rating: 7.5``): the ``avg_rating=false``
+    ablation must not leak the average through a decorated header."""
+    return strip_average_section(profile)
 
 
 def _average_block(average: float | None) -> str:
