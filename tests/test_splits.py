@@ -105,3 +105,14 @@ def test_split_seed_is_separate_from_training_seed():
 
     cfg = validate(OmegaConf.create({"seed": 123, "split": {"strategy": "random", "seed": 0}}))
     assert cfg.split.seed == 0 and cfg.seed == 123  # seed 0 is a value, not "unset"
+
+
+@pytest.mark.parametrize("strategy", ["random", "per_user", "temporal", "unseen_user"])
+def test_carving_a_validation_part_leaves_the_test_pairs_as_they_were(strategy):
+    """A search scores validation pairs (split.valid_ratio=0.1); the chosen trial is then reported on the
+    test pairs of the split without the carving, and those must be the same pairs."""
+    inter = toy_interactions(per_user=10)
+    without = assign_split(inter, split_cfg(strategy=strategy, seed=3, test_ratio=0.2, valid_ratio=0.0))
+    carved = assign_split(inter, split_cfg(strategy=strategy, seed=3, test_ratio=0.2, valid_ratio=0.1))
+    assert ((without == "test") == (carved == "test")).all()
+    assert (carved == "valid").sum() > 0 and not ((carved == "valid") & (without != "train")).any()

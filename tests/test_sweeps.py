@@ -19,6 +19,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -331,6 +332,44 @@ def test_trainer_slurm_tasks_per_node_is_the_slurm_jobs(monkeypatch):
         hc.cfg = None
 
 
+@needs_optuna
+def test_a_search_is_refused_on_test_pairs_and_its_advice_runs():
+    """The Optuna objective used to be the test RMSE. The preset scores validation pairs; a search told to
+    score test pairs stops before any work, and the keys its message names make it valid again."""
+    from exp3rt.cli.pipeline import check_search_split
+
+    hc = HydraConfig.instance()
+    try:
+        cfg = compose_pipeline(["hparams_search=optuna"])
+        hc.set_config(cfg)
+        assert cfg.eval.split == "valid" and cfg.split.valid_ratio == 0.1
+        check_search_split(cfg)
+        cfg = compose_pipeline(["hparams_search=optuna", "eval.split=test", "split.valid_ratio=0"])
+        hc.set_config(cfg)
+        with pytest.raises(ConfigError, match="a search must not read the test set") as err:
+            check_search_split(cfg)
+        advice = str(err.value).split("pass ")[1].split(",")[0].split()
+        assert advice == ["eval.split=valid", "split.valid_ratio=0.1"]
+        cfg = compose_pipeline(["hparams_search=optuna", "eval.split=test", "split.valid_ratio=0", *advice])
+        hc.set_config(cfg)
+        check_search_split(cfg)
+        cfg = compose_pipeline(["eval.split=test"])  # a plain run (or a grid of ablations) reports on test
+        hc.set_config(cfg)
+        check_search_split(cfg)
+    finally:
+        hc.cfg = None
+
+
+def test_every_choosing_sweep_scores_validation_pairs():
+    for path in SWEEPS:
+        sweep = load_sweep(path)
+        fixed = {k: v.get("value") for k, v in sweep["parameters"].items() if "value" in v}
+        if path.stem == "ablation_grid":  # a table to report: every ablation is shown, none chosen
+            assert fixed.get("eval.split", "test") == "test"
+        else:
+            assert fixed["eval.split"] == "valid" and fixed["split.valid_ratio"] > 0, path.name
+
+
 # ---------------------------------------------------------------- the stage lock
 
 
@@ -411,11 +450,26 @@ def test_two_trial_optuna_study_of_the_pipeline(tmp_path):
     trials = sorted(study.trials, key=lambda t: t.number)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for trial, job in zip(trials, job_dirs(tmp_path), strict=True):
-        flat = json.loads((job / "metrics.json").read_text())["flat"]
+        metrics = json.loads((job / "metrics.json").read_text())
+        flat = metrics["flat"]
         assert trial.value == pytest.approx(flat["rating/student_expected/rmse"])  # what main() returned
         ran = OmegaConf.load(job / "config.yaml")
         assert ran.train.lr == pytest.approx(trial.params["train.lr"]) and ran.peft.r == trial.params["peft.r"]
+        # the objective read validation pairs only, never a test pair
+        split_dir = Path(metrics["stages"]["data"]["split_dir"])
+        parts = {p: pd.read_parquet(split_dir / f"{p}.parquet") for p in ("valid", "test")}
+        preds = (Path(metrics["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()
+        scored = {(json.loads(line)["user_id"], json.loads(line)["item_id"]) for line in preds}
+        assert metrics["protocol"]["scored_split"] == "valid" and len(scored) == 5
+        assert scored <= set(zip(parts["valid"].user_id, parts["valid"].item_id, strict=True))
+        assert not scored & set(zip(parts["test"].user_id, parts["test"].item_id, strict=True))
     assert trials[0].params != trials[1].params
+    # the chosen trial, reported once on test: its student is reused, only the evaluation runs
+    best = min(trials, key=lambda t: t.value)
+    proc = cli([*TINY, *(f"{k}={v}" for k, v in best.params.items()), "split.valid_ratio=0.1", "eval.split=test"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "pairs from the test split" in proc.stdout and "VALIDATION" not in proc.stdout
+    assert re.search(r"train skipped", proc.stdout) and re.search(r"evaluate ran", proc.stdout)
 
 
 @pytest.mark.slow
