@@ -7,11 +7,12 @@
 #   zero2_bf16    DeepSpeed ZeRO-2, bf16, 1 GPU (a few steps, resumable checkpoint written)
 #   zero3_bf16    DeepSpeed ZeRO-3, bf16, with validation generation (parameters gathered to generate)
 #   zero2_fp16    DeepSpeed ZeRO-2 with fp16 loss scaling (fp16 needs a GPU)
-#   release_imdb  the release preset (teacher=release, predefined split, 1-10 written 0-9) with SmolLM2
-#                 on a train/valid/test cut of the release sample (60 pairs: a path check, not a score)
+#   release_imdb  the release preset (teacher=release, seeded 70/10/20 split, 1-10 written 0-9) with SmolLM2
+#                 on the published layout (RELEASE_DIR=the release's data/ folder; else a made-up copy: a path
+#                 check, not a score)
 #   demo_smollm_no_reasoning  the demo without reasoning, for comparison
 #
-#   SMOLLM2_DIR=artifacts/models/smollm2-135m-instruct RELEASE_DIR=../shared/data/exp3rt-release-sample \
+#   SMOLLM2_DIR=artifacts/models/smollm2-135m-instruct RELEASE_DIR=/path/to/EXP3RT/data \
 #     bash benchmarks/gpu_check_training.sh [gpu|cpu] [seconds]
 # `cpu` runs the same commands with a handful of steps on CPU (DeepSpeed steps as dry runs) to check
 # that they compose before GPU time is spent. Writes summary.txt and results.tgz (logs, metrics.json
@@ -23,7 +24,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/exp3rt_gpu_check/out}
 WORK=${WORK:-/tmp/exp3rt_gpu_check}
 SMOL=${SMOLLM2_DIR:-$ROOT/artifacts/models/smollm2-135m-instruct}
-RELEASE=${RELEASE_DIR:-$ROOT/../shared/data/exp3rt-release-sample}
+RELEASE=${RELEASE_DIR:-/nonexistent}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$WORK/logs" "$WORK/runs"
 START=$(date +%s)
@@ -61,23 +62,15 @@ step() {  # step NAME MAX_SECONDS ARGS... : run one pipeline command under the s
 
 step demo_smollm ${DEMO_LIMIT:-300} "${DEMO[@]}" $HW trainer.max_steps=$DEMO_STEPS
 step zero2_bf16 80 "${DEMO[@]}" stages=[train] trainer=deepspeed_zero2 trainer.devices=1 trainer.max_steps=$DS_STEPS $DS_DRY
-# the release sample's 60 test pairs cut into train 40 / valid 5 / test 15 (the full release has 2,073 test pairs)
-if [ ! -d "$RELEASE" ]; then
-  echo "release_imdb skipped: no release sample at $RELEASE (set RELEASE_DIR; ../shared does not travel to a device)" | tee -a "$OUT/summary.txt"
-  ONLY="${ONLY:-demo_smollm zero2_bf16 zero3_bf16 zero2_fp16 demo_smollm_no_reasoning}"; ONLY="${ONLY//release_imdb/}"
-else rm -rf "$WORK/release" && cp -r "$RELEASE" "$WORK/release" && chmod -R u+w "$WORK/release" && "$PY" - "$WORK/release/imdb" <<'PYEOF'
-import json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-rows = json.loads((d / "rating_test_sample.json").read_text())
-for name, part in (("rating_train", rows[:40]), ("rating_valid", rows[40:45]), ("rating_test", rows[45:])):
-    (d / f"{name}.json").write_text(json.dumps(part))
-print("release cut:", len(rows[:40]), len(rows[40:45]), len(rows[45:]))
-PYEOF
+# experiment=release_imdb on the published layout: the real release when RELEASE_DIR names its data/ folder,
+# else the made-up copy of that layout the tests use (tests/release_layout.py)
+if [ ! -f "$RELEASE/imdb/rating_bias/test_helpful.json" ]; then
+  RELEASE="$WORK/release"; rm -rf "$RELEASE"
+  "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); from release_layout import write_release; write_release(Path('$RELEASE'), n_users=60, variants=True)"
+  echo "release_imdb on the made-up layout (tests/release_layout.py): set RELEASE_DIR=/path/to/EXP3RT/data for the real one" | tee -a "$OUT/summary.txt"
 fi
 step release_imdb 100 experiment=release_imdb student=smollm2_135m student.model_path="$SMOL" peft=lora $HW \
-  student.quantization=null dataset.path="$WORK/release/imdb" dataset.release.rating_train=rating_train.json \
-  dataset.release.rating_valid=rating_valid.json dataset.release.rating_test=rating_test.json \
+  student.quantization=null dataset.path="$RELEASE/imdb" \
   train.batch_size=8 train.micro_batch_size=4 train.val_generate=false trainer.max_epochs=$REL_EPOCHS \
   eval.batch_size=16
 step zero3_bf16 ${ZERO3_LIMIT:-130} "${DEMO[@]}" stages=[train] trainer=deepspeed_zero3 trainer.devices=1 trainer.max_steps=$DS_STEPS \
