@@ -287,6 +287,24 @@ def test_release_imdb_dry_run_imports_instead_of_calling(env):
     assert m["data"]["split"]["counts"] == {"train": 67, "valid": 10, "test": 19}  # 96 pairs, 70/10/20
 
 
+def test_release_amazon_book_trains_reasoning_on_the_published_rationales(env):
+    """The Amazon-Book release publishes the teacher's rationales: its preset trains reasoning then rating
+    on the seeded split's training pairs and scores exactly its test pairs."""
+    from release_layout import write_release
+
+    root = write_release(env / "release", variants=True)
+    m = run_in_process(["experiment=release_amazon_book", "student=tiny", "peft=lora", "trainer=cpu",
+                        "student.quantization=null", f"dataset.path={root / 'amazon-book'}", "train.batch_size=4",
+                        "train.micro_batch_size=4", "train.val_generate=false", "trainer.max_epochs=1", "sft.max_length=1024",
+                        "eval.max_new_tokens=8", "logger.wandb=false", "progress=false"], env / "run")
+    train = json.loads((Path(m["stages"]["train"]["dir"]) / "train.json").read_text())
+    assert train["example_report"]["counts"]["train"]["rating"] == 67 and train["example_report"]["ablation"] == "full"
+    test = pd.read_parquet(Path(m["stages"]["data"]["split_dir"]) / "test.parquet")
+    preds = [json.loads(line) for line in (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()]
+    assert {(p["user_id"], p["item_id"]) for p in preds} == set(zip(test.user_id, test.item_id, strict=True))
+    assert m["rating"]["student_expected"]["n"] == 19 and all(p["reasoning"] is not None for p in preds)
+
+
 def test_release_imdb_without_the_release_names_the_key_to_set(env, monkeypatch):
     from exp3rt.cli.pipeline import run
 
