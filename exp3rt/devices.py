@@ -46,3 +46,27 @@ def free_memory() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def check_machine(cfg) -> None:
+    """What this machine must have for a training run, checked before any data work (a GPU trainer used to
+    die after ~11 s of data preparation with Lightning's "No supported gpu backend found!", QLoRA after
+    ~20 s with a transformers ImportError): a CUDA GPU for a GPU trainer, bitsandbytes for 4-bit QLoRA.
+    Dry runs do not call it: cluster presets are checked on machines without a GPU."""
+    import importlib.util
+
+    import torch
+
+    from exp3rt.config import ConfigError
+
+    tr = cfg.get("trainer")
+    if tr is not None and str(tr.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={tr.accelerator} (trainer=gpu, ddp or a deepspeed_zero* preset) trains on CUDA GPUs, "
+            f"but torch {torch.__version__} sees none on this machine: train here with trainer=cpu, or trainer=deepspeed_cpu "
+            "for DeepSpeed ZeRO on CPU; to check a GPU preset without training, add dry_run=true (exp3rt-pipeline)")
+    student = cfg.get("student")
+    if student is not None and student.get("quantization") == "4bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "student.quantization=4bit (QLoRA) needs the bitsandbytes package, which is not installed: "
+            "pip install -e '.[qlora]' on a CUDA machine, or train without quantization: student.quantization=null")

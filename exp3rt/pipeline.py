@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import fingerprint, save_config, to_container
 from exp3rt.config import ConfigError
-from exp3rt.devices import free_memory
+from exp3rt.devices import check_machine, free_memory
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,8 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
     save_config(cfg, out_dir / "config.yaml")
     if cfg.get("dry_run"):
         return dry_run(cfg, out_dir)
+    if "train" in stages:
+        check_machine(cfg)
     record: dict = {"task": "pipeline", "stages": {}, "hydra": hydra_info or {}}
     t0 = time.perf_counter()
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)

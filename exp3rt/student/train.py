@@ -18,6 +18,7 @@ import numpy as np
 
 from exp3rt.artifacts import save_config, scrub_secrets, to_container
 from exp3rt.config import ConfigError
+from exp3rt.devices import check_machine
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def train(cfg, run_dir: Path) -> dict:
     from exp3rt.student.strategies import build_strategy
     from exp3rt.student.tokenize import answer_token_stats, build_dataset, collate
 
+    check_machine(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     pl.seed_everything(int(cfg.train.seed), workers=True)
