@@ -1,0 +1,133 @@
+"""The EXP3RT release's top-k split as a dataset (loader ``lightgcn_topk``, presets ``release_topk_*``):
+the release's anomalies are repaired and counted, bad lines name file and line, the presets select the
+source's own split, exp3rt-baselines writes candidates with their relevance, and the reranker judges a
+candidates file by the run that wrote it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from exp3rt import CONF_DIR
+from exp3rt.config import validate
+from exp3rt.data.loaders import load_dataset
+from exp3rt.data.problems import DataError
+
+USERS = ["/user/ur1/", "/user/ur2/", "/user/ur3/"]
+ITEMS = ["0053125", "3896198", "1219827", "0111161", "0068646"]
+
+
+def write_lightgcn(d: Path, train: str, test: str, header: bool = True) -> Path:
+    d.mkdir(parents=True)
+    head = "org_id remap_id\n" if header else ""
+    (d / "user_list.txt").write_text("org_id remap_id\n" + "".join(f"{u} {k}\n" for k, u in enumerate(USERS)))
+    (d / "item_list.txt").write_text(head + "".join(f"{i} {k}\n" for k, i in enumerate(ITEMS)))
+    (d / "train.txt").write_text(train)
+    (d / "test.txt").write_text(test)
+    return d
+
+
+def topk_cfg(path: Path, **over):
+    ds = {"name": "topk_fixture", "loader": "lightgcn_topk", "domain": "movie", "scale": {"min": 0, "max": 1},
+          "path": str(path), "require_review": False} | over
+    return validate(OmegaConf.create({"dataset": ds})).dataset
+
+
+def pairs(df: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(df["user_id"].astype(str), df["item_id"].astype(str), strict=True))
+
+
+# the release's anomalies in miniature: test.txt repeats user 0 (lines 1 and 3) and lists the pair (0, 2)
+# twice, train.txt lists (1, 3) twice, (0, 1) is in both files, item_list.txt has no header
+ANOMALOUS_TRAIN = "0 0 1\n1 3 3 4\n2 0\n"
+ANOMALOUS_TEST = "0 2 1\n1 0\n0 2 4\n2\n"
+
+
+def test_loader_repairs_and_counts_every_anomaly(tmp_path):
+    d = write_lightgcn(tmp_path / "topk", ANOMALOUS_TRAIN, ANOMALOUS_TEST, header=False)
+    ds, problems = load_dataset(topk_cfg(d))
+    n = problems.notes
+    assert n["test.txt: repeated user lines (merged into the user's first line)"] == 1
+    assert n["test.txt: item ids on repeated user lines"] == 2
+    assert n["test.txt: duplicate (user, item) pairs (kept once)"] == 1
+    assert n["train.txt: duplicate (user, item) pairs (kept once)"] == 1
+    assert n["test.txt: pairs also in train.txt (dropped from test, kept for training)"] == 1
+    assert n["item_list.txt: id list without a header line (read from line 1)"] == 1
+    assert n["users with no items in test.txt"] == 1
+    assert problems.total_skipped == 0
+    labels = ds.extras["split_labels"]
+    train = labels[labels["split"] == "train"]
+    test = labels[labels["split"] == "test"]
+    u1, u2, u3 = USERS
+    assert pairs(train) == {(u1, ITEMS[0]), (u1, ITEMS[1]), (u2, ITEMS[3]), (u2, ITEMS[4]), (u3, ITEMS[0])}
+    # (u1, item 1) is a training pair, so it is not evaluated; the repeated line's item 4 is merged in
+    assert pairs(test) == {(u1, ITEMS[2]), (u1, ITEMS[4]), (u2, ITEMS[0])}
+    assert not pairs(train) & pairs(test)
+    inter = ds.interactions
+    assert len(inter) == 8 and set(inter["rating"]) == {1.0}
+    assert pairs(inter) == pairs(labels)
+    assert sorted(ds.items["item_id"]) == sorted(ITEMS)  # the whole catalogue, in original ids
+    assert ds.extras["topk_user_ids"]["org_id"].tolist() == USERS
+
+
+def test_pairs_in_both_files_follow_the_duplicates_policy(tmp_path):
+    d = write_lightgcn(tmp_path / "topk", ANOMALOUS_TRAIN, ANOMALOUS_TEST)
+    u1 = USERS[0]
+    ds, problems = load_dataset(topk_cfg(d, duplicates="keep_latest"))
+    labels = ds.extras["split_labels"]
+    assert (u1, ITEMS[1]) in pairs(labels[labels["split"] == "test"])
+    assert (u1, ITEMS[1]) not in pairs(labels[labels["split"] == "train"])
+    assert problems.notes["train.txt: pairs also in test.txt (dropped from training, kept as test pairs)"] == 1
+
+    with pytest.raises(DataError) as ei:
+        load_dataset(topk_cfg(d, duplicates="error"))
+    assert (ei.value.file, ei.value.line) == (str(d / "test.txt"), 1)
+    assert "also in train.txt (line 1)" in str(ei.value) and "dataset.duplicates=keep_first" in str(ei.value)
+    ds, problems = load_dataset(topk_cfg(d, duplicates="error", strict=False))
+    assert problems.skipped["test.txt: pair also in train.txt"] == 1
+    assert (u1, ITEMS[1]) not in pairs(ds.extras["split_labels"].query("split == 'test'"))
+
+
+def test_bad_lines_name_file_line_and_field(tmp_path):
+    d = write_lightgcn(tmp_path / "topk", "0 0\n1 1\n", "0 2\n1 x 3\n7 1\n")
+    with pytest.raises(DataError) as ei:
+        load_dataset(topk_cfg(d))
+    assert (ei.value.file, ei.value.line, ei.value.field) == (str(d / "test.txt"), 2, "item_remap")
+    assert "'x' is not an integer" in str(ei.value)
+    ds, problems = load_dataset(topk_cfg(d, strict=False))
+    assert problems.total_skipped == 2  # item x, user 7
+    assert problems.examples[next(k for k in problems.skipped if k.startswith("user_remap"))][0]["line"] == 3
+    assert pairs(ds.extras["split_labels"].query("split == 'test'")) == {(USERS[0], ITEMS[2]), (USERS[1], ITEMS[3])}
+    # a first line that is neither the header nor a mapping is bad input
+    (d / "user_list.txt").write_text("user remap\n/user/ur1/ 0\n")
+    with pytest.raises(DataError, match="expected the header 'org_id remap_id'") as ei:
+        load_dataset(topk_cfg(d))
+    assert (ei.value.file, ei.value.line) == (str(d / "user_list.txt"), 1)
+
+
+def test_loader_config_errors(tmp_path):
+    from exp3rt.config import ConfigError
+
+    d = write_lightgcn(tmp_path / "topk", "0 0\n", "0 1\n")
+    with pytest.raises(ConfigError, match="scale min 0, max 1"):
+        load_dataset(topk_cfg(d, scale={"min": 2, "max": 5}))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        load_dataset(topk_cfg(d / "train.txt"))
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.mark.parametrize("entry", ["baselines", "train", "pipeline", "annotate"])
+def test_presets_select_the_source_split(entry):
+    for preset in ("release_topk_imdb", "release_topk_amazon_book"):
+        cfg = compose_cfg(entry, [f"dataset={preset}"])
+        assert cfg.dataset.loader == "lightgcn_topk" and cfg.split.strategy == "predefined"
+        assert compose_cfg(entry, [f"dataset={preset}", "split=random"]).split.strategy == "random"
+    assert compose_cfg(entry, []).split.strategy == "random"  # other datasets keep the entry point's split
