@@ -5,6 +5,7 @@ candidates file by the run that wrote it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -131,3 +132,99 @@ def test_presets_select_the_source_split(entry):
         assert cfg.dataset.loader == "lightgcn_topk" and cfg.split.strategy == "predefined"
         assert compose_cfg(entry, [f"dataset={preset}", "split=random"]).split.strategy == "random"
     assert compose_cfg(entry, []).split.strategy == "random"  # other datasets keep the entry point's split
+
+
+FAST = ["baselines.retrieval.bpr_epochs=3", "baselines.retrieval.lightgcn_epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    from conftest import shared_data_dir
+
+    from exp3rt.cli.baselines import run
+
+    folder = shared_data_dir() / "exp3rt-release-sample" / "topk-imdb"
+    if not folder.is_dir():
+        pytest.skip(f"shared data folder {folder} is absent")
+    root = tmp_path_factory.mktemp("topk")
+    cfg = compose_cfg("baselines", ["dataset=release_topk_imdb", f"paths.artifacts_dir={root}/artifacts", *FAST])
+    return run(cfg, root / "run"), root / "run"
+
+
+@pytest.mark.shared_data
+def test_baselines_on_the_shared_topk_sample(shared_data, sample_run, capsys):
+    metrics, run_dir = sample_run
+    assert metrics["split"]["strategy"] == "predefined"
+    assert metrics["split"]["stats"]["counts"] == {"train": 11187, "valid": 0, "test": 3426}
+    assert metrics["dataset"]["users"] == 791 and metrics["dataset"]["items"] == 1155
+    assert metrics["rating"] == {} and "implicit feedback" in metrics["rating_skipped"]
+    for name in ("popularity", "bpr_mf", "lightgcn"):
+        r = metrics["retrieval"][name]
+        assert {"recall@20", "ndcg@20", "hit@20", "recall@10"} <= set(r) and r["users_evaluated"] == 791
+    report = (run_dir / "report.md").read_text()
+    assert "| ndcg@20 | hit@20 |" in report and "Rating prediction: skipped" in report
+    cand = pd.read_parquet(run_dir / "candidates" / "lightgcn.parquet")
+    assert cand.groupby("user_id").size().max() == 20 and cand["user_id"].nunique() == 791
+    assert cand["user_id"].str.startswith("/user/ur").all()  # the release's own ids, as in its rating files
+    train = pd.read_parquet(Path(metrics["split"]["dir"]) / "train.parquet")
+    assert not pairs(cand) & pairs(train)  # training items masked
+    rel = pd.read_parquet(run_dir / "candidates" / "relevant.parquet")
+    test = pd.read_parquet(Path(metrics["split"]["dir"]) / "test.parquet")
+    assert pairs(rel) == pairs(test)
+    meta = json.loads((run_dir / "candidates" / "meta.json").read_text())
+    assert meta["split_dir"] == metrics["split"]["dir"] and meta["users_with_relevant"] == 791
+
+
+# --------------------------------------------------------------------------------------------------
+# reranking a candidates file written by another run
+
+WORLD = ["dataset.world.n_users=12", "dataset.world.n_items=10", "dataset.world.min_per_user=4",
+         "dataset.world.max_per_user=5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from exp3rt.cli.annotate import run as annotate
+    from exp3rt.cli.train import run as train
+
+    root = tmp_path_factory.mktemp("student")
+    base = [f"paths.artifacts_dir={root}/artifacts", "progress=false", *WORLD]
+    annotate(compose_cfg("annotate", base), root / "annotate")
+    train(compose_cfg("train", [*base, "trainer.max_steps=5", "logger=csv", "train.val_generate=false"]), root / "train")
+    return root
+
+
+def test_rerank_judges_candidates_by_the_run_that_wrote_them(trained, tmp_path):
+    """Candidates from another run (its users partly unknown to the student, none of its relevant items
+    in the student's test split) are judged by relevant.parquet beside them, not the student's split."""
+    from exp3rt.baselines.retrievers import write_candidates, write_relevant
+    from exp3rt.cli.evaluate import run
+
+    split_dir = next((trained / "artifacts" / "data").glob("*/splits/*"))
+    test = pd.read_parquet(split_dir / "test.parquet")
+    train = pd.read_parquet(split_dir / "train.parquet")
+    users = sorted(test.user_id.unique())[:2]
+    items = sorted(train.item_id.unique())
+    cands, relevant = {}, {}
+    for u in users:  # candidates the student's split calls irrelevant (none of u's test items)
+        own = set(test[test.user_id == u].item_id) | set(train[train.user_id == u].item_id)
+        cands[u] = [i for i in items if i not in own][:3]
+        relevant[u] = {cands[u][-1]}
+    cands["/user/ur_other/"] = items[:3]  # a user the student has never seen: unscored, still counted
+    relevant["/user/ur_other/"] = {items[0]}
+    relevant["/user/ur_none/"] = set()  # a test user of that run without relevant items: not evaluated
+    out = tmp_path / "other_run" / "candidates"
+    path = write_candidates(cands, out / "lightgcn.parquet")
+    write_relevant(relevant, out)
+    common = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=1",
+              "eval.mode=fast", "eval.rerank=true", f"eval.candidates_file={path}", "eval.num_candidates=3",
+              "eval.wandb=false"]
+    rr = run(compose_cfg("evaluate", common), tmp_path / "ev")["rerank"]
+    assert rr["users"] == 3 and rr["relevant"].startswith("the candidates' run")
+    assert rr["before/hit@5"] == rr["after/hit@5"] == 1.0  # each user's relevant item is among the 3
+    assert rr["candidates_unscored"] >= 3  # the unknown user's
+    # the same file without relevant.parquet: the student's own test pairs, which it misses entirely
+    (out / "relevant.parquet").unlink()
+    rr = run(compose_cfg("evaluate", common), tmp_path / "ev2")["rerank"]
+    assert rr["relevant"] == "this split's test pairs" and rr["users"] == 2
+    assert rr["before/hit@5"] == rr["after/hit@5"] == 0.0

@@ -34,6 +34,8 @@ def baselines_report(metrics: dict) -> str:
         "",
     ]
     rating = metrics.get("rating", {})
+    if metrics.get("rating_skipped"):
+        out += [f"Rating prediction: skipped ({metrics['rating_skipped']})", ""]
     if rating:
         rows = [
             [name, r["rmse"], r["mae"], r["rmse_warm"], r["rmse_cold"]] for name, r in rating.items()
@@ -44,7 +46,7 @@ def baselines_report(metrics: dict) -> str:
         ks = metrics["protocol"]["topk"]["ks"]
         keys = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + [f"hit@{ks[-1]}"]
         n = metrics["protocol"]["topk"]["num_candidates"]
-        keys.append(f"recall@{n}")
+        keys += [f"recall@{n}", f"ndcg@{n}", f"hit@{n}"] if n not in ks else []
         rows = [[name] + [r.get(k) for k in keys] for name, r in retrieval.items()]
         out += [
             f"First-stage retrieval ({metrics['protocol']['topk']['users']} test users; training items excluded; "
