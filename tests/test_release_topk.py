@@ -228,3 +228,24 @@ def test_rerank_judges_candidates_by_the_run_that_wrote_them(trained, tmp_path):
     rr = run(compose_cfg("evaluate", common), tmp_path / "ev2")["rerank"]
     assert rr["relevant"] == "this split's test pairs" and rr["users"] == 2
     assert rr["before/hit@5"] == rr["after/hit@5"] == 0.0
+
+
+def test_benchmark_script_on_a_tiny_folder(tmp_path, capsys):
+    """benchmarks/bench_release_topk.py without RecBole: our two retrievers on the loader's split, and
+    the RecBole atomic files it would hand over (valid = test, never evaluated)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_release_topk", CONF_DIR.parent / "benchmarks" / "bench_release_topk.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    d = write_lightgcn(tmp_path / "topk", ANOMALOUS_TRAIN, ANOMALOUS_TEST)
+    result = bench.main([str(d), "--k", "2", "--lightgcn-epochs", "2", "--bpr-epochs", "2", "--threads", "1"])
+    assert set(result["ours"]) == {"lightgcn", "bpr_mf"} and result["recbole"] == {}
+    assert all(0.0 <= r["recall"] <= 1.0 and r["users"] == 2 for r in result["ours"].values())
+    assert result["notes"]["test.txt: pairs also in train.txt (dropped from test, kept for training)"] == 1
+    assert "| lightgcn |" in capsys.readouterr().out
+    train, test, _ = bench.load_split(d)
+    out = bench.write_atomic(train, test, tmp_path / "atomic", "topk")
+    frames = {p: pd.read_csv(out / f"topk.{p}.inter", sep="\t", dtype=str) for p in ("train", "valid", "test")}
+    assert list(frames["train"].columns) == ["user_id:token", "item_id:token"]
+    assert len(frames["train"]) == len(train) and len(frames["test"]) == len(frames["valid"]) == len(test)
