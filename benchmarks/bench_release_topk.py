@@ -47,7 +47,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_seed
 
-args = json.loads(sys.argv[1])
+args = json.loads(sys.stdin.read())  # not argv: RecBole reads its own options there
 out = {}
 for name, extra in args["models"].items():
     config = Config(model=name, dataset=args["dataset"], config_dict={**args["common"], **extra})
@@ -122,7 +122,7 @@ def run_recbole(python: str, train: pd.DataFrame, test: pd.DataFrame, args) -> d
         models = {"LightGCN": {"epochs": args.lightgcn_epochs, "n_layers": args.layers, "reg_weight": args.lightgcn_reg},
                   "BPR": {"epochs": args.bpr_epochs}}
         payload = json.dumps({"dataset": "topk", "common": common, "models": models, "k": args.k})
-        proc = subprocess.run([python, "-c", RECBOLE_SCRIPT, payload], capture_output=True, text=True, cwd=tmp,
+        proc = subprocess.run([python, "-c", RECBOLE_SCRIPT], input=payload, capture_output=True, text=True, cwd=tmp,
                               timeout=args.recbole_timeout)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RECBOLE_RESULT ")), None)
     if proc.returncode != 0 or line is None:
