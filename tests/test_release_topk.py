@@ -137,6 +137,26 @@ def test_presets_select_the_source_split(entry):
 FAST = ["baselines.retrieval.bpr_epochs=3", "baselines.retrieval.lightgcn_epochs=3"]
 
 
+def test_baselines_cli_on_a_given_folder_reports_the_repairs(tmp_path, capsys):
+    """`exp3rt-baselines dataset=release_topk_imdb dataset.path=<folder>`: the folder's own split, the
+    repairs on the console and in metrics.json, candidates never holding a training pair."""
+    from exp3rt.cli.baselines import run
+
+    d = write_lightgcn(tmp_path / "topk", ANOMALOUS_TRAIN, ANOMALOUS_TEST, header=False)
+    cfg = compose_cfg("baselines", ["dataset=release_topk_imdb", f"dataset.path={d}",
+                                    f"paths.artifacts_dir={tmp_path}/artifacts", *FAST])
+    metrics = run(cfg, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert metrics["split"]["strategy"] == "predefined"
+    assert metrics["split"]["stats"]["counts"] == {"train": 5, "valid": 0, "test": 3}
+    notes = metrics["data_report"]["notes"]
+    assert notes["test.txt: repeated user lines (merged into the user's first line)"] == 1
+    assert "Repaired in the source (data report): " in out and "test.txt: pairs also in train.txt" in out
+    cand = pd.read_parquet(tmp_path / "run" / "candidates" / "lightgcn.parquet")
+    train = pd.read_parquet(Path(metrics["split"]["dir"]) / "train.parquet")
+    assert set(cand["user_id"]) == {USERS[0], USERS[1]} and not pairs(cand) & pairs(train)
+
+
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
     from conftest import shared_data_dir

@@ -31,8 +31,13 @@ def baselines_report(metrics: dict) -> str:
         f"scale {ds['scale'][0]:g}–{ds['scale'][1]:g}",
         f"Split {sp['strategy']} (seed {sp['seed']}): train {counts['train']:,} / valid {counts['valid']:,} / "
         f"test {counts['test']:,}; test users warm {sp['stats']['test_users_warm']} / cold {sp['stats']['test_users_cold']}",
-        "",
     ]
+    source = metrics.get("data_report") or {}
+    if source.get("skipped_total"):
+        out.append(f"Records skipped (lenient mode): {source['skipped_total']:,} — see data_report.md in {metrics.get('data_dir')}")
+    if source.get("notes"):
+        out.append("Repaired in the source (data report): " + "; ".join(f"{k}: {v:,}" for k, v in source["notes"].items()))
+    out.append("")
     rating = metrics.get("rating", {})
     if metrics.get("rating_skipped"):
         out += [f"Rating prediction: skipped ({metrics['rating_skipped']})", ""]
