@@ -26,6 +26,7 @@ class Loader(StrEnum):
     amazon2018 = "amazon2018"
     exp3rt_release = "exp3rt_release"
     tabular = "tabular"
+    lightgcn_topk = "lightgcn_topk"  # a LightGCN folder (the EXP3RT release's top-k split)
 
 
 class DuplicatePolicy(StrEnum):

@@ -54,7 +54,7 @@ def rejection(overrides: list[str]) -> str:
     ("overrides", "key", "message"),
     [
         (["dataset.duplicates=newest"], "dataset.duplicates", "Invalid value 'newest', expected one of [keep_first, keep_latest, error]"),
-        (["dataset.loader=csv"], "dataset.loader", "expected one of [synthetic, amazon2018, exp3rt_release, tabular]"),
+        (["dataset.loader=csv"], "dataset.loader", "expected one of [synthetic, amazon2018, exp3rt_release, tabular, lightgcn_topk]"),
         (["split.strategy=kfold"], "split.strategy", "expected one of [random, per_user, temporal, unseen_user, predefined]"),
         (["dataset.strict=maybe"], "dataset.strict", "Value 'maybe' is not a valid bool"),
         (["dataset.colour=red"], "dataset.colour", "Key 'colour' not in 'DatasetConf'"),

@@ -398,6 +398,56 @@ def read_candidates(path: str | Path, with_scores: bool = False) -> Recs:
     return out
 
 
+RELEVANT_FILE = "relevant.parquet"
+CANDIDATES_META = "meta.json"
+
+
+def write_relevant(relevant: Mapping[str, set], directory: str | Path, split=None,
+                   positive_threshold: float | None = None, num_candidates: int | None = None) -> Path:
+    """Write the relevance the candidate files were evaluated against beside them: ``relevant.parquet``
+    (``user_id, item_id``: each test user's relevant items; a test user without any has one row with a
+    null item) and ``meta.json`` (the split directory and fingerprint, the threshold). The reranker
+    (``eval.candidates_file``) judges the candidates by this file, not by its own split's test pairs,
+    so candidates from another dataset run (e.g. the EXP3RT release's top-k split) are scored against
+    that run's test split."""
+    import json
+
+    rows = [(u, i) for u, items in relevant.items() for i in sorted(items)]
+    rows += [(u, None) for u, items in relevant.items() if not items]
+    df = pd.DataFrame({"user_id": pd.Series([r[0] for r in rows], dtype="string"),
+                       "item_id": pd.Series([r[1] for r in rows], dtype="string")})
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(directory / RELEVANT_FILE, index=False)
+    meta = {
+        "relevant": RELEVANT_FILE,
+        "relevant_is": "test items" + ("" if positive_threshold is None else f" rated >= {positive_threshold}"),
+        "positive_threshold": positive_threshold,
+        "num_candidates": num_candidates,
+        "split_dir": None if split is None else str(split.directory),
+        "split_fingerprint": None if split is None else split.fingerprint,
+        "users": int(len(relevant)),
+        "users_with_relevant": int(sum(1 for s in relevant.values() if s)),
+    }
+    (directory / CANDIDATES_META).write_text(json.dumps(meta, indent=2))
+    return directory / RELEVANT_FILE
+
+
+def read_relevant(candidates_file: str | Path) -> dict[str, set[str]] | None:
+    """The relevance written beside a candidates file by :func:`write_relevant` (``None`` when the file
+    has none, e.g. a candidates file written by hand)."""
+    path = Path(candidates_file).parent / RELEVANT_FILE
+    if not path.is_file():
+        return None
+    df = pd.read_parquet(path)
+    out: dict[str, set[str]] = {}
+    for u, i in df[["user_id", "item_id"]].itertuples(index=False):
+        items = out.setdefault(str(u), set())
+        if not pd.isna(i):
+            items.add(str(i))
+    return out
+
+
 def relevant_sets(test_df: pd.DataFrame, positive_threshold: float | None = None) -> dict[str, set[str]]:
     """Each test user's relevant items: test items rated ``>= positive_threshold`` (all when None).
     Users with none keep an empty set, so :func:`topk_metrics` counts them as excluded."""

@@ -33,6 +33,7 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
         evaluate_retriever,
         relevant_sets,
         write_candidates,
+        write_relevant,
     )
 
     train, test = split.train, split.test
@@ -40,7 +41,16 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
     warm = test["warm"].to_numpy(dtype=bool)
     results: dict = {"rating": {}, "retrieval": {}, "timings_s": {}}
 
-    for name, model in build_rating_baselines(cfg.rating, scale).items():
+    rating_models = build_rating_baselines(cfg.rating, scale)
+    values = np.unique(np.concatenate([train["rating"].to_numpy(dtype=float), truth]))
+    if len(values) <= 1 and rating_models:  # e.g. a LightGCN folder: every interaction is rating 1
+        results["rating_skipped"] = (
+            f"every training and test rating is {values[0]:g} (implicit feedback): nothing to predict"
+            if len(values) else "no ratings"
+        )
+        log.info("rating baselines skipped: %s", results["rating_skipped"])
+        rating_models = {}
+    for name, model in rating_models.items():
         t0 = time.perf_counter()
         model.fit(train)
         pred = np.asarray(model.predict(test["user_id"].to_numpy(), test["item_id"].to_numpy()), dtype=float)
@@ -62,6 +72,8 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
         if out_dir is not None:
             trimmed = {u: items[: int(cfg.retrieval.num_candidates)] for u, items in recs.items()}
             write_candidates(trimmed, Path(out_dir) / "candidates" / f"{name}.parquet")
+    if out_dir is not None and results["retrieval"]:
+        write_relevant(relevant, Path(out_dir) / "candidates", split, threshold, int(cfg.retrieval.num_candidates))
     results["protocol"] = {
         "rating": f"RMSE/MAE over {len(test)} test pairs; predictions clipped to [{scale.min}, {scale.max}]; "
         "warm = test user has >= split.warm_min_train training ratings",

@@ -26,12 +26,14 @@ def _registry() -> dict[Loader, LoaderFn]:
     from exp3rt.data.release import load_release
     from exp3rt.data.synthetic import load_synthetic
     from exp3rt.data.tabular import load_tabular
+    from exp3rt.data.topk import load_topk
 
     return {
         Loader.synthetic: load_synthetic,
         Loader.amazon2018: load_amazon2018,
         Loader.exp3rt_release: load_release,
         Loader.tabular: load_tabular,
+        Loader.lightgcn_topk: load_topk,
     }
 
 

@@ -18,7 +18,8 @@ Formats (one record shown per file kind):
 - profile SFT files: ``{instruction, input, output}``; ``input`` is preference sets joined by
   ``\\n---\\n``.
 - top-k folder (LightGCN): ``train.txt`` / ``test.txt`` lines ``user_remap item_remap ...``;
-  ``user_list.txt`` / ``item_list.txt`` with header ``org_id remap_id``.
+  ``user_list.txt`` / ``item_list.txt`` with header ``org_id remap_id`` (the Amazon-Book ``org/``
+  lists have none). :func:`exp3rt.data.topk.load_topk` (loader ``lightgcn_topk``) loads such a folder as a dataset.
 """
 
 from __future__ import annotations
@@ -527,16 +528,23 @@ TOPK_FILES = ("train.txt", "test.txt", "user_list.txt", "item_list.txt")
 
 
 def _read_id_map(path: Path, problems: InputProblems) -> dict[int, str]:
-    """``org_id remap_id`` header, then one mapping per line (an org id may contain spaces)."""
+    """``org_id remap_id`` header, then one mapping per line (an org id may contain spaces).
+
+    A list whose first line is already a mapping (no header: the release's Amazon-Book ``org/`` lists)
+    is read from line 1 and noted; any other first line is bad input."""
     lines = path.read_text(encoding="utf-8").splitlines()
     header = lines[0].split() if lines else []
-    if header != ["org_id", "remap_id"]:
+    has_header = header == ["org_id", "remap_id"]
+    headerless = not has_header and len(header) >= 2 and header[-1].isdigit()
+    if headerless:
+        problems.note(f"{path.name}: id list without a header line (read from line 1)")
+    elif not has_header:
         got = lines[0] if lines else "an empty file"
         problems.bad(path, 1, "header", f"expected the header 'org_id remap_id', got {got!r}")
     out: dict[int, str] = {}
     seen_org: dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):
-        if lineno == 1 and (header == ["org_id", "remap_id"] or not header or not header[-1].isdigit()):
+        if lineno == 1 and not headerless:
             continue  # the header (or, lenient, some other header that is not a mapping)
         if not line.strip():
             continue
@@ -557,8 +565,15 @@ def _read_id_map(path: Path, problems: InputProblems) -> dict[int, str]:
 
 
 def _read_lightgcn_pairs(path: Path, users: dict[int, str], items: dict[int, str], problems: InputProblems):
+    """One row per distinct (user, item) of a LightGCN interaction file, in file order.
+
+    The release repeats users: ``topk/imdb/org/test.txt`` has 2,577 lines for 859 users. A user's later
+    lines are merged into the first (counted: the lines and the item ids on them), and a pair listed
+    twice is kept once (counted); ``_line`` is the line of its first listing."""
     rows = []
     empty_users = 0
+    seen_users: set[str] = set()
+    repeated_lines = repeated_items = 0
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         tokens = line.split()
         if not tokens:
@@ -569,6 +584,10 @@ def _read_lightgcn_pairs(path: Path, users: dict[int, str], items: dict[int, str
             problems.bad(path, lineno, "user_remap", f"user remap id {head!r} is {what}")
             continue
         user = users[int(head)]
+        if user in seen_users:
+            repeated_lines += 1
+            repeated_items += len(rest)
+        seen_users.add(user)
         if not rest:
             empty_users += 1
         for tok in rest:
@@ -578,7 +597,12 @@ def _read_lightgcn_pairs(path: Path, users: dict[int, str], items: dict[int, str
                 continue
             rows.append((user, items[int(tok)], lineno))
     problems.note(f"users with no items in {path.name}", empty_users)
+    problems.note(f"{path.name}: repeated user lines (merged into the user's first line)", repeated_lines)
+    problems.note(f"{path.name}: item ids on repeated user lines", repeated_items)
     df = pd.DataFrame(rows, columns=["user_id", "item_id", "_line"])
+    dup = df.duplicated(["user_id", "item_id"], keep="first")
+    problems.note(f"{path.name}: duplicate (user, item) pairs (kept once)", int(dup.sum()))
+    df = df[~dup].reset_index(drop=True)
     df["user_id"] = df["user_id"].astype("string")
     df["item_id"] = df["item_id"].astype("string")
     df["_line"] = df["_line"].astype("int64")
@@ -587,8 +611,10 @@ def _read_lightgcn_pairs(path: Path, users: dict[int, str], items: dict[int, str
 
 def read_topk(directory: str | Path, problems: InputProblems) -> TopK:
     """Read a LightGCN data folder (train.txt, test.txt, user_list.txt, item_list.txt) and map every
-    remap id back to the dataset's own ids. A user line with no items is allowed (counted in notes);
-    an id missing from the lists is bad input naming file and line."""
+    remap id back to the dataset's own ids. A user line with no items is allowed (counted in notes), so
+    are repeated user lines and repeated pairs within a file (merged, counted) and id lists without a
+    header (noted); an id missing from the lists is bad input naming file and line. A pair in both
+    files stays in both: :func:`exp3rt.data.topk.load_topk` resolves that by ``dataset.duplicates``."""
     directory = Path(directory)
     missing = [name for name in TOPK_FILES if not (directory / name).is_file()]
     if missing:

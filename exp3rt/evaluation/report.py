@@ -31,9 +31,16 @@ def baselines_report(metrics: dict) -> str:
         f"scale {ds['scale'][0]:g}–{ds['scale'][1]:g}",
         f"Split {sp['strategy']} (seed {sp['seed']}): train {counts['train']:,} / valid {counts['valid']:,} / "
         f"test {counts['test']:,}; test users warm {sp['stats']['test_users_warm']} / cold {sp['stats']['test_users_cold']}",
-        "",
     ]
+    source = metrics.get("data_report") or {}
+    if source.get("skipped_total"):
+        out.append(f"Records skipped (lenient mode): {source['skipped_total']:,} — see data_report.md in {metrics.get('data_dir')}")
+    if source.get("notes"):
+        out.append("Repaired in the source (data report): " + "; ".join(f"{k}: {v:,}" for k, v in source["notes"].items()))
+    out.append("")
     rating = metrics.get("rating", {})
+    if metrics.get("rating_skipped"):
+        out += [f"Rating prediction: skipped ({metrics['rating_skipped']})", ""]
     if rating:
         rows = [
             [name, r["rmse"], r["mae"], r["rmse_warm"], r["rmse_cold"]] for name, r in rating.items()
@@ -44,7 +51,7 @@ def baselines_report(metrics: dict) -> str:
         ks = metrics["protocol"]["topk"]["ks"]
         keys = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + [f"hit@{ks[-1]}"]
         n = metrics["protocol"]["topk"]["num_candidates"]
-        keys.append(f"recall@{n}")
+        keys += [f"recall@{n}", f"ndcg@{n}", f"hit@{n}"] if n not in ks else []
         rows = [[name] + [r.get(k) for k in keys] for name, r in retrieval.items()]
         out += [
             f"First-stage retrieval ({metrics['protocol']['topk']['users']} test users; training items excluded; "
