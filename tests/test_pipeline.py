@@ -427,3 +427,17 @@ def test_a_rating_direct_student_reports_both_readouts_and_reranks_after_the_rat
     direct = np.array([p["rating_direct_expected"] for p in preds])
     assert rows["student_direct_expected"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((truth - direct) ** 2))))
     assert m["rerank"]["mode"] == "fast" and m["flat"]["rating/student_direct_expected/rmse"] > 0
+
+
+def test_a_validation_scored_run_never_reads_a_test_pair_even_when_reranking(in_shared, tmp_path):
+    """eval.split=valid (what a search optimises): the rating pairs are validation pairs, and reranking the
+    baselines' own candidates is judged by validation pairs, not the test pairs stored beside them."""
+    m = run_in_process([*FAST, "split.valid_ratio=0.1", "eval.split=valid", "eval.max_pairs=null"], tmp_path / "valid")
+    split_dir = Path(m["stages"]["data"]["split_dir"])
+    valid, test = (pd.read_parquet(split_dir / f"{p}.parquet") for p in ("valid", "test"))
+    preds = (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()
+    scored = {(json.loads(line)["user_id"], json.loads(line)["item_id"]) for line in preds}
+    assert scored == set(zip(valid.user_id, valid.item_id, strict=True))
+    assert m["protocol"]["scored_split"] == "valid" and m["rerank"]["relevant"] == "this split's valid pairs"
+    assert str(m["rerank"]["retriever"]).endswith("candidates/lightgcn.parquet")  # the baselines' own file
+    assert len(scored & set(zip(test.user_id, test.item_id, strict=True))) == 0

@@ -496,7 +496,8 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     from exp3rt.student.tokenize import render
 
     n = int(ev.num_candidates)
-    relevant = relevant_sets(split.part(str(ev.get("split") or "test")))  # valid during a search
+    part = str(ev.get("split") or "test")
+    relevant = relevant_sets(split.part(part))  # valid during a search
     users = sorted(u for u, s in relevant.items() if s)
     theirs = None
     if ev.get("candidates_file"):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
@@ -504,8 +505,9 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
 
         given = read_candidates(ev.candidates_file)
         # judged by the test split of the run that wrote the candidates (relevant.parquet beside them),
-        # which may be another dataset's (the release top-k split); a bare file: this split's test pairs
-        theirs = read_relevant(ev.candidates_file)
+        # which may be another dataset's (the release top-k split); a bare file: this split's test pairs.
+        # A search (eval.split=valid) never reads those test pairs: it is judged by this split's validation pairs
+        theirs = read_relevant(ev.candidates_file) if part == "test" else None
         if theirs is not None:
             relevant = theirs
             users = sorted(u for u, s in relevant.items() if s)
@@ -543,7 +545,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     out = rerank_metrics(first, after, {u: relevant[u] for u in first}, list(ev.ks), seconds_per_user=seconds)
     unscored = sum(len(first[u]) - len(cands.get(u, [])) for u in first)
     out.update({"retriever": source, "num_candidates": n, "mode": str(ev.rerank_mode), "backend": backend_of(ev),
-                "relevant": "this split's test pairs" if theirs is None else "the candidates' run (relevant.parquet beside the file)",
+                "relevant": f"this split's {part} pairs" if theirs is None else "the candidates' run (relevant.parquet beside the file)",
                 "candidates_unscored": int(unscored), "skipped": skipped,
                 "seconds_per_user": out.get("time_per_user_s", 0.0)})
     return out
