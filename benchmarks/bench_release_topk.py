@@ -80,7 +80,7 @@ def run_ours(train: pd.DataFrame, test: pd.DataFrame, args) -> dict:
     cfg = OmegaConf.merge(OmegaConf.structured(RetrieverBaselinesConf), {
         "models": list(OURS), "dim": args.dim, "lr": args.lr, "batch_size": args.batch_size,
         "bpr_epochs": args.bpr_epochs, "lightgcn_epochs": args.lightgcn_epochs, "lightgcn_layers": args.layers,
-        "bpr_reg": args.bpr_reg, "lightgcn_reg": args.lightgcn_reg, "seed": args.seed})
+        "bpr_reg": args.bpr_reg, "lightgcn_reg": args.lightgcn_reg, "lightgcn_lr": args.lightgcn_lr, "seed": args.seed})
     train = train.assign(rating=1.0)
     test = test.assign(rating=1.0)
     users = sorted(test["user_id"].unique())
@@ -119,8 +119,13 @@ def run_recbole(python: str, train: pd.DataFrame, test: pd.DataFrame, args) -> d
             "reproducibility": True, "use_gpu": False, "show_progress": False,
             "checkpoint_dir": str(root / "saved"), "log_wandb": False, "state": "WARNING",
         }
-        models = {"LightGCN": {"epochs": args.lightgcn_epochs, "n_layers": args.layers, "reg_weight": args.lightgcn_reg},
+        models = {"LightGCN": {"epochs": args.lightgcn_epochs, "n_layers": args.layers, "reg_weight": args.lightgcn_reg,
+                               "learning_rate": args.lightgcn_lr or args.lr},
                   "BPR": {"epochs": args.bpr_epochs}}
+        if args.recbole_config == "own":  # RecBole's own defaults (lr 1e-3, 2 layers, L2 1e-5), a fixed epoch budget
+            for key in ("learning_rate", "embedding_size"):
+                common.pop(key)
+            models = {"LightGCN": {"epochs": args.recbole_epochs}, "BPR": {"epochs": args.recbole_epochs}}
         payload = json.dumps({"dataset": "topk", "common": common, "models": models, "k": args.k})
         proc = subprocess.run([python, "-c", RECBOLE_SCRIPT], input=payload, capture_output=True, text=True, cwd=tmp,
                               timeout=args.recbole_timeout)
@@ -146,10 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lightgcn-epochs", type=int, default=30)
     ap.add_argument("--bpr-epochs", type=int, default=50)
     ap.add_argument("--lightgcn-reg", type=float, default=1e-4)
+    ap.add_argument("--lightgcn-lr", type=float, default=None, help="LightGCN's own learning rate (default: --lr)")
     ap.add_argument("--bpr-reg", type=float, default=3e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for our models")
     ap.add_argument("--recbole-timeout", type=int, default=3600)
+    ap.add_argument("--recbole-config", choices=["same", "own"], default="same",
+                    help="same: RecBole with our hyperparameters; own: RecBole's defaults for --recbole-epochs epochs")
+    ap.add_argument("--recbole-epochs", type=int, default=300, help="epochs for --recbole-config own (RecBole's default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -188,6 +188,7 @@ class RetrieverBaselinesConf:
     bpr_reg: float = 3e-2
     lightgcn_epochs: int = 30
     lightgcn_reg: float = 1e-4
+    lightgcn_lr: float | None = None  # LightGCN's own Adam learning rate (null: lr, shared with BPR-MF)
     init_std: float = 0.1
     lightgcn_layers: int = 3
     seed: int = 0  # training seed (the split seed lives in `split.seed`)

@@ -363,3 +363,16 @@ def test_build_retrievers_from_config():
     assert all(m.positive_threshold == 4.0 for m in ms.values())
     with pytest.raises(ValueError, match="unknown retriever"):
         build_retrievers(RetrieverBaselinesConf(models=["itemknn"]))
+
+
+def test_lightgcn_can_have_its_own_learning_rate_without_moving_bpr():
+    from omegaconf import OmegaConf
+
+    from exp3rt.baselines.retrievers import build_retrievers
+    from exp3rt.config import RetrieverBaselinesConf
+
+    cfg = OmegaConf.merge(OmegaConf.structured(RetrieverBaselinesConf), {"models": ["bpr_mf", "lightgcn"]})
+    shared = build_retrievers(cfg)
+    assert shared["lightgcn"].lr == shared["bpr_mf"].lr == 0.01
+    own = build_retrievers(OmegaConf.merge(cfg, {"lightgcn_lr": 0.002}))
+    assert own["lightgcn"].lr == 0.002 and own["bpr_mf"].lr == 0.01
