@@ -9,6 +9,7 @@ import gzip
 import json
 import logging
 import re
+import time
 import zlib
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from exp3rt.cli.common import fail_cleanly
 from exp3rt.config import ConfigError, validate
 from exp3rt.data.loaders import load_dataset
 from exp3rt.data.prepare import prepare_dataset
-from exp3rt.data.problems import DataError
+from exp3rt.data.problems import DataError, InputProblems
+from exp3rt.data.release import read_rating_file
 from exp3rt.data.schema import RatingScale
 
 
@@ -98,6 +100,10 @@ def _empty_cases(tmp: Path):
             f"dataset 'x': no usable interactions in {tmp / 'header.csv'}: 1 line read, 0 kept, 0 skipped, "
             "1 ignored (header 1)",
         ),
+        "release []": (
+            cfg(loader="exp3rt_release", path=str(rel), release={"rating_test": "test.json"}),
+            f"dataset 'x': no usable interactions in {rel / 'test.json'}: 0 records read, 0 kept, 0 skipped",
+        ),
         "lenient, every line bad": (
             cfg(loader="tabular", path=str(_all_bad_csv(tmp / "bad.csv")), strict=False),
             f"dataset 'x': no usable interactions in {tmp / 'bad.csv'}: 61 lines read, 0 kept, 60 skipped "
@@ -107,7 +113,7 @@ def _empty_cases(tmp: Path):
 
 
 @pytest.mark.parametrize(
-    "case", ["amazon empty", "jsonl empty", "csv empty", "csv header only", "lenient, every line bad"]
+    "case", ["amazon empty", "jsonl empty", "csv empty", "csv header only", "release []", "lenient, every line bad"]
 )
 def test_no_usable_interactions_is_one_sentence(tmp_path, case):
     config, sentence = _empty_cases(tmp_path)[case]
@@ -191,6 +197,62 @@ def test_a_folder_as_dataset_path_is_a_config_error_whose_advice_works(tmp_path,
         suggested = re.search(r"pass dataset\.path=(\S+)", message).group(1)
         ds, _ = load_dataset(cfg(loader=loader, path=suggested))
         assert len(ds.interactions) == 1
+
+
+def test_release_errors_name_the_physical_line_where_the_record_starts(tmp_path):
+    records = [release_rec(f"u{i}", f"i{i}") for i in range(1, 11)]
+    records[6]["score"] = "eleven"  # record 7
+    path = tmp_path / "rating_test.json"
+    path.write_text(json.dumps(records, indent=2))
+    line = start_line_of(path, "u7")
+    assert line == 50  # far from "7": a record index would be wrong
+    with pytest.raises(DataError) as ei:
+        read_rating_file(path, RatingScale(1, 10), InputProblems())
+    assert ei.value.line == line
+    assert f"rating_test.json, line {line}, field 'score': record 7:" in str(ei.value)
+    df = read_rating_file(path, RatingScale(1, 10), p := InputProblems(strict=False))
+    assert df["_line"].tolist() == [start_line_of(path, f"u{i}") for i in range(1, 11) if i != 7]
+    assert p.examples["score: not a number"][0]["line"] == line
+
+
+def test_record_start_lines_are_exact_and_fast_on_2000_records(tmp_path):
+    # strings holding commas, brackets, braces, escaped quotes and backslashes; records in mixed layouts
+    records = []
+    for i in range(2000):
+        r = release_rec(f"u{i}", f"i{i}", str(1 + i % 10))
+        r["item_description"] = DESC + f' \\"{i}\\" ,[{{' + "\n" * (i % 3)
+        records.append(r)
+    parts = [json.dumps(r, indent=2 if i % 2 else None) for i, r in enumerate(records)]
+    text = "[" + "".join(("\n" if i % 3 else " ") + p + ("," if i < len(parts) - 1 else "") for i, p in enumerate(parts)) + "\n]"
+    path = tmp_path / "big.json"
+    path.write_text(text)
+    # oracle: the stdlib decoder's own positions
+    decoder, expected, pos = json.JSONDecoder(), [], text.index("[") + 1
+    while True:
+        while text[pos] in " \n,":
+            pos += 1
+        if text[pos] == "]":
+            break
+        expected.append(text.count("\n", 0, pos) + 1)
+        _, pos = decoder.raw_decode(text, pos)
+    start = time.perf_counter()
+    df = read_rating_file(path, RatingScale(1, 10), InputProblems())
+    elapsed = time.perf_counter() - start
+    assert len(df) == 2000 and df["_line"].tolist() == expected
+    assert elapsed < 10  # a regex pass, not a parse per record (about 0.1 s here)
+
+
+def test_invalid_utf8_in_a_release_file_is_reported_where_it_is(tmp_path):
+    path = tmp_path / "rating_test.json"
+    text = json.dumps([release_rec("u1"), release_rec("u2")], indent=2).encode()
+    lines = text.split(b"\n")
+    assert lines[4].startswith(b'    "user_persona": "')
+    lines[4] = lines[4][:11] + b"\xff" + lines[4][11:]  # line 5, column 12 (1-based)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError) as ei:
+        read_rating_file(path, RatingScale(1, 10), InputProblems())
+    assert ei.value.line == 5
+    assert "byte 0xff at line 5 column 12 is not valid UTF-8" in str(ei.value)
 
 
 def test_exact_duplicate_amazon_lines_are_not_called_variant_copies(tmp_path):
@@ -314,13 +376,26 @@ def test_off_step_rating_in_a_csv_strict_error_whose_advice_works(tmp_path):
     assert problems.skipped == {"stars: not on the scale's steps": 1}
 
 
-def test_off_step_rating_in_amazon_files(tmp_path):
+def test_off_step_rating_in_amazon_and_release_files(tmp_path):
     path = jsonl(tmp_path / "r.json", [review("U1"), review("U2", rating=3.5)])
     with pytest.raises(DataError, match=r"r\.json, line 2, field 'overall': rating 3\.5 is not on the scale's steps"):
         load_dataset(cfg(loader="amazon2018", path=str(path)))
     _, problems = load_dataset(cfg(loader="amazon2018", path=str(path), strict=False))
     assert problems.skipped == {"overall: not on the scale's steps": 1}
 
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    (rel / "test.json").write_text(json.dumps([release_rec("u1"), release_rec("u2", score="7.5")], indent=2))
+    line = start_line_of(rel / "test.json", "u2")
+    imdb = {"min": 1, "max": 10, "step": 1}
+    release = {"rating_test": "test.json"}
+    with pytest.raises(DataError) as ei:
+        load_dataset(cfg(loader="exp3rt_release", path=str(rel), release=release, scale=imdb))
+    assert ei.value.line == line and "record 2: rating 7.5 is not on the scale's steps of 1" in str(ei.value)
+    assert "set dataset.scale.step=0.5" in str(ei.value)
+    ds, problems = load_dataset(cfg(loader="exp3rt_release", path=str(rel), release=release, scale=imdb, strict=False))
+    assert ds.interactions["rating"].tolist() == [9.0]
+    assert problems.skipped == {"score: not on the scale's steps": 1}
 
 
 @pytest.mark.parametrize("value,step", [(3.5, 0.5), (3.25, 0.25), (3.3, 0.1), (3.14159, None)])
