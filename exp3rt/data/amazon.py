@@ -116,7 +116,7 @@ def read_reviews(
     variant copies, exact duplicates). A rating off the scale's steps (3.5 on a step-1 scale) is bad input.
     """
     scale = RatingScale(scale_min, scale_max, scale_step)
-    grid = frozenset(scale.levels)  # fast path: the usual ratings are exactly a level
+    grid = scale.level_set()  # fast path: the usual ratings are exactly a level
     loads = orjson.loads
     utf8 = is_utf8(encoding)
     bad = problems.bad

@@ -135,15 +135,23 @@ class _Feed:
                 yield n, text + "\n"
 
     def __iter__(self):
-        return self
+        return self._texts()
 
-    def __next__(self) -> str:
-        item = self.pending.popleft() if self.pending else next(self._lines)
-        self.record.append(item)
-        return item[1]
+    def _texts(self):
+        # a generator rather than __next__: resuming it is cheaper than a method call per line
+        record, pending, lines = self.record, self.pending, self._lines
+        while True:
+            if pending:
+                item = pending.popleft()
+            else:
+                item = next(lines, None)
+                if item is None:
+                    return
+            record.append(item)
+            yield item[1]
 
     def start(self) -> None:
-        self.record = []
+        self.record.clear()
 
     def push_back(self, lines: list[tuple[int, str]]) -> None:
         self.pending.extendleft(reversed(lines))
@@ -191,7 +199,10 @@ class _Source:
         quoting = csv.QUOTE_MINIMAL if self.fmt == "csv" else csv.QUOTE_NONE
         feed = _Feed(self.path, self.encoding, self.problems)
         self.feed = feed
-        reader = csv.reader(feed, delimiter=sep, quoting=quoting)
+        def make_reader():  # a fresh reader after a runaway record (its line generator may have ended)
+            return csv.reader(iter(feed), delimiter=sep, quoting=quoting)
+
+        reader = make_reader()
         if cfg.header:
             feed.start()
             header = next(reader, None)
@@ -207,9 +218,9 @@ class _Source:
             self.columns = [str(c) for c in cfg.column_names]
         index = {c: i for i, c in enumerate(self.columns)}
         width = len(self.columns)
-        return self._delimited_rows(reader, feed, index, width)
+        return self._delimited_rows(reader, make_reader, feed, index, width)
 
-    def _delimited_rows(self, reader, feed, index, width):
+    def _delimited_rows(self, reader, make_reader, feed, index, width):
         """Rows with their first line; ``self.span`` is the number of physical lines of the last row.
 
         A record over several lines (a quoted field with line breaks) that has the wrong number of
@@ -245,7 +256,8 @@ class _Source:
                     f"{what}",
                     kind="unclosed quote (the line is skipped, the lines after it are read again)",
                 )  # fmt: skip
-                feed.push_back(feed.record[1:])
+                feed.push_back(feed.record[1:])  # a copy: start() clears the record
+                reader = make_reader()
                 continue
             if error is not None:
                 self.problems.bad(self.path, line, None, f"unparsable line: {error}", kind="unparsable line")
@@ -386,6 +398,7 @@ def _as_int(v) -> int | None:
 
 def _read_interactions(cfg, path, fmt, scale: RatingScale, problems) -> pd.DataFrame:
     lo, hi = scale.min, scale.max
+    grid = scale.level_set()
     mapping = _mapping(cfg.fields, INTERACTION_FIELDS, "dataset.fields")
     source = _Source(path, fmt, cfg, problems)
     cols = _resolve_columns(source, mapping, INTERACTION_FIELDS, REQUIRED_FIELDS)
@@ -429,10 +442,11 @@ def _read_interactions(cfg, path, fmt, scale: RatingScale, problems) -> pd.DataF
                 kind=f"{c_rating}: outside the rating scale",
             )
             continue
-        off = scale.off_grid(rating)
-        if off is not None:
-            bad(path, line, c_rating, off, kind=f"{c_rating}: not on the scale's steps")
-            continue
+        if rating not in grid:  # fast path: the usual ratings are exactly a level
+            off = scale.off_grid(rating)
+            if off is not None:
+                bad(path, line, c_rating, off, kind=f"{c_rating}: not on the scale's steps")
+                continue
         review = get(c_review) if c_review else None
         if _blank(review):
             if require_review:
