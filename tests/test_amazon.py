@@ -240,7 +240,7 @@ def test_keep_all_keeps_every_copy(tmp_path):
 def test_keep_one_finds_copies_in_flushed_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(amazon, "CHUNK_ROWS", 1)  # every block flushes: the first copy lives in Arrow
     monkeypatch.setattr(
-        amazon, "iter_line_blocks", lambda p: ((i + 1, [ln]) for i, ln in enumerate(_lines(p)))
+        amazon, "iter_line_blocks", lambda p, **kw: ((i + 1, [ln]) for i, ln in enumerate(_lines(p)))
     )
     path = write_lines(tmp_path / "r.json", variant_lines())
     ds, problems = load(path, variants="keep_one")
@@ -397,11 +397,13 @@ def test_real_file_lenient_keep_one(shared_data):
     )
     inter = ds.interactions
     # 2,375 lines - 1 empty review (line 429, a review with no copies) = 2,374 usable lines holding
-    # 1,971 distinct (user, text, time) reviews; the other 403 lines are variant copies.
+    # 1,971 distinct (user, text, time) reviews; of the other 403 lines, 359 are variant copies (another
+    # asin) and 44 repeat an earlier line's reviewer, asin, rating, text and time (exact duplicates)
     assert len(inter) == 1971
     assert problems.total_skipped == 1
     assert problems.skipped == {amazon.K_NO_REVIEW: 1}
-    assert problems.notes[amazon.VARIANT_NOTE] == 403
+    assert problems.notes[amazon.VARIANT_NOTE] == 359
+    assert problems.notes[amazon.EXACT_DUPLICATE_NOTE] == 44
     # every user keeps a review; 7 of the 157 asins were only ever variant copies
     assert inter["user_id"].nunique() == 348
     assert inter["item_id"].nunique() == 150

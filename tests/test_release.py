@@ -64,6 +64,16 @@ def write_json(path: Path, data) -> Path:
     return path
 
 
+def record_lines(path: Path) -> list[int]:
+    """The physical line where each record of a list written by :func:`write_json` starts (indent 1:
+    a record opens on a line indented by exactly one space)."""
+    return [
+        n
+        for n, text in enumerate(path.read_text().splitlines(), start=1)
+        if text.startswith(" ") and text[1:2] not in (" ", "}", "]")
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------
 # split_profile / parse_item_description
 
@@ -162,7 +172,8 @@ def test_read_rating_file_good(tmp_path):
     assert df["user_id"].tolist() == ["u1", "u2", "u3"]
     assert df["item_id"].tolist() == ["i1", "53125", "i2"]  # integer ids become strings
     assert df["rating"].tolist() == [9.0, 1.0, 10.0] and df["rating"].dtype == "float64"
-    assert df["_line"].tolist() == [1, 2, 3]
+    assert df["_line"].tolist() == record_lines(f)  # the physical line where each record starts
+    assert df["_line"].iloc[0] == 2  # line 1 is the list's "["
     assert df["user_profile"].iloc[0] == PERSONA  # raw text kept
     assert df["rationale"].isna().tolist() == [True, False, True]
     assert df["rationale"].iloc[1] == "Mismatch on pacing."
@@ -191,8 +202,9 @@ def test_read_rating_file_strict_names_file_record_field(tmp_path, bad, field, r
     with pytest.raises(DataError) as ei:
         read_rating_file(f, IMDB, InputProblems(strict=True))
     e = ei.value
-    assert (e.file, e.line, e.field) == (str(f), 2, field)
-    assert "rating_test.json, line 2" in str(e) and f"field '{field}'" in str(e)
+    line = record_lines(f)[1]  # record 2 starts on this physical line
+    assert (e.file, e.line, e.field) == (str(f), line, field)
+    assert f"rating_test.json, line {line}," in str(e) and f"field '{field}'" in str(e)
     assert "record 2" in str(e) and reason in str(e)
 
 
@@ -202,13 +214,14 @@ def test_read_rating_file_lenient_skips_and_counts(tmp_path):
     p = InputProblems(strict=False)
     df = read_rating_file(f, IMDB, p)
     assert df["user_id"].tolist() == ["ok1", "ok2"]
-    assert df["_line"].tolist() == [1, len(BAD_RECORDS) + 2]
+    lines = record_lines(f)
+    assert df["_line"].tolist() == [lines[0], lines[len(BAD_RECORDS) + 1]]
     assert p.total_skipped == len(BAD_RECORDS) + 1
     assert p.skipped["score: outside scale"] == 2
     assert p.skipped["score: missing"] == 1
     assert p.skipped["item_synopsis: missing"] == 1
     ex = p.examples["score: not a number"][0]
-    assert (ex["file"], ex["line"], ex["field"]) == (str(f), 3, "score")
+    assert (ex["file"], ex["line"], ex["field"]) == (str(f), lines[2], "score")
 
 
 def test_read_rating_file_scale_is_the_configured_one(tmp_path):
@@ -275,7 +288,8 @@ def test_read_profiles_bad_input(tmp_path):
     f = write_json(tmp_path / "i.json", [{"item_id": "1", "item_synopsis": "[Like]\n- x"}, {"item_id": "2"}])
     with pytest.raises(DataError) as ei:
         read_profiles(f, "item", InputProblems())
-    assert (ei.value.line, ei.value.field) == (2, "item_synopsis")
+    assert (ei.value.line, ei.value.field) == (record_lines(f)[1], "item_synopsis")
+    assert "record 2" in str(ei.value)
     p = InputProblems(strict=False)
     assert read_profiles(f, "item", p)["id"].tolist() == ["1"]
     assert p.skipped["item_synopsis: missing"] == 1
@@ -294,7 +308,7 @@ def test_read_profile_sft(tmp_path):
     )
     with pytest.raises(DataError) as ei:
         read_profile_sft(f, InputProblems())
-    assert (ei.value.line, ei.value.field) == (2, "output") and "empty text" in str(ei.value)
+    assert (ei.value.line, ei.value.field) == (record_lines(f)[1], "output") and "empty text" in str(ei.value)
     p = InputProblems(strict=False)
     df = read_profile_sft(f, p)
     assert list(df.columns) == ["instruction", "input", "output", "n_sets"]
@@ -428,7 +442,8 @@ def test_load_release_fixture(tmp_path):
         ["u2", "i1"],
     ]
     assert inter["rating"].tolist() == [7.0, 3.0, 9.0, 4.0]
-    assert inter["_line"].tolist() == [1, 2, 1, 2]  # record index within its own file
+    # the physical line where each record starts in its own file
+    assert inter["_line"].tolist() == record_lines(d / "train.json") + record_lines(d / "test.json")
     assert inter["review"].isna().all() and inter["timestamp"].isna().all()
     assert ds.extras["split_labels"]["split"].tolist() == ["train", "train", "test", "test"]
     # items: first description per item, parsed
@@ -479,8 +494,9 @@ def test_load_release_pair_in_two_splits(tmp_path):
     write_json(d / "test.json", [rec("u3", "i3"), rec("u1", "i1", "9")])
     with pytest.raises(DataError) as ei:
         load_release(release_cfg(d), InputProblems())
-    assert (ei.value.file, ei.value.line, ei.value.field) == (str(d / "test.json"), 2, "user_id,item_id")
-    assert "also in the train file (record 1)" in str(ei.value)
+    line = record_lines(d / "test.json")[1]
+    assert (ei.value.file, ei.value.line, ei.value.field) == (str(d / "test.json"), line, "user_id,item_id")
+    assert f"also in the train file (line {record_lines(d / 'train.json')[0]} of train.json)" in str(ei.value)
     p = InputProblems(strict=False)
     ds = load_release(release_cfg(d), p)
     assert len(ds.interactions) == 3 and p.skipped["pair in two split files"] == 1
@@ -520,7 +536,7 @@ def test_real_imdb_rating_file(shared_data):
         "/user/ur55597043/",
         "0053125",
         9.0,
-        1,
+        2,  # the file's line 1 is "["; the first record starts on line 2
     )
     likes, dislikes, avg = split_profile(first.user_profile)
     assert likes[0] == "Enjoys unexpected twists and turns" and len(likes) == 5 and len(dislikes) == 5

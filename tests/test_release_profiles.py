@@ -189,7 +189,8 @@ def mixed_records() -> list[dict]:
 
 
 def write_json(path: Path, data) -> Path:
-    path.write_text(json.dumps(data, indent=1))
+    """One record per line after the opening "[": record k starts on physical line k + 1."""
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in data) + "\n]\n")
     return path
 
 
@@ -198,7 +199,7 @@ def test_rating_file_with_every_variant_loads_strictly(tmp_path):
     f = write_json(tmp_path / "test_helpful.json", recs)
     p = InputProblems(strict=True)
     df = read_rating_file(f, IMDB, p)
-    assert len(df) == len(recs) and df["_line"].tolist() == list(range(1, len(recs) + 1))
+    assert len(df) == len(recs) and df["_line"].tolist() == list(range(2, len(recs) + 2))
     assert p.total_skipped == 0
     by_user = df.set_index("user_id")
     for k in range(len(HEADER_FORMS)):
@@ -218,11 +219,11 @@ def test_rating_file_with_every_variant_loads_strictly(tmp_path):
     variant = "user_persona: section headers written another way (e.g. **[Like]**, Like:; read the same)"
     # every form but the three the old parser read ([Like], [LIKE], [ like ]), + pre and same_line
     assert p.notes[variant] == len(HEADER_FORMS) - 3 + 2
-    # the note says where: the first record numbers
+    # the note says where: the lines where the first such records start
     assert [
         ex["line"]
         for ex in p.note_examples["user_persona without [Like]/[Dislike] headers (kept as free text)"]
-    ] == [len(HEADER_FORMS) + 1, len(HEADER_FORMS) + 2]
+    ] == [len(HEADER_FORMS) + 2, len(HEADER_FORMS) + 3]
 
 
 def test_profile_file_with_variants_and_free_text_loads_strictly(tmp_path):
@@ -252,7 +253,8 @@ def test_strict_still_names_file_record_and_field(tmp_path):
     f = write_json(tmp_path / "r.json", [*mixed_records(), bad_average("bad")])
     with pytest.raises(DataError) as ei:
         read_rating_file(f, IMDB, InputProblems(strict=True))
-    assert (ei.value.line, ei.value.field) == (len(mixed_records()) + 1, "user_persona")
+    n = len(mixed_records()) + 1  # the bad record's number; it starts on line n + 1
+    assert (ei.value.line, ei.value.field) == (n + 1, "user_persona") and f"record {n}:" in str(ei.value)
     assert "[Average Rating]" in str(ei.value)
 
 
@@ -294,7 +296,7 @@ def test_lenient_report_has_one_row_per_reason_with_counts_and_first_records(tmp
     md = (out / "data_report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| user_persona: bad [Average Rating]")]
     assert len(rows) == 1
-    assert "| 8 |" in rows[0] and "test_helpful.json: 3, 8, 12, 15, 16, …" in rows[0]
+    assert "| 8 |" in rows[0] and "test_helpful.json: 4, 9, 13, 16, 17, …" in rows[0]
     assert sum(line.startswith("| record is not a JSON object") for line in md.splitlines()) == 1
     free = [
         line for line in md.splitlines() if line.startswith("| user_persona without [Like]/[Dislike] headers")
@@ -302,19 +304,20 @@ def test_lenient_report_has_one_row_per_reason_with_counts_and_first_records(tmp
     assert len(free) == 1 and "| 2 |" in free[0]
     report = json.loads((out / "data_report.json").read_text())
     assert report["skipped"]["user_persona: bad [Average Rating]"] == 8
+    # record k starts on line k + 1
     assert [ex["line"] for ex in report["examples"]["user_persona: bad [Average Rating]"]] == [
-        3,
-        8,
-        12,
-        15,
+        4,
+        9,
+        13,
         16,
         17,
         18,
         19,
+        20,
     ]
     assert report["note_examples"]["user_persona without [Like]/[Dislike] headers (kept as free text)"][0][
         "line"
-    ] == next(k for k in range(1, n + 1) if k not in bad and recs[k - 1]["user_id"] == "free1")
+    ] == 1 + next(k for k in range(1, n + 1) if k not in bad and recs[k - 1]["user_id"] == "free1")
 
 
 @pytest.mark.shared_data

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from exp3rt.config import VariantPolicy
 from exp3rt.data.problems import InputProblems
-from exp3rt.data.schema import INTERACTION_SCHEMA, Dataset
+from exp3rt.data.schema import INTERACTION_SCHEMA, Dataset, RatingScale
 from exp3rt.data.textio import bad_json_reason, is_utf8, iter_line_blocks
 
 CHUNK_ROWS = 20_000  # small enough that the Python lists and Arrow builders stay small
@@ -42,6 +42,10 @@ INTERACTIONS_WITH_LINE = INTERACTION_SCHEMA.append(pa.field("_line", pa.int64())
 
 # Kinds under which lenient-mode skips are counted (the reason text itself carries the details).
 VARIANT_NOTE = "variant copies removed (same reviewer, text and time under another asin; variants=keep_one)"
+EXACT_DUPLICATE_NOTE = (
+    "exact duplicate reviews removed (same reviewer, asin, rating, text and time as an earlier line; "
+    "first kept; variants=keep_one)"
+)
 K_BAD_JSON = "unparsable line (bad JSON or not an object)"
 K_BAD_ENCODING = "bad encoding"
 K_NO_USER = "reviewerID: missing or empty"
@@ -49,6 +53,7 @@ K_NO_ITEM = "asin: missing or empty"
 K_NO_RATING = "overall: missing"
 K_RATING_NAN = "overall: not a number"
 K_RATING_SCALE = "overall: outside the rating scale"
+K_RATING_STEP = "overall: not on the scale's steps"
 K_NO_REVIEW = "reviewText: missing or empty (dataset.require_review=true)"
 K_REVIEW_TYPE = "reviewText: not a string"
 K_BAD_TIME = "unixReviewTime: not an integer"
@@ -56,14 +61,18 @@ K_BAD_VOTE = "vote: not a count"
 
 
 def load_amazon2018(cfg, problems: InputProblems) -> Dataset:
-    from exp3rt.data.loaders import scale_of  # the registry module imports this one lazily
+    from exp3rt.data.loaders import require_file, scale_of  # the registry module imports this one lazily
 
     scale = scale_of(cfg)
+    require_file(cfg.path, "dataset.path", cfg)
+    if cfg.meta_path:
+        require_file(cfg.meta_path, "dataset.meta_path", cfg)
     table = read_reviews(
         str(cfg.path),
         problems,
         scale_min=scale.min,
         scale_max=scale.max,
+        scale_step=scale.step,
         require_review=bool(cfg.require_review),
         encoding=str(cfg.encoding),
         variants=VariantPolicy(cfg.variants),
@@ -87,6 +96,7 @@ def read_reviews(
     *,
     scale_min: float,
     scale_max: float,
+    scale_step: float = 1.0,
     require_review: bool = True,
     encoding: str = "utf-8",
     variants: VariantPolicy = VariantPolicy.keep_all,
@@ -98,8 +108,15 @@ def read_reviews(
     afterwards (a filter over a finished table would double its memory for a moment). A row is a
     copy when a 64-bit hash of (user, time, text) matches an earlier row *and* the three values are
     equal (checked, so a hash collision can never drop a distinct review). Rows without text are
-    never grouped: two text-less ratings by one user at one time are no evidence of a variant.
+    never grouped: two text-less ratings by one user at one time are no evidence of a variant. A copy
+    under the *same* asin with the same rating is an exact duplicate, not a variant: it is removed and
+    counted under its own name; with another rating it is kept for ``dataset.duplicates`` to resolve.
+
+    Every line is accounted for in ``problems`` (kept, skipped by reason, or ignored: blank lines,
+    variant copies, exact duplicates). A rating off the scale's steps (3.5 on a step-1 scale) is bad input.
     """
+    scale = RatingScale(scale_min, scale_max, scale_step)
+    grid = scale.level_set()  # fast path: the usual ratings are exactly a level
     loads = orjson.loads
     utf8 = is_utf8(encoding)
     bad = problems.bad
@@ -113,19 +130,20 @@ def read_reviews(
     line_nos: list = []
     tables: list[pa.Table] = []
     starts: list[int] = []  # global row index of each flushed table's first row
-    n_sep = n_blank = n_summary = n_copies = 0
+    n_sep = n_blank = n_summary = n_copies = n_exact = n_read = 0
     keep_one = VariantPolicy(variants) == VariantPolicy.keep_one
     first_of: dict[int, int] = {}  # hash(user, time, text) -> global row index of the first copy
+    variant_items: dict[int, set] = {}  # first copy's row index -> (asin, rating) of its dropped variant copies
     n_rows = 0  # rows kept so far (global index of the next row)
 
     def row_values(idx: int) -> tuple:
-        """(user, time, text) of an earlier kept row, from the open lists or a flushed table."""
+        """(user, time, text, item, rating) of an earlier kept row, from the open lists or a flushed table."""
         if idx >= n_rows - len(users):
             j = idx - (n_rows - len(users))
-            return users[j], times[j], reviews[j]
+            return users[j], times[j], reviews[j], items[j], ratings[j]
         c = bisect.bisect_right(starts, idx) - 1
         t, j = tables[c], idx - starts[c]
-        return t["user_id"][j].as_py(), t["timestamp"][j].as_py(), t["review"][j].as_py()
+        return tuple(t[name][j].as_py() for name in ("user_id", "timestamp", "review", "item_id", "rating"))
 
     def flush() -> None:
         starts.append(n_rows - len(users))
@@ -147,7 +165,8 @@ def read_reviews(
         for col in (users, items, ratings, reviews, summaries, times, votes, line_nos):
             col.clear()
 
-    for first, lines in iter_line_blocks(path):
+    for first, lines in iter_line_blocks(path, problems=problems):
+        n_read += len(lines)
         for line_no, raw in enumerate(lines, first):
             # -- parse: orjson reads UTF-8 bytes directly; any failure is sorted out on the slow path
             try:
@@ -206,6 +225,11 @@ def read_reviews(
                     kind=K_RATING_SCALE,
                 )
                 continue
+            if rating not in grid:
+                off = scale.off_grid(rating)
+                if off is not None:
+                    bad(path, line_no, "overall", off, kind=K_RATING_STEP)
+                    continue
             # -- review text
             text = rec.get("reviewText")
             if type(text) is not str or not text or text.isspace():
@@ -260,9 +284,22 @@ def read_reviews(
                 first_idx = first_of.get(key)
                 if first_idx is None:
                     first_of[key] = n_rows
-                elif row_values(first_idx) == (user, ts, text):
-                    n_copies += 1
-                    continue
+                else:
+                    earlier = row_values(first_idx)
+                    if earlier[:3] == (user, ts, text):
+                        # the same review again: under an asin seen before with this rating (the first
+                        # copy or a variant copy dropped earlier) it is an exact duplicate; under a
+                        # new asin a variant copy; under the first copy's asin with another rating it
+                        # is kept for dataset.duplicates
+                        copies = variant_items.setdefault(first_idx, set())
+                        if (item, rating) == earlier[3:] or (item, rating) in copies:
+                            n_exact += 1
+                            problems.note(EXACT_DUPLICATE_NOTE, file=path, line=line_no)
+                            continue
+                        if item != earlier[3] and all(item != c for c, _ in copies):
+                            copies.add((item, rating))
+                            n_copies += 1
+                            continue
 
             users.append(user)
             items.append(item)
@@ -281,6 +318,8 @@ def read_reviews(
     problems.note("vote: thousands separator stripped (e.g. '1,234' -> 1234)", n_sep)
     problems.note("blank lines ignored", n_blank)
     problems.note(VARIANT_NOTE, n_copies)
+    problems.account(path, read=n_read, kept=n_rows, blank_lines=n_blank, variant_copies=n_copies,
+                     exact_duplicates=n_exact)  # fmt: skip
     problems.note("summary: not a string, set to null", n_summary)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
@@ -378,9 +417,10 @@ def read_metadata(
     wanted = set(item_ids)
     seen: set[str] = set()
     found: dict[str, dict] = {}
-    n_dup = n_blank = 0
+    n_dup = n_blank = n_read = 0
     utf8 = is_utf8(encoding)
-    for first, lines in iter_line_blocks(path):
+    for first, lines in iter_line_blocks(path, problems=problems):
+        n_read += len(lines)
         for line_no, raw in enumerate(lines, first):
             try:
                 rec = orjson.loads(raw) if utf8 else orjson.loads(raw.decode(encoding))
@@ -445,6 +485,7 @@ def read_metadata(
         rows["extra"].append(orjson.dumps(extra).decode())
 
     problems.note("metadata: duplicate asin rows ignored (first kept)", n_dup)
+    problems.account(path, read=n_read, kept=len(seen), blank_lines=n_blank, duplicate_asin_rows=n_dup)
     problems.note("metadata: blank lines ignored", n_blank)
     problems.note("metadata: title was only HTML debris, set to null", n_debris)
     problems.note("metadata: price was not a price (page debris), dropped", n_price)

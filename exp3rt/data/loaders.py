@@ -9,12 +9,13 @@ and the final canonical dtypes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from exp3rt.config import DuplicatePolicy, Loader
-from exp3rt.data.problems import DataError, InputProblems
+from exp3rt.config import ConfigError, DuplicatePolicy, Loader
+from exp3rt.data.problems import DataError, InputProblems, NoUsableData
 from exp3rt.data.schema import Dataset, RatingScale, conform_interactions, conform_items
 
 LoaderFn = Callable[[object, InputProblems], Dataset]
@@ -41,17 +42,62 @@ def scale_of(cfg) -> RatingScale:
     return RatingScale(float(cfg.scale.min), float(cfg.scale.max), float(cfg.scale.step))
 
 
+def require_file(path, key: str, cfg) -> Path:
+    """``path`` (from config key ``key``) as a file: a folder is a configuration mistake, named with
+    the files inside it that could be meant."""
+    path = Path(str(path))
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        hint = (
+            f"pass {key}={path / files[0]}" + (f" (the folder holds {', '.join(files[:5])}"
+                                               + (", …" if len(files) > 5 else "") + ")")
+            if files
+            else f"pass {key}=/path/to/the/file (the folder holds no files)"
+        )
+        raise ConfigError(
+            f"config key '{key}' names the folder {path}, but loader '{Loader(cfg.loader).value}' of dataset "
+            f"'{cfg.name}' reads one file: {hint}"
+        )
+    return path
+
+
+def no_usable_interactions(cfg, problems: InputProblems) -> NoUsableData:
+    """The one sentence for a loader that produced no interactions: each input file, what was read and
+    why it was skipped."""
+    if Loader(cfg.loader) == Loader.exp3rt_release:  # the rating files, not the profile files
+        base = Path(str(cfg.path))
+        files = [str(base / str(name)) for key, name in cfg.release.items() if key.startswith("rating_") and name]
+    else:
+        meta = str(cfg.meta_path) if cfg.meta_path else None
+        files = [f for f in problems.inputs if f != meta] or [str(cfg.path)]
+    where = "; ".join(f"{f}: {problems.input_summary(f)}" for f in files)
+    return NoUsableData(f"dataset '{cfg.name}': no usable interactions in {where}", files[0])
+
+
 def load_dataset(cfg, problems: InputProblems | None = None) -> tuple[Dataset, InputProblems]:
-    """Load ``cfg`` (a validated ``dataset`` config) and apply duplicates policy and k-core."""
+    """Load ``cfg`` (a validated ``dataset`` config) and apply duplicates policy and k-core.
+
+    A loader that yields no interactions (an empty file, a header-only CSV, every line skipped) raises
+    :class:`NoUsableData`, as does a k-core filter that removes every interaction."""
     problems = problems or InputProblems(strict=bool(cfg.strict))
     loader = Loader(cfg.loader)
     dataset = _registry()[loader](cfg, problems)
     inter = dataset.interactions
+    if len(inter) == 0:
+        raise no_usable_interactions(cfg, problems)
     dataset.interactions = None  # the filters below own the frame now, so they can release columns
     if "_line" not in inter.columns:
         inter = inter.assign(_line=np.arange(1, len(inter) + 1))
     inter = apply_duplicate_policy(inter, DuplicatePolicy(cfg.duplicates), problems, source=str(cfg.path or cfg.name))
+    before = len(inter)
     inter = kcore_filter(inter, int(cfg.kcore.user), int(cfg.kcore.item), problems)
+    if len(inter) == 0:
+        raise NoUsableData(
+            f"dataset '{cfg.name}': the k-core filter (dataset.kcore.user={int(cfg.kcore.user)}, "
+            f"dataset.kcore.item={int(cfg.kcore.item)}) removed all {before} interactions; "
+            f"set dataset.kcore.user=0 dataset.kcore.item=0 to keep them",
+            str(cfg.path),
+        )
     dataset.interactions = conform_interactions(inter.drop(columns=["_line"]))
     dataset.items = conform_items(dataset.items)
     return dataset, problems

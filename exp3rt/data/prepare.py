@@ -61,11 +61,19 @@ def input_digests(cfg) -> dict[str, str]:
                         raise FileNotFoundError(f"dataset.release.{key} names a missing file: {p}")
                     out[f"release.{key}"] = path_digest(p)
         else:
+            if Loader(cfg.loader) in (Loader.amazon2018, Loader.tabular):  # the loaders that read one file
+                from exp3rt.data.loaders import require_file
+
+                require_file(root, "dataset.path", cfg)  # a folder: say so before digesting all of it
             out["path"] = path_digest(root)
     if cfg.meta_path:
         meta = Path(cfg.meta_path)
         if not meta.exists():
             raise FileNotFoundError(f"dataset.meta_path does not exist: {meta} (dataset '{cfg.name}')")
+        from exp3rt.data.loaders import require_file
+
+        if Loader(cfg.loader) in (Loader.amazon2018, Loader.tabular):
+            require_file(meta, "dataset.meta_path", cfg)
         out["meta_path"] = path_digest(meta)
     return out
 
@@ -97,7 +105,7 @@ def prepare_dataset(cfg, data_root: str | Path, force: bool = False) -> Prepared
         problems.write(tmp, summary)
         save_config(cfg, tmp / "dataset.yaml")
         report = {"summary": summary, **problems.to_dict()}
-        write_meta(tmp, "data", cfg, inputs, fp, report={k: report[k] for k in ("summary", "skipped_total", "skipped", "notes")})
+        write_meta(tmp, "data", cfg, inputs, fp, report={k: report[k] for k in ("summary", "skipped_total", "skipped", "notes", "inputs")})
     if problems.total_skipped:
         log.warning(
             "dataset %s: %d record(s) skipped (lenient mode); see %s/data_report.md",

@@ -10,6 +10,11 @@ are counted with :meth:`InputProblems.note` so the report shows them too. Nothin
 A ``kind`` is the reason a report row counts, so it must be stable: it names the field and what is
 wrong, never the record number or the offending value (those go into ``reason`` and the examples).
 The data report has one row per kind: its count and the first record numbers (lines) where it occurred.
+
+Each loader also accounts for every unit it read from an input file (:meth:`InputProblems.account`:
+lines for text files, records for JSON lists, rows for Parquet): kept + skipped + ignored (a header, blank
+lines, variant copies) = read, shown per file in the report. :class:`NoUsableData` uses that account to say
+why a dataset came out empty.
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ class DataError(ValueError):
         )
 
 
+class NoUsableData(DataError):
+    """A dataset with no usable interactions: one sentence naming each input file, how much of it was
+    read and why it was skipped (``fail_cleanly`` prints it like any other :class:`DataError`)."""
+
+    def __init__(self, message: str, file: str | Path | None = None):
+        self.file, self.line, self.field, self.reason = str(file or ""), None, None, message
+        ValueError.__init__(self, message)
+
+
 @dataclass
 class InputProblems:
     """Collects skips (lenient mode) or raises on the first one (strict mode)."""
@@ -46,13 +60,20 @@ class InputProblems:
     notes: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=lambda: defaultdict(list))
     note_examples: dict = field(default_factory=lambda: defaultdict(list))
+    inputs: dict = field(default_factory=dict)  # file -> {"unit", "read", "kept", "ignored": {why: n}}
+    skipped_by_file: dict = field(default_factory=lambda: defaultdict(Counter))  # file -> kind -> records
+    skipped_units: Counter = field(default_factory=Counter)  # file -> lines (records, rows) skipped
 
-    def bad(self, file, line: int | None, field: str | None, reason: str, kind: str | None = None) -> None:
-        """A record that cannot be used: raise (strict) or count a skip (lenient)."""
+    def bad(self, file, line: int | None, field: str | None, reason: str, kind: str | None = None,
+            lines: int = 1) -> None:
+        """A record that cannot be used: raise (strict) or count a skip (lenient). ``lines``: how many
+        physical lines the record spans (a quoted CSV field can hold line breaks)."""
         if self.strict:
             raise DataError(file, line, field, reason, self.strict_key)
         kind = kind or (f"{field}: {reason}" if field else reason)
         self.skipped[kind] += 1
+        self.skipped_by_file[str(file)][kind] += 1
+        self.skipped_units[str(file)] += lines
         if len(self.examples[kind]) < MAX_EXAMPLES_PER_KIND:
             self.examples[kind].append({"file": str(file), "line": line, "field": field, "reason": reason})
 
@@ -63,6 +84,49 @@ class InputProblems:
             self.notes[kind] += count
             if file is not None and len(self.note_examples[kind]) < MAX_EXAMPLES_PER_KIND:
                 self.note_examples[kind].append({"file": str(file), "line": line})
+
+    def account(self, file, read: int, kept: int, unit: str = "lines", **ignored: int) -> None:
+        """What a loader did with each unit (``lines``, ``records``, ``rows``) of one input file: ``kept``
+        plus the skips :meth:`bad` counted for the file plus ``ignored`` (by why) make ``read``."""
+        self.inputs[str(file)] = {
+            "unit": unit,
+            "read": int(read),
+            "kept": int(kept),
+            "ignored": {why.replace("_", " "): int(n) for why, n in ignored.items() if n},
+        }
+
+    def input_summary(self, file) -> str:
+        """``61 lines read, 4 kept, 57 skipped (score: not a number 40, ...), 0 ignored`` for one file."""
+        file = str(file)
+        acc = self.inputs.get(file, {"unit": "lines", "read": None, "kept": 0, "ignored": {}})
+        unit = acc["unit"]
+        parts = []
+        if acc["read"] is not None:
+            parts.append(f"{acc['read']} {unit[:-1] if acc['read'] == 1 else unit} read")
+        parts.append(f"{acc['kept']} kept")
+        kinds = self.skipped_by_file.get(file, Counter())
+        skipped = f"{self.skipped_units.get(file, 0)} skipped"
+        if kinds:
+            skipped += " (" + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + ")"
+        parts.append(skipped)
+        if acc["ignored"]:
+            parts.append(
+                f"{sum(acc['ignored'].values())} ignored ("
+                + ", ".join(f"{k} {n}" for k, n in acc["ignored"].items())
+                + ")"
+            )
+        return ", ".join(parts)
+
+    def input_table(self) -> dict:
+        """Per input file: unit, read, kept, skipped (units), skipped by reason (records), ignored."""
+        out = {}
+        for file, acc in self.inputs.items():
+            out[file] = {
+                **acc,
+                "skipped": int(self.skipped_units.get(file, 0)),
+                "skipped_by_reason": dict(self.skipped_by_file.get(file, {})),
+            }
+        return out
 
     @property
     def total_skipped(self) -> int:
@@ -76,6 +140,7 @@ class InputProblems:
             "notes": dict(self.notes),
             "examples": {k: v for k, v in self.examples.items()},
             "note_examples": {k: v for k, v in self.note_examples.items()},
+            "inputs": self.input_table(),
         }
 
     def write(self, directory: Path, summary: dict | None = None) -> Path:
@@ -89,6 +154,16 @@ class InputProblems:
                 lines += ["**This dataset is synthetic** (generated by exp3rt's synthetic world).", ""]
             lines += ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()] + [""]
         lines += [f"Mode: {'strict' if self.strict else 'lenient'}. Records skipped: {self.total_skipped}.", ""]
+        if self.inputs:
+            lines += ["## Input files", "", "Every unit read is kept, skipped or ignored.", "",
+                      "| file | read | kept | skipped | ignored |", "|---|---|---|---|---|"]
+            for file, acc in self.input_table().items():
+                ignored = ", ".join(f"{k} {n}" for k, n in acc["ignored"].items()) or "0"
+                lines.append(
+                    f"| {_cell(Path(file).name)} | {acc['read']} {acc['unit']} | {acc['kept']} | "
+                    f"{acc['skipped']} | {_cell(ignored)} |"
+                )
+            lines.append("")
         if self.skipped:
             lines += ["## Skipped records", "", "| reason | count | first records | first example |"]
             lines.append("|---|---|---|---|")

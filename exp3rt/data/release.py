@@ -4,7 +4,8 @@ The release is a folder of JSON lists and LightGCN text files; ``dataset.release
 relative to ``dataset.path`` (null = absent). Every reader here is usable on its own — the teacher
 stage imports release profiles, the evaluator reads a release rating file as a test file, the reranker
 reads the LightGCN top-k files — and reports bad input through :class:`InputProblems`, naming the
-file, the line (for JSON lists: the 1-based record index) and the field.
+file, the line (for JSON lists: the physical line where the record starts; reasons add "record N")
+and the field.
 
 Formats (one record shown per file kind):
 
@@ -242,19 +243,81 @@ def parse_item_description(text: str) -> dict:
 # File readers
 
 
-def _read_json_list(path: Path, problems: InputProblems) -> list | None:
-    """Parse a JSON file whose top level must be a list; None when it was skipped (lenient)."""
+# a JSON string (escapes included) or a structural character; a record starts after "[" or "," at depth 1
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
+_NON_SPACE = re.compile(rb"\S")
+
+
+def _record_start_lines(raw: bytes) -> list[int]:
+    """The physical line (1-based) on which each element of the top-level JSON list in ``raw`` starts.
+
+    orjson reports no positions, so one regex pass finds the list's own commas (strings are matched
+    whole, so a comma or bracket inside text never counts) and newlines are counted between them.
+    Only called on bytes that parsed as a list."""
+    starts: list[int] = []
+    depth, line, pos = 0, 1, 0
+    for m in _JSON_TOKEN.finditer(raw):
+        c = raw[m.start()]
+        if c == 0x22:  # a string
+            continue
+        if c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth != 1:
+                continue
+        elif c in (0x5D, 0x7D):  # ] }
+            depth -= 1
+            continue
+        elif depth != 1:  # a comma inside a record
+            continue
+        nxt = _NON_SPACE.search(raw, m.end())
+        if nxt is None or raw[nxt.start()] == 0x5D:  # "[]": no element after the opening bracket
+            continue
+        line += raw.count(b"\n", pos, nxt.start())
+        pos = nxt.start()
+        starts.append(line)
+    return starts
+
+
+def _bad_utf8(raw: bytes) -> tuple[int, int, str] | None:
+    """``(line, column, byte)`` of the first byte of ``raw`` that is not valid UTF-8, or None."""
     try:
-        data = orjson.loads(path.read_bytes())
+        raw.decode("utf-8")
+    except UnicodeDecodeError as ue:
+        line_start = raw.rfind(b"\n", 0, ue.start) + 1
+        column = len(raw[line_start : ue.start].decode("utf-8", errors="replace")) + 1
+        return raw.count(b"\n", 0, ue.start) + 1, column, f"0x{raw[ue.start]:02x}"
+    return None
+
+
+def _read_json_records(path: Path, problems: InputProblems) -> list[tuple[int, int | None, object]]:
+    """``(record index, physical line where the record starts, record)`` for each element of a JSON
+    file whose top level must be a list; [] when the file was skipped (lenient). Problems name the
+    physical line; their reasons keep "record N"."""
+    raw = path.read_bytes()
+    try:
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        problems.bad(
-            path,
-            e.lineno,
-            None,
-            f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; the whole file is unusable",
-            kind="file is not valid JSON",
-        )
-        return None
+        bad = _bad_utf8(raw)
+        if bad is not None:
+            line, column, byte = bad
+            problems.bad(
+                path,
+                line,
+                None,
+                f"bad encoding: byte {byte} at line {line} column {column} is not valid UTF-8; "
+                "the whole file is unusable",
+                kind="file is not valid UTF-8",
+            )
+        else:
+            problems.bad(
+                path,
+                e.lineno,
+                None,
+                f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; the whole file is unusable",
+                kind="file is not valid JSON",
+            )
+        problems.account(path, read=0, kept=0, unit="records")
+        return []
     if not isinstance(data, list):
         problems.bad(
             path,
@@ -263,16 +326,20 @@ def _read_json_list(path: Path, problems: InputProblems) -> list | None:
             f"top level must be a JSON list of records, got {type(data).__name__}",
             kind="file is not a JSON list",
         )
-        return None
-    return data
+        problems.account(path, read=0, kept=0, unit="records")
+        return []
+    lines: list = _record_start_lines(raw)
+    if len(lines) != len(data):  # cannot happen for a list that parsed; never guess a line
+        lines = [None] * len(data)
+    return [(i, line, rec) for i, (line, rec) in enumerate(zip(lines, data, strict=True), start=1)]
 
 
-def _record(path: Path, index: int, record, problems: InputProblems) -> dict | None:
+def _record(path: Path, index: int, line: int, record, problems: InputProblems) -> dict | None:
     if isinstance(record, dict):
         return record
     problems.bad(
         path,
-        index,
+        line,
         None,
         f"record {index} is a {type(record).__name__}, expected a JSON object",
         kind="record is not a JSON object",
@@ -280,10 +347,10 @@ def _record(path: Path, index: int, record, problems: InputProblems) -> dict | N
     return None
 
 
-def _text_field(path: Path, index: int, record: dict, name: str, problems: InputProblems, ids: bool = False):
+def _text_field(path: Path, index: int, line: int, record: dict, name: str, problems: InputProblems, ids: bool = False):
     """A required non-empty string field (ids may also be JSON integers); None after a reported problem."""
     if name not in record or record[name] is None:
-        problems.bad(path, index, name, f"record {index}: missing field", kind=f"{name}: missing")
+        problems.bad(path, line, name, f"record {index}: missing field", kind=f"{name}: missing")
         return None
     value = record[name]
     if ids and isinstance(value, int) and not isinstance(value, bool):
@@ -291,19 +358,19 @@ def _text_field(path: Path, index: int, record: dict, name: str, problems: Input
     if not isinstance(value, str):
         problems.bad(
             path,
-            index,
+            line,
             name,
             f"record {index}: expected a string, got {type(value).__name__}",
             kind=f"{name}: not a string",
         )
         return None
     if not value.strip():
-        problems.bad(path, index, name, f"record {index}: empty text", kind=f"{name}: empty")
+        problems.bad(path, line, name, f"record {index}: empty text", kind=f"{name}: empty")
         return None
     return value
 
 
-def _check_profile(path: Path, index: int, name: str, text: str, problems: InputProblems) -> list[str] | None:
+def _check_profile(path: Path, index: int, line: int, name: str, text: str, problems: InputProblems) -> list[str] | None:
     """Check a profile text; None after a reported problem, else the quirks to note if the record is kept.
 
     Only an ``[Average Rating]`` section that is not one number is a problem. A text without any
@@ -314,7 +381,7 @@ def _check_profile(path: Path, index: int, name: str, text: str, problems: Input
     try:
         split_profile(text)
     except ValueError as e:
-        problems.bad(path, index, name, f"record {index}: {e}", kind=f"{name}: bad [Average Rating]")
+        problems.bad(path, line, name, f"record {index}: {e}", kind=f"{name}: bad [Average Rating]")
         return None
     has_like, has_dislike = "like" in scan.sections, "dislike" in scan.sections
     notes = []
@@ -331,15 +398,15 @@ def _check_profile(path: Path, index: int, name: str, text: str, problems: Input
     return notes
 
 
-def _score(path: Path, index: int, record: dict, scale: RatingScale, problems: InputProblems) -> float | None:
+def _score(path: Path, index: int, line: int, record: dict, scale: RatingScale, problems: InputProblems) -> float | None:
     if "score" not in record or record["score"] is None:
-        problems.bad(path, index, "score", f"record {index}: missing field", kind="score: missing")
+        problems.bad(path, line, "score", f"record {index}: missing field", kind="score: missing")
         return None
     raw = record["score"]
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         problems.bad(
             path,
-            index,
+            line,
             "score",
             f"record {index}: expected a number as text, got {raw!r}",
             kind="score: not a number",
@@ -349,18 +416,22 @@ def _score(path: Path, index: int, record: dict, scale: RatingScale, problems: I
         value = float(raw.strip() if isinstance(raw, str) else raw)
     except ValueError:
         problems.bad(
-            path, index, "score", f"record {index}: {raw!r} is not a number", kind="score: not a number"
+            path, line, "score", f"record {index}: {raw!r} is not a number", kind="score: not a number"
         )
         return None
     if not scale.contains(value):
         problems.bad(
             path,
-            index,
+            line,
             "score",
             f"record {index}: {raw!r} is outside the dataset scale [{scale.min:g}, {scale.max:g}] "
             f"(check dataset.scale)",
             kind="score: outside scale",
         )
+        return None
+    off = scale.off_grid(value)
+    if off is not None:
+        problems.bad(path, line, "score", f"record {index}: {off}", kind="score: not on the scale's steps")
         return None
     return value
 
@@ -369,41 +440,42 @@ def read_rating_file(path: str | Path, scale: RatingScale, problems: InputProble
     """Read a release rating file (a JSON list of rating records).
 
     Returns one row per usable record with columns ``user_id, item_id, rating (float), user_profile,
-    item_profile, item_description, rationale (nullable), _line`` (1-based record index). Profiles are
+    item_profile, item_description, rationale (nullable), _line`` (the physical line where the record
+    starts). Profiles are
     the raw persona / synopsis texts; :func:`split_profile` parses them.
     """
     path = Path(path)
-    data = _read_json_list(path, problems)
+    data = _read_json_records(path, problems)
     rows = []
-    for index, rec in enumerate(data or [], start=1):
-        rec = _record(path, index, rec, problems)
+    for index, line, rec in data:
+        rec = _record(path, index, line, rec, problems)
         if rec is None:
             continue
-        uid = _text_field(path, index, rec, "user_id", problems, ids=True)
-        iid = uid and _text_field(path, index, rec, "item_id", problems, ids=True)
+        uid = _text_field(path, index, line, rec, "user_id", problems, ids=True)
+        iid = uid and _text_field(path, index, line, rec, "item_id", problems, ids=True)
         texts, quirks = {}, []
         for name in ("user_persona", "item_synopsis", "item_description"):
             if iid is None:
                 break
-            texts[name] = _text_field(path, index, rec, name, problems)
+            texts[name] = _text_field(path, index, line, rec, name, problems)
             if texts[name] is None:
                 break
             if name != "item_description":
-                found = _check_profile(path, index, name, texts[name], problems)
+                found = _check_profile(path, index, line, name, texts[name], problems)
                 if found is None:
                     texts[name] = None
                     break
                 quirks += found
         if uid is None or iid is None or len(texts) < 3 or None in texts.values():
             continue
-        rating = _score(path, index, rec, scale, problems)
+        rating = _score(path, index, line, rec, scale, problems)
         if rating is None:
             continue
         rationale = rec.get("rationale")
         if rationale is not None and not isinstance(rationale, str):
             problems.bad(
                 path,
-                index,
+                line,
                 "rationale",
                 f"record {index}: expected a string, got {type(rationale).__name__}",
                 kind="rationale: not a string",
@@ -413,7 +485,7 @@ def read_rating_file(path: str | Path, scale: RatingScale, problems: InputProble
             quirks.append("empty rationale read as missing")
             rationale = None
         for quirk in quirks:  # noted only for kept records: a skipped one is counted once, as a skip
-            problems.note(quirk, file=path, line=index)
+            problems.note(quirk, file=path, line=line)
         rows.append(
             (
                 uid,
@@ -423,9 +495,10 @@ def read_rating_file(path: str | Path, scale: RatingScale, problems: InputProble
                 texts["item_synopsis"],
                 texts["item_description"],
                 rationale,
-                index,
+                line,
             )
         )
+    problems.account(path, read=len(data), kept=len(rows), unit="records")
     df = pd.DataFrame(rows, columns=RATING_COLUMNS)
     df["rating"] = df["rating"].astype("float64")
     df["_line"] = df["_line"].astype("int64")
@@ -460,27 +533,31 @@ def read_profiles(path: str | Path, kind: str, problems: InputProblems) -> pd.Da
     id_field, text_field = ("user_id", "user_persona") if kind == "user" else ("item_id", "item_synopsis")
     path = Path(path)
     ids, texts, seen = [], [], set()
-    for index, rec in enumerate(_read_json_list(path, problems) or [], start=1):
-        rec = _record(path, index, rec, problems)
+    n_repeated = 0
+    records = _read_json_records(path, problems)
+    for index, line, rec in records:
+        rec = _record(path, index, line, rec, problems)
         if rec is None:
             continue
-        pid = _text_field(path, index, rec, id_field, problems, ids=True)
-        text = pid and _text_field(path, index, rec, text_field, problems)
+        pid = _text_field(path, index, line, rec, id_field, problems, ids=True)
+        text = pid and _text_field(path, index, line, rec, text_field, problems)
         quirks = (
-            None if pid is None or text is None else _check_profile(path, index, text_field, text, problems)
+            None if pid is None or text is None else _check_profile(path, index, line, text_field, text, problems)
         )
         if quirks is None:
             continue
         if pid in seen:
             problems.note(
-                f"repeated {id_field} in a {kind} profile file: kept the first profile", file=path, line=index
+                f"repeated {id_field} in a {kind} profile file: kept the first profile", file=path, line=line
             )
+            n_repeated += 1
             continue
         for quirk in quirks:
-            problems.note(quirk, file=path, line=index)
+            problems.note(quirk, file=path, line=line)
         seen.add(pid)
         ids.append(pid)
         texts.append(text)
+    problems.account(path, read=len(records), kept=len(ids), unit="records", repeated_ids=n_repeated)
     return profile_table(ids, texts)
 
 
@@ -489,13 +566,14 @@ def read_profile_sft(path: str | Path, problems: InputProblems) -> pd.DataFrame:
     plus ``n_sets``, the number of preference sets in ``input`` (joined by ``\\n---\\n``)."""
     path = Path(path)
     rows = []
-    for index, rec in enumerate(_read_json_list(path, problems) or [], start=1):
-        rec = _record(path, index, rec, problems)
+    records = _read_json_records(path, problems)
+    for index, line, rec in records:
+        rec = _record(path, index, line, rec, problems)
         if rec is None:
             continue
         values = []
         for name in SFT_FIELDS:
-            value = _text_field(path, index, rec, name, problems)
+            value = _text_field(path, index, line, rec, name, problems)
             if value is None:
                 break
             values.append(value)
@@ -503,6 +581,7 @@ def read_profile_sft(path: str | Path, problems: InputProblems) -> pd.DataFrame:
             continue
         n_sets = sum(1 for s in values[1].split(SFT_SET_SEPARATOR) if s.strip())
         rows.append((*values, n_sets))
+    problems.account(path, read=len(records), kept=len(rows), unit="records")
     df = pd.DataFrame(rows, columns=[*SFT_FIELDS, "n_sets"])
     for col in SFT_FIELDS:
         df[col] = df[col].astype("string")
@@ -709,7 +788,8 @@ def load_release(cfg, problems: InputProblems) -> Dataset:
     """Load an EXP3RT release folder named by a ``dataset`` config (loader ``exp3rt_release``).
 
     Interactions come from the rating files named by ``release.rating_train/valid/test`` (canonical
-    columns plus ``_line``, the record index in its own file; the release has no review text). Extras:
+    columns plus ``_line``, the line where the record starts in its own file; the release has no review
+    text). Extras:
 
     - ``split_labels``: ``user_id, item_id, split`` (train/valid/test) for ``split.strategy=predefined``
     - ``user_profiles`` / ``item_profiles``: ``id, profile, likes, dislikes, average, source`` — one row
@@ -753,14 +833,15 @@ def load_release(cfg, problems: InputProblems) -> Dataset:
                     files[key],
                     int(line),
                     "user_id,item_id",
-                    f"record {line}: pair (user {uid!r}, item {iid!r}) is also in the {prev[0]} file "
-                    f"(record {prev[1]}); a pair must belong to one split",
+                    f"pair (user {uid!r}, item {iid!r}) is also in the {prev[0]} file "
+                    f"(line {prev[1]} of {files[f'rating_{prev[0]}'].name}); a pair must belong to one split",
                     kind="pair in two split files",
                 )
                 keep.append(False)
                 continue
             first_seen.setdefault((uid, iid), (split, int(line)))
             keep.append(True)
+        problems.inputs[str(files[key])]["kept"] -= keep.count(False)  # skipped after reading
         frames.append(df[pd.Series(keep, index=df.index, dtype=bool)].assign(split=split))
     ratings = pd.concat(frames, ignore_index=True)
 

@@ -66,6 +66,43 @@ class RatingScale:
     def contains(self, value: float) -> bool:
         return (not math.isnan(value)) and self.min <= value <= self.max
 
+    def on_grid(self, value: float) -> bool:
+        """``value`` is ``min + k * step`` for a whole ``k`` (within float noise)."""
+        k = (value - self.min) / self.step
+        return abs(k - round(k)) <= 1e-6
+
+    def level_set(self, limit: int = 10_000) -> frozenset:
+        """The levels as a set for a loader's fast path (``rating in levels`` before :meth:`off_grid`);
+        empty for a scale with more than ``limit`` levels (every value then takes the exact check)."""
+        n = (self.max - self.min) / self.step
+        return frozenset(self.levels) if n <= limit else frozenset()
+
+    def off_grid(self, value: float) -> str | None:
+        """Why ``value`` (already within the range) is not a rating of this scale, or None when it is.
+
+        Every loader calls this for every rating, so an off-step value (3.5 on a step-1 scale) is bad
+        input at load time, named by file and line, instead of failing training later. The reason says
+        which ``dataset.scale.step`` would include the value (when a finer step that divides the scale does).
+        """
+        if self.on_grid(value):
+            return None
+        finer = None
+        for d in (2, 4, 5, 10, 20, 100):
+            candidate = RatingScale(self.min, self.max, self.step / d)
+            n = (self.max - self.min) / candidate.step
+            if abs(n - round(n)) <= 1e-9 and candidate.on_grid(value):
+                finer = candidate.step
+                break
+        fix = (
+            f"set dataset.scale.step={finer:g} if such ratings are valid"
+            if finer is not None
+            else "round the ratings to the scale's steps"
+        )
+        return (
+            f"rating {value:g} is not on the scale's steps of {self.step:g} from {self.min:g} "
+            f"(dataset.scale.step={self.step:g}); {fix}"
+        )
+
     def clip(self, values):
         import numpy as np
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import pyarrow as pa
 from exp3rt.config import ConfigError
 from exp3rt.data.amazon import INTERACTIONS_WITH_LINE, to_frame
 from exp3rt.data.problems import DataError, InputProblems
-from exp3rt.data.schema import Dataset
+from exp3rt.data.schema import Dataset, RatingScale
 from exp3rt.data.textio import iter_line_blocks, parse_json_line
 
 FORMAT_BY_EXTENSION = {
@@ -58,12 +59,14 @@ _VOTE_SEP = re.compile(r"^\s*\d{1,3}(,\d{3})+\s*$")
 
 
 def load_tabular(cfg, problems: InputProblems) -> Dataset:
-    from exp3rt.data.loaders import scale_of
+    from exp3rt.data.loaders import require_file, scale_of
 
     scale = scale_of(cfg)
-    path = str(cfg.path)
+    path = str(require_file(cfg.path, "dataset.path", cfg))
+    if cfg.meta_path:
+        require_file(cfg.meta_path, "dataset.meta_path", cfg)
     fmt = resolve_format(path, str(cfg.format), "dataset.format")
-    inter = _read_interactions(cfg, path, fmt, scale.min, scale.max, problems)
+    inter = _read_interactions(cfg, path, fmt, scale, problems)
     item_ids = pd.unique(inter["item_id"]).tolist() if len(inter) else []
     if cfg.meta_path:
         meta_path = str(cfg.meta_path)
@@ -106,6 +109,54 @@ def resolve_format(path: str, fmt: str, key: str) -> str:
 # ------------------------------------------------------------------------------------------ records
 
 
+class _Feed:
+    """The decoded lines of a delimited file, fed to :class:`csv.reader`, with the ``(line, text)`` of
+    the record being read kept in ``record`` so a runaway record can be read again from its second line
+    (:meth:`push_back`). A line that does not decode is bad input, counted as it is read."""
+
+    def __init__(self, path: str, encoding: str, problems: InputProblems):
+        self.path, self.encoding, self.problems = path, encoding, problems
+        self.read = 0  # physical lines read from the file
+        self.record: list[tuple[int, str]] = []
+        self.pending: deque = deque()
+        self._lines = self._decoded()
+
+    def _decoded(self):
+        path, enc, problems = self.path, self.encoding, self.problems
+        for first, block in iter_line_blocks(path, problems=problems):
+            self.read += len(block)
+            for n, raw in enumerate(block, first):
+                try:
+                    text = raw.decode(enc)
+                except UnicodeDecodeError as ue:
+                    problems.bad(path, n, None, f"bad encoding: bytes at offset {ue.start} are not valid {enc}",
+                                 kind="bad encoding")  # fmt: skip
+                    continue
+                yield n, text + "\n"
+
+    def __iter__(self):
+        return self._texts()
+
+    def _texts(self):
+        # a generator rather than __next__: resuming it is cheaper than a method call per line
+        record, pending, lines = self.record, self.pending, self._lines
+        while True:
+            if pending:
+                item = pending.popleft()
+            else:
+                item = next(lines, None)
+                if item is None:
+                    return
+            record.append(item)
+            yield item[1]
+
+    def start(self) -> None:
+        self.record.clear()
+
+    def push_back(self, lines: list[tuple[int, str]]) -> None:
+        self.pending.extendleft(reversed(lines))
+
+
 class _Source:
     """Rows of one file as ``(line, get)`` where ``get(column)`` returns the raw value or None."""
 
@@ -114,6 +165,11 @@ class _Source:
         self.encoding = str(cfg.encoding)
         self.columns: list[str] | None = None  # None for JSONL: keys are looked up per record
         self.header_line: int | None = None
+        self.span = 1  # physical lines of the row just yielded
+        self.ignored: dict[str, int] = {}  # lines neither kept nor skipped: header, blank lines
+        self.feed: _Feed | None = None
+        self.n_read = 0  # JSONL lines / Parquet rows (CSV/TSV: feed.read)
+        self.single_line: tuple[str, ...] = ()  # columns that never hold a line break (ids, numbers)
         self._rows: Iterator
         if fmt in ("csv", "tsv"):
             self._rows = self._delimited(cfg)
@@ -141,31 +197,20 @@ class _Source:
         sep = cfg.separator if cfg.separator is not None else ("," if self.fmt == "csv" else "\t")
         sep = sep.encode().decode("unicode_escape") if sep.startswith("\\") else sep  # "\t" typed in YAML
         quoting = csv.QUOTE_MINIMAL if self.fmt == "csv" else csv.QUOTE_NONE
-        state = {"start": None}
-        path, enc, problems = self.path, self.encoding, self.problems
+        feed = _Feed(self.path, self.encoding, self.problems)
+        self.feed = feed
+        def make_reader():  # a fresh reader after a runaway record (its line generator may have ended)
+            return csv.reader(iter(feed), delimiter=sep, quoting=quoting)
 
-        def lines():
-            for first, block in iter_line_blocks(path):
-                for n, raw in enumerate(block, first):
-                    try:
-                        text = raw.decode(enc)
-                    except UnicodeDecodeError as ue:
-                        problems.bad(path, n, None, f"bad encoding: bytes at offset {ue.start} are not valid {enc}",
-                                     kind="bad encoding")  # fmt: skip
-                        continue
-                    if state["start"] is None:
-                        state["start"] = n
-                    yield text + "\n"
-
-        reader = csv.reader(lines(), delimiter=sep, quoting=quoting)
+        reader = make_reader()
         if cfg.header:
+            feed.start()
             header = next(reader, None)
-            self.header_line = state["start"]
-            state["start"] = None
-            if header is None:
-                raise DataError(
-                    path, 1, None, "the file is empty (dataset.header=true expects a header line)"
-                )
+            self.header_line = feed.record[0][0] if feed.record else None
+            self.ignored["header"] = len(feed.record)
+            if header is None:  # an empty file: no columns to check and no rows (an empty dataset is
+                self.columns = None  # reported as such by load_dataset, with the lines read)
+                return iter(())
             self.columns = [c.strip() for c in header]
         else:
             if not cfg.column_names:
@@ -173,22 +218,49 @@ class _Source:
             self.columns = [str(c) for c in cfg.column_names]
         index = {c: i for i, c in enumerate(self.columns)}
         width = len(self.columns)
-        return self._delimited_rows(reader, state, index, width)
+        return self._delimited_rows(reader, make_reader, feed, index, width)
 
-    def _delimited_rows(self, reader, state, index, width):
+    def _delimited_rows(self, reader, make_reader, feed, index, width):
+        """Rows with their first line; ``self.span`` is the number of physical lines of the last row.
+
+        A record over several lines (a quoted field with line breaks) that has the wrong number of
+        columns, does not parse, or has a line break in a column that holds one value (an id, a
+        rating: ``self.single_line``) ran away over an unclosed quote: its first line is bad input and
+        the lines after it are read again, so a stray quote costs one line, not the rest of the file."""
         n_blank = 0
+        single = [index[c] for c in self.single_line if c in index]
         while True:
+            feed.start()
+            error = None
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as e:
-                line, state["start"] = state["start"], None
-                self.problems.bad(self.path, line, None, f"unparsable line: {e}", kind="unparsable line")
+                row, error = None, e
+            if not feed.record:  # only lines with bad encoding (counted as they were read)
                 continue
-            line, state["start"] = state["start"], None
-            if not row or (len(row) == 1 and not row[0].strip()):
+            line, last = feed.record[0][0], feed.record[-1][0]
+            self.span = len(feed.record)
+            if row is not None and (not row or (len(row) == 1 and not row[0].strip())):
                 n_blank += 1
+                continue
+            wrong = error is not None or len(row) != width
+            if self.span > 1 and (wrong or any(i < len(row) and "\n" in row[i] for i in single)):
+                what = f"does not parse ({error})" if error else (
+                    f"has {len(row)} columns instead of {width}" if len(row) != width
+                    else "has a line break in an id or number column")  # fmt: skip
+                self.problems.bad(
+                    self.path, line, None,
+                    f"unclosed quote: the record starting on line {line} runs over lines {line}-{last} and "
+                    f"{what}",
+                    kind="unclosed quote (the line is skipped, the lines after it are read again)",
+                )  # fmt: skip
+                feed.push_back(feed.record[1:])  # a copy: start() clears the record
+                reader = make_reader()
+                continue
+            if error is not None:
+                self.problems.bad(self.path, line, None, f"unparsable line: {error}", kind="unparsable line")
                 continue
             if len(row) != width:
                 self.problems.bad(
@@ -200,12 +272,14 @@ class _Source:
                 )
                 continue
             yield line, (lambda col, row=row: row[index[col]] if col in index else None)
+        self.ignored["blank_lines"] = n_blank
         self.problems.note(f"{Path(self.path).name}: blank lines ignored", n_blank)
 
     # -- JSON lines
     def _jsonl(self):
         n_blank = 0
-        for first, block in iter_line_blocks(self.path):
+        for first, block in iter_line_blocks(self.path, problems=self.problems):
+            self.n_read += len(block)
             for n, raw in enumerate(block, first):
                 obj, problem = parse_json_line(raw, self.encoding)
                 if problem is not None:
@@ -226,6 +300,7 @@ class _Source:
                     )
                     continue
                 yield n, obj.get
+        self.ignored["blank_lines"] = n_blank
         self.problems.note(f"{Path(self.path).name}: blank lines ignored", n_blank)
 
     # -- Parquet
@@ -233,6 +308,7 @@ class _Source:
         import pyarrow.parquet as pq
 
         table = pq.read_table(self.path)
+        self.n_read = table.num_rows
         self.columns = list(table.column_names)
         self.header_line = None
         return self._parquet_rows(table)
@@ -244,6 +320,17 @@ class _Source:
             yield i + 1, (lambda col, i=i: cols[col][i] if col in cols else None)
 
     wanted: list[str] = []
+
+    @property
+    def read(self) -> int:
+        return self.feed.read if self.feed is not None else self.n_read
+
+    @property
+    def unit(self) -> str:
+        return "rows" if self.fmt == "parquet" else "lines"
+
+    def account(self, kept: int) -> None:
+        self.problems.account(self.path, read=self.read, kept=kept, unit=self.unit, **self.ignored)
 
 
 def _mapping(cfg_map, allowed: tuple[str, ...], key: str) -> dict[str, str]:
@@ -309,18 +396,26 @@ def _as_int(v) -> int | None:
         return int(f) if f is not None and f.is_integer() else None
 
 
-def _read_interactions(cfg, path, fmt, lo, hi, problems) -> pd.DataFrame:
+def _read_interactions(cfg, path, fmt, scale: RatingScale, problems) -> pd.DataFrame:
+    lo, hi = scale.min, scale.max
+    grid = scale.level_set()
     mapping = _mapping(cfg.fields, INTERACTION_FIELDS, "dataset.fields")
     source = _Source(path, fmt, cfg, problems)
     cols = _resolve_columns(source, mapping, INTERACTION_FIELDS, REQUIRED_FIELDS)
     source.wanted = list(cols.values())
+    source.single_line = tuple(cols[f] for f in ("user_id", "item_id", "rating", "timestamp", "helpful_votes")
+                               if f in cols)  # fmt: skip
     require_review = bool(cfg.require_review)
     c_user, c_item, c_rating = cols["user_id"], cols["item_id"], cols["rating"]
     c_review, c_summary = cols.get("review"), cols.get("summary")
     c_time, c_votes = cols.get("timestamp"), cols.get("helpful_votes")
     out = {name: [] for name in INTERACTIONS_WITH_LINE.names}
-    bad = problems.bad
+
+    def bad(*args, **kw):  # a skipped record costs every physical line it spans
+        problems.bad(*args, lines=source.span, **kw)
+
     n_sep = 0
+    kept_lines = 0
     for line, get in source:
         user = _as_id(get(c_user))
         if user is None:
@@ -347,6 +442,11 @@ def _read_interactions(cfg, path, fmt, lo, hi, problems) -> pd.DataFrame:
                 kind=f"{c_rating}: outside the rating scale",
             )
             continue
+        if rating not in grid:  # fast path: the usual ratings are exactly a level
+            off = scale.off_grid(rating)
+            if off is not None:
+                bad(path, line, c_rating, off, kind=f"{c_rating}: not on the scale's steps")
+                continue
         review = get(c_review) if c_review else None
         if _blank(review):
             if require_review:
@@ -385,7 +485,9 @@ def _read_interactions(cfg, path, fmt, lo, hi, problems) -> pd.DataFrame:
         out["timestamp"].append(ts)
         out["helpful_votes"].append(votes)
         out["_line"].append(line)
+        kept_lines += source.span
     problems.note("helpful_votes: thousands separator stripped (e.g. '1,234' -> 1234)", n_sep)
+    source.account(kept_lines)
     table = pa.table(
         [pa.array(out[f.name], f.type) for f in INTERACTIONS_WITH_LINE], schema=INTERACTIONS_WITH_LINE
     )
@@ -425,21 +527,27 @@ def _read_items(cfg, path, fmt, item_ids, problems) -> pd.DataFrame:
     wanted = set(item_ids)
     found: dict[str, dict] = {}
     seen: set[str] = set()
+    source.single_line = (c_item,)
     n_dup = n_unrated = 0
+    lines = {"kept": 0, "duplicate_item_rows": 0, "items_without_interactions": 0}
     for line, get in source:
         item = _as_id(get(c_item))
         if item is None:
             problems.bad(
-                path, line, c_item, "missing or empty item id", kind=f"items {c_item}: missing or empty"
-            )
+                path, line, c_item, "missing or empty item id", kind=f"items {c_item}: missing or empty",
+                lines=source.span,
+            )  # fmt: skip
             continue
         if item in seen:
             n_dup += 1
+            lines["duplicate_item_rows"] += source.span
             continue
         seen.add(item)
         if item not in wanted:
             n_unrated += 1
+            lines["items_without_interactions"] += source.span
             continue
+        lines["kept"] += source.span
         title = get(cols["title"]) if "title" in cols else None
         desc = get(cols["description"]) if "description" in cols else None
         cats = get(cols["categories"]) if "categories" in cols else None
@@ -463,6 +571,9 @@ def _read_items(cfg, path, fmt, item_ids, problems) -> pd.DataFrame:
     rows = [{"item_id": i, **found.get(i, empty)} for i in item_ids]
     problems.note(f"{Path(path).name}: duplicate item rows ignored (first kept)", n_dup)
     problems.note(f"{Path(path).name}: items without interactions not kept", n_unrated)
+    kept = lines.pop("kept")
+    source.ignored.update(lines)
+    source.account(kept)
     problems.note("items without metadata (title/description null)", len(item_ids) - len(found))
     if not rows:
         return pd.DataFrame(columns=list(ITEM_FIELDS))

@@ -8,6 +8,7 @@ bytes do not decode) apart from bad syntax (they decode but do not parse), with 
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,19 +27,32 @@ def open_binary(path: str | Path):
     return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")
 
 
-def iter_line_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, list[bytes]]]:
+def iter_line_blocks(
+    path: str | Path, block_bytes: int = BLOCK_BYTES, problems=None
+) -> Iterator[tuple[int, list[bytes]]]:
     """Yield ``(first_line_number, lines)`` with 1-based physical line numbers.
 
     Lines are split on ``\\n`` only (a ``\\r`` before it is left in place: JSON parsers treat it as
     whitespace). A final line without a newline is yielded too; the empty string after a trailing
     newline is not. A UTF-8 byte-order mark at the start of the file is dropped.
+
+    A gzip file that ends early (a cut download) or is corrupt is bad input named by file and line:
+    ``problems.bad`` raises in strict mode; in lenient mode the complete lines before the damage are
+    yielded, the cut-off line is dropped and the damage counted. Without ``problems`` it raises
+    :class:`~exp3rt.data.problems.DataError`.
     """
     line_no = 1
     rest = b""
     first = True
+    done = 0  # decompressed bytes read so far
+    damage = None
     with open_binary(path) as fh:
         while True:
-            block = fh.read(block_bytes)
+            try:
+                block = fh.read(block_bytes)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                block, damage = _salvage(path, done), e  # the readable bytes of the failed read
+            done += len(block)
             if first:
                 first = False
                 if block.startswith(UTF8_BOM):
@@ -52,8 +66,50 @@ def iter_line_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterat
             if lines:
                 yield line_no, lines
                 line_no += len(lines)
+            if damage is not None:
+                break
+        if damage is not None:
+            _damaged_gzip(path, line_no, bool(rest), damage, problems)
+            return
         if rest:
             yield line_no, [rest]
+
+
+def _salvage(path, skip: int, chunk: int = 1 << 20) -> bytes:
+    """The decompressed bytes after the first ``skip`` of a damaged gzip file, up to the damage (read
+    with zlib directly: :mod:`gzip` drops the last block it had decompressed when the stream fails)."""
+    out = bytearray()
+    pos = 0
+    inflate = zlib.decompressobj(31)
+    with open(path, "rb") as fh:
+        try:
+            while True:
+                raw = fh.read(chunk)
+                if not raw:
+                    break
+                while raw:
+                    data = inflate.decompress(raw)
+                    if pos + len(data) > skip:
+                        out += data[max(0, skip - pos) :]
+                    pos += len(data)
+                    raw = b""
+                    if inflate.eof:  # the next gzip member, if any
+                        raw = inflate.unused_data
+                        inflate = zlib.decompressobj(31)
+        except zlib.error:
+            pass
+    return bytes(out)
+
+
+def _damaged_gzip(path, line_no: int, partial: bool, error: Exception, problems) -> None:
+    from exp3rt.data.problems import DataError
+
+    where = f"line {line_no} is cut off" if partial else f"the data stops after line {line_no - 1}"
+    reason = (f"the gzip file ends early or is corrupt ({error}): {where} and nothing after it can be read; "
+              "download or copy the file again")  # fmt: skip
+    if problems is None:
+        raise DataError(path, line_no, None, reason)
+    problems.bad(path, line_no, None, reason, kind="gzip file truncated or corrupt", lines=0)
 
 
 def parse_json_line(raw: bytes, encoding: str):
