@@ -69,8 +69,8 @@ def logged_metric_names() -> frozenset[str]:
     from exp3rt.inference.rerank import rerank_metrics
     from exp3rt.pipeline import flat_metrics as pipeline_flat
 
-    preds = [Prediction("u1", "i1", 4.0, True, "r", rating_argmax=4.0, rating_expected=3.8, rating_parsed=4.0),
-             Prediction("u2", "i2", 2.0, False, "", rating_argmax=None, rating_expected=None, rating_parsed=None)]
+    preds = [Prediction("u1", "i1", 4.0, True, "r", rating_argmax=4.0, rating_expected=3.8),
+             Prediction("u2", "i2", 2.0, False, "", rating_argmax=None, rating_expected=None)]
     means = fallback_models(pd.DataFrame({"user_id": ["u1", "u3"], "item_id": ["i1", "i3"], "rating": [4.0, 2.0]}))
     readouts = [f.name.removeprefix("rating_") for f in fields(Prediction) if f.name.startswith("rating_")]
     rating = {f"student_{r}": error_table(preds, r, "user_mean", means) for r in readouts}

@@ -38,7 +38,9 @@ class Prediction:
     probs: dict[str, float] = field(default_factory=dict)  # rating text -> probability (valid ratings only)
     rating_argmax: float | None = None  # most likely rating (readout)
     rating_expected: float | None = None  # expected rating (readout)
-    rating_parsed: float | None = None  # free text after "Predicted User Rating:"
+    # the probability the student put on any valid rating after the answer prefix (the readout's mass
+    # before renormalising): low mass means its own greedy continuation would not be a rating
+    valid_mass: float | None = None
     fallback: bool = False  # the readout failed and the failure policy supplied the value
     fallback_value: float | None = None
     finish: str | None = None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
@@ -243,7 +245,6 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
                           "rating": [p.truth for p in preds], "warm": [p.warm for p in preds]})
     rating = {"student_expected": error_table(preds, "expected", policy, means),
               "student_argmax": error_table(preds, "argmax", policy, means),
-              "student_parsed": error_table(preds, "parsed", policy, means),
               **{k: error_table(preds, v, policy, means) for k, v in direct_rows.items()},
               **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
     metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
