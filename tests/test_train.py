@@ -221,3 +221,31 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(annotated, tmp_p
     result = json.loads((run_dir / "train.json").read_text())
     assert result["global_step"] == 400
     assert f"Restoring states from the checkpoint path at {last}" in done.stderr + done.stdout
+
+
+def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resumable_loader(annotated, tmp_path):
+    """The sampler skips what the interrupted epoch consumed; the epoch still counts its full length (Lightning
+    restores how many batches of it were done), so the resumed epoch ends where an uninterrupted one does.
+    The loader is stateful, so Lightning's "dataloader is not resumable" warning does not appear."""
+    import warnings
+
+    common = ["trainer.max_epochs=1", "train.val_generate=false", "logger=csv", "trainer.checkpoint_every_n_steps=2"]
+    whole = run_train(annotated, tmp_path / "whole", "trainer.max_steps=-1", *common)
+    per_epoch = whole["global_step"]
+    assert per_epoch == whole["examples"]["train"] > 8  # micro batch 1, no accumulation
+    run_dir = tmp_path / "cut"
+    run_train(annotated, run_dir, "trainer.max_steps=6", *common)
+    cut = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # the step-6 checkpoint (written in ModelCheckpoint's on_train_batch_end) counts all six examples
+    assert cut["global_step"] == 6 and cut["StudentDataModule"] == {"epoch": 0, "consumed": 6}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run_train(annotated, run_dir, "trainer.max_steps=-1", "ckpt_path=last", *common)
+    assert resumed["global_step"] == per_epoch
+    assert not [w for w in caught if "not resumable" in str(w.message)], [str(w.message) for w in caught]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # the loader's own state, saved by Lightning's fit loop, and the DataModule's agree with the step
+    assert ckpt["global_step"] >= per_epoch - 1  # the last multiple of 2
+    position = {"epoch": 0, "consumed": ckpt["global_step"]}
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [position] == [ckpt["StudentDataModule"]]
+
