@@ -249,3 +249,30 @@ def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resu
     position = {"epoch": 0, "consumed": ckpt["global_step"]}
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [position] == [ckpt["StudentDataModule"]]
 
+
+def test_resume_takes_the_newest_checkpoint_after_the_checkpoint_interval_changed(annotated, tmp_path):
+    """Changing trainer.checkpoint_every_n_steps changes ModelCheckpoint's state key, so a resumed run
+    does not know last.ckpt is its own and used to write last-v1.ckpt beside it, while the next resume
+    read the stale last.ckpt. last.ckpt is now overwritten, and a resume takes the checkpoint with the
+    highest step (an older run dir's last-v1.ckpt included)."""
+    from exp3rt.student.train import resolve_ckpt
+
+    run_dir = tmp_path / "interval"
+    common = ["trainer.max_epochs=100", "train.val_generate=false", "logger=csv"]
+    run_train(annotated, run_dir, "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2", *common)
+    run_train(annotated, run_dir, "trainer.max_steps=9", "trainer.checkpoint_every_n_steps=3", "ckpt_path=last", *common)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 9
+    assert resolve_ckpt("last", run_dir) == str(run_dir / "checkpoints" / "last.ckpt")
+
+    # a run dir written before the fix: a stale last.ckpt (step 4) beside the newer last-v1.ckpt (step 7)
+    ckpts = run_dir / "checkpoints"
+    state = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    torch.save({**state, "global_step": 7}, ckpts / "last-v1.ckpt")
+    torch.save({**state, "global_step": 4}, ckpts / "last.ckpt")
+    assert resolve_ckpt("last", run_dir) == str(ckpts / "last-v1.ckpt")
+    (ckpts / "broken.ckpt").write_bytes(b"PK\x03\x04 cut short by a kill")  # incomplete: skipped
+    assert resolve_ckpt("last", run_dir) == str(ckpts / "last-v1.ckpt")
+    torch.save({**state, "global_step": 7}, ckpts / "last.ckpt")  # same step: the newer file wins
+    os.utime(ckpts / "last-v1.ckpt", (1, 1))
+    assert resolve_ckpt("last", run_dir) == str(ckpts / "last.ckpt")
