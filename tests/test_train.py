@@ -276,3 +276,24 @@ def test_resume_takes_the_newest_checkpoint_after_the_checkpoint_interval_change
     torch.save({**state, "global_step": 7}, ckpts / "last.ckpt")  # same step: the newer file wins
     os.utime(ckpts / "last-v1.ckpt", (1, 1))
     assert resolve_ckpt("last", run_dir) == str(ckpts / "last.ckpt")
+
+
+def test_each_epoch_gets_its_own_order_and_counts_its_position_from_zero():
+    """The loader is built once per fit, so the epoch reaches the sampler through Lightning's set_epoch
+    and the DataModule's count restarts at a new epoch (it used to keep epoch 0's order and count on)."""
+    from exp3rt.student.lightning import ResumableSampler, StudentDataModule
+
+    sampler = ResumableSampler(20, seed=42)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(second) == sorted(first) == list(range(20)) and second != first
+    fresh = ResumableSampler(20, seed=42)
+    fresh.epoch = 1
+    assert list(fresh) == second  # the same order a loader rebuilt at epoch 1 gives
+    dm = StudentDataModule(list(range(20)), None, None, 2, 42)
+    for _ in range(10):
+        dm.count(0, 2)
+    assert dm.state_dict() == {"epoch": 0, "consumed": 20}
+    dm.count(1, 2)
+    assert dm.state_dict() == {"epoch": 1, "consumed": 2}
