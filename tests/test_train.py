@@ -297,3 +297,24 @@ def test_each_epoch_gets_its_own_order_and_counts_its_position_from_zero():
     assert dm.state_dict() == {"epoch": 0, "consumed": 20}
     dm.count(1, 2)
     assert dm.state_dict() == {"epoch": 1, "consumed": 2}
+
+
+def test_a_distributed_trainer_keeps_the_rank_aware_sampler():
+    """ResumableSampler already gives each rank its own share. Lightning wraps any train sampler that is
+    not a DistributedSampler in its DistributedSamplerWrapper when training on several processes, which
+    split each rank's share again (each rank trained on 1/world of its share: half the data per epoch on
+    2 ranks) and reshuffled it past the resume skip. Checked on Lightning's own path, with no process started."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import RunningStage
+
+    from exp3rt.student.lightning import ResumableLoader, ResumableSampler
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    assert trainer._accelerator_connector.is_distributed
+    seen = []
+    for rank in (0, 1):
+        loader = ResumableLoader(list(range(10)), batch_size=1, sampler=ResumableSampler(10, 42, True, rank, 2))
+        prepared = trainer._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
+        assert prepared is loader
+        seen.append(list(prepared.sampler))
+    assert len(seen[0]) == len(seen[1]) == 5 and sorted(seen[0] + seen[1]) == list(range(10))

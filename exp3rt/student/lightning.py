@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
 
@@ -41,11 +41,16 @@ def _zero_init_paused(active: bool):
     finally:
         restore_init_context()
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(DistributedSampler):
     """A seeded permutation per epoch that can start part-way: after a resume it skips the examples
-    the interrupted epoch already consumed, so the data position is restored along with the step."""
+    the interrupted epoch already consumed, so the data position is restored along with the step.
+
+    It shards by rank itself, and is a ``DistributedSampler`` so that Lightning, training on several
+    processes, keeps it: any other sampler gets wrapped in Lightning's ``DistributedSamplerWrapper``,
+    which splits each rank's share again (half the data per epoch on 2 ranks) and reshuffles it."""
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
         self.epoch = 0
         self.skip = 0  # per-rank samples to skip in the current epoch
