@@ -52,7 +52,7 @@ FALLBACK_PATTERNS = ("rating/*/rmse", "retrieval/*/ndcg@10")
 
 TEACHER_KEYS = ("calls", "cached", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "wall_s")
 # settings that never make two runs different experiments (where a run was written, progress bars)
-_IGNORED_SETTINGS = re.compile(r"^(hydra[./]|paths\.|progress$|run_name$|experiment_name$|local$)")
+_IGNORED_SETTINGS = re.compile(r"^(hydra[./]|paths\.|progress$|threads$|run_name$|experiment_name$|local$)")
 _JOB_MARKERS = ("metrics.json", ".hydra")
 _SKIP_DIRS = {"wandb", "csv", "checkpoints", "adapter", "__pycache__", ".hydra", ".git"}
 

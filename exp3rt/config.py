@@ -609,6 +609,20 @@ def _typed(group: str, node: Any, schema: type) -> DictConfig:
         raise ConfigError(f"config key '{group}.{key}': {msg}") from None
 
 
+def check_threads(value: Any) -> int | str:
+    """The validated root key ``threads`` (:mod:`exp3rt.threads`): ``"auto"`` or an integer >= 1."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+        ok = not isinstance(value, bool) and float(value) == n
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or n < 1:
+        raise ConfigError(f"config key 'threads' must be auto or an integer >= 1 (got {value!r})")
+    return n
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Type-check every known group and apply cross-field rules; return the typed config.
 
@@ -675,6 +689,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         if ev.failure_policy not in policies:
             raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(policies)} (got {ev.failure_policy!r})")
         check_eval_backend(ev)
+    if typed.get("threads") is not None:
+        check_threads(typed.threads)
     _validate_training(typed)
     sft = typed.get("sft")
     if sft is not None:

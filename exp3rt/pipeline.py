@@ -215,7 +215,9 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
                 status = "skipped" if rep and all(r.get("skipped") for r in rep.values()) else "ran"
                 finish(stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage"))
         if stage == "train":
-            resume = (d / "checkpoints" / "last.ckpt").is_file()
+            from exp3rt.student.train import latest_checkpoint
+
+            resume = latest_checkpoint(d) is not None  # a DeepSpeed last.ckpt is a folder
             results[stage] = _train(cfg, d, resume)
             finish(stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step"))
             if not results[stage].get("is_global_zero", True):

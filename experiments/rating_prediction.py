@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Rating prediction (the paper's RMSE/MAE table): the EXP3RT student — expected rating, most likely
-rating and the free-text parse — against global/user/item mean, bias and biased MF on the same test
+"""Rating prediction (the paper's RMSE/MAE table): the EXP3RT student — expected and most likely
+rating — against global/user/item mean, bias and biased MF on the same test
 pairs, with warm/cold users and parse rate. One exp3rt-pipeline run.
 
     python experiments/rating_prediction.py                          # CPU demo (synthetic world)

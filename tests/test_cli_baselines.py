@@ -121,3 +121,21 @@ def test_ml100k_through_the_generic_loader(tmp_path):
     assert metrics["rating"]["biased_mf"]["rmse"] <= 0.94  # Surprise's SVD: 0.934 (5-fold)
     assert metrics["rating"]["bias"]["rmse"] < metrics["rating"]["user_mean"]["rmse"]
     shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
+
+
+def test_baselines_table_names_each_metric_once_when_eval_ks_holds_the_candidate_count():
+    """recall@<num_candidates> is added to the table for the reranker's reach; with eval.ks=[10, 20] and
+    20 candidates it used to be printed twice."""
+    from exp3rt.evaluation.report import baselines_report
+
+    metrics = {
+        "dataset": {"name": "d", "interactions": 10, "users": 2, "items": 5, "scale": [1, 5]},
+        "split": {"strategy": "random", "seed": 0,
+                  "stats": {"counts": {"train": 6, "valid": 2, "test": 2}, "test_users_warm": 2, "test_users_cold": 0}},
+        "protocol": {"topk": {"ks": [10, 20], "num_candidates": 20, "users": 2, "relevant": "test items"}},
+        "retrieval": {"pop": {"recall@10": 0.25, "recall@20": 0.5, "ndcg@10": 0.1, "ndcg@20": 0.2, "hit@20": 1.0}},
+    }
+    header, _, row = baselines_report(metrics).splitlines()[-3:]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells == ["retriever", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "hit@20"]
+    assert [c.strip() for c in row.strip("|").split("|")] == ["pop", "0.2500", "0.5000", "0.1000", "0.2000", "1.0000"]

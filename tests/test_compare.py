@@ -34,7 +34,6 @@ def rating_block(student_rmse: float, mean_rmse: float = 1.8, best_rmse: float =
 
     student = {"scored": 10, "failures": 0, "failure_policy": "user_mean", "parse_rate": 1.0}
     return {"student_expected": row(student_rmse, **student), "student_argmax": row(student_rmse + 0.2, **student),
-            "student_parsed": row(best_rmse, **{**student, "parse_rate": 0.0, "failures": 10}),
             "global_mean": row(mean_rmse), "user_mean": row(best_rmse), "item_mean": row(mean_rmse - 0.1),
             "bias": row(best_rmse + 0.05), "biased_mf": row(best_rmse + 0.02)}
 
@@ -371,7 +370,7 @@ def test_topk_and_efficiency_and_rating_recipes_views(tmp_path):
     # rating prediction: one run, rows are the models
     _, paths = load_script("rating_prediction").RECIPE.aggregate([root / "0"], tmp_path / "res_rating")
     md = paths["markdown"].read_text()
-    for model in ("student_expected", "student_parsed", "global_mean", "biased_mf"):
+    for model in ("student_expected", "student_argmax", "global_mean", "biased_mf"):
         assert f"| {model}" in md
 
 

@@ -46,10 +46,12 @@ def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path)
         assert abs(sum(p["probs"].values()) - 1.0) < 1e-6
         assert 1.0 <= p["rating_expected"] <= 5.0 and p["rating_argmax"] in (1.0, 2.0, 3.0, 4.0, 5.0)
     r = metrics["rating"]
-    assert {"student_expected", "student_argmax", "student_parsed", "global_mean", "biased_mf"} <= set(r)
+    assert {"student_expected", "student_argmax", "global_mean", "biased_mf"} <= set(r)
     assert r["student_expected"]["n"] == 6 and r["student_expected"]["parse_rate"] == 1.0
-    # the free-text readout of a 5-step student fails; failures are counted and filled by the policy
-    assert r["student_parsed"]["failures"] + r["student_parsed"]["scored"] >= 6
+    # no free-text row: the reasoning stops at the rating prefix, so a parse of it never found a rating
+    # (0 % parsed in every run); the mass on valid ratings says whether the student would write one
+    assert not any("parsed" in name for name in r) and "student_parsed" not in (out / "report.md").read_text()
+    assert all("rating_parsed" not in p and 0.0 < p["valid_mass"] <= 1.0 + 1e-9 for p in preds)
     for name in ("report.md", "metrics.json", "rating_distributions.png", "confusion.png", "calibration.png"):
         assert (out / name).stat().st_size > 0
     assert "SYNTHETIC" in (out / "report.md").read_text()
@@ -93,16 +95,45 @@ def test_answer_token_stats_counts_the_answer_tokens_of_one_task():
 
 
 def test_failure_policies_count_and_never_score_zero_error():
-    means = {"user": {"u": 4.0}, "item": {"i": 2.0}, "global": 3.0}
+    import pandas as pd
+
+    from exp3rt.evaluation.evaluate import fallback_models
+
+    train = pd.DataFrame({"user_id": ["u", "u", "w"], "item_id": ["i", "j", "i"], "rating": [4.0, 4.0, 1.0]})
+    models = fallback_models(train, (1.0, 5.0))  # user u 4, item i 2.5, global 3
     preds = [Prediction("u", "i", 5.0, True, "", rating_expected=None), Prediction("v", "i", 1.0, False, "", rating_expected=1.0)]
-    assert apply_fallback(None, "user_mean", 4.0, 2.0, 3.0) == (4.0, True)
-    assert apply_fallback(None, "user_mean", None, 2.0, 3.0) == (2.0, True)
-    assert apply_fallback(None, "item_mean", None, None, 3.0) == (3.0, True)
-    assert apply_fallback(None, "exclude", 4.0, 2.0, 3.0) == (None, True)
-    excluded = error_table(preds, "expected", "exclude", means)
+    assert apply_fallback(None, "user_mean", "u", "i", models) == (4.0, True)
+    assert apply_fallback(None, "item_mean", "u", "i", models) == (2.5, True)
+    assert apply_fallback(None, "item_mean", "u", "new", models) == (3.0, True)
+    assert apply_fallback(None, "exclude", "u", "i", models) == (None, True)
+    assert apply_fallback(2.0, "user_mean", "u", "i", models) == (2.0, False)
+    excluded = error_table(preds, "expected", "exclude", models)
     assert excluded["failures"] == 1 and excluded["scored"] == 1 and excluded["rmse"] == 0.0 and excluded["parse_rate"] == 0.5
-    filled = error_table(preds, "expected", "user_mean", means)
+    filled = error_table(preds, "expected", "user_mean", models)
     assert filled["scored"] == 2 and filled["rmse"] == pytest.approx(((5 - 4) ** 2 / 2) ** 0.5)
+
+
+def test_user_mean_failure_policy_predicts_what_the_user_mean_baseline_row_predicts():
+    """The user_mean fallback used the item's mean for a user without training ratings, while the
+    user_mean baseline row predicts the global mean there: a filled failure now gets exactly the
+    baseline's prediction (warm user, user with no training ratings, unknown item)."""
+    import pandas as pd
+
+    from exp3rt.baselines.rating import UserMean
+    from exp3rt.evaluation.evaluate import fallback_models
+
+    train = pd.DataFrame({"user_id": ["u", "u", "w", "x"], "item_id": ["i", "j", "i", "i"], "rating": [5.0, 4.0, 1.0, 2.0]})
+    baseline = UserMean((1.0, 5.0)).fit(train)
+    models = fallback_models(train, (1.0, 5.0))
+    pairs = [("u", "i"), ("cold", "i"), ("u", "unknown"), ("cold", "unknown")]
+    expected = baseline.predict([u for u, _ in pairs], [i for _, i in pairs])
+    assert list(expected) == pytest.approx([4.5, 3.0, 4.5, 3.0])
+    for (user, item), want in zip(pairs, expected, strict=True):
+        assert apply_fallback(None, "user_mean", user, item, models) == (pytest.approx(want), True)
+    preds = [Prediction(u, i, 3.0, u != "cold", "", rating_expected=None) for u, i in pairs]
+    table = error_table(preds, "expected", "user_mean", models)
+    assert table["failures"] == 4 and table["scored"] == 4
+    assert table["mae"] == pytest.approx(sum(abs(3.0 - v) for v in expected) / 4)
 
 
 def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, tmp_path):

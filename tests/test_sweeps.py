@@ -64,14 +64,14 @@ def logged_metric_names() -> frozenset[str]:
     """Every metric name exp3rt-pipeline writes to metrics.json "flat" and W&B, built by the code that
     builds them (evaluate's error table and reranking metrics, both flat_metrics functions) plus what
     the LightningModule logs with self.log — not a copied list."""
-    from exp3rt.evaluation.evaluate import Prediction, error_table
+    from exp3rt.evaluation.evaluate import Prediction, error_table, fallback_models
     from exp3rt.evaluation.evaluate import flat_metrics as eval_flat
     from exp3rt.inference.rerank import rerank_metrics
     from exp3rt.pipeline import flat_metrics as pipeline_flat
 
-    preds = [Prediction("u1", "i1", 4.0, True, "r", rating_argmax=4.0, rating_expected=3.8, rating_parsed=4.0),
-             Prediction("u2", "i2", 2.0, False, "", rating_argmax=None, rating_expected=None, rating_parsed=None)]
-    means = {"user": {"u1": 4.0}, "item": {}, "global": 3.0}
+    preds = [Prediction("u1", "i1", 4.0, True, "r", rating_argmax=4.0, rating_expected=3.8),
+             Prediction("u2", "i2", 2.0, False, "", rating_argmax=None, rating_expected=None)]
+    means = fallback_models(pd.DataFrame({"user_id": ["u1", "u3"], "item_id": ["i1", "i3"], "rating": [4.0, 2.0]}))
     readouts = [f.name.removeprefix("rating_") for f in fields(Prediction) if f.name.startswith("rating_")]
     rating = {f"student_{r}": error_table(preds, r, "user_mean", means) for r in readouts}
     rerank = rerank_metrics({"u1": ["a", "b", "c"]}, {"u1": ["b", "a", "c"]}, {"u1": {"b"}}, ks=(1, 5, 10),

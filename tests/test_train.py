@@ -221,3 +221,100 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(annotated, tmp_p
     result = json.loads((run_dir / "train.json").read_text())
     assert result["global_step"] == 400
     assert f"Restoring states from the checkpoint path at {last}" in done.stderr + done.stdout
+
+
+def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resumable_loader(annotated, tmp_path):
+    """The sampler skips what the interrupted epoch consumed; the epoch still counts its full length (Lightning
+    restores how many batches of it were done), so the resumed epoch ends where an uninterrupted one does.
+    The loader is stateful, so Lightning's "dataloader is not resumable" warning does not appear."""
+    import warnings
+
+    common = ["trainer.max_epochs=1", "train.val_generate=false", "logger=csv", "trainer.checkpoint_every_n_steps=2"]
+    whole = run_train(annotated, tmp_path / "whole", "trainer.max_steps=-1", *common)
+    per_epoch = whole["global_step"]
+    assert per_epoch == whole["examples"]["train"] > 8  # micro batch 1, no accumulation
+    run_dir = tmp_path / "cut"
+    run_train(annotated, run_dir, "trainer.max_steps=6", *common)
+    cut = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # the step-6 checkpoint (written in ModelCheckpoint's on_train_batch_end) counts all six examples
+    assert cut["global_step"] == 6 and cut["StudentDataModule"] == {"epoch": 0, "consumed": 6}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run_train(annotated, run_dir, "trainer.max_steps=-1", "ckpt_path=last", *common)
+    assert resumed["global_step"] == per_epoch
+    assert not [w for w in caught if "not resumable" in str(w.message)], [str(w.message) for w in caught]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # the loader's own state, saved by Lightning's fit loop, and the DataModule's agree with the step
+    assert ckpt["global_step"] >= per_epoch - 1  # the last multiple of 2
+    position = {"epoch": 0, "consumed": ckpt["global_step"]}
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [position] == [ckpt["StudentDataModule"]]
+
+
+def test_resume_takes_the_newest_checkpoint_after_the_checkpoint_interval_changed(annotated, tmp_path):
+    """Changing trainer.checkpoint_every_n_steps changes ModelCheckpoint's state key, so a resumed run
+    does not know last.ckpt is its own and used to write last-v1.ckpt beside it, while the next resume
+    read the stale last.ckpt. last.ckpt is now overwritten, and a resume takes the checkpoint with the
+    highest step (an older run dir's last-v1.ckpt included)."""
+    from exp3rt.student.train import resolve_ckpt
+
+    run_dir = tmp_path / "interval"
+    common = ["trainer.max_epochs=100", "train.val_generate=false", "logger=csv"]
+    run_train(annotated, run_dir, "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2", *common)
+    run_train(annotated, run_dir, "trainer.max_steps=9", "trainer.checkpoint_every_n_steps=3", "ckpt_path=last", *common)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 9
+    assert resolve_ckpt("last", run_dir) == str(run_dir / "checkpoints" / "last.ckpt")
+
+    # a run dir written before the fix: a stale last.ckpt (step 4) beside the newer last-v1.ckpt (step 7)
+    ckpts = run_dir / "checkpoints"
+    state = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    torch.save({**state, "global_step": 7}, ckpts / "last-v1.ckpt")
+    torch.save({**state, "global_step": 4}, ckpts / "last.ckpt")
+    assert resolve_ckpt("last", run_dir) == str(ckpts / "last-v1.ckpt")
+    (ckpts / "broken.ckpt").write_bytes(b"PK\x03\x04 cut short by a kill")  # incomplete: skipped
+    assert resolve_ckpt("last", run_dir) == str(ckpts / "last-v1.ckpt")
+    torch.save({**state, "global_step": 7}, ckpts / "last.ckpt")  # same step: the newer file wins
+    os.utime(ckpts / "last-v1.ckpt", (1, 1))
+    assert resolve_ckpt("last", run_dir) == str(ckpts / "last.ckpt")
+
+
+def test_each_epoch_gets_its_own_order_and_counts_its_position_from_zero():
+    """The loader is built once per fit, so the epoch reaches the sampler through Lightning's set_epoch
+    and the DataModule's count restarts at a new epoch (it used to keep epoch 0's order and count on)."""
+    from exp3rt.student.lightning import ResumableSampler, StudentDataModule
+
+    sampler = ResumableSampler(20, seed=42)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(second) == sorted(first) == list(range(20)) and second != first
+    fresh = ResumableSampler(20, seed=42)
+    fresh.epoch = 1
+    assert list(fresh) == second  # the same order a loader rebuilt at epoch 1 gives
+    dm = StudentDataModule(list(range(20)), None, None, 2, 42)
+    for _ in range(10):
+        dm.count(0, 2)
+    assert dm.state_dict() == {"epoch": 0, "consumed": 20}
+    dm.count(1, 2)
+    assert dm.state_dict() == {"epoch": 1, "consumed": 2}
+
+
+def test_a_distributed_trainer_keeps_the_rank_aware_sampler():
+    """ResumableSampler already gives each rank its own share. Lightning wraps any train sampler that is
+    not a DistributedSampler in its DistributedSamplerWrapper when training on several processes, which
+    split each rank's share again (each rank trained on 1/world of its share: half the data per epoch on
+    2 ranks) and reshuffled it past the resume skip. Checked on Lightning's own path, with no process started."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import RunningStage
+
+    from exp3rt.student.lightning import ResumableLoader, ResumableSampler
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    assert trainer._accelerator_connector.is_distributed
+    seen = []
+    for rank in (0, 1):
+        loader = ResumableLoader(list(range(10)), batch_size=1, sampler=ResumableSampler(10, 42, True, rank, 2))
+        prepared = trainer._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
+        assert prepared is loader
+        seen.append(list(prepared.sampler))
+    assert len(seen[0]) == len(seen[1]) == 5 and sorted(seen[0] + seen[1]) == list(range(10))

@@ -307,7 +307,6 @@ def test_predict_gives_the_same_predictions_on_either_backend(tiny, vllm, mode):
         assert (b.user_id, b.item_id, b.truth, b.warm, b.reasoning) == (a.user_id, a.item_id, a.truth, a.warm, a.reasoning)
         assert list(b.probs) == list(a.probs) and max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < TOL
         assert b.rating_argmax == a.rating_argmax and abs(b.rating_expected - a.rating_expected) < TOL
-        assert b.rating_parsed == a.rating_parsed
     if mode == "full":
         assert any(p.reasoning for p in vl)
 

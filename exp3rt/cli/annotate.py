@@ -51,8 +51,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.teacher.annotate import annotate, check_run_config
+    from exp3rt.threads import apply_threads
 
     cfg = validate(cfg)
+    apply_threads(cfg)  # before any torch work
     check_run_config(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")

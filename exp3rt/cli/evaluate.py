@@ -24,8 +24,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.evaluation.evaluate import evaluate
     from exp3rt.evaluation.report import markdown_table
     from exp3rt.inference.predict import predict
+    from exp3rt.threads import apply_threads
 
     cfg = validate(cfg)
+    apply_threads(cfg)  # before any torch work
     metrics = evaluate(cfg, out_dir, predict_fn=predict)
     rows = [[name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"), r.get("parse_rate", 1.0)]
             for name, r in metrics["rating"].items()]

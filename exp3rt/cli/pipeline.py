@@ -79,8 +79,10 @@ def hydra_info() -> dict:
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.config import validate
     from exp3rt.pipeline import run_pipeline
+    from exp3rt.threads import apply_threads
 
     cfg = validate(cfg)
+    apply_threads(cfg)  # before any torch work
     metrics = run_pipeline(cfg, out_dir, hydra_info())
     if metrics.get("dry_run"):
         print(dry_run_summary(metrics))

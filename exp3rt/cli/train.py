@@ -25,8 +25,10 @@ log = logging.getLogger("exp3rt.train")
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.config import validate
     from exp3rt.student.train import train
+    from exp3rt.threads import apply_threads
 
     cfg = validate(cfg)
+    apply_threads(cfg)  # before any torch work
     result = train(cfg, out_dir)
     if not result.get("is_global_zero", True):
         return result

@@ -38,7 +38,9 @@ class Prediction:
     probs: dict[str, float] = field(default_factory=dict)  # rating text -> probability (valid ratings only)
     rating_argmax: float | None = None  # most likely rating (readout)
     rating_expected: float | None = None  # expected rating (readout)
-    rating_parsed: float | None = None  # free text after "Predicted User Rating:"
+    # the probability the student put on any valid rating after the answer prefix (the readout's mass
+    # before renormalising): low mass means its own greedy continuation would not be a rating
+    valid_mass: float | None = None
     fallback: bool = False  # the readout failed and the failure policy supplied the value
     fallback_value: float | None = None
     finish: str | None = None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
@@ -72,31 +74,43 @@ def load_train_config(run: Path, overrides: DictConfig | None = None) -> DictCon
     return validate(cfg)
 
 
-def apply_fallback(value: float | None, policy: str, user_mean: float | None, item_mean: float | None,
-                   global_mean: float) -> tuple[float | None, bool]:
-    """The rating to score and whether the failure policy supplied it. ``exclude`` returns None:
-    the pair is left out of the error metrics and counted, never scored as zero error."""
+def fallback_models(train: pd.DataFrame, scale=None) -> dict:
+    """The failure policies' values: the ``user_mean``, ``item_mean`` and ``global_mean`` rating baselines
+    (:mod:`exp3rt.baselines.rating`) fitted on the training split, so a filled failure gets exactly the
+    rating the baseline row of the same name predicts (an unseen user or item: the global mean)."""
+    from exp3rt.baselines.rating import GlobalMean, ItemMean, UserMean
+
+    return {m.name: m(scale).fit(train) for m in (UserMean, ItemMean, GlobalMean)}
+
+
+def apply_fallback(value: float | None, policy: str, user_id: str, item_id: str, models: dict) -> tuple[float | None, bool]:
+    """The rating to score and whether the failure policy supplied it: the policy's baseline
+    (:func:`fallback_models`) predicts the pair. ``exclude`` returns None: the pair is left out of the
+    error metrics and counted, never scored as zero error."""
     if value is not None:
         return value, False
     if policy not in POLICIES:
         raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(POLICIES)} (got {policy!r})")
     if policy == "exclude":
         return None, True
-    if policy == "user_mean" and user_mean is not None:
-        return user_mean, True
-    if policy in ("user_mean", "item_mean") and item_mean is not None:
-        return item_mean, True
-    return global_mean, True
+    return float(models[policy].predict([user_id], [item_id])[0]), True
 
 
-def error_table(preds: list[Prediction], which: str, policy: str, means: dict) -> dict:
-    """RMSE/MAE of one readout (``argmax`` | ``expected`` | ``parsed``) overall, warm and cold, with the
-    number of failures and how they were handled."""
+def error_table(preds: list[Prediction], which: str, policy: str, models: dict) -> dict:
+    """RMSE/MAE of one readout (``argmax`` | ``expected`` | ``direct_*``) overall, warm and cold, with the
+    number of failures and how they were handled (``models``: :func:`fallback_models`)."""
+    if policy not in POLICIES:
+        raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(POLICIES)} (got {policy!r})")
+    missing = [p for p in preds if getattr(p, f"rating_{which}") is None]
+    filled = {}  # (user, item) -> the policy's baseline prediction, one predict call for every failure
+    if missing and policy != "exclude":
+        values = models[policy].predict([p.user_id for p in missing], [p.item_id for p in missing])
+        filled = {(p.user_id, p.item_id): float(v) for p, v in zip(missing, values, strict=True)}
     truth, pred, warm, failures = [], [], [], 0
     for p in preds:
-        value = getattr(p, f"rating_{which}")
-        value, fell_back = apply_fallback(value, policy, means["user"].get(p.user_id), means["item"].get(p.item_id),
-                                          means["global"])
+        value, fell_back = getattr(p, f"rating_{which}"), False
+        if value is None:
+            value, fell_back = filled.get((p.user_id, p.item_id)), True
         failures += int(fell_back)
         if value is None:
             continue
@@ -255,14 +269,12 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         direct_rows = {"student_direct_expected": "direct_expected", "student_direct_argmax": "direct_argmax"}
     train = split.train
     source["warm"] = mark_warm(preds, train, int(tcfg.split.warm_min_train))
-    means = {"user": train.groupby("user_id")["rating"].mean().to_dict(),
-             "item": train.groupby("item_id")["rating"].mean().to_dict(), "global": float(train["rating"].mean())}
+    means = fallback_models(train, prepared.dataset.scale)
     policy = str(ev.failure_policy)
     pairs = pd.DataFrame({"user_id": [p.user_id for p in preds], "item_id": [p.item_id for p in preds],
                           "rating": [p.truth for p in preds], "warm": [p.warm for p in preds]})
     rating = {"student_expected": error_table(preds, "expected", policy, means),
               "student_argmax": error_table(preds, "argmax", policy, means),
-              "student_parsed": error_table(preds, "parsed", policy, means),
               **{k: error_table(preds, v, policy, means) for k, v in direct_rows.items()},
               **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
     metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),

@@ -49,9 +49,10 @@ def baselines_report(metrics: dict) -> str:
     retrieval = metrics.get("retrieval", {})
     if retrieval:
         ks = metrics["protocol"]["topk"]["ks"]
-        keys = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + [f"hit@{ks[-1]}"]
         n = metrics["protocol"]["topk"]["num_candidates"]
-        keys += [f"recall@{n}", f"ndcg@{n}", f"hit@{n}"] if n not in ks else []
+        # the candidate count tells how much the reranker can reach; each metric once, even when eval.ks has it
+        keys = list(dict.fromkeys([f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + [f"hit@{ks[-1]}"]
+                                  + [f"recall@{n}", f"ndcg@{n}", f"hit@{n}"]))
         rows = [[name] + [r.get(k) for k in keys] for name, r in retrieval.items()]
         out += [
             f"First-stage retrieval ({metrics['protocol']['topk']['users']} test users; training items excluded; "

@@ -1,5 +1,5 @@
 """Inference for the student: batched generation (:mod:`.generate`), the rating readout after the
-answer prefix (:mod:`.readout`) and the free-text fallback (:mod:`.parse`).
+answer prefix (:mod:`.readout`) and free-text parsing (:mod:`.parse`: training's generated validation).
 
 Only :mod:`.parse` is imported here (it has no torch/transformers dependency); import the others
 explicitly: ``from exp3rt.inference.generate import generate_batch``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from exp3rt.devices import free_memory, resolve_device
@@ -65,7 +66,6 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
     """The student's reasoning and readouts for rating examples, on ``eval.backend`` (hf | vllm): both
     backends give the same :class:`Prediction` fields (greedy reasoning token for token, readouts within
     float rounding)."""
-    from exp3rt.inference.parse import parse_rating
     from exp3rt.inference.readout import generate_and_read, readout_only
     from exp3rt.student.prompts import StudentPrompts
     from exp3rt.student.ratings import RatingTokens
@@ -99,7 +99,6 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
     out: list[Prediction] = []
     for ex, (gen, read) in zip(examples, pairs, strict=True):
         text = gen.text if gen is not None else ""
-        parsed = parse_rating(text, *scale, from_text=ratings.from_text) if gen is not None else None
         reasoning = text.split(prefix.rstrip())[0].strip()
         if reasoning.startswith("Reasoning:"):
             reasoning = reasoning[len("Reasoning:"):].strip()
@@ -107,7 +106,7 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
             user_id=str(ex.meta["user_id"]), item_id=str(ex.meta["item_id"]), truth=float(ex.meta["rating"]),
             warm=bool(ex.meta.get("warm", True)), reasoning=reasoning,
             probs={f"{r:g}": float(p) for r, p in zip(read.ratings, read.probs, strict=True)},
-            rating_argmax=float(read.most_likely), rating_expected=float(read.expected), rating_parsed=parsed,
+            rating_argmax=float(read.most_likely), rating_expected=float(read.expected), valid_mass=None if math.isnan(read.mass) else float(read.mass),
             finish=gen.stop_reason if gen is not None else None,
         ))
     return out

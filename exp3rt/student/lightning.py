@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
 
@@ -41,11 +41,16 @@ def _zero_init_paused(active: bool):
     finally:
         restore_init_context()
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(DistributedSampler):
     """A seeded permutation per epoch that can start part-way: after a resume it skips the examples
-    the interrupted epoch already consumed, so the data position is restored along with the step."""
+    the interrupted epoch already consumed, so the data position is restored along with the step.
+
+    It shards by rank itself, and is a ``DistributedSampler`` so that Lightning, training on several
+    processes, keeps it: any other sampler gets wrapped in Lightning's ``DistributedSamplerWrapper``,
+    which splits each rank's share again (half the data per epoch on 2 ranks) and reshuffles it."""
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
         self.epoch = 0
         self.skip = 0  # per-rank samples to skip in the current epoch
@@ -64,8 +69,39 @@ class ResumableSampler(Sampler[int]):
         self.skip = 0
         return iter(idx.tolist())
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch: a new permutation per epoch (the loader is
+        built once, so this is the only place the epoch changes)."""
+        self.epoch = int(epoch)
+
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world) - self.skip
+        """The whole epoch's length, also when resuming part-way: Lightning restores how many batches of
+        the epoch were done and counts the rest against this, so the skipped part must not be subtracted
+        twice (the resumed epoch used to end that many batches early)."""
+        return math.ceil(self.n / self.world)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful in Lightning's sense (``state_dict`` / ``load_state_dict``): the
+    fit loop saves its state in every checkpoint and loads it before the first batch of a resumed epoch,
+    which sets the sampler to skip what the interrupted epoch consumed. (Lightning warns that a loader
+    without these methods is "not resumable" when a checkpoint ends mid-epoch.)"""
+
+    def __init__(self, *args, datamodule: StudentDataModule | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.datamodule = datamodule
+
+    def state_dict(self) -> dict:
+        return self.datamodule.state_dict() if self.datamodule is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.datamodule is None or not state:
+            return
+        sampler = self.sampler
+        if isinstance(sampler, ResumableSampler) and int(state.get("epoch", -1)) == sampler.epoch:
+            self.datamodule.load_state_dict(state)
+            sampler.skip = self.datamodule.consumed  # the position the DataModule's own state restores too
+            self.datamodule._resume_skip = 0
 
 
 class StudentDataModule(pl.LightningDataModule):
@@ -93,13 +129,20 @@ class StudentDataModule(pl.LightningDataModule):
             self.consumed = 0
         self._resume_skip = 0
         self.epoch = epoch
-        return DataLoader(self.train_ds, batch_size=self.micro_batch_size, sampler=self._sampler,
-                          collate_fn=self.collate_fn, num_workers=self.num_workers)
+        return ResumableLoader(self.train_ds, batch_size=self.micro_batch_size, sampler=self._sampler,
+                               collate_fn=self.collate_fn, num_workers=self.num_workers, datamodule=self)
 
     def val_dataloader(self):
         if self.val_ds is None or len(self.val_ds) == 0:
             return []
         return DataLoader(self.val_ds, batch_size=self.micro_batch_size, shuffle=False, collate_fn=self.collate_fn)
+
+    def count(self, epoch: int, n: int) -> None:
+        """``n`` more examples of ``epoch`` consumed (a new epoch starts again from 0: the loader is built
+        once, so train_dataloader does not see the epoch change)."""
+        if epoch != self.epoch:
+            self.epoch, self.consumed = int(epoch), 0
+        self.consumed += int(n)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -214,10 +257,14 @@ class StudentModule(pl.LightningModule):
         self._tokens += int(batch["attention_mask"].sum())
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # counted before the step: ModelCheckpoint saves in its on_train_batch_end, which Lightning calls
+        # before this module's, so a count there recorded one batch fewer than the checkpoint's step
         dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "consumed"):
-            dm.consumed += int(batch["input_ids"].shape[0])
+        if dm is not None and hasattr(dm, "count"):
+            dm.count(self.current_epoch, int(batch["input_ids"].shape[0]))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._t_last is not None and now > self._t_last:
             self.log("perf/tokens_per_s", self._tokens / (now - self._t_last), on_step=True, on_epoch=False)

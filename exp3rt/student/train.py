@@ -1,7 +1,7 @@
 """``exp3rt-train`` without Hydra: examples → tokenised datasets → Lightning fit → adapter.
 
 Run directory: ``config.yaml`` (resolved, secrets removed), ``checkpoints/last.ckpt`` (full state for
-resume: step, optimizer, scheduler, data position), ``adapter/`` (adapter-only weights + tokenizer for
+resume: step, optimizer, scheduler, data position; ``ckpt_path=last`` takes the newest checkpoint there), ``adapter/`` (adapter-only weights + tokenizer for
 use), ``train.json`` (what was trained on and the final metrics), ``wandb/`` and ``csv/`` logs.
 Resume: rerun with the same run dir and ``ckpt_path=last``; W&B continues the same run id.
 """
@@ -47,15 +47,48 @@ def find_annotation_dir(cfg, prepared, split) -> Path:
     return path
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` saved in a Lightning checkpoint file; None when it cannot be read (a file cut
+    short by a kill). Memory-mapped: the weights and optimizer state are not read. A DeepSpeed
+    checkpoint (a folder) gives -1: complete as far as can be told, ordered by time alone."""
+    import torch
+
+    if path.is_dir():
+        return -1
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return int(state["global_step"])
+    except Exception:  # noqa: BLE001 - unreadable or incomplete: not a checkpoint to resume from
+        return None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint under ``run_dir/checkpoints``: the highest saved step, the later
+    modification time between equal steps. ``last.ckpt`` is not enough on its own: a run dir written
+    before ModelCheckpoint overwrote it can hold a newer ``last-v1.ckpt`` beside a stale ``last.ckpt``
+    (written after ``trainer.checkpoint_every_n_steps`` changed)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob("*.ckpt"):
+        step = checkpoint_step(path)
+        if step is None:
+            log.warning("checkpoint %s cannot be read (cut short?): not resuming from it", path)
+            continue
+        found.append((step, path.stat().st_mtime, path))
+    return max(found, key=lambda t: (t[0], t[1]))[2] if found else None
+
+
 def resolve_ckpt(ckpt_path, run_dir: Path) -> str | None:
     if ckpt_path in (None, "", "none"):
         return None
     if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            log.warning("ckpt_path=last but %s does not exist: starting fresh", last)
+        newest = latest_checkpoint(run_dir)
+        if newest is None:
+            log.warning("ckpt_path=last but %s holds no checkpoint: starting fresh", Path(run_dir) / "checkpoints")
             return None
-        return str(last)
+        return str(newest)
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path does not exist: {ckpt_path}")
     return str(ckpt_path)
@@ -153,8 +186,11 @@ def train(cfg, run_dir: Path) -> dict:
         gradient_clip_val=tc.gradient_clip_val, val_check_interval=tc.val_check_interval,
         log_every_n_steps=int(tc.log_every_n_steps), limit_val_batches=tc.limit_val_batches,
         deterministic=bool(tc.deterministic), default_root_dir=str(run_dir), logger=loggers or False,
+        # enable_version_counter=False: a resumed run overwrites last.ckpt. Lightning recognises its own
+        # last.ckpt by the callback's saved state, whose key holds every_n_train_steps; after
+        # trainer.checkpoint_every_n_steps changed it wrote last-v1.ckpt beside the stale last.ckpt
         callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                   every_n_train_steps=tc.checkpoint_every_n_steps),
+                                   every_n_train_steps=tc.checkpoint_every_n_steps, enable_version_counter=False),
                    LearningRateMonitor(logging_interval="step")],
         enable_progress_bar=bool(cfg.get("progress", True)), num_sanity_val_steps=0,
     )
