@@ -123,7 +123,8 @@ class StageRunner:
             for (idx, w, msgs), res in zip(pending, results, strict=True):
                 if res.response is None:
                     why = f"teacher error: {res.error}" if res.error is not None else "not sent"
-                    outcomes[idx] = Outcome(w, "failed", problem=why, attempts=attempt + 1)
+                    body = getattr(res.error, "body", None)  # e.g. a proxy's HTML page: kept as the raw answer
+                    outcomes[idx] = Outcome(w, "failed", text=body, problem=why, attempts=attempt + 1)
                     continue
                 text = res.response.text
                 try:
