@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAI
 from hydra import compose, initialize_config_dir
-from test_annotate_http import SECRET, overrides, teacher_answer
+from test_annotate_http import PRICES, SECRET, overrides, teacher_answer
 
 from exp3rt import CONF_DIR
 from exp3rt.cli.annotate import run
@@ -72,3 +72,73 @@ def test_a_clean_failure_exits_with_status_2_as_documented(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: config key 'stage': 'bogus' is not one of" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------ item 7: the budget holds per directory
+
+
+def paid_usd(tmp_path: Path) -> float:
+    """What the server was paid: every answered request is in the answer cache once, with its cost."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "artifacts" / "teacher_cache.sqlite") as con:
+        return float(con.execute("select sum(cost_usd) from answers").fetchone()[0] or 0.0)
+
+
+def test_the_budget_holds_for_the_directory_across_reruns_and_its_advice_pastes(server, tmp_path):
+    import re
+
+    from exp3rt.teacher.client import BudgetExceeded
+
+    args = overrides(server, tmp_path, "stage=extract", PRICES, "teacher.max_cost_usd=1.0")
+    stops = []
+    for i in range(8):  # the same command again and again: each used to spend up to the cap anew
+        with pytest.raises(BudgetExceeded) as stop:
+            annotate(tmp_path, args, f"run{i}")
+        stops.append(stop.value)
+    assert 0 < paid_usd(tmp_path) <= 1.0
+    assert max(server.per_prompt.values()) == 1
+    sent = server.total
+    last = stops[-1]
+    assert last.spent_usd == pytest.approx(paid_usd(tmp_path))
+    message = str(last)
+    assert f"${paid_usd(tmp_path):.2f} spent on the annotation directory in total" in message
+    assert "teacher_spend.sqlite" in message
+    # the stop names the key that raises the cap; pasted as it is, it composes and the run goes on
+    suggestion = re.search(r"rerun with (teacher\.max_cost_usd=\S+)$", message).group(1)
+    assert suggestion == "teacher.max_cost_usd=2"
+    with pytest.raises(BudgetExceeded):  # $2 in total is still not enough for every review
+        annotate(tmp_path, [*args, suggestion], "more")
+    assert server.total > sent and paid_usd(tmp_path) <= 2.0
+    assert max(server.per_prompt.values()) == 1  # nothing was paid for twice
+    result = annotate(tmp_path, [*args, "teacher.max_cost_usd=null"], "rest")
+    assert max(server.per_prompt.values()) == 1
+    assert result["spent_total"]["calls"] == server.total
+    assert result["spent_total"]["cost_usd"] == pytest.approx(paid_usd(tmp_path))
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1-nano", "meta-llama/Llama-3.1-8B-Instruct"])
+def test_the_missing_price_advice_composes_when_pasted(server, tmp_path, model):
+    import re
+
+    from exp3rt.config import ConfigError
+
+    args = [*overrides(server, tmp_path, "dry_run=true", "teacher.max_cost_usd=5"), f"teacher.model={model}"]
+    with pytest.raises(ConfigError) as err:
+        annotate(tmp_path, args)
+    message = str(err.value)
+    suggestion = re.search(r"the override (\+teacher\.prices=\{.*\}\}) ", message).group(1)
+    result = annotate(tmp_path, [*args, suggestion])  # accepted by Hydra, and the model now has a price
+    assert result["estimate"]["extract"]["cost_usd"] > 0
+    # the other way out works too
+    assert annotate(tmp_path, [*args, "teacher.max_cost_usd=null"], "b")["estimate"]["extract"]["calls"] > 0
+
+
+def test_a_model_name_no_override_can_hold_gets_a_yaml_line(tmp_path):
+    import yaml
+
+    from exp3rt.teacher.client import price_advice
+
+    advice = price_advice("llama3:8b")
+    line = advice.split("as the line  ")[1].split(" (USD")[0]
+    assert yaml.safe_load(f"prices:\n  {line}\n") == {"prices": {"llama3:8b": {"input_per_1m": 1.0, "output_per_1m": 2.0}}}

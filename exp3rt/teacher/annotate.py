@@ -277,6 +277,7 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
     """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report."""
     from exp3rt.teacher.cache import AnswerCache
     from exp3rt.teacher.client import TeacherClient
+    from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
 
     stages = check_run_config(cfg)
     prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
@@ -295,7 +296,8 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
         return result
     backend = build_backend(cfg.teacher, dry_run=bool(cfg.dry_run))
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
-    client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress))
+    ledger = SpendLedger(directory / SPEND_FILE)  # the budget holds for the directory, across reruns and shards
+    client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger)
 
     async def main() -> None:
         try:  # one event loop for the whole run: the HTTP client is bound to it
@@ -304,6 +306,7 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
             else:
                 result["report"] = await run_stages(cfg, prepared, split, client, backend, stages, directory)
                 result["usage"] = client.usage_summary()
+                result["spent_total"] = ledger.total()
         finally:
             await backend.aclose()
 
@@ -311,4 +314,5 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
         asyncio.run(main())
     finally:
         cache.close()
+        ledger.close()
     return result
