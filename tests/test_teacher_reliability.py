@@ -142,3 +142,53 @@ def test_a_model_name_no_override_can_hold_gets_a_yaml_line(tmp_path):
     advice = price_advice("llama3:8b")
     line = advice.split("as the line  ")[1].split(" (USD")[0]
     assert yaml.safe_load(f"prices:\n  {line}\n") == {"prices": {"llama3:8b": {"input_per_1m": 1.0, "output_per_1m": 2.0}}}
+
+
+# ------------------------------------------------------------------------ item 8: one process per directory
+
+
+def test_two_processes_on_one_directory_send_each_request_once(tmp_path):
+    import time
+
+    fake = FakeOpenAI(teacher_answer, latency_s=0.08).start()
+    try:
+        def start(name: str, *extra: str) -> subprocess.Popen:
+            args = [*overrides(fake, tmp_path, "teacher.concurrency=2", *extra), f"hydra.run.dir={tmp_path / name}"]
+            return subprocess.Popen([sys.executable, "-m", "exp3rt.cli.annotate", *args], env=cli_env(tmp_path),
+                                    cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        first = start("first")
+        deadline = time.time() + 120
+        while fake.total < 5 and time.time() < deadline and first.poll() is None:
+            time.sleep(0.01)
+        assert first.poll() is None, first.stdout.read()[-2000:]
+        second = start("second")
+        refused = cli([*overrides(fake, tmp_path, "lock_wait=false"), f"hydra.run.dir={tmp_path / 'third'}"], tmp_path)
+        assert first.poll() is None  # the first still held the lock while the third was refused
+        out_first, _ = first.communicate(timeout=300)
+        out_second, _ = second.communicate(timeout=300)
+        assert first.returncode == 0, out_first[-3000:]
+        assert second.returncode == 0, out_second[-3000:]
+        assert fake.total == len(fake.per_prompt)  # not one request was sent twice
+        # the second waited for the first, said whom for, then found every stage finished
+        assert f"waiting for pid {first.pid} on" in out_second
+        assert out_second.count("skipped (exists)") == 4
+        # lock_wait=false: a clean stop naming the holder, with a way out that works
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"annotate.lock is held by pid {first.pid} on" in refused.stderr
+        assert "rerun with lock_wait=true to wait for it" in refused.stderr
+    finally:
+        fake.stop()
+
+
+def test_shards_lock_separately_and_run_in_parallel(tmp_path):
+    from exp3rt.locks import LockHeld, file_lock
+
+    d = tmp_path / "annotations"
+    with file_lock(d / "annotate.shard-0-of-2.lock", what="exp3rt-annotate"):
+        assert "pid" in (d / "annotate.shard-0-of-2.lock").read_text()
+        with file_lock(d / "annotate.shard-1-of-2.lock", what="exp3rt-annotate", wait=False):
+            pass  # another shard's lock is free
+        with open(d / "annotate.shard-0-of-2.lock"), pytest.raises(LockHeld, match=f"held by pid {os.getpid()} on"):
+            with file_lock(d / "annotate.shard-0-of-2.lock", what="exp3rt-annotate", wait=False):
+                pass

@@ -9,6 +9,7 @@ import sys
 
 from exp3rt.config import ConfigError
 from exp3rt.data.problems import DataError
+from exp3rt.locks import LockHeld
 
 
 @contextlib.contextmanager
@@ -21,7 +22,7 @@ def fail_cleanly(log: logging.Logger):
 
     try:
         yield
-    except (ConfigError, DataError, FileNotFoundError, TeacherError) as e:
+    except (ConfigError, DataError, FileNotFoundError, TeacherError, LockHeld) as e:
         if os.environ.get("EXP3RT_TRACEBACK"):
             raise
         log.error("%s", e)

@@ -22,6 +22,7 @@ from exp3rt.artifacts import fingerprint, save_config, to_container, write_meta
 from exp3rt.config import ConfigError, TeacherBackendName
 from exp3rt.data.prepare import PreparedData
 from exp3rt.data.splits import Split
+from exp3rt.locks import file_lock
 from exp3rt.teacher.prompts import Prompts
 from exp3rt.teacher.stages import (
     STAGE_ORDER,
@@ -274,15 +275,32 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
 
 
 def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
-    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report."""
-    from exp3rt.teacher.cache import AnswerCache
-    from exp3rt.teacher.client import TeacherClient
-    from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
+    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report. Holds
+    ``<directory>/annotate.lock`` (``annotate.shard-i-of-n.lock`` for a shard) while it runs; a second
+    process waits for it, or with ``lock_wait=false`` stops naming the holder's pid."""
 
     stages = check_run_config(cfg)
     prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
     directory, fp = annotation_dir(cfg, split, prompts)
     directory.mkdir(parents=True, exist_ok=True)
+    if cfg.dry_run:  # sends nothing, writes no stage file: no lock needed
+        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
+    n, i = int(cfg.num_shards), int(cfg.shard)
+    name = "annotate.lock" if n == 1 or cfg.merge else f"annotate.shard-{i}-of-{n}.lock"
+    wait = bool(cfg.get("lock_wait", True))
+    with file_lock(directory / name, what="exp3rt-annotate", wait=wait,
+                   hint=", or rerun with lock_wait=true to wait for it" if not wait else ""):
+        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
+
+
+def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts, stages: list[str], directory: Path,
+                     fp: str) -> dict:
+    """:func:`annotate` while this process holds the directory's (or its shard's) lock: no other
+    exp3rt-annotate sends this directory's requests at the same time."""
+    from exp3rt.teacher.cache import AnswerCache
+    from exp3rt.teacher.client import TeacherClient
+    from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
+
     save_config(cfg, directory / "config.yaml")
     write_meta(directory, "annotations", {"teacher": teacher_identity(cfg.teacher), "annotation": cfg.annotation,
                                           "prompt_versions": {s: prompts.version(s) for s in STAGE_ORDER}},
