@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI
 from hydra import compose, initialize_config_dir
@@ -192,3 +193,56 @@ def test_shards_lock_separately_and_run_in_parallel(tmp_path):
         with open(d / "annotate.shard-0-of-2.lock"), pytest.raises(LockHeld, match=f"held by pid {os.getpid()} on"):
             with file_lock(d / "annotate.shard-0-of-2.lock", what="exp3rt-annotate", wait=False):
                 pass
+
+
+# ------------------------------------------------------------------------ item 4: failed extracts are not "no history"
+
+
+def is_rationale(body: dict) -> bool:
+    return "explain, step by step" in body["messages"][0]["content"]
+
+
+def test_a_user_whose_extracts_all_failed_is_failed_upstream_and_nothing_is_built_on_it(server, tmp_path):
+    from exp3rt.config import validate
+    from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.splits import prepare_split
+
+    args = overrides(server, tmp_path, "teacher.repair_retries=0", "split=unseen_user")
+    cfg = validate(compose_annotate(args))
+    split = prepare_split(prepare_dataset(cfg.dataset, cfg.paths.data_dir), cfg.split)
+    victim = sorted(split.train.user_id)[0]
+    texts = {t for t in split.train[split.train.user_id == victim].review if isinstance(t, str) and len(t) > 20}
+    assert texts
+
+    def answer(body):
+        if is_extract(body) and any(t in body["messages"][-1]["content"] for t in texts):
+            return "I cannot help with that."
+        return teacher_answer(body)
+
+    server.answer = answer
+    result = annotate(tmp_path, args)
+    d = Path(result["directory"])
+    extract = pd.read_parquet(d / "extract.parquet")
+    all_failed = extract.groupby("user_id")["status"].apply(lambda s: (s != "ok").all())
+    assert all_failed[victim]
+    users = pd.read_parquet(d / "user_profile.parquet").set_index("user_id")
+    assert set(users.index[users.status == "failed_upstream"]) == set(all_failed.index[all_failed])
+    assert pd.isna(users.loc[victim, "profile"]) and "extractions of this user's reviews failed" in users.loc[victim, "problem"]
+    # users with genuinely no training review keep their empty profile
+    cold = set(users.index) - set(split.train.user_id)
+    assert cold and (users.loc[sorted(cold), "status"] == "no_history").all()
+    items = pd.read_parquet(d / "item_profile.parquet")
+    item_failed = extract.groupby("item_id")["status"].apply(lambda s: (s != "ok").all())
+    assert set(items.item_id[items.status == "failed_upstream"]) == set(item_failed.index[item_failed])
+    # counted in the stage summary, listed in the failures file
+    summary = json.loads((d / "user_profile.usage.json").read_text())
+    assert summary["status"]["failed_upstream"] == int(all_failed.sum())
+    listed = [json.loads(line) for line in (d / "user_profile.failures.jsonl").read_text().splitlines()]
+    assert {r["user_id"] for r in listed if r["status"] == "failed_upstream"} == set(all_failed.index[all_failed])
+    # no rationale request was built on a failed_upstream profile: the victim's pairs are not sent
+    rationale = pd.read_parquet(d / "rationale.parquet")
+    mine = rationale[rationale.user_id == victim]
+    assert len(mine) and (mine.status == "failed_upstream").all()
+    assert mine.problem.str.contains("the user profile is failed_upstream").all()
+    assert sum(1 for b in server.bodies if is_rationale(b)) == int((rationale.status != "failed_upstream").sum())
+    assert not any("- None." in b["messages"][-1]["content"] and victim in json.dumps(b) for b in server.bodies)

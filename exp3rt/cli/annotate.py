@@ -40,9 +40,10 @@ def annotation_table(result: dict) -> str:
         u = r.get("usage", {})
         st = r.get("status", {})
         rows.append([stage, r.get("rows"), st.get("ok", r.get("rows") if r.get("imported") else 0), st.get("failed", 0),
+                     st.get("failed_upstream", 0) + st.get("missing_input", 0),
                      "skipped (exists)" if r.get("skipped") else ("imported" if r.get("imported") else u.get("calls")),
                      u.get("cached"), u.get("cost_usd"), r.get("seconds")])
-    return markdown_table(["stage", "rows", "ok", "failed", "calls sent", "cache hits", "cost USD", "seconds"], rows)
+    return markdown_table(["stage", "rows", "ok", "failed", "failed upstream", "calls sent", "cache hits", "cost USD", "seconds"], rows)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
