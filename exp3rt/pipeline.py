@@ -260,7 +260,8 @@ def _load_result(stage: str, d: Path) -> dict:
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
     from exp3rt.teacher.annotate import annotate, check_run_config
 
-    acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force)
+    acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force,
+                      retry_failed=bool(cfg.get("retry_failed", False)))
     check_run_config(acfg)
     result = annotate(acfg, prepared, split)
     result["usage"] = artifact_usage(Path(result["directory"]))

@@ -4,6 +4,7 @@ twice or hides a failure. Every test talks to the fault-injecting OpenAI-compati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -246,3 +247,92 @@ def test_a_user_whose_extracts_all_failed_is_failed_upstream_and_nothing_is_buil
     assert mine.problem.str.contains("the user profile is failed_upstream").all()
     assert sum(1 for b in server.bodies if is_rationale(b)) == int((rationale.status != "failed_upstream").sum())
     assert not any("- None." in b["messages"][-1]["content"] and victim in json.dumps(b) for b in server.bodies)
+
+
+# ------------------------------------------------------------------------ item 5: retries and stale stages
+
+
+def flaky(kind_of):
+    """A server answer that breaks the extractions ``kind_of(prompt)`` picks: 'format' answers badly
+    (every time), '500' fails the request; everything else is answered well."""
+
+    def answer(body):  # messages[1]: the review's own prompt, also inside a repair request
+        if is_extract(body) and kind_of(body["messages"][1]["content"]) == "format":
+            return "I cannot help with that."
+        return teacher_answer(body)
+
+    def fail_when(body, n):
+        return "500" if is_extract(body) and kind_of(body["messages"][1]["content"]) == "500" else None
+
+    return answer, fail_when
+
+
+def pick(prompt: str) -> str | None:
+    import zlib
+
+    return {0: "format", 1: "500"}.get(zlib.crc32(prompt.encode()) % 7)
+
+
+def test_retry_failed_resends_exactly_the_failed_rows(server, tmp_path):
+    server.answer, server.fail_when = flaky(pick)
+    args = overrides(server, tmp_path, "stage=extract", "teacher.repair_retries=1", "teacher.max_retries=0")
+    first = annotate(tmp_path, args, "a")
+    d = Path(first["directory"])
+    before = pd.read_parquet(d / "extract.parquet")
+    failed = before[before.status == "failed"]
+    kinds = failed.problem.str.contains("HTTP 500").value_counts()
+    assert kinds.get(True, 0) > 0 and kinds.get(False, 0) > 0  # both kinds of failure are in the file
+    # a plain rerun keeps the finished file as it is and says how to re-send its failed rows
+    sent = server.total
+    again = annotate(tmp_path, args, "b")
+    assert server.total == sent and again["report"]["extract"]["skipped"]
+    # the teacher is healthy now: retry_failed=true sends one request per failed row, nothing else
+    server.answer, server.fail_when = teacher_answer, None
+    retried = annotate(tmp_path, [*args, "retry_failed=true"], "c")
+    assert server.total - sent == len(failed)
+    after = pd.read_parquet(d / "extract.parquet")
+    assert (after.status == "ok").all() and len(after) == len(before)
+    ok = before.status == "ok"
+    cols = ["user_id", "item_id", "status", "preference_set", "raw", "attempts"]
+    assert after[ok][cols].reset_index(drop=True).equals(before[ok][cols].reset_index(drop=True))  # ok rows untouched
+    assert retried["report"]["extract"]["retried_failed"] == len(failed)
+    assert json.loads((d / "extract.usage.json").read_text())["retried_failed"] == len(failed)
+    # nothing failed any more: another retry sends nothing
+    annotate(tmp_path, [*args, "retry_failed=true"], "d")
+    assert server.total - sent == len(failed)
+
+
+def test_a_changed_upstream_stage_rebuilds_the_stages_built_from_it(server, tmp_path, caplog):
+    import logging
+
+    server.fail_when = flaky(pick)[1]  # some extractions fail with a 500 (not retried)
+    args = overrides(server, tmp_path, "teacher.max_retries=0")
+    first = annotate(tmp_path, args, "a")
+    d = Path(first["directory"])
+    extract = pd.read_parquet(d / "extract.parquet")
+    assert (extract.status == "failed").sum() > 0
+    users_before = pd.read_parquet(d / "user_profile.parquet")
+    assert users_before.n_sets.sum() == (extract.status == "ok").sum()
+    # the extraction is redone with a healthy teacher: the failed rows are answered now
+    server.fail_when = None
+    annotate(tmp_path, [*args, "stage=extract", "force=true"], "b")
+    assert (pd.read_parquet(d / "extract.parquet").status == "ok").all()
+    # the next run finds user_profile (and what is built on it) older than its input and rebuilds it
+    with caplog.at_level(logging.WARNING, logger="exp3rt.teacher.annotate"):
+        third = annotate(tmp_path, args, "c")
+    report = third["report"]
+    assert report["extract"]["skipped"]
+    assert report["user_profile"]["rebuilt"] == {"changed_inputs": ["extract.parquet"]}
+    assert report["item_profile"]["rebuilt"] == {"changed_inputs": ["extract.parquet"]}
+    assert "user_profile.parquet" in report["rationale"]["rebuilt"]["changed_inputs"]
+    assert "stage user_profile: rebuilding user_profile.parquet: extract.parquet changed since it was built" in caplog.text
+    users = pd.read_parquet(d / "user_profile.parquet")
+    assert users.n_sets.sum() == len(extract)
+    # the rebuild reused every cached answer: only the extractions refused with a 500 were ever sent twice
+    twice = [c for c in server.per_prompt.values() if c > 1]
+    assert len(twice) == (extract.status == "failed").sum() and max(twice) == 2
+    # what it was built from is on record: the digest of the extract file it read
+    recorded = json.loads((d / "user_profile.inputs.json").read_text())["inputs"]
+    assert recorded == {"extract.parquet": hashlib.sha256((d / "extract.parquet").read_bytes()).hexdigest()}
+    # and now everything is current: the next run skips every stage
+    assert all(r.get("skipped") for r in annotate(tmp_path, args, "d")["report"].values())

@@ -90,13 +90,43 @@ class Outcome:
     from_cache: bool = False
 
 
-class StageRunner:
-    """Sends a stage's work through the teacher client with format checks and repair retries."""
+RETRY_STEP = 1000  # each retry_failed round asks a failed row afresh at attempt numbers this much higher
 
-    def __init__(self, client, prompts: Prompts, teacher_cfg):
+
+def row_key(work: Work) -> str:
+    """The key of the stage row a work belongs to (a profile's group summaries share their profile's)."""
+    return str(work.meta.get("key", work.key))
+
+
+def failed_row_keys(stage: str, frame: pd.DataFrame) -> list[str]:
+    """The :func:`row_key` of each row of a stage file whose teacher answer failed (not failed_upstream:
+    those are rebuilt when the stage they wait for changes)."""
+    bad = frame[frame["status"] == "failed"]
+    if stage == "user_profile":
+        return [str(u) for u in bad["user_id"]]
+    if stage == "item_profile":
+        return [f"{i}\t{t if isinstance(t, str) else ''}" for i, t in zip(bad["item_id"], bad["target_user"], strict=True)]
+    return [f"{u}\t{i}" for u, i in zip(bad["user_id"], bad["item_id"], strict=True)]
+
+
+class StageRunner:
+    """Sends a stage's work through the teacher client with format checks and repair retries.
+
+    ``attempt_base`` maps a row key of the stage being built to the attempt number its requests start
+    from: 0 normally, raised by :data:`RETRY_STEP` each time ``retry_failed=true`` re-asks a failed row,
+    so the retry is a new request (a cached bad answer is not reused) while every other row's requests,
+    and rebuilds of the retried row later, stay the cached ones."""
+
+    def __init__(self, client, prompts: Prompts, teacher_cfg, attempt_base: dict[str, int] | None = None,
+                 base_stage: str | None = None):
         self.client = client
         self.prompts = prompts
         self.cfg = teacher_cfg
+        self.attempt_base = attempt_base or {}
+        self.base_stage = base_stage
+
+    def base(self, stage: str, work: Work) -> int:
+        return self.attempt_base.get(row_key(work), 0) if stage == self.base_stage else 0
 
     def request(self, stage: str, work: Work, messages, attempt: int) -> ChatRequest:
         return ChatRequest(
@@ -107,7 +137,7 @@ class StageRunner:
             max_tokens=int(self.cfg.max_tokens),
             top_p=float(self.cfg.top_p),
             seed=None if self.cfg.seed is None else int(self.cfg.seed),
-            attempt=attempt,
+            attempt=attempt + self.base(stage, work),
             payload=work.payload,
         )
 
