@@ -336,3 +336,29 @@ def test_a_changed_upstream_stage_rebuilds_the_stages_built_from_it(server, tmp_
     assert recorded == {"extract.parquet": hashlib.sha256((d / "extract.parquet").read_bytes()).hexdigest()}
     # and now everything is current: the next run skips every stage
     assert all(r.get("skipped") for r in annotate(tmp_path, args, "d")["report"].values())
+
+
+def test_a_single_stage_run_on_a_stale_input_stops_and_its_command_rebuilds_it(server, tmp_path):
+    import shlex
+
+    server.fail_when = flaky(pick)[1]
+    args = overrides(server, tmp_path, "teacher.max_retries=0")
+    d = Path(annotate(tmp_path, args, "a")["directory"])
+    server.fail_when = None
+    annotate(tmp_path, [*args, "stage=extract", "force=true"], "b")  # extract changes under the profiles
+    rationale_before = (d / "rationale.parquet").read_bytes()
+    # stage=rationale alone would build on user_profile/item_profile made from the old extract
+    proc = cli([*args, "stage=rationale", f"hydra.run.dir={tmp_path / 'c'}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("stage=rationale would read stale input: user_profile.parquet was built from extract.parquet, which "
+            "changed since; item_profile.parquet was built from extract.parquet, which changed since") in proc.stderr
+    assert (d / "rationale.parquet").read_bytes() == rationale_before  # nothing was rebuilt on stale input
+    command = proc.stderr.split("reusing cached answers: ")[1].strip().splitlines()[0]
+    assert command.startswith("exp3rt-annotate ") and command.endswith(" stage=all")
+    # pasted as it is (the console script is `python -m exp3rt.cli.annotate`), it rebuilds them
+    pasted = shlex.split(command)[1:]
+    done = cli(pasted, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    extract = pd.read_parquet(d / "extract.parquet")
+    assert pd.read_parquet(d / "user_profile.parquet").n_sets.sum() == len(extract) == (extract.status == "ok").sum()
+    assert cli([*args, "stage=rationale", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path).returncode == 0

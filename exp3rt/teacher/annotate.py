@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,30 @@ def changed_inputs(directory: Path, recorded: dict | None, names: list[str]) -> 
     return [n for n in names if was.get(n) != file_digest(directory / n)]
 
 
+def stale_stages(cfg, directory: Path, stages: list[str]) -> dict[str, list[str]]:
+    """The stages in ``stages`` whose merged file exists but was built from stage files that changed since."""
+    out = {}
+    for stage in stages:
+        if (directory / f"{stage}.parquet").is_file():
+            changed = changed_inputs(directory, read_inputs(directory / f"{stage}.inputs.json"), stage_inputs(cfg, stage))
+            if changed:
+                out[stage] = changed
+    return out
+
+
+def rerun_command(stage: str) -> str:
+    """This run's command line with ``stage=<stage>`` (its other overrides kept), for pasting."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not under Hydra (a library call)
+        return f"exp3rt-annotate <your overrides> stage={stage}"
+    drop = {"stage", "force", "retry_failed", "shard", "num_shards", "merge"}
+    keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in drop]
+    return shlex.join(["exp3rt-annotate", *keep, f"stage={stage}"])
+
+
 def _summary(frame: pd.DataFrame) -> dict:
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     return {"rows": int(len(frame)), "status": {str(k): int(v) for k, v in counts.items()}}
@@ -204,6 +229,15 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
                 f"dataset '{cfg.dataset.name}' has no review text to extract preferences from; "
                 "use teacher=release to import published annotations, or a dataset with reviews"
             )
+    # a stage this run only reads must not be stale itself: it is not rebuilt here, so stop and say how
+    upstream = sorted({name.removesuffix(".parquet").removesuffix("_pairs") for st in stages for name in stage_inputs(cfg, st)}
+                      - set(stages), key=STAGE_ORDER.index)
+    stale = stale_stages(cfg, directory, upstream)
+    if stale:
+        what = "; ".join(f"{st}.parquet was built from {', '.join(ch)}, which changed since" for st, ch in stale.items())
+        fix = ("stage=all rebuilds every stale stage in order, reusing cached answers: " + rerun_command("all")
+               if n == 1 else f"rebuild {next(iter(stale))} first (its shards, then merge=true)")
+        raise ConfigError(f"stage={','.join(stages)} would read stale input: {what}. {fix}")
     report: dict = {}
     for stage in stages:
         out = stage_file(directory, stage, i, n)
