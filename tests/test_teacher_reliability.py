@@ -362,3 +362,20 @@ def test_a_single_stage_run_on_a_stale_input_stops_and_its_command_rebuilds_it(s
     extract = pd.read_parquet(d / "extract.parquet")
     assert pd.read_parquet(d / "user_profile.parquet").n_sets.sum() == len(extract) == (extract.status == "ok").sum()
     assert cli([*args, "stage=rationale", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path).returncode == 0
+
+
+def test_the_pipeline_passes_retry_failed_to_its_annotate_stage(tmp_path, monkeypatch):
+    import exp3rt.teacher.annotate as annotate_module
+    from exp3rt import pipeline
+
+    seen = {}
+
+    def fake_annotate(cfg, prepared, split):
+        seen["retry_failed"] = cfg.retry_failed
+        return {"directory": str(tmp_path)}
+
+    monkeypatch.setattr(annotate_module, "annotate", fake_annotate)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=["retry_failed=true", f"paths.artifacts_dir={tmp_path}"])
+    pipeline._annotate(cfg, None, None, force=False)
+    assert seen == {"retry_failed": True}
