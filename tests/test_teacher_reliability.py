@@ -379,3 +379,33 @@ def test_the_pipeline_passes_retry_failed_to_its_annotate_stage(tmp_path, monkey
         cfg = compose(config_name="pipeline", overrides=["retry_failed=true", f"paths.artifacts_dir={tmp_path}"])
     pipeline._annotate(cfg, None, None, force=False)
     assert seen == {"retry_failed": True}
+
+
+def test_parallel_shards_see_each_others_spend(tmp_path):
+    """Two runs (two shards at once) on one directory's ledger: each counts what the other recorded."""
+    import multiprocessing
+
+    from exp3rt.teacher.spend import SpendLedger
+
+    path = tmp_path / "teacher_spend.sqlite"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_spend, args=(str(path), 0.01 * (k + 1))) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    mine = SpendLedger(path)
+    mine.record(calls=1, prompt_tokens=1, completion_tokens=1, cost_usd=0.5)
+    assert mine.others_usd() == pytest.approx(50 * 0.01 + 50 * 0.02)
+    assert mine.total() == {"runs": 3, "calls": 101, "prompt_tokens": 101, "completion_tokens": 101,
+                            "cost_usd": pytest.approx(50 * 0.01 + 50 * 0.02 + 0.5)}
+
+
+def _spend(path: str, each: float) -> None:
+    from exp3rt.teacher.spend import SpendLedger
+
+    ledger = SpendLedger(path)
+    for n in range(1, 51):  # running totals, committed after every answer
+        ledger.record(calls=n, prompt_tokens=n, completion_tokens=n, cost_usd=n * each)
+    ledger.close()
