@@ -19,7 +19,6 @@ paid call is never sent twice. The pipeline's own run dir gets ``config.yaml``, 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import shutil
@@ -32,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from exp3rt.artifacts import fingerprint, save_config, to_container
 from exp3rt.config import ConfigError
 from exp3rt.devices import check_machine, free_memory
+from exp3rt.locks import file_lock  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
@@ -257,29 +257,6 @@ def _shared_stage_lock(stage: str, cfg: DictConfig, dirs: dict, split):
     return file_lock(target.with_name(f"{target.name}.lock"), what=f"stage {stage}")
 
 
-@contextlib.contextmanager
-def file_lock(path: Path, what: str = "artifact"):
-    """Hold ``fcntl.flock(LOCK_EX)`` on ``path`` (created; works across processes and, on NFS, across
-    nodes). Where the filesystem refuses locks (e.g. Lustre mounted without flock) it warns and goes on
-    unlocked, as before."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("%s: waiting for another job that holds %s", what, path)
-                fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError as e:
-            log.warning("%s: cannot lock %s (%s); parallel jobs may repeat this stage", what, path, e)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _load_result(stage: str, d: Path) -> dict:
     return json.loads((d / MARKERS[stage]).read_text())
 
@@ -287,7 +264,8 @@ def _load_result(stage: str, d: Path) -> dict:
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
     from exp3rt.teacher.annotate import annotate, check_run_config
 
-    acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force)
+    acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force,
+                      retry_failed=bool(cfg.get("retry_failed", False)))
     check_run_config(acfg)
     result = annotate(acfg, prepared, split)
     result["usage"] = artifact_usage(Path(result["directory"]))

@@ -10,7 +10,8 @@ thread. It answers with ``answer(request_json) -> text`` after ``latency_s``, re
 Kinds: ``"429"`` (with ``Retry-After`` seconds, or ``retry-after-ms`` when ``retry_after_ms`` is
 given), ``"500"``, ``"503"``, ``"400"``, ``"401"`` (its message echoes the key it saw, as careless
 servers do), ``"403"``, ``"404"``, ``"malformed"`` (a non-JSON body with status 200), ``"no_choices"``,
-``"null_content"``, ``"hang"`` (sleeps ``hang_s`` before answering, to provoke client timeouts).
+``"null_content"``, ``"html_502"`` / ``"html_200"`` (an HTML
+page from a proxy, as status 502 or 200), ``"hang"`` (sleeps ``hang_s`` before answering, to provoke client timeouts).
 
 It counts requests (``total``, ``per_prompt`` keyed by the last message's content), the most requests
 it held at once (``max_in_flight``), their arrival times, and the ``Authorization`` headers it saw.
@@ -25,6 +26,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+HTML_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
+             b"</center><hr><center>nginx/1.25.3 upstream timed out</center></body></html>")
 
 
 def estimate_tokens(text: str) -> int:
@@ -142,6 +146,8 @@ class FakeOpenAI:
                                                       "code": "invalid_api_key"}})
                 if kind == "malformed":
                     return self._send_raw(200, b'{"id": "chatcmpl-x", "choices": [', "application/json")
+                if kind in ("html_502", "html_200"):
+                    return self._send_raw(502 if kind == "html_502" else 200, HTML_PAGE, "text/html")
                 if kind == "hang":
                     time.sleep(fake.hang_s)
                 text = fake.answer(body)

@@ -290,8 +290,9 @@ def test_budget_stops_before_it_is_exceeded_and_reports_what_was_not_sent(fake_o
     assert err.calls == fake_openai.total > 0
     assert err.not_sent == 40 - fake_openai.total > 0
     assert sum(r.status == "not_sent" for r in err.results) == err.not_sent
-    assert str(err).startswith(f"teacher.max_cost_usd=0.50 reached: spent ${err.spent_usd:.2f} on {err.calls} calls; "
-                               f"{err.not_sent} requests not sent; rerun with a higher budget")
+    assert str(err) == (f"teacher.max_cost_usd=0.50 reached: ${err.spent_usd:.2f} spent, ${err.spent_usd:.2f} of it on "
+                        f"{err.calls} calls in this run; {err.not_sent} requests not sent. Answered calls are cached; "
+                        f"to go on, raise the cap, e.g. rerun with teacher.max_cost_usd=1")
     # the rerun with a higher budget sends exactly what was not sent
     before = fake_openai.total
     client, results = run_client(make_cfg(fake_openai, max_cost_usd=5.0), reqs, AnswerCache(path))

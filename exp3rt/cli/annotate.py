@@ -4,6 +4,7 @@
     exp3rt-annotate teacher=gpt35_turbo dry_run=true       # calls, tokens and cost per stage; no calls
     exp3rt-annotate teacher=vllm_local teacher.base_url=http://gpu01:8000/v1 teacher.concurrency=64
     exp3rt-annotate -m stage=extract shard=0,1,2,3 num_shards=4   # then: stage=extract merge=true num_shards=4
+    exp3rt-annotate teacher=gpt35_turbo retry_failed=true  # re-send only the rows that failed (see docs/teacher.md)
     exp3rt-annotate dataset=release_imdb split=predefined teacher=release   # import published annotations
 """
 
@@ -40,9 +41,10 @@ def annotation_table(result: dict) -> str:
         u = r.get("usage", {})
         st = r.get("status", {})
         rows.append([stage, r.get("rows"), st.get("ok", r.get("rows") if r.get("imported") else 0), st.get("failed", 0),
+                     st.get("failed_upstream", 0) + st.get("missing_input", 0),
                      "skipped (exists)" if r.get("skipped") else ("imported" if r.get("imported") else u.get("calls")),
                      u.get("cached"), u.get("cost_usd"), r.get("seconds")])
-    return markdown_table(["stage", "rows", "ok", "failed", "calls sent", "cache hits", "cost USD", "seconds"], rows)
+    return markdown_table(["stage", "rows", "ok", "failed", "failed upstream", "calls sent", "cache hits", "cost USD", "seconds"], rows)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

@@ -10,8 +10,10 @@ for all runs, content-addressed) still saves every call that is identical.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +24,16 @@ from exp3rt.artifacts import fingerprint, save_config, to_container, write_meta
 from exp3rt.config import ConfigError, TeacherBackendName
 from exp3rt.data.prepare import PreparedData
 from exp3rt.data.splits import Split
+from exp3rt.locks import file_lock
 from exp3rt.teacher.prompts import Prompts
 from exp3rt.teacher.stages import (
+    RETRY_STEP,
     STAGE_ORDER,
     AnnotationContext,
     StageRunner,
     extract_frame,
     extract_works,
+    failed_row_keys,
     run_item_profiles,
     run_rationales,
     run_user_profiles,
@@ -120,6 +125,19 @@ def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
     if missing:
         raise FileNotFoundError(f"cannot merge {stage}: shard files missing in {directory}: {missing}")
     frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    records = [read_inputs(stage_file(directory, stage, i, num_shards, "inputs.json")) for i in range(num_shards)]
+    if all(r is not None for r in records):
+        digests = {json.dumps(r["inputs"], sort_keys=True) for r in records}
+        if len(digests) > 1:
+            raise ConfigError(
+                f"cannot merge {stage}: its shards were built from different versions of "
+                f"{sorted(records[0]['inputs'])} in {directory}; rerun every shard with force=true "
+                f"(stage={stage} shard=<i> num_shards={num_shards} force=true), then merge")
+        bases: dict = {}
+        for r in records:
+            bases.update(r.get("attempt_base", {}))
+        (directory / f"{stage}.inputs.json").write_text(json.dumps(
+            {"stage": stage, "inputs": records[0]["inputs"], "attempt_base": bases}, indent=2))
     frame.to_parquet(directory / f"{stage}.parquet", index=False)
     extra = directory / f"{stage}_pairs.shard-0-of-{num_shards}.parquet"
     if extra.is_file():  # the pair → item-profile map is the same in every shard
@@ -135,6 +153,65 @@ def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
     return directory / f"{stage}.parquet"
 
 
+def stage_inputs(cfg, stage: str) -> list[str]:
+    """The stage files a stage is built from (their digests are recorded beside it)."""
+    if stage == "user_profile":
+        return ["extract.parquet"]
+    if stage == "item_profile":
+        extra = ["user_profile.parquet"] if str(cfg.annotation.similarity) == "profile_embedding" else []
+        return ["extract.parquet", *extra]
+    if stage == "rationale":
+        return ["user_profile.parquet", "item_profile.parquet", "item_profile_pairs.parquet"]
+    return []
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes (None when it does not exist)."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_inputs(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def changed_inputs(directory: Path, recorded: dict | None, names: list[str]) -> list[str]:
+    """Which of ``names`` differ from the digests a stage file recorded when it was built."""
+    if recorded is None:
+        return []
+    was = recorded.get("inputs", {})
+    return [n for n in names if was.get(n) != file_digest(directory / n)]
+
+
+def stale_stages(cfg, directory: Path, stages: list[str]) -> dict[str, list[str]]:
+    """The stages in ``stages`` whose merged file exists but was built from stage files that changed since."""
+    out = {}
+    for stage in stages:
+        if (directory / f"{stage}.parquet").is_file():
+            changed = changed_inputs(directory, read_inputs(directory / f"{stage}.inputs.json"), stage_inputs(cfg, stage))
+            if changed:
+                out[stage] = changed
+    return out
+
+
+def rerun_command(stage: str) -> str:
+    """This run's command line with ``stage=<stage>`` (its other overrides kept), for pasting."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not under Hydra (a library call)
+        return f"exp3rt-annotate <your overrides> stage={stage}"
+    drop = {"stage", "force", "retry_failed", "shard", "num_shards", "merge"}
+    keep = [o for o in task if o.split("=", 1)[0].lstrip("+~") not in drop]
+    return shlex.join(["exp3rt-annotate", *keep, f"stage={stage}"])
+
+
 def _summary(frame: pd.DataFrame) -> dict:
     counts = frame["status"].value_counts().to_dict() if len(frame) else {}
     return {"rows": int(len(frame)), "status": {str(k): int(v) for k, v in counts.items()}}
@@ -142,8 +219,8 @@ def _summary(frame: pd.DataFrame) -> dict:
 
 async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path) -> dict:
     prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
-    runner = StageRunner(client, prompts, cfg.teacher)
     n, i = int(cfg.num_shards), int(cfg.shard)
+    retry_failed = bool(cfg.get("retry_failed", False))
     ctx = AnnotationContext(split.train, split.valid, split.test, prepared.dataset.items, prepared.dataset.scale,
                             str(cfg.dataset.domain), cfg.annotation, shard=i, num_shards=n)
     if cfg.dataset.get("require_review") is False and "extract" in stages:
@@ -152,13 +229,45 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
                 f"dataset '{cfg.dataset.name}' has no review text to extract preferences from; "
                 "use teacher=release to import published annotations, or a dataset with reviews"
             )
+    # a stage this run only reads must not be stale itself: it is not rebuilt here, so stop and say how
+    upstream = sorted({name.removesuffix(".parquet").removesuffix("_pairs") for st in stages for name in stage_inputs(cfg, st)}
+                      - set(stages), key=STAGE_ORDER.index)
+    stale = stale_stages(cfg, directory, upstream)
+    if stale:
+        what = "; ".join(f"{st}.parquet was built from {', '.join(ch)}, which changed since" for st, ch in stale.items())
+        fix = ("stage=all rebuilds every stale stage in order, reusing cached answers: " + rerun_command("all")
+               if n == 1 else f"rebuild {next(iter(stale))} first (its shards, then merge=true)")
+        raise ConfigError(f"stage={','.join(stages)} would read stale input: {what}. {fix}")
     report: dict = {}
     for stage in stages:
         out = stage_file(directory, stage, i, n)
+        inputs_path = stage_file(directory, stage, i, n, "inputs.json")
+        recorded = read_inputs(inputs_path)
+        bases: dict[str, int] = dict((recorded or {}).get("attempt_base", {}))
+        why: dict = {}
         if out.is_file() and not cfg.force:
-            log.info("stage %s: %s exists, skipping (force=true to redo)", stage, out)
-            report[stage] = {"skipped": True, **_summary(pd.read_parquet(out))}
-            continue
+            old = pd.read_parquet(out)
+            changed = changed_inputs(directory, recorded, stage_inputs(cfg, stage))
+            failed_keys = failed_row_keys(stage, old) if retry_failed else []
+            if changed:
+                log.warning("stage %s: rebuilding %s: %s changed since it was built (answers still cached are reused)",
+                            stage, out.name, ", ".join(changed))
+                why["rebuilt"] = {"changed_inputs": changed}
+            if failed_keys:
+                log.warning("stage %s: retry_failed=true: re-sending the %d failed rows of %s (ok rows come from the cache)",
+                            stage, len(failed_keys), out.name)
+                why["retried_failed"] = len(failed_keys)
+            if not changed and not failed_keys:
+                n_failed = int((old["status"] == "failed").sum())
+                more = f"; its {n_failed} failed rows are kept (retry_failed=true re-sends them)" if n_failed else ""
+                if recorded is None and stage_inputs(cfg, stage):
+                    more += "; it records no input digests (made before they were kept), so it is not checked for staleness"
+                log.info("stage %s: %s exists, skipping (force=true to redo)%s", stage, out, more)
+                report[stage] = {"skipped": True, **_summary(old)}
+                continue
+            for key in failed_keys:  # asked afresh: a new attempt number, so a cached bad answer is not reused
+                bases[key] = bases.get(key, 0) + RETRY_STEP
+        runner = StageRunner(client, prompts, cfg.teacher, attempt_base=bases, base_stage=stage)
         t0 = time.perf_counter()
         before = client.usage_summary()
         pair_map = None
@@ -174,14 +283,16 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
         else:
             frame = await run_rationales(runner, ctx, _read(directory, "user_profile"), _read(directory, "item_profile"),
                                          _read(directory, "item_profile_pairs"))
+        digests = {name: file_digest(directory / name) for name in stage_inputs(cfg, stage)}
         frame.to_parquet(out, index=False)
         if pair_map is not None:
             pair_map.to_parquet(stage_file(directory, "item_profile_pairs", i, n), index=False)
+        inputs_path.write_text(json.dumps({"stage": stage, "inputs": digests, "attempt_base": bases}, indent=2))
         failures = write_failures(frame, stage_file(directory, stage, i, n, "failures.jsonl"))
         after = client.usage_summary()
         usage = {k: (after[k] - before.get(k, 0)) if isinstance(after[k], int | float) and not isinstance(after[k], bool) else after[k]
                  for k in after}
-        summary = {"stage": stage, "shard": i, "num_shards": n, **_summary(frame), "failures": failures,
+        summary = {"stage": stage, "shard": i, "num_shards": n, **why, **_summary(frame), "failures": failures,
                    "seconds": round(time.perf_counter() - t0, 2), "usage": usage}
         stage_file(directory, stage, i, n, "usage.json").write_text(json.dumps(summary, indent=2, default=str))
         report[stage] = summary
@@ -274,14 +385,32 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
 
 
 def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
-    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report."""
-    from exp3rt.teacher.cache import AnswerCache
-    from exp3rt.teacher.client import TeacherClient
+    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report. Holds
+    ``<directory>/annotate.lock`` (``annotate.shard-i-of-n.lock`` for a shard) while it runs; a second
+    process waits for it, or with ``lock_wait=false`` stops naming the holder's pid."""
 
     stages = check_run_config(cfg)
     prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
     directory, fp = annotation_dir(cfg, split, prompts)
     directory.mkdir(parents=True, exist_ok=True)
+    if cfg.dry_run:  # sends nothing, writes no stage file: no lock needed
+        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
+    n, i = int(cfg.num_shards), int(cfg.shard)
+    name = "annotate.lock" if n == 1 or cfg.merge else f"annotate.shard-{i}-of-{n}.lock"
+    wait = bool(cfg.get("lock_wait", True))
+    with file_lock(directory / name, what="exp3rt-annotate", wait=wait,
+                   hint=", or rerun with lock_wait=true to wait for it" if not wait else ""):
+        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
+
+
+def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts, stages: list[str], directory: Path,
+                     fp: str) -> dict:
+    """:func:`annotate` while this process holds the directory's (or its shard's) lock: no other
+    exp3rt-annotate sends this directory's requests at the same time."""
+    from exp3rt.teacher.cache import AnswerCache
+    from exp3rt.teacher.client import TeacherClient
+    from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
+
     save_config(cfg, directory / "config.yaml")
     write_meta(directory, "annotations", {"teacher": teacher_identity(cfg.teacher), "annotation": cfg.annotation,
                                           "prompt_versions": {s: prompts.version(s) for s in STAGE_ORDER}},
@@ -295,7 +424,8 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
         return result
     backend = build_backend(cfg.teacher, dry_run=bool(cfg.dry_run))
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
-    client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress))
+    ledger = SpendLedger(directory / SPEND_FILE)  # the budget holds for the directory, across reruns and shards
+    client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger)
 
     async def main() -> None:
         try:  # one event loop for the whole run: the HTTP client is bound to it
@@ -304,6 +434,7 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
             else:
                 result["report"] = await run_stages(cfg, prepared, split, client, backend, stages, directory)
                 result["usage"] = client.usage_summary()
+                result["spent_total"] = ledger.total()
         finally:
             await backend.aclose()
 
@@ -311,4 +442,5 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
         asyncio.run(main())
     finally:
         cache.close()
+        ledger.close()
     return result

@@ -22,8 +22,10 @@ returns one :class:`Result` per request, in request order:
    prompt tokens + ``max_tokens`` at ``teacher.prices[model]``); when spent + reserved would pass the
    budget, the request is not sent, scheduling stops, requests in flight finish, and ``run`` raises
    :class:`BudgetExceeded`. Reservations are replaced by actual usage as answers arrive, and the prompt
-   estimate is scaled up when the server counts more tokens than it predicted. The budget counts this
-   client's new calls only (per process: shards each have their own); cached answers cost nothing.
+   estimate is scaled up when the server counts more tokens than it predicted. Cached answers cost
+   nothing. With a :class:`~exp3rt.teacher.spend.SpendLedger` (``exp3rt-annotate`` keeps one per
+   annotation directory) the budget also counts what earlier runs and parallel shards spent there, and
+   this run's spend is committed to it after every answer: the cap holds for the directory in total.
 5. **Accounting.** :meth:`usage_summary` (calls, cache hits, retries, failures, tokens, cost, wall time,
    rates) and a tqdm progress bar (off when not a TTY or ``progress=False``).
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import math
 import random
@@ -55,6 +58,7 @@ from exp3rt.teacher.backends.base import (
     TransientError,
 )
 from exp3rt.teacher.cache import AnswerCache
+from exp3rt.teacher.spend import SpendLedger
 
 MESSAGE_OVERHEAD_TOKENS = 3  # role markers per chat message
 
@@ -64,6 +68,27 @@ log = logging.getLogger(__name__)
 def usd(amount: float) -> str:
     """Dollars with cents, or three significant digits below a dime (0.50, 0.0035)."""
     return f"{amount:.2f}" if amount >= 0.1 or amount == 0 else f"{amount:.3g}"
+
+
+def raised_cap(cap: float, spent: float) -> str:
+    """A cap to suggest after a budget stop: double the old one, and at least what was spent plus it."""
+    return f"{math.ceil(max(2 * cap, spent + cap) * 100) / 100:g}"
+
+
+def price_advice(model: str) -> str:
+    """How to give ``model`` a price: a Hydra override when the name can be a key in one, else a YAML line."""
+    entry = "{input_per_1m: 1.0, output_per_1m: 2.0}"
+    override = f"+teacher.prices={{{model}: {entry}}}"
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_override(override)
+        ok = list(parsed.value()) == [model]
+    except Exception:  # noqa: BLE001 - any parse failure: the YAML route
+        ok = False
+    how = (f"add its price with the override {override}" if ok else
+           f"add its price to your teacher's YAML under 'prices:' as the line  {json.dumps(model)}: {entry}")
+    return how + " (USD per million input / output tokens: put your provider's prices in place of 1.0 and 2.0)"
 
 
 class BudgetExceeded(TeacherError):
@@ -178,10 +203,11 @@ class _RunState:
 
 class TeacherClient:
     def __init__(self, backend: TeacherBackend, cfg: Any, cache: AnswerCache | None = None,
-                 progress: bool = False, rng: random.Random | None = None):
+                 progress: bool = False, rng: random.Random | None = None, ledger: SpendLedger | None = None):
         self.backend = backend
         self.cfg = cfg
         self.cache = cache
+        self.ledger = ledger
         self.progress = progress
         self.concurrency = max(1, int(_field(cfg, "concurrency", 1)))
         self.max_retries = max(0, int(_field(cfg, "max_retries", 0)))
@@ -195,8 +221,7 @@ class TeacherClient:
         if self.max_cost_usd is not None and not self.price_known:
             raise ConfigError(
                 f"teacher.max_cost_usd={self.max_cost_usd:g} is set but teacher.prices has no entry for model "
-                f"'{backend.model}': add teacher.prices.{backend.model}={{input_per_1m: ..., output_per_1m: ...}} "
-                f"(USD per million tokens), or unset teacher.max_cost_usd"
+                f"'{backend.model}': {price_advice(backend.model)}, or run without a cap: teacher.max_cost_usd=null"
             )
         rpm = _field(cfg, "requests_per_minute")
         tpm = _field(cfg, "tokens_per_minute")
@@ -234,6 +259,9 @@ class TeacherClient:
     def spent_usd(self) -> float:
         return self.usage.cost_usd
 
+    def _spent_elsewhere(self) -> float:
+        return self.ledger.others_usd() if self.ledger is not None else 0.0
+
     # -- dry run -----------------------------------------------------------------------------------
     def estimate(self, requests: Iterable[ChatRequest]) -> dict[str, Any]:
         """What ``run`` would send, calling nothing: uncached calls, tokens (completion at its
@@ -261,7 +289,8 @@ class TeacherClient:
             "cost_usd": cost,
             "price_known": self.price_known,
             "max_cost_usd": self.max_cost_usd,
-            "fits_budget": None if self.max_cost_usd is None else cost <= self.max_cost_usd,
+            "spent_before_usd": self._spent_elsewhere(),
+            "fits_budget": None if self.max_cost_usd is None else self._spent_elsewhere() + cost <= self.max_cost_usd,
         }
 
     # -- accounting --------------------------------------------------------------------------------
@@ -348,11 +377,16 @@ class TeacherClient:
             raise err
         if state.stop_reason == "budget":
             assert self.max_cost_usd is not None
+            before = self._spent_elsewhere()
+            total = before + self.usage.cost_usd
+            where = (f" on the annotation directory in total (${usd(before)} by earlier or parallel runs, recorded "
+                     f"in {self.ledger.path})") if self.ledger is not None else ""
             raise BudgetExceeded(
-                f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached: spent ${usd(self.usage.cost_usd)} on "
-                f"{self.usage.answered} calls; {not_sent} requests not sent; rerun with a higher budget — "
-                f"answered calls are cached",
-                spent_usd=self.usage.cost_usd, calls=self.usage.answered, not_sent=not_sent, results=results,
+                f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached: ${usd(total)} spent{where}, "
+                f"${usd(self.usage.cost_usd)} of it on {self.usage.answered} calls in this run; {not_sent} requests "
+                f"not sent. Answered calls are cached; to go on, raise the cap, e.g. rerun with "
+                f"teacher.max_cost_usd={raised_cap(self.max_cost_usd, total)}",
+                spent_usd=total, calls=self.usage.answered, not_sent=not_sent, results=results,
             )
         return results
 
@@ -380,7 +414,8 @@ class TeacherClient:
             requests = [state.results[state.pending[k][0]].request for k in unit]
             worst = [self._worst_tokens(r) for r in requests]
             reserve = sum(self.cost(p, c) for p, c in worst)
-            if self.max_cost_usd is not None and self.usage.cost_usd + self._reserved + reserve > self.max_cost_usd:
+            if self.max_cost_usd is not None and (
+                    self._spent_elsewhere() + self.usage.cost_usd + self._reserved + reserve > self.max_cost_usd):
                 state.stop("budget")
                 return
             self._reserved += reserve
@@ -458,6 +493,9 @@ class TeacherClient:
                 u.prompt_tokens += response.prompt_tokens
                 u.completion_tokens += response.completion_tokens
                 u.cost_usd += response.cost_usd
+                if self.ledger is not None:  # before the cache: a crash after this line never under-counts
+                    self.ledger.record(calls=u.answered, prompt_tokens=u.prompt_tokens,
+                                       completion_tokens=u.completion_tokens, cost_usd=u.cost_usd)
                 estimate = self.estimate_prompt_tokens(requests[pos])
                 if estimate and response.prompt_tokens > estimate * self._prompt_scale:
                     self._prompt_scale = response.prompt_tokens / estimate

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 STAGE_ORDER = ("extract", "user_profile", "item_profile", "rationale")
 SET_SEPARATOR = "\n---\n"
 EMPTY_PROFILE = render_preference_set([], [])
+# rows listed in <stage>.failures.jsonl: the teacher's own failures, and rows nothing could be built for
+# because an input they need failed (missing_input: the name older artifacts used)
+FAILED_STATUSES = ("failed", "failed_upstream", "missing_input")
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -87,13 +90,43 @@ class Outcome:
     from_cache: bool = False
 
 
-class StageRunner:
-    """Sends a stage's work through the teacher client with format checks and repair retries."""
+RETRY_STEP = 1000  # each retry_failed round asks a failed row afresh at attempt numbers this much higher
 
-    def __init__(self, client, prompts: Prompts, teacher_cfg):
+
+def row_key(work: Work) -> str:
+    """The key of the stage row a work belongs to (a profile's group summaries share their profile's)."""
+    return str(work.meta.get("key", work.key))
+
+
+def failed_row_keys(stage: str, frame: pd.DataFrame) -> list[str]:
+    """The :func:`row_key` of each row of a stage file whose teacher answer failed (not failed_upstream:
+    those are rebuilt when the stage they wait for changes)."""
+    bad = frame[frame["status"] == "failed"]
+    if stage == "user_profile":
+        return [str(u) for u in bad["user_id"]]
+    if stage == "item_profile":
+        return [f"{i}\t{t if isinstance(t, str) else ''}" for i, t in zip(bad["item_id"], bad["target_user"], strict=True)]
+    return [f"{u}\t{i}" for u, i in zip(bad["user_id"], bad["item_id"], strict=True)]
+
+
+class StageRunner:
+    """Sends a stage's work through the teacher client with format checks and repair retries.
+
+    ``attempt_base`` maps a row key of the stage being built to the attempt number its requests start
+    from: 0 normally, raised by :data:`RETRY_STEP` each time ``retry_failed=true`` re-asks a failed row,
+    so the retry is a new request (a cached bad answer is not reused) while every other row's requests,
+    and rebuilds of the retried row later, stay the cached ones."""
+
+    def __init__(self, client, prompts: Prompts, teacher_cfg, attempt_base: dict[str, int] | None = None,
+                 base_stage: str | None = None):
         self.client = client
         self.prompts = prompts
         self.cfg = teacher_cfg
+        self.attempt_base = attempt_base or {}
+        self.base_stage = base_stage
+
+    def base(self, stage: str, work: Work) -> int:
+        return self.attempt_base.get(row_key(work), 0) if stage == self.base_stage else 0
 
     def request(self, stage: str, work: Work, messages, attempt: int) -> ChatRequest:
         return ChatRequest(
@@ -104,7 +137,7 @@ class StageRunner:
             max_tokens=int(self.cfg.max_tokens),
             top_p=float(self.cfg.top_p),
             seed=None if self.cfg.seed is None else int(self.cfg.seed),
-            attempt=attempt,
+            attempt=attempt + self.base(stage, work),
             payload=work.payload,
         )
 
@@ -123,7 +156,8 @@ class StageRunner:
             for (idx, w, msgs), res in zip(pending, results, strict=True):
                 if res.response is None:
                     why = f"teacher error: {res.error}" if res.error is not None else "not sent"
-                    outcomes[idx] = Outcome(w, "failed", problem=why, attempts=attempt + 1)
+                    body = getattr(res.error, "body", None)  # e.g. a proxy's HTML page: kept as the raw answer
+                    outcomes[idx] = Outcome(w, "failed", text=body, problem=why, attempts=attempt + 1)
                     continue
                 text = res.response.text
                 try:
@@ -284,11 +318,22 @@ async def summarise_groups(
     return final
 
 
-def profile_rows(kind: str, keys: list[tuple], outcomes: dict[str, Outcome], sets_count: dict[str, int], averages: dict[str, float | None]) -> pd.DataFrame:
+def profile_rows(kind: str, keys: list[tuple], outcomes: dict[str, Outcome], sets_count: dict[str, int],
+                 averages: dict[str, float | None], failed_sets: dict[str, int] | None = None) -> pd.DataFrame:
+    """One row per key. A key with no preference set is ``no_history`` (an empty profile, a real input)
+    when it had no training review, but ``failed_upstream`` (no profile: nothing may be built on it)
+    when it had reviews whose extractions all failed (``failed_sets`` counts those)."""
     rows = []
+    failed_sets = failed_sets or {}
     for key_tuple, key in keys:
         avg = averages.get(key)
         n_sets = sets_count.get(key, 0)
+        if n_sets == 0 and failed_sets.get(key, 0):
+            rows.append({**key_tuple, "status": "failed_upstream", "profile": None, "likes": [], "dislikes": [],
+                         "average": avg, "n_sets": 0, "raw": None,
+                         "problem": f"all {failed_sets[key]} preference-set extractions of this {kind}'s reviews failed "
+                                    "(see extract.failures.jsonl; retry_failed=true re-sends them)"})
+            continue
         if n_sets == 0:
             rows.append({**key_tuple, "status": "no_history", "profile": render_profile([], [], avg), "likes": [], "dislikes": [],
                          "average": avg, "n_sets": 0, "raw": None, "problem": None})
@@ -302,6 +347,10 @@ def profile_rows(kind: str, keys: list[tuple], outcomes: dict[str, Outcome], set
 
 def ok_sets(preferences: pd.DataFrame) -> pd.DataFrame:
     return preferences[preferences["status"] == "ok"]
+
+
+def failed_sets(preferences: pd.DataFrame) -> pd.DataFrame:
+    return preferences[preferences["status"] != "ok"]
 
 
 async def run_user_profiles(runner: StageRunner, ctx: AnnotationContext, preferences: pd.DataFrame, count_tokens) -> pd.DataFrame:
@@ -318,7 +367,8 @@ async def run_user_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
     averages = {u: round_rating(Fraction(float(s)) / int(c)) for u, s, c in
                 ctx.train.groupby("user_id")["rating"].agg(["sum", "count"]).itertuples()}
     keys = [({"user_id": u}, u) for u in users]
-    return profile_rows("user", keys, outcomes, {u: len(s) for u, s in groups.items()}, averages)
+    failed = failed_sets(preferences).groupby("user_id").size().to_dict()
+    return profile_rows("user", keys, outcomes, {u: len(s) for u, s in groups.items()}, averages, failed)
 
 
 async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, preferences: pd.DataFrame, user_profiles: pd.DataFrame | None, count_tokens) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -354,7 +404,8 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
         return None if c == 0 else round_rating(Fraction(s) / c)
 
     set_of = {(r.user_id, r.item_id): r.preference_set for r in ok_sets(preferences).itertuples(index=False)}
-    groups, counts, averages, keys, sources = {}, {}, {}, [], {}
+    bad = set(zip(failed_sets(preferences).user_id, failed_sets(preferences).item_id, strict=True))
+    groups, counts, averages, keys, sources, failed = {}, {}, {}, [], {}, {}
     for job in jobs.itertuples(index=False):
         target = job.target_user if isinstance(job.target_user, str) else None
         key = f"{job.item_id}\t{target or ''}"
@@ -366,10 +417,11 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
         if sets:
             groups[key] = sets
         counts[key] = len(sets)
+        failed[key] = sum(1 for p in job.review_keys if tuple(p) in bad)
         averages[key] = item_average(job.item_id, target)
         keys.append(({"item_id": job.item_id, "target_user": target}, key))
     outcomes = await summarise_groups(runner, "item_profile", groups, ctx, count_tokens)
-    frame = profile_rows("item", keys, outcomes, counts, averages)
+    frame = profile_rows("item", keys, outcomes, counts, averages, failed)
     frame["source_users"] = [sources[key] for _, key in keys]  # whose reviews fed the profile
     return frame, pair_map
 
@@ -380,17 +432,22 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
 async def run_rationales(runner: StageRunner, ctx: AnnotationContext, user_profiles: pd.DataFrame, item_profiles: pd.DataFrame, pair_map: pd.DataFrame) -> pd.DataFrame:
     pairs = ctx.rationale_pairs()
     uprof = dict(zip(user_profiles.user_id, user_profiles.profile, strict=True))
+    ustat = dict(zip(user_profiles.user_id, user_profiles.status, strict=True))
     iprof = {(r.item_id, r.target_user if isinstance(r.target_user, str) else None): r.profile for r in item_profiles.itertuples(index=False)}
+    istat = {(r.item_id, r.target_user if isinstance(r.target_user, str) else None): r.status for r in item_profiles.itertuples(index=False)}
     job_of = {(r.user_id, r.item_id): (r.job_item, r.job_user if isinstance(r.job_user, str) else None) for r in pair_map.itertuples(index=False)}
     works, skipped = [], []
     for row in pairs.itertuples(index=False):
         key = f"{row.user_id}\t{row.item_id}"
         if not ctx.mine(key):
             continue
-        up, ip = uprof.get(row.user_id), iprof.get(job_of.get((row.user_id, row.item_id)))
+        job = job_of.get((row.user_id, row.item_id))
+        up, ip = uprof.get(row.user_id), iprof.get(job)
         meta = {"user_id": row.user_id, "item_id": row.item_id, "rating": float(row.rating), "split": row.split}
-        if not isinstance(up, str) or not isinstance(ip, str):
-            skipped.append({**meta, "status": "missing_input", "problem": "user or item profile failed upstream"})
+        if not isinstance(up, str) or not isinstance(ip, str):  # never a request built on a missing profile
+            why = [f"the user profile is {ustat.get(row.user_id, 'missing')}"] if not isinstance(up, str) else []
+            why += [f"the item profile is {istat.get(job, 'missing')}"] if not isinstance(ip, str) else []
+            skipped.append({**meta, "status": "failed_upstream", "problem": " and ".join(why) + " (see their failures files)"})
             continue
         desc = describe_item(ctx.item_rows.get(row.item_id), ctx.domain)
         rating = float(row.rating)
@@ -457,7 +514,7 @@ async def consistency(runner: StageRunner, ctx: AnnotationContext, frame: pd.Dat
 
 
 def write_failures(frame: pd.DataFrame, path: Path) -> int:
-    failed = frame[frame["status"].isin(["failed", "missing_input"])]
+    failed = frame[frame["status"].isin(FAILED_STATUSES)]
     with open(path, "w") as f:
         for rec in failed.to_dict("records"):
             f.write(json.dumps({k: v for k, v in rec.items() if k in ("user_id", "item_id", "target_user", "status", "raw", "problem")}, default=str) + "\n")

@@ -67,16 +67,24 @@ class ChatResponse:
 
 
 class TeacherError(RuntimeError):
-    pass
+    """``body``: what the server sent back, when it was not a usable answer (e.g. a proxy's HTML error
+    page), scrubbed of secrets and cut to :data:`BODY_CHARS` characters — kept in the failure record."""
+
+    body: str | None = None
+
+
+BODY_CHARS = 500
 
 
 class TransientError(TeacherError):
     """Worth retrying; ``retry_after`` (seconds) when the server said how long to wait."""
 
-    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None,
+                 body: str | None = None):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
+        self.body = body[:BODY_CHARS] if body else None
 
 
 class PermanentError(TeacherError):

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import openai
 
 from exp3rt.config import ConfigError
-from exp3rt.teacher.backends.base import ChatRequest, ChatResponse, PermanentError, TransientError
+from exp3rt.teacher.backends.base import BODY_CHARS, ChatRequest, ChatResponse, PermanentError, TransientError
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"}
 PLACEHOLDER_KEY = "sk-no-key-needed-for-local-server"
@@ -157,6 +157,10 @@ class OpenAIBackend:
         return text
 
     def _parse(self, resp: Any, request: ChatRequest) -> ChatResponse:
+        if isinstance(resp, str | bytes):  # the SDK hands back the text of a 200 that was not JSON (a proxy's page)
+            body = self._scrub(resp.decode(errors="replace") if isinstance(resp, bytes) else resp).strip()
+            raise TransientError(f"malformed response from {self._where()}: the body is not a chat completion "
+                                 f"but {len(body)} characters of text beginning {body[:120]!r}", body=body)
         choices = getattr(resp, "choices", None)
         if not choices:
             raise TransientError(f"malformed response from {self._where()}: no choices")
@@ -179,6 +183,16 @@ class OpenAIBackend:
             finish_reason=getattr(choices[0], "finish_reason", None),
         )
 
+    def _raw_body(self, e: openai.APIStatusError) -> str | None:
+        """The error body as the server sent it (scrubbed, first BODY_CHARS characters)."""
+        try:
+            text = e.response.text if e.response is not None else None
+        except Exception:  # noqa: BLE001 - only for the record
+            text = None
+        if not text and e.body is not None:
+            text = e.body if isinstance(e.body, str) else json.dumps(e.body)
+        return self._scrub(text).strip()[:BODY_CHARS] if text else None
+
     def _server_message(self, e: openai.APIStatusError) -> str:
         body = e.body
         msg = None
@@ -200,7 +214,8 @@ class OpenAIBackend:
         if status == 429 or status == 408 or status == 409 or status >= 500:
             retry_after = parse_retry_after(e.response.headers) if e.response is not None else None
             label = "rate limited" if status == 429 else "server error"
-            return TransientError(f"{label} (HTTP {status}) from {where}{said_part}", retry_after, status)
+            return TransientError(f"{label} (HTTP {status}) from {where}{said_part}", retry_after, status,
+                                  body=self._raw_body(e))
         if status == 401:
             return PermanentError(
                 f"the API key in ${self.api_key_env} was rejected by {where} (HTTP 401){said_part}; "
