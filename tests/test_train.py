@@ -318,3 +318,68 @@ def test_a_distributed_trainer_keeps_the_rank_aware_sampler():
         assert prepared is loader
         seen.append(list(prepared.sampler))
     assert len(seen[0]) == len(seen[1]) == 5 and sorted(seen[0] + seen[1]) == list(range(10))
+
+
+def _loss_by_step(run_dir: Path) -> dict[int, list[float]]:
+    frame = pd.read_csv(run_dir / "csv" / "version_0" / "metrics.csv")
+    rows = frame.dropna(subset=["train/loss"])
+    out: dict[int, list[float]] = {}
+    for step, loss in zip(rows["step"].astype(int), rows["train/loss"], strict=True):
+        out.setdefault(step, []).append(float(loss))
+    return out
+
+
+def test_a_crashed_run_resumes_with_the_same_losses_and_keeps_its_loss_history(annotated, tmp_path, monkeypatch):
+    """Issue: every checkpoint was one micro-batch behind (the resumed step N matched the uninterrupted
+    step N-1), and CSVLogger(version=0) deleted metrics.csv on the resume. Now each step's loss after a
+    crash and a resume equals the uninterrupted run's (1e-4), and metrics.csv holds every step once."""
+    from exp3rt.student.lightning import StudentModule
+
+    common = ["trainer.max_steps=10", "trainer.max_epochs=100", "trainer.log_every_n_steps=1",
+              "trainer.checkpoint_every_n_steps=4", "train.val_generate=false", "logger=csv"]
+    run_train(annotated, tmp_path / "whole", *common)
+    whole = _loss_by_step(tmp_path / "whole")
+    assert sorted(whole) == list(range(10)) and all(len(v) == 1 for v in whole.values())
+
+    step = StudentModule.training_step
+
+    def crash_at_7(self, batch, batch_idx):
+        if self.global_step == 7:
+            raise RuntimeError("simulated crash")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StudentModule, "training_step", crash_at_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(annotated, tmp_path / "cut", *common)
+    before = _loss_by_step(tmp_path / "cut")
+    assert sorted(before) == list(range(7))  # steps 0-6 logged; the checkpoint holds step 4
+    monkeypatch.setattr(StudentModule, "training_step", step)
+    run_train(annotated, tmp_path / "cut", *common, "ckpt_path=last")
+    resumed = _loss_by_step(tmp_path / "cut")
+    assert sorted(resumed) == list(range(10)) and all(len(v) == 1 for v in resumed.values())
+    for s in range(10):
+        assert resumed[s][0] == pytest.approx(whole[s][0], abs=1e-4), s
+
+
+def test_two_trainings_never_share_a_run_dir(annotated, tmp_path):
+    """Issue: nothing stopped two exp3rt-train processes on one run dir. While another process holds it,
+    a second run stops with lock_wait=false naming the holder's pid (exit 2), and otherwise waits for it."""
+    import time
+
+    from exp3rt.locks import file_lock
+
+    run_dir = tmp_path / "shared_run"
+    args = [sys.executable, "-m", "exp3rt.cli.train", *train_overrides(annotated), f"hydra.run.dir={run_dir}",
+            "trainer.max_steps=2", "train.val_generate=false", "logger=csv"]
+    env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent), "WANDB_MODE": "offline"}
+    with file_lock(run_dir / "train.lock", what="another training"):
+        refused = subprocess.run([*args, "lock_wait=false"], env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"is held by pid {os.getpid()}" in refused.stderr and "rerun with lock_wait=true" in refused.stderr
+        assert not (run_dir / "train.json").exists()
+        waiting = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(8)
+        assert waiting.poll() is None and not (run_dir / "train.json").exists()  # still waiting for us
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err[-2000:]
+    assert f"waiting for pid {os.getpid()}" in out + err and (run_dir / "train.json").is_file()

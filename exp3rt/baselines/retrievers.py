@@ -341,7 +341,7 @@ def build_retrievers(cfg, seed: int | None = None) -> dict[str, Retriever]:
         elif name == "bpr_mf":
             out[name] = BPRMF(**common, **emb, epochs=cfg.bpr_epochs, reg=cfg.bpr_reg)
         elif name == "lightgcn":
-            own_lr = {"lr": cfg.lightgcn_lr} if cfg.get("lightgcn_lr") is not None else {}
+            own_lr = {"lr": cfg.lightgcn_lr} if getattr(cfg, "lightgcn_lr", None) is not None else {}
             out[name] = LightGCN(
                 **common, **{**emb, **own_lr}, epochs=cfg.lightgcn_epochs, reg=cfg.lightgcn_reg, layers=cfg.lightgcn_layers
             )

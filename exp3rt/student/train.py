@@ -122,7 +122,30 @@ def wandb_logger(cfg, run_dir: Path, run_name: str):
     )
 
 
+def _rank() -> int:
+    """This process's rank as the launcher set it (0 when not launched as one rank of several)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def train(cfg, run_dir: Path) -> dict:
+    """The whole ``exp3rt-train`` run (minus Hydra). Rank zero holds ``<run_dir>/train.lock`` while it
+    trains, so two runs on one run dir never write one checkpoint at once: the second waits, naming the
+    holder's pid, or with ``lock_wait=false`` stops. (The other ranks of one training join rank zero.)"""
+    check_machine(cfg)
+    if _rank() != 0:
+        return _train(cfg, run_dir)
+    from exp3rt.locks import file_lock
+
+    wait = bool(cfg.get("lock_wait", True))
+    with file_lock(Path(run_dir) / "train.lock", what="exp3rt-train", wait=wait,
+                   hint=", or rerun with lock_wait=true to wait for it" if not wait else ""):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg, run_dir: Path) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -135,7 +158,6 @@ def train(cfg, run_dir: Path) -> dict:
     from exp3rt.student.strategies import build_strategy
     from exp3rt.student.tokenize import answer_token_stats, build_dataset, collate
 
-    check_machine(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     pl.seed_everything(int(cfg.train.seed), workers=True)
@@ -170,10 +192,12 @@ def train(cfg, run_dir: Path) -> dict:
 
     run_name = cfg.get("run_name") or f"{cfg.student.name}-{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}-{cfg.dataset.name}"
     loggers = []
+    ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
     if cfg.logger.csv:
-        from pytorch_lightning.loggers import CSVLogger
+        from exp3rt.student.csv_history import csv_logger
 
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=0))
+        loggers.append(csv_logger(run_dir, resuming=ckpt_path is not None,
+                                  resume_step=checkpoint_step(Path(ckpt_path)) if ckpt_path else None))
     if cfg.logger.wandb and cfg.logger.mode != "disabled":
         wb = wandb_logger(cfg, run_dir, run_name)
         loggers.append(wb)
@@ -199,7 +223,7 @@ def train(cfg, run_dir: Path) -> dict:
             lg.log_hyperparams(scrub_secrets(to_container(cfg)))
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), run_dir))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     finally:
         for lg in loggers:
             if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
