@@ -100,6 +100,11 @@ class Recipe:
         cmp = compare(runs, metrics=self.metrics, by=self.by, title=self.title, sources=[str(d) for d in sweep_dirs])
         table = self.view(cmp) if self.view else Table()
         cmp.lead = list(table.sections)
+        kinds = sorted({str(r.info["scored_on"]) for r in runs if r.ok and r.info.get("scored_on")})
+        if kinds:  # which pairs the figures come from (metrics.json protocol.scored_split)
+            cmp.lead.insert(0, f"Scored on: {', '.join(kinds)} pairs"
+                               + (" (VALIDATION pairs are what a search optimised, not figures to report)."
+                                  if "valid" in kinds else "."))
         cmp.warnings = [*notes, *cmp.warnings]
         if command:
             cmp.sections.append(f"Command:\n\n```\n{command}\n```")

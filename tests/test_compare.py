@@ -372,6 +372,7 @@ def test_topk_and_efficiency_and_rating_recipes_views(tmp_path):
     md = paths["markdown"].read_text()
     for model in ("student_expected", "student_argmax", "global_mean", "biased_mf"):
         assert f"| {model}" in md
+    assert "Scored on: test pairs." in md  # runs without protocol.scored_split predate it: test pairs
 
 
 def test_recipe_commands_merge_overrides_and_skip_unavailable_teachers(tmp_path, monkeypatch):
@@ -481,3 +482,14 @@ def test_teacher_bill_comes_from_the_annotations_the_run_used(tmp_path):
     flat = flat_of(m)
     assert flat["teacher/calls"] == 900 and flat["teacher/cost_usd"] == pytest.approx(0.75)
     assert flat["teacher/prompt_tokens"] == 90000 and flat["efficiency/teacher_calls"] == 1438  # the run's own
+
+
+def test_the_table_says_which_pairs_each_run_was_scored_on_and_warns_when_they_differ(tmp_path):
+    for i, part in enumerate(("valid", "test")):
+        m = pipeline_metrics(CHOICES, [f"eval.split={part}"], 1.2 + i / 10)
+        m["protocol"]["scored_split"] = part
+        write_job(tmp_path / "mr" / str(i), CHOICES, [f"eval.split={part}"], m)
+    cmp = compare(collect_runs([tmp_path / "mr"]), metrics=["rating/student_expected/rmse"])
+    assert "scored on" in cmp.header()
+    assert sorted(row[cmp.header().index("scored on")] for row in cmp.rows()) == ["test", "valid"]
+    assert any("scored on different pairs (test, valid)" in w for w in cmp.warnings)
