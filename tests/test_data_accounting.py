@@ -115,15 +115,15 @@ def _empty_cases(tmp: Path):
 @pytest.mark.parametrize(
     "case", ["amazon empty", "jsonl empty", "csv empty", "csv header only", "release []", "lenient, every line bad"]
 )
-def test_no_usable_interactions_is_one_sentence(tmp_path, case):
+def test_no_usable_interactions_is_one_sentence(tmp_path, case, capsys):
     config, sentence = _empty_cases(tmp_path)[case]
     with pytest.raises(DataError) as ei:
         load_dataset(config)
     assert str(ei.value) == sentence
-    # the command-line wrapper prints it as one line, without a traceback
+    # the command-line wrapper prints it as one line, without a traceback, and exits 2
     with pytest.raises(SystemExit) as exit_info, fail_cleanly(logging.getLogger("test")):
         prepare_dataset(config, tmp_path / "data")
-    assert str(exit_info.value) == f"error: {sentence}"
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == f"error: {sentence}"
 
 
 def test_kcore_that_removes_everything_says_so_and_its_advice_works(tmp_path):
