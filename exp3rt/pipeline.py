@@ -337,6 +337,7 @@ def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> d
         "rating": ev.get("rating") or {},
         "rerank": ev.get("rerank") or {},
         "generation": ev.get("generation") or {},
+        "reasoning": ev.get("reasoning") or {},
         "retrieval": base.get("retrieval") or {},
         "baselines_rating": base.get("rating") or {},
         "train": {k: train.get(k) for k in ("global_step", "seconds", "examples", "metrics") if k in train},
@@ -364,7 +365,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     from exp3rt.evaluation.evaluate import numbers
 
     out = eval_flat({"rating": metrics.get("rating") or {}, "rerank": metrics.get("rerank") or {},
-                     "generation": metrics.get("generation") or {}})
+                     "generation": metrics.get("generation") or {}, "reasoning": metrics.get("reasoning") or {}})
     for model, r in (metrics.get("retrieval") or {}).items():
         out.update(numbers(f"retrieval/{model}", r or {}))
     out.update(numbers("efficiency", metrics.get("efficiency") or {}))

@@ -441,3 +441,17 @@ def test_a_validation_scored_run_never_reads_a_test_pair_even_when_reranking(in_
     assert m["protocol"]["scored_split"] == "valid" and m["rerank"]["relevant"] == "this split's valid pairs"
     assert str(m["rerank"]["retriever"]).endswith("candidates/lightgcn.parquet")  # the baselines' own file
     assert len(scored & set(zip(test.user_id, test.item_id, strict=True))) == 0
+
+
+def test_the_run_says_which_readout_is_the_method_and_whether_reasoning_is_about_the_pair(shared):
+    from exp3rt.cli.pipeline import summary
+
+    root, first = shared
+    about = first["reasoning"]
+    assert about["n"] == 8 and 0.0 <= about["aspect_precision"] <= 1.0 and 0.0 <= about["aspect_recall"] <= 1.0
+    assert 0.0 < about["distinct_share"] <= 1.0 and 0.0 < about["teacher_aspect_recall"] <= 1.0
+    assert first["flat"]["reasoning/aspect_recall"] == pytest.approx(about["aspect_recall"])
+    text = summary(first, root / "run1")
+    assert "student_expected / student_argmax are the method" in text and "best baseline" in text
+    assert "Reasoning about the pair: aspect precision" in text
+    assert "Reasoning about the pair (synthetic ground truth)" in (root / "run1" / "report.md").read_text()

@@ -46,6 +46,7 @@ def summary(metrics: dict, out_dir: Path) -> str:
             for name, r in rating.items()]
     if rows:
         lines.append(markdown_table(["model", "RMSE", "MAE", "parse rate", "failures"], rows))
+        lines += readout_notes(rating, metrics.get("reasoning") or {})
     gen = metrics.get("generation") or {}
     if gen.get("warning"):
         lines.append(f"WARNING: {gen['warning']}")
@@ -55,6 +56,8 @@ def summary(metrics: dict, out_dir: Path) -> str:
         lines.append(f"\nTop-{rr.get('num_candidates')} reranking of {Path(str(rr.get('retriever'))).stem} candidates "
                      f"({rr.get('users')} users, {rr.get('mode')} mode, {rr.get('seconds_per_user', 0):.3f} s/user)")
         lines.append(markdown_table(["metric", "first stage", "reranked"], [[k, rr[f"before/{k}"], rr.get(f"after/{k}")] for k in keys]))
+        if "before/ndcg@10" in rr and (rr.get("after/ndcg@10") or 0.0) < rr["before/ndcg@10"]:
+            lines.append("Reranking by this student LOWERED nDCG@10: it does not show the method working here.")
     ex = metrics.get("example")
     if ex:
         lines.append(f"\nExample: user {ex['user_id']}, item {ex['item_id']}, true {ex['truth']:g}, "
@@ -65,6 +68,30 @@ def summary(metrics: dict, out_dir: Path) -> str:
     report = out_dir / "report.md"
     lines.append(f"report: {report if report.is_file() else out_dir / 'metrics.json'}")
     return "\n".join(lines)
+
+
+def readout_notes(rating: dict, about: dict) -> list[str]:
+    """Say in words which rows are EXP3RT's method and which are not, and whether the student beat the
+    best rating baseline with it; on the synthetic world, whether its reasoning is about the pair."""
+    notes = []
+    method = (rating.get("student_expected") or {}).get("rmse")
+    baselines = {k: r.get("rmse") for k, r in rating.items() if not k.startswith("student") and r.get("rmse") is not None}
+    if method is not None:
+        line = "student_expected / student_argmax are the method (reasoning, then the rating read after it)"
+        if baselines:
+            best = min(baselines, key=baselines.get)
+            verdict = "beats" if method < baselines[best] else "does NOT beat"
+            line += f"; it {verdict} the best baseline ({best} {baselines[best]:.4f})"
+        notes.append(line + ".")
+    if any(k.startswith("student_direct") for k in rating):
+        notes.append("student_direct_* read the rating right after a rating-only prompt, no reasoning: a check of "
+                     "the readout, not EXP3RT's method.")
+    if about.get("aspect_recall") is not None:
+        notes.append(f"Reasoning about the pair: aspect precision {about['aspect_precision'] or 0:.2f}, recall "
+                     f"{about['aspect_recall']:.2f}, distinct texts {about['distinct_share'] or 0:.2f}"
+                     + (f" (teacher: {about['teacher_aspect_precision']:.2f} / {about['teacher_aspect_recall']:.2f})"
+                        if about.get("teacher_aspect_precision") is not None else "") + ".")
+    return notes
 
 
 def hydra_info() -> dict:

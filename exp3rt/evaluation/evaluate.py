@@ -169,6 +169,7 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
                   + ", ".join(f"{k} {v}" for k, v in sorted(gen["finish"].items())) + ".", ""]
         if gen.get("warning"):
             lines += [f"**Warning:** {gen['warning']}.", ""]
+    lines += reasoning_lines(metrics.get("reasoning"))
     lines += ["## Rating prediction", "", markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows), ""]
     if metrics.get("rerank"):
         rr = metrics["rerank"]
@@ -183,6 +184,23 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
     lines += ["![rating distributions](rating_distributions.png)", "", "![confusion](confusion.png)", "",
               "![calibration](calibration.png)", ""]
     return "\n".join(lines)
+
+
+def reasoning_lines(about: dict | None) -> list[str]:
+    """The report's sentence on whether the reasoning is about the pair (synthetic world only)."""
+    if not about:
+        return []
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.0f}%"
+
+    text = (f"Reasoning about the pair (synthetic ground truth): of the aspects the reasonings name, {pct(about['aspect_precision'])} "
+            f"are where this user's and this item's profiles meet (precision); of those meeting points, "
+            f"{pct(about['aspect_recall'])} are named (recall); {pct(about['distinct_share'])} of the reasonings are distinct texts.")
+    if about.get("teacher_aspect_precision") is not None:
+        text += (f" The teacher's own rationales: precision {pct(about['teacher_aspect_precision'])}, "
+                 f"recall {pct(about['teacher_aspect_recall'])}.")
+    return [text, ""]
 
 
 def scored_pairs_lines(protocol: dict) -> list[str]:
@@ -283,6 +301,16 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
                             "readout": "next-token distribution over the valid rating tokens after the reasoning",
                             "seconds_per_pair": seconds / max(1, len(preds))},
                "rating": rating, "generation": generation_summary(preds, budget)}
+    if str(ev.mode) != "fast":  # on the synthetic world: is the reasoning about the pair?
+        from exp3rt.evaluation.reasoning import reasoning_about_the_pair
+
+        rationale = ann_dir / "rationale.parquet"
+        teacher = pd.read_parquet(rationale) if rationale.is_file() else None
+        if teacher is not None and "status" in teacher:
+            teacher = teacher[teacher["status"] == "ok"]
+        about = reasoning_about_the_pair(prepared.dataset, [(p.user_id, p.item_id, p.reasoning) for p in preds], teacher)
+        if about is not None:
+            metrics["reasoning"] = about
     if metrics["generation"]["cut"]:
         log.warning("%s", metrics["generation"]["warning"])
     write_predictions(preds, out_dir / "predictions.jsonl")
@@ -463,6 +491,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     for model, r in metrics["rating"].items():
         out.update(numbers(f"rating/{model}", r))
     out.update(numbers("rerank", metrics.get("rerank") or {}))
+    out.update(numbers("reasoning", metrics.get("reasoning") or {}))
     gen = metrics.get("generation") or {}
     out.update(numbers("generation", {k: gen[k] for k in ("max_new_tokens", "cut", "cut_rate") if k in gen}))
     return out
