@@ -212,6 +212,29 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def files_into(directory: str | Path, last: Iterable[str] = ("config.json",)) -> Iterator[Path]:
+    """Yield a temporary folder beside ``directory``; on success move each file written there into
+    ``directory`` with ``os.replace`` (the ``last`` names last: they are what marks the folder as
+    complete), keeping any other file ``directory`` already holds. For a model folder that a library
+    saves (``save_pretrained``) into a user's folder, where :func:`atomic_dir` would replace the folder."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(directory)
+    tmp.mkdir()
+    try:
+        yield tmp
+        files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.name in set(last), str(p)))
+        for p in files:
+            _fsync_file(p)
+            dest = directory / p.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, dest)
+        _fsync_dir(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def damage(path: str | Path, check_digest: bool | None = None) -> str | None:
     """Why ``path`` cannot be trusted as a finished artifact (``None`` when it can): missing, its size
     or digest differs from ``<path>.sha``, or (parquet, JSON) it does not parse. A file without a
