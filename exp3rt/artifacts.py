@@ -111,8 +111,11 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+    with open(path, "rb") as f:
+        try:
+            os.fsync(f.fileno())
+        except OSError:  # a filesystem that cannot sync (e.g. some FUSE mounts): the rename still protects
+            pass
 
 
 def _temp_name(path: Path) -> Path:
