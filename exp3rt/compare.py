@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exp3rt.artifacts import write_json_atomic, write_text_atomic
+
 log = logging.getLogger(__name__)
 
 # the columns a user sees without --metrics (each only when some run has it)
@@ -629,8 +631,9 @@ def write_outputs(cmp: Comparison, out_dir: Path, plot: Path | None = None, stem
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json", "plot": plot or out_dir / f"{stem}.png"}
-    paths["markdown"].write_text(cmp.markdown())
-    paths["json"].write_text(json.dumps({**cmp.to_json(), **(extra or {})}, indent=2, default=str))
+    # reports nothing reuses as a finished stage: renamed into place, no .sha record beside them
+    write_text_atomic(paths["markdown"], cmp.markdown(), record=False)
+    write_json_atomic(paths["json"], {**cmp.to_json(), **(extra or {})}, record=False)
     ok = [r for r in cmp.runs if r.ok]
     if bars is None:
         bars = ([r.label for r in ok], [short_name(m) for m in cmp.metrics], [[r.value(m) for m in cmp.metrics] for r in ok])

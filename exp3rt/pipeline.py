@@ -28,7 +28,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from exp3rt.artifacts import fingerprint, save_config, to_container
+from exp3rt.artifacts import (
+    atomic_path,
+    discard,
+    fingerprint,
+    folder_intact,
+    intact,
+    save_config,
+    to_container,
+    write_json_atomic,
+    write_text_atomic,
+)
 from exp3rt.config import ConfigError
 from exp3rt.devices import check_machine, free_memory
 from exp3rt.locks import file_lock  # noqa: F401 - also imported from here
@@ -69,12 +79,23 @@ def stage_fingerprints(cfg: DictConfig, data_fp: str, split_fp: str) -> dict[str
     return {"baselines": base, "train": train, "evaluate": evaluate}
 
 
-#: the file a stage writes last: its artifact is finished when it exists
+#: the file a stage writes last: its artifact is finished when it exists (and is intact)
 MARKERS = {"baselines": "metrics.json", "train": "train.json", "evaluate": "metrics.json"}
 
 
 def _done(stage: str, directory: Path) -> bool:
-    return (directory / MARKERS[stage]).is_file()
+    """The stage's artifact is finished: its marker exists, and neither it nor any file recorded with a
+    ``.sha`` beside it is damaged (a warning names a damaged file; the stage then runs again)."""
+    if not (directory / MARKERS[stage]).is_file():
+        return False
+    return folder_intact(directory, [MARKERS[stage]], f"the {stage} stage in {directory}")
+
+
+def _discard_damaged(stage: str, directory: Path) -> None:
+    """A finished-looking baselines or evaluation folder that failed :func:`_done` is removed before it is
+    made again. A training folder is kept: its checkpoints are the work, and training resumes from them."""
+    if stage in ("baselines", "evaluate") and (directory / MARKERS[stage]).is_file():
+        discard(directory)
 
 
 def stage_dirs(cfg: DictConfig, fps: dict[str, str]) -> dict[str, Path]:
@@ -161,7 +182,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
         out["student"]["quantization_config"] = {"load_in_4bit": q.load_in_4bit, "quant_type": q.bnb_4bit_quant_type}
     out["eval"] = {k: to_container(cfg.eval.get(k)) for k in ("mode", "rerank", "rerank_retriever", "num_candidates",
                                                               "rerank_mode", "max_new_tokens", "failure_policy")}
-    (out_dir / "pipeline.json").write_text(json.dumps(out, indent=2, default=str))
+    write_json_atomic(out_dir / "pipeline.json", out)
     return out
 
 
@@ -189,7 +210,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
     def finish(stage: str, status: str, started: float, **extra) -> None:
         record["stages"][stage] = {"status": status, "dir": str(extra.pop("dir", dirs.get(stage, ""))),
                                    "seconds": round(time.perf_counter() - started, 2), **extra}
-        (out_dir / "pipeline.json").write_text(json.dumps(record, indent=2, default=str))
+        write_json_atomic(out_dir / "pipeline.json", record)
         log.info("stage %s: %s (%s)", stage, status, record["stages"][stage]["dir"])
 
     for stage in STAGES:
@@ -204,6 +225,8 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
                 results[stage] = _load_result(stage, d)
                 finish(stage, "skipped", started, reason="finished artifact with the same inputs")
                 continue
+            if d is not None:
+                _discard_damaged(stage, d)
             if stage == "baselines":
                 from exp3rt.cli.baselines import run as run_baselines
 
@@ -232,7 +255,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
     metrics = combine(cfg, record, results, hydra_info or {})
     if "evaluate" in results:
         metrics["example"] = first_explanation(dirs["evaluate"] / "predictions.jsonl")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_json_atomic(out_dir / "metrics.json", metrics)
     if "evaluate" in results and (dirs["evaluate"] / "report.md").is_file():
         _write_report(out_dir, dirs["evaluate"], record)
     return metrics
@@ -279,6 +302,8 @@ def artifact_usage(directory: Path) -> dict:
     total: dict = {k: 0 for k in keys}
     stages = []
     for path in sorted(directory.glob("*.usage.json")):
+        if not intact(path, "nothing: its stage's cost is left out of this sum"):
+            continue
         u = json.loads(path.read_text()).get("usage") or {}
         stages.append(path.name.split(".")[0])
         for k in keys:
@@ -391,6 +416,7 @@ def _write_report(out_dir: Path, eval_dir: Path, record: dict) -> None:
     text = (eval_dir / "report.md").read_text()
     rows = [[s, r.get("status"), r.get("seconds"), r.get("dir")] for s, r in record["stages"].items()]
     text += "\n## Pipeline stages\n\n" + markdown_table(["stage", "status", "seconds", "artifact"], rows) + "\n"
-    (out_dir / "report.md").write_text(text)
+    write_text_atomic(out_dir / "report.md", text)
     for png in eval_dir.glob("*.png"):
-        shutil.copy2(png, out_dir / png.name)
+        with atomic_path(out_dir / png.name) as tmp:
+            shutil.copy2(png, tmp)

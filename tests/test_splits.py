@@ -85,9 +85,12 @@ def test_prepare_split_persists_and_reloads_without_resampling(tmp_path):
     first = prepare_split(prepared, cfg)
     assert not first.reused
     assert {p.name for p in first.directory.iterdir()} >= {"train.parquet", "valid.parquet", "test.parquet", "meta.json", "split.yaml"}
-    # tamper with the saved test file: a reload must return the file's rows, proving it is not resampled
+    # rewrite the saved test file (with its size/checksum record, else it reads as damaged and is rebuilt):
+    # a reload must return the file's rows, proving it is not resampled
+    from exp3rt.artifacts import write_parquet_atomic
+
     tampered = first.test.iloc[:5]
-    tampered.to_parquet(first.directory / "test.parquet", index=False)
+    write_parquet_atomic(tampered, first.directory / "test.parquet")
     again = prepare_split(prepared, cfg)
     assert again.reused and len(again.test) == 5
     other = prepare_split(prepared, split_cfg(strategy="random", seed=4, test_ratio=0.2))

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from exp3rt.artifacts import write_json_atomic, write_parquet_atomic
 from exp3rt.baselines._ids import IdIndex, require_columns
 from exp3rt.evaluation.metrics import topk_metrics
 
@@ -379,7 +380,7 @@ def write_candidates(recs: Mapping, path: str | Path) -> Path:
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False)
+    write_parquet_atomic(df, path)
     return path
 
 
@@ -411,15 +412,13 @@ def write_relevant(relevant: Mapping[str, set], directory: str | Path, split=Non
     (``eval.candidates_file``) judges the candidates by this file, not by its own split's test pairs,
     so candidates from another dataset run (e.g. the EXP3RT release's top-k split) are scored against
     that run's test split."""
-    import json
-
     rows = [(u, i) for u, items in relevant.items() for i in sorted(items)]
     rows += [(u, None) for u, items in relevant.items() if not items]
     df = pd.DataFrame({"user_id": pd.Series([r[0] for r in rows], dtype="string"),
                        "item_id": pd.Series([r[1] for r in rows], dtype="string")})
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(directory / RELEVANT_FILE, index=False)
+    write_parquet_atomic(df, directory / RELEVANT_FILE)
     meta = {
         "relevant": RELEVANT_FILE,
         "relevant_is": "test items" + ("" if positive_threshold is None else f" rated >= {positive_threshold}"),
@@ -430,7 +429,7 @@ def write_relevant(relevant: Mapping[str, set], directory: str | Path, split=Non
         "users": int(len(relevant)),
         "users_with_relevant": int(sum(1 for s in relevant.values() if s)),
     }
-    (directory / CANDIDATES_META).write_text(json.dumps(meta, indent=2))
+    write_json_atomic(directory / CANDIDATES_META, meta, default=None)
     return directory / RELEVANT_FILE
 
 

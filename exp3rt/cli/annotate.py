@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def annotation_table(result: dict) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.artifacts import save_config
+    from exp3rt.artifacts import save_config, write_json_atomic
     from exp3rt.config import validate
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
@@ -63,7 +62,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
     result = annotate(cfg, prepared, split)
-    (out_dir / "annotate.json").write_text(json.dumps(result, indent=2, default=str))
+    write_json_atomic(out_dir / "annotate.json", result)
     print(annotation_table(result))
     print(f"\nannotations: {result['directory']}")
     return result

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,7 +21,7 @@ log = logging.getLogger("exp3rt.baselines")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.artifacts import save_config
+    from exp3rt.artifacts import save_config, write_json_atomic, write_text_atomic
     from exp3rt.baselines.runner import run_baselines
     from exp3rt.config import SplitStrategy, validate
     from exp3rt.data.loaders import scale_of
@@ -51,9 +50,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         },
         **results,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     table = baselines_report(metrics)
-    (out_dir / "report.md").write_text("# exp3rt baselines\n\n" + table + "\n")
+    write_text_atomic(out_dir / "report.md", "# exp3rt baselines\n\n" + table + "\n")
+    write_json_atomic(out_dir / "metrics.json", metrics, default=None)  # last: the pipeline's "finished" marker
     print(table)
     print(f"\nmetrics: {out_dir / 'metrics.json'}")
     return metrics

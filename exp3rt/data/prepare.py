@@ -19,11 +19,14 @@ import pyarrow as pa
 from exp3rt.artifacts import (
     FORMAT_VERSION,
     StagingDir,
+    discard,
     fingerprint,
+    folder_intact,
     path_digest,
     read_meta,
     save_config,
     write_meta,
+    write_parquet_atomic,
 )
 from exp3rt.config import Loader
 from exp3rt.data.loaders import load_dataset, scale_of
@@ -89,19 +92,22 @@ def prepare_dataset(cfg, data_root: str | Path, force: bool = False) -> Prepared
     directory = Path(data_root) / f"{cfg.name}-{fp[:12]}"
     meta = read_meta(directory)
     if meta is not None and meta.get("fingerprint") == fp and not force:
-        log.info("reusing prepared dataset %s", directory)
-        return PreparedData(directory, fp, _reload(cfg, directory, meta), meta.get("report", {}), True)
+        if folder_intact(directory, ("interactions.parquet", "items.parquet"), f"the prepared dataset {directory.name}"):
+            log.info("reusing prepared dataset %s", directory)
+            return PreparedData(directory, fp, _reload(cfg, directory, meta), meta.get("report", {}), True)
+    if directory.exists() and not force and (meta is None or meta.get("fingerprint") == fp):
+        discard(directory)  # damaged (a warning named the file): rebuilt below
 
     dataset, problems = load_dataset(cfg, InputProblems(strict=bool(cfg.strict)))
     pa.default_memory_pool().release_unused()  # hand the loader's scratch memory back before writing
     summary = dataset.summary()
     with StagingDir(directory) as tmp:
-        dataset.interactions.to_parquet(tmp / "interactions.parquet", index=False)
-        dataset.items.to_parquet(tmp / "items.parquet", index=False)
+        write_parquet_atomic(dataset.interactions, tmp / "interactions.parquet")
+        write_parquet_atomic(dataset.items, tmp / "items.parquet")
         if dataset.extras:
             (tmp / "extras").mkdir()
             for name, frame in dataset.extras.items():
-                frame.to_parquet(tmp / "extras" / f"{name}.parquet", index=False)
+                write_parquet_atomic(frame, tmp / "extras" / f"{name}.parquet")
         problems.write(tmp, summary)
         save_config(cfg, tmp / "dataset.yaml")
         report = {"summary": summary, **problems.to_dict()}

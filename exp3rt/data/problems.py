@@ -19,10 +19,11 @@ why a dataset came out empty.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from exp3rt.artifacts import write_json_atomic, write_text_atomic
 
 MAX_EXAMPLES_PER_KIND = 20
 REPORT_LINES_PER_KIND = 5  # record numbers shown per reason in data_report.md (the JSON keeps up to 20)
@@ -147,7 +148,7 @@ class InputProblems:
         """Write ``data_report.json`` and a human-readable ``data_report.md`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"summary": summary or {}, **self.to_dict()}
-        (directory / "data_report.json").write_text(json.dumps(payload, indent=2, default=str))
+        write_json_atomic(directory / "data_report.json", payload)
         lines = ["# Data report", ""]
         if summary:
             if summary.get("synthetic"):
@@ -178,7 +179,7 @@ class InputProblems:
                 where = _where(self.note_examples.get(kind, []), count)
                 lines.append(f"| {_cell(kind)} | {count} | {where} |")
             lines.append("")
-        (directory / "data_report.md").write_text("\n".join(lines))
+        write_text_atomic(directory / "data_report.md", "\n".join(lines))
         return directory / "data_report.json"
 
 

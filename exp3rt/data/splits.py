@@ -27,7 +27,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from exp3rt.artifacts import StagingDir, fingerprint, read_meta, save_config, write_meta
+from exp3rt.artifacts import (
+    StagingDir,
+    discard,
+    fingerprint,
+    folder_intact,
+    read_meta,
+    save_config,
+    write_meta,
+    write_parquet_atomic,
+)
 from exp3rt.config import ConfigError, HoldoutOrder, SplitStrategy
 from exp3rt.data.prepare import PreparedData
 from exp3rt.data.schema import arrow_to_pandas
@@ -163,8 +172,11 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
     directory = prepared.directory / "splits" / f"{SplitStrategy(cfg.strategy).value}-{fp[:12]}"
     meta = read_meta(directory)
     if meta is not None and meta.get("fingerprint") == fp:
-        parts = {name: pd.read_parquet(directory / f"{name}.parquet") for name in PARTS}
-        return Split(directory, fp, parts["train"], parts["valid"], parts["test"], meta, True)
+        if folder_intact(directory, [f"{name}.parquet" for name in PARTS], f"the split {directory.name}"):
+            parts = {name: pd.read_parquet(directory / f"{name}.parquet") for name in PARTS}
+            return Split(directory, fp, parts["train"], parts["valid"], parts["test"], meta, True)
+    if directory.exists() and (meta is None or meta.get("fingerprint") == fp):
+        discard(directory)  # damaged (a warning named the file): rebuilt below
 
     inter = prepared.dataset.interactions.reset_index(drop=True)
     codes = split_codes(inter, cfg, prepared.dataset.extras)
@@ -202,7 +214,7 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
     }
     with StagingDir(directory) as tmp:
         for name, frame in parts.items():
-            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+            write_parquet_atomic(frame, tmp / f"{name}.parquet")
         save_config(cfg, tmp / "split.yaml")
         write_meta(tmp, "split", cfg, {"data": prepared.fingerprint}, fp, stats=stats, dataset_dir=str(prepared.directory))
     meta = read_meta(directory)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from exp3rt.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from exp3rt.config import ConfigError, validate
 from exp3rt.evaluation.metrics import mae, rmse
 
@@ -129,7 +130,7 @@ def error_table(preds: list[Prediction], which: str, policy: str, models: dict) 
 
 
 def write_predictions(preds: list[Prediction], path: Path) -> Path:
-    with open(path, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for p in preds:
             f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
     return path
@@ -324,8 +325,8 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     if ev.get("rerank"):
         metrics["rerank"] = rerank_candidates(tcfg, adapter_dir, ann_dir, prepared, split, ev)
     example = next((p for p in preds if p.reasoning), preds[0] if preds else None)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    (out_dir / "report.md").write_text(report_markdown(metrics, example))
+    write_text_atomic(out_dir / "report.md", report_markdown(metrics, example))
+    write_json_atomic(out_dir / "metrics.json", metrics)  # last: the file that says the evaluation finished
     if ev.get("wandb") and tcfg.logger.get("wandb", True) and tcfg.logger.mode != "disabled":
         run_id = None
         if cfg.get("wandb_into_train_run") and (run / "wandb_run_id.txt").is_file():

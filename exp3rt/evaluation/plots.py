@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exp3rt.artifacts import atomic_path
+
 
 def _plt():
     import matplotlib
@@ -23,7 +25,8 @@ def _finish(plt, fig, ax, path: Path, title: str, xlabel: str, ylabel: str, lege
     if legend:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -114,6 +117,7 @@ def metric_bars(labels: list[str], metrics: list[str], values: list[list[float |
         axes[0][0].text(0.5, 0.5, "no metrics", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path

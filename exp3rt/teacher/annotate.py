@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from exp3rt.artifacts import fingerprint, save_config, to_container, write_meta
+from exp3rt.artifacts import (
+    fingerprint,
+    intact,
+    save_config,
+    to_container,
+    write_json_atomic,
+    write_meta,
+    write_parquet_atomic,
+)
 from exp3rt.config import ConfigError, TeacherBackendName
 from exp3rt.data.prepare import PreparedData
 from exp3rt.data.splits import Split
@@ -115,6 +123,9 @@ def _read(directory: Path, stage: str) -> pd.DataFrame:
         shards = sorted(directory.glob(f"{stage}.shard-*.parquet"))
         hint = " and merge its shards (merge=true)" if shards else ""
         raise FileNotFoundError(f"{path} is missing: run stage={stage} first{hint}")
+    if not intact(path, f"stage {stage} (rerun stage={stage}; answers still cached are reused)"):
+        raise ConfigError(f"{path} is damaged (see the warning above): rebuild it with stage={stage} "
+                          f"(or stage=all), which reuses the teacher's cached answers")
     return pd.read_parquet(path)
 
 
@@ -124,6 +135,10 @@ def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot merge {stage}: shard files missing in {directory}: {missing}")
+    damaged = [p.name for p in paths if not intact(p, "its shard")]
+    if damaged:
+        raise ConfigError(f"cannot merge {stage}: shard files damaged in {directory}: {damaged}; rerun those shards "
+                          f"(stage={stage} shard=<i> num_shards={num_shards}; cached answers are reused), then merge")
     frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
     records = [read_inputs(stage_file(directory, stage, i, num_shards, "inputs.json")) for i in range(num_shards)]
     if all(r is not None for r in records):
@@ -136,12 +151,13 @@ def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
         bases: dict = {}
         for r in records:
             bases.update(r.get("attempt_base", {}))
-        (directory / f"{stage}.inputs.json").write_text(json.dumps(
-            {"stage": stage, "inputs": records[0]["inputs"], "attempt_base": bases}, indent=2))
-    frame.to_parquet(directory / f"{stage}.parquet", index=False)
+    write_parquet_atomic(frame, directory / f"{stage}.parquet")
+    if all(r is not None for r in records):  # after the stage file: a crash between leaves it looking stale, not fresh
+        write_json_atomic(directory / f"{stage}.inputs.json",
+                          {"stage": stage, "inputs": records[0]["inputs"], "attempt_base": bases}, default=None)
     extra = directory / f"{stage}_pairs.shard-0-of-{num_shards}.parquet"
     if extra.is_file():  # the pair → item-profile map is the same in every shard
-        pd.read_parquet(extra).to_parquet(directory / f"{stage}_pairs.parquet", index=False)
+        write_parquet_atomic(pd.read_parquet(extra), directory / f"{stage}_pairs.parquet")
     usages = [json.loads(stage_file(directory, stage, i, num_shards, "usage.json").read_text())
               for i in range(num_shards) if stage_file(directory, stage, i, num_shards, "usage.json").is_file()]
     summed: dict = {}
@@ -149,7 +165,8 @@ def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
         for k, v in u.get("usage", {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 summed[k] = summed.get(k, 0) + v
-    (directory / f"{stage}.usage.json").write_text(json.dumps({"stage": stage, "merged_shards": num_shards, "usage": summed, "rows": len(frame)}, indent=2))
+    write_json_atomic(directory / f"{stage}.usage.json",
+                      {"stage": stage, "merged_shards": num_shards, "usage": summed, "rows": len(frame)}, default=None)
     return directory / f"{stage}.parquet"
 
 
@@ -177,7 +194,8 @@ def file_digest(path: Path) -> str | None:
 
 
 def read_inputs(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The input digests a stage file recorded (None when missing or damaged, with a warning)."""
+    return json.loads(path.read_text()) if intact(path, "the stage beside it") else None
 
 
 def changed_inputs(directory: Path, recorded: dict | None, names: list[str]) -> list[str]:
@@ -245,7 +263,16 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
         recorded = read_inputs(inputs_path)
         bases: dict[str, int] = dict((recorded or {}).get("attempt_base", {}))
         why: dict = {}
+        usable = False
         if out.is_file() and not cfg.force:
+            # a damaged stage file, or a damaged record of what built it: rebuilt from the answer cache (a warning names it)
+            if inputs_path.is_file() and recorded is None:
+                why["rebuilt"] = {"damaged": inputs_path.name}
+            elif intact(out, f"stage {stage} from the answer cache (nothing is sent twice)"):
+                usable = True
+            else:
+                why["rebuilt"] = {"damaged": out.name}
+        if usable:
             old = pd.read_parquet(out)
             changed = changed_inputs(directory, recorded, stage_inputs(cfg, stage))
             failed_keys = failed_row_keys(stage, old) if retry_failed else []
@@ -284,17 +311,17 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
             frame = await run_rationales(runner, ctx, _read(directory, "user_profile"), _read(directory, "item_profile"),
                                          _read(directory, "item_profile_pairs"))
         digests = {name: file_digest(directory / name) for name in stage_inputs(cfg, stage)}
-        frame.to_parquet(out, index=False)
+        write_parquet_atomic(frame, out)
         if pair_map is not None:
-            pair_map.to_parquet(stage_file(directory, "item_profile_pairs", i, n), index=False)
-        inputs_path.write_text(json.dumps({"stage": stage, "inputs": digests, "attempt_base": bases}, indent=2))
+            write_parquet_atomic(pair_map, stage_file(directory, "item_profile_pairs", i, n))
+        write_json_atomic(inputs_path, {"stage": stage, "inputs": digests, "attempt_base": bases}, default=None)
         failures = write_failures(frame, stage_file(directory, stage, i, n, "failures.jsonl"))
         after = client.usage_summary()
         usage = {k: (after[k] - before.get(k, 0)) if isinstance(after[k], int | float) and not isinstance(after[k], bool) else after[k]
                  for k in after}
         summary = {"stage": stage, "shard": i, "num_shards": n, **why, **_summary(frame), "failures": failures,
                    "seconds": round(time.perf_counter() - t0, 2), "usage": usage}
-        stage_file(directory, stage, i, n, "usage.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_json_atomic(stage_file(directory, stage, i, n, "usage.json"), summary)
         report[stage] = summary
         log.info("stage %s: %s", stage, summary["status"])
     return report
@@ -366,9 +393,9 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
     pair_map = pd.DataFrame({"user_id": pp["user_id"].astype(str), "item_id": pp["item_id"].astype(str),
                              "job_item": pp["item_id"].astype(str), "job_user": pp["user_id"].astype(str)})
     directory.mkdir(parents=True, exist_ok=True)
-    user_frame.to_parquet(directory / "user_profile.parquet", index=False)
-    item_frame.to_parquet(directory / "item_profile.parquet", index=False)
-    pair_map.to_parquet(directory / "item_profile_pairs.parquet", index=False)
+    write_parquet_atomic(user_frame, directory / "user_profile.parquet")
+    write_parquet_atomic(item_frame, directory / "item_profile.parquet")
+    write_parquet_atomic(pair_map, directory / "item_profile_pairs.parquet")
     report = {"user_profile": {"rows": len(user_frame), "imported": True}, "item_profile": {"rows": len(item_frame), "imported": True}}
     if "rationales" in extras:
         # the release labels each rationale by the file it came from; this run's split decides the part
@@ -377,7 +404,7 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
                              for name, part in (("train", split.train), ("valid", split.valid), ("test", split.test))])
         rat = rat.merge(ratings, on=["user_id", "item_id"], how="inner")
         frame = rat.assign(status="ok", raw=None, problem=None, attempts=0)
-        frame.to_parquet(directory / "rationale.parquet", index=False)
+        write_parquet_atomic(frame, directory / "rationale.parquet")
         report["rationale"] = {"rows": len(frame), "imported": True,
                                "per_split": {k: int(v) for k, v in frame["split"].value_counts().items()},
                                "not_in_split": int(len(extras["rationales"]) - len(frame))}

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from exp3rt.artifacts import atomic_path
 from exp3rt.config import ConfigError, ItemReviewPolicy, Similarity
 from exp3rt.data.schema import RatingScale
 from exp3rt.teacher.backends.base import ChatRequest
@@ -515,7 +516,7 @@ async def consistency(runner: StageRunner, ctx: AnnotationContext, frame: pd.Dat
 
 def write_failures(frame: pd.DataFrame, path: Path) -> int:
     failed = frame[frame["status"].isin(FAILED_STATUSES)]
-    with open(path, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for rec in failed.to_dict("records"):
             f.write(json.dumps({k: v for k, v in rec.items() if k in ("user_id", "item_id", "target_user", "status", "raw", "problem")}, default=str) + "\n")
     return len(failed)
