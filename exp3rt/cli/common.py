@@ -19,7 +19,9 @@ def fail_cleanly(log: logging.Logger):
     instead of a traceback; set EXP3RT_TRACEBACK=1 to see the traceback. (A crash with a traceback
     exits 1.)"""
     from exp3rt.teacher.backends.base import TeacherError
+    from exp3rt.versions import warn_untested_versions
 
+    warn_untested_versions()  # a library upgraded past the tested range is said once, up front
     try:
         yield
     except (ConfigError, DataError, FileNotFoundError, TeacherError, LockHeld) as e:
