@@ -8,8 +8,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from exp3rt import CONF_DIR
-from exp3rt import versions
+from exp3rt import CONF_DIR, versions
 from exp3rt.versions import REACHED_INTO, untested_versions
 
 
