@@ -62,6 +62,25 @@ class EvalPart(StrEnum):
     valid = "valid"  # the split's validation pairs: what a search (Optuna, a W&B sweep) may optimise
 
 
+class ReadoutMode(StrEnum):
+    full = "full"  # reasoning, then the rating readout after it
+    fast = "fast"  # the readout alone, right after the prompt
+
+
+class EvalBackend(StrEnum):
+    hf = "hf"  # transformers, CPU or GPU
+    vllm = "vllm"  # the `vllm` extra, a CUDA GPU
+
+
+class FailurePolicy(StrEnum):
+    """What a failed readout is scored as (always counted): a baseline's prediction, or left out."""
+
+    user_mean = "user_mean"
+    item_mean = "item_mean"
+    global_mean = "global_mean"
+    exclude = "exclude"
+
+
 class OverlapPolicy(StrEnum):
     """What exp3rt-evaluate does with ``eval.test_file`` pairs that the student's training data holds."""
 
@@ -205,8 +224,8 @@ class EvalConf:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     candidates: str = "full"  # full: rank all non-training items (the protocol is logged)
     # exp3rt-evaluate (student): reasoning then readout (full) or readout alone (fast)
-    mode: str = "full"
-    failure_policy: str = "user_mean"  # user_mean | item_mean | global_mean | exclude (counted either way)
+    mode: ReadoutMode = ReadoutMode.full
+    failure_policy: FailurePolicy = FailurePolicy.user_mean  # user_mean | item_mean | global_mean | exclude (counted either way)
     max_pairs: int | None = None  # evaluate the first n test pairs (null: all)
     batch_size: int = 16  # rows per forward on the hf backend (vLLM schedules its own batches)
     max_new_tokens: int | None = None  # null: the longest answer the student trained on + 16 (train.json), else student.max_new_tokens
@@ -217,7 +236,7 @@ class EvalConf:
     rerank: bool = False
     rerank_retriever: str = "lightgcn"  # popularity | bpr_mf | lightgcn, fitted on the training split
     num_candidates: int = 20  # the paper reranks top-20
-    rerank_mode: str = "fast"  # fast: readout only; full: reasoning then readout
+    rerank_mode: ReadoutMode = ReadoutMode.fast  # fast: readout only; full: reasoning then readout
     rerank_max_users: int | None = 50  # test users reranked (null: all)
     candidates_file: str | None = None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
     split: EvalPart = EvalPart.test  # test | valid (a hyperparameter search optimises on valid, never on test)
@@ -228,7 +247,7 @@ class EvalConf:
     wandb_rows: int = 200  # explanations in the table
     # the student's inference engine: hf (transformers, CPU or GPU) | vllm (the `vllm` extra, a CUDA GPU);
     # both give the same readouts (exp3rt.inference.vllm_backend)
-    backend: str = "hf"
+    backend: EvalBackend = EvalBackend.hf
     # hf backend: where the student runs. auto = the first CUDA GPU when torch sees one, else the CPU;
     # or cpu | cuda | cuda:N | mps
     device: str = "auto"
@@ -241,7 +260,6 @@ class EvalConf:
     vllm_enforce_eager: bool = False  # true: skip CUDA-graph capture (faster start, slower decoding)
 
 
-EVAL_BACKENDS = ("hf", "vllm")
 
 
 class TeacherBackendName(StrEnum):
@@ -683,11 +701,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     if ev is not None:
         if any(k < 1 for k in ev.ks):
             raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
-        if ev.mode not in ("full", "fast"):
-            raise ConfigError(f"config key 'eval.mode' must be full or fast (got {ev.mode!r})")
-        policies = ("user_mean", "item_mean", "global_mean", "exclude")
-        if ev.failure_policy not in policies:
-            raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(policies)} (got {ev.failure_policy!r})")
         check_eval_backend(ev)
     if typed.get("threads") is not None:
         check_threads(typed.threads)
@@ -855,8 +868,6 @@ def vllm_installed() -> bool:
 
 def check_eval_backend(ev) -> None:
     """``eval.backend`` and the vLLM knobs, before any model loads."""
-    if ev.backend not in EVAL_BACKENDS:
-        raise ConfigError(f"config key 'eval.backend' must be one of {list(EVAL_BACKENDS)} (got {ev.backend!r})")
     check_device(getattr(ev, "device", "auto"), "eval.device")
     if ev.backend != "vllm":
         return

@@ -63,6 +63,11 @@ def rejection(overrides: list[str]) -> str:
         (["split.test_ratio=0.6", "split.valid_ratio=0.5"], "split.valid_ratio", "must be below 1"),
         (["baselines.rating.models=[svdpp]"], "baselines.rating.models", "unknown model 'svdpp'; allowed:"),
         (["eval.ks=[0,5]"], "eval.ks", "must hold positive cut-offs"),
+        (["eval.mode=slow"], "eval.mode", "Invalid value 'slow', expected one of [full, fast]"),
+        (["eval.rerank_mode=half"], "eval.rerank_mode", "expected one of [full, fast]"),
+        (["eval.failure_policy=zero"], "eval.failure_policy", "expected one of [user_mean, item_mean, global_mean, exclude]"),
+        (["eval.split=train"], "eval.split", "expected one of [test, valid]"),
+        (["eval.test_file_overlap=keep"], "eval.test_file_overlap", "expected one of [error, drop]"),
         (["split.leave_n_out=1"], "split.leave_n_out", "applies only to split.strategy=per_user"),
     ],
 )

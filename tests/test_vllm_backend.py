@@ -321,8 +321,10 @@ def _eval_cfg(overrides):
 
 def test_backend_config_errors(monkeypatch):
     assert validate(_eval_cfg([])).eval.backend == "hf"
-    with pytest.raises(ConfigError, match=r"config key 'eval.backend' must be one of \['hf', 'vllm'\] \(got 'tgi'\)"):
-        validate(_eval_cfg(["eval.backend=tgi"]))
+    from helpers import rejection
+
+    told = rejection(_eval_cfg, ["eval.backend=tgi"])  # the schema's enum, while composing
+    assert "eval.backend" in told and "Invalid value 'tgi', expected one of [hf, vllm]" in told
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed (as on this machine)
     with pytest.raises(ConfigError) as err:
         validate(_eval_cfg(["eval.backend=vllm"]))

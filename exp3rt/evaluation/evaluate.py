@@ -21,12 +21,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import atomic_path, write_json_atomic, write_text_atomic
-from exp3rt.config import ConfigError, validate
+from exp3rt.config import ConfigError, FailurePolicy, validate
 from exp3rt.evaluation.metrics import mae, rmse
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("user_mean", "item_mean", "global_mean", "exclude")
+POLICIES = tuple(p.value for p in FailurePolicy)
 
 
 @dataclass
@@ -90,8 +90,6 @@ def apply_fallback(value: float | None, policy: str, user_id: str, item_id: str,
     error metrics and counted, never scored as zero error."""
     if value is not None:
         return value, False
-    if policy not in POLICIES:
-        raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(POLICIES)} (got {policy!r})")
     if policy == "exclude":
         return None, True
     return float(models[policy].predict([user_id], [item_id])[0]), True
@@ -100,8 +98,7 @@ def apply_fallback(value: float | None, policy: str, user_id: str, item_id: str,
 def error_table(preds: list[Prediction], which: str, policy: str, models: dict) -> dict:
     """RMSE/MAE of one readout (``argmax`` | ``expected`` | ``direct_*``) overall, warm and cold, with the
     number of failures and how they were handled (``models``: :func:`fallback_models`)."""
-    if policy not in POLICIES:
-        raise ConfigError(f"config key 'eval.failure_policy' must be one of {list(POLICIES)} (got {policy!r})")
+    policy = FailurePolicy(policy)  # a value the schema checked; a caller's typo is a ValueError naming it
     missing = [p for p in preds if getattr(p, f"rating_{which}") is None]
     filled = {}  # (user, item) -> the policy's baseline prediction, one predict call for every failure
     if missing and policy != "exclude":

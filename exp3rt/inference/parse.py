@@ -15,8 +15,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from exp3rt.config import FailurePolicy
+
 RATING_RE = re.compile(r"Predicted User Rating:\s*(-?\d+(?:\.\d+)?)")
-FALLBACK_POLICIES = ("user_mean", "item_mean", "global_mean", "exclude")
+FALLBACK_POLICIES = tuple(p.value for p in FailurePolicy)
 
 
 def parse_rating(text: str, scale_min: float, scale_max: float, from_text=None) -> float | None:
