@@ -357,6 +357,22 @@ class PromptConf:
     repair: str = MISSING
 
 
+class Dtype(StrEnum):
+    """The student's weights as loaded."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class PeftMethod(StrEnum):
+    lora = "lora"
+    none = "none"  # a full fine-tune
+
+
+QUANTIZATIONS = (None, "4bit")  # a string, not an enum: "4bit" cannot be an enum member's name
+
+
 @dataclass
 class StudentConf:
     """The student model. ``model_path`` is a local folder or a hub id (GPU machines); ``tiny`` builds a
@@ -368,7 +384,7 @@ class StudentConf:
     tiny_vocab: str = "bpe"
     tiny_hidden: int = 64
     tiny_layers: int = 2
-    dtype: str = "float32"  # float32 | bfloat16 | float16: weights as loaded
+    dtype: Dtype = Dtype.float32  # float32 | bfloat16 | float16: weights as loaded
     quantization: str | None = None  # null | 4bit (QLoRA through the `qlora` extra: bitsandbytes, GPU)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
     max_new_tokens: int = 160  # reasoning length for in-training validation generation (and evaluation of runs without train.json answer_tokens)
@@ -376,7 +392,7 @@ class StudentConf:
 
 @dataclass
 class PeftConf:
-    method: str = "lora"  # lora | none (full fine-tune)
+    method: PeftMethod = PeftMethod.lora  # lora | none (full fine-tune)
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
@@ -704,6 +720,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         check_eval_backend(ev)
     if typed.get("threads") is not None:
         check_threads(typed.threads)
+    st = typed.get("student")
+    if st is not None and st.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"config key 'student.quantization' must be null or 4bit (got {st.quantization!r})")
     _validate_training(typed)
     sft = typed.get("sft")
     if sft is not None:

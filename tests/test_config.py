@@ -64,6 +64,7 @@ def rejection(overrides: list[str]) -> str:
         (["baselines.rating.models=[svdpp]"], "baselines.rating.models", "unknown model 'svdpp'; allowed:"),
         (["eval.ks=[0,5]"], "eval.ks", "must hold positive cut-offs"),
         (["eval.mode=slow"], "eval.mode", "Invalid value 'slow', expected one of [full, fast]"),
+
         (["eval.rerank_mode=half"], "eval.rerank_mode", "expected one of [full, fast]"),
         (["eval.failure_policy=zero"], "eval.failure_policy", "expected one of [user_mean, item_mean, global_mean, exclude]"),
         (["eval.split=train"], "eval.split", "expected one of [test, valid]"),
@@ -85,3 +86,20 @@ def test_paths_resolve_to_the_repository():
     cfg = compose_baselines([])
     assert Path(cfg.paths.root_dir) == CONF_DIR.parent
     assert cfg.paths.data_dir.endswith("artifacts/data") or "EXP3RT_ARTIFACTS" in __import__("os").environ
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "message"),
+    [
+        (["student.dtype=fp8"], "student.dtype", "expected one of [float32, bfloat16, float16]"),
+        (["peft.method=prefix"], "peft.method", "expected one of [lora, none]"),
+        (["student.quantization=8bit"], "student.quantization", "must be null or 4bit (got '8bit')"),
+    ],
+)
+def test_bad_student_values_are_rejected_before_any_model_loads(overrides, key, message):
+    def compose_train(ov):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=ov)
+
+    said = _rejection(compose_train, overrides)
+    assert key in said and message in said
