@@ -15,10 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from exp3rt.devices import check_device
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work, explained in one sentence."""
+from exp3rt.errors import ConfigError  # noqa: F401 - the name every module imports from here
 
 
 class Loader(StrEnum):
@@ -732,10 +729,28 @@ def validate(cfg: DictConfig) -> DictConfig:
         check_ablation(ab)
     student_prompt = typed.get("student_prompt")
     if student_prompt is not None:
-        from exp3rt.student.prompts import section_order
-
         section_order(student_prompt.rating)
     return typed
+
+
+#: the rating prompt's sections (conf/student_prompt/): one template each under student_prompt.rating.sections
+RATING_SECTIONS = ("user_profile", "item_description", "item_profile", "user_reviews", "item_reviews")
+
+
+def section_order(rating) -> list[str]:
+    """The order of the rating prompt's sections: ``rating.section_order`` (every section named exactly
+    once), or the order they are written in under ``rating.sections``."""
+    order = [str(x) for x in (rating.get("section_order") or [])]
+    if not order:
+        return [str(name) for name in rating.sections]
+    unknown = [x for x in order if x not in RATING_SECTIONS]
+    twice = sorted({x for x in order if order.count(x) > 1})
+    missing = [x for x in RATING_SECTIONS if x not in order]
+    if unknown or twice or missing:
+        what = "; ".join(f"{label} {names}" for label, names in
+                         (("unknown", unknown), ("named twice", twice), ("missing", missing)) if names)
+        raise ConfigError(f"student_prompt.rating.section_order must name each of {list(RATING_SECTIONS)} once: {what}")
+    return order
 
 
 def find_auto(node: Any, path: str) -> str | None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 
+from exp3rt.errors import ConfigError
+
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 def check_device(name: str | None, key: str) -> str:
     """The setting's value when it names a device (``DEVICE_PATTERN``), else a :class:`ConfigError` naming
     ``key``; needs no torch, so configs are checked before anything loads."""
-    from exp3rt.config import ConfigError
-
     name = str(name or "auto")
     if not re.fullmatch(DEVICE_PATTERN, name):
         raise ConfigError(f"config key '{key}' must be auto, cpu, mps, cuda or cuda:N (got {name!r})")
@@ -22,8 +22,6 @@ def check_device(name: str | None, key: str) -> str:
 def resolve_device(name: str | None, key: str = "eval.device"):
     """The ``torch.device`` for a config value; ``key`` names the setting in the errors."""
     import torch
-
-    from exp3rt.config import ConfigError
 
     name = check_device(name, key)
     if name == "auto":
@@ -56,8 +54,6 @@ def check_machine(cfg) -> None:
     import importlib.util
 
     import torch
-
-    from exp3rt.config import ConfigError
 
     tr = cfg.get("trainer")
     if tr is not None and str(tr.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():

@@ -24,8 +24,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.artifacts import save_config, write_json_atomic, write_text_atomic
     from exp3rt.baselines.runner import run_baselines
     from exp3rt.config import SplitStrategy, validate
-    from exp3rt.data.loaders import scale_of
     from exp3rt.data.prepare import prepare_dataset
+    from exp3rt.data.schema import scale_of
     from exp3rt.data.splits import prepare_split
     from exp3rt.evaluation.report import baselines_report
     from exp3rt.threads import apply_threads

@@ -32,8 +32,9 @@ import pandas as pd
 import pyarrow as pa
 
 from exp3rt.config import VariantPolicy
+from exp3rt.data.files import require_file
 from exp3rt.data.problems import InputProblems
-from exp3rt.data.schema import INTERACTION_SCHEMA, Dataset, RatingScale
+from exp3rt.data.schema import INTERACTION_SCHEMA, Dataset, RatingScale, scale_of
 from exp3rt.data.textio import bad_json_reason, is_utf8, iter_line_blocks
 
 CHUNK_ROWS = 20_000  # small enough that the Python lists and Arrow builders stay small
@@ -61,7 +62,6 @@ K_BAD_VOTE = "vote: not a count"
 
 
 def load_amazon2018(cfg, problems: InputProblems) -> Dataset:
-    from exp3rt.data.loaders import require_file, scale_of  # the registry module imports this one lazily
 
     scale = scale_of(cfg)
     require_file(cfg.path, "dataset.path", cfg)

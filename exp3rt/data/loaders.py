@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from exp3rt.config import ConfigError, DuplicatePolicy, Loader
+from exp3rt.config import DuplicatePolicy, Loader
+from exp3rt.data.files import require_file  # noqa: F401 - also imported from here
 from exp3rt.data.problems import DataError, InputProblems, NoUsableData
-from exp3rt.data.schema import Dataset, RatingScale, conform_interactions, conform_items
+from exp3rt.data.schema import Dataset, RatingScale, conform_interactions, conform_items, scale_of  # noqa: F401
 
 LoaderFn = Callable[[object, InputProblems], Dataset]
 
@@ -36,29 +37,6 @@ def _registry() -> dict[Loader, LoaderFn]:
         Loader.tabular: load_tabular,
         Loader.lightgcn_topk: load_topk,
     }
-
-
-def scale_of(cfg) -> RatingScale:
-    return RatingScale(float(cfg.scale.min), float(cfg.scale.max), float(cfg.scale.step))
-
-
-def require_file(path, key: str, cfg) -> Path:
-    """``path`` (from config key ``key``) as a file: a folder is a configuration mistake, named with
-    the files inside it that could be meant."""
-    path = Path(str(path))
-    if path.is_dir():
-        files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        hint = (
-            f"pass {key}={path / files[0]}" + (f" (the folder holds {', '.join(files[:5])}"
-                                               + (", …" if len(files) > 5 else "") + ")")
-            if files
-            else f"pass {key}=/path/to/the/file (the folder holds no files)"
-        )
-        raise ConfigError(
-            f"config key '{key}' names the folder {path}, but loader '{Loader(cfg.loader).value}' of dataset "
-            f"'{cfg.name}' reads one file: {hint}"
-        )
-    return path
 
 
 def no_usable_interactions(cfg, problems: InputProblems) -> NoUsableData:

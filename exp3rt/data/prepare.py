@@ -29,9 +29,10 @@ from exp3rt.artifacts import (
     write_parquet_atomic,
 )
 from exp3rt.config import Loader
-from exp3rt.data.loaders import load_dataset, scale_of
+from exp3rt.data.files import require_file
+from exp3rt.data.loaders import load_dataset
 from exp3rt.data.problems import InputProblems
-from exp3rt.data.schema import Dataset, conform_interactions, conform_items
+from exp3rt.data.schema import Dataset, conform_interactions, conform_items, scale_of
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ def input_digests(cfg) -> dict[str, str]:
                     out[f"release.{key}"] = path_digest(p)
         else:
             if Loader(cfg.loader) in (Loader.amazon2018, Loader.tabular):  # the loaders that read one file
-                from exp3rt.data.loaders import require_file
 
                 require_file(root, "dataset.path", cfg)  # a folder: say so before digesting all of it
             out["path"] = path_digest(root)
@@ -73,7 +73,6 @@ def input_digests(cfg) -> dict[str, str]:
         meta = Path(cfg.meta_path)
         if not meta.exists():
             raise FileNotFoundError(f"dataset.meta_path does not exist: {meta} (dataset '{cfg.name}')")
-        from exp3rt.data.loaders import require_file
 
         if Loader(cfg.loader) in (Loader.amazon2018, Loader.tabular):
             require_file(meta, "dataset.meta_path", cfg)

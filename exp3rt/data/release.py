@@ -35,7 +35,7 @@ import pandas as pd
 
 from exp3rt.config import ConfigError
 from exp3rt.data.problems import InputProblems
-from exp3rt.data.schema import Dataset, RatingScale
+from exp3rt.data.schema import Dataset, RatingScale, scale_of
 
 RATING_FIELDS = ["user_id", "item_id", "user_persona", "item_synopsis", "item_description", "score"]
 RATING_COLUMNS = [
@@ -801,7 +801,6 @@ def load_release(cfg, problems: InputProblems) -> Dataset:
     - ``user_profile_sft`` / ``item_profile_sft``: see :func:`read_profile_sft`
     - ``topk_train`` / ``topk_test``: LightGCN implicit interactions in original ids (:func:`read_topk`)
     """
-    from exp3rt.data.loaders import scale_of
 
     rating_keys = [f"rating_{s}" for s in SPLITS]
     if not any(cfg.release.get(k) for k in rating_keys):

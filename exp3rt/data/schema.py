@@ -187,3 +187,8 @@ def conform_interactions(df: pd.DataFrame) -> pd.DataFrame:
 
 def conform_items(df: pd.DataFrame) -> pd.DataFrame:
     return _conform(df, ITEM_SCHEMA, {"categories": list, "extra": lambda: "{}"})
+
+
+def scale_of(cfg) -> RatingScale:
+    """The rating scale a ``dataset`` config declares."""
+    return RatingScale(float(cfg.scale.min), float(cfg.scale.max), float(cfg.scale.step))

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from exp3rt.data.problems import InputProblems
-from exp3rt.data.schema import Dataset, RatingScale
+from exp3rt.data.schema import Dataset, RatingScale, scale_of
 from exp3rt.data.world_vocab import (
     ALIASES,
     GENERIC_DOMAIN,
@@ -407,7 +407,6 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
 
 def load_synthetic(cfg, problems: InputProblems) -> Dataset:
     """Registry entry: the world of ``cfg.world`` in ``cfg.domain`` on ``cfg.scale``."""
-    from exp3rt.data.loaders import scale_of  # loaders imports this module lazily; avoid a cycle
 
     try:
         return generate_world(cfg.world, str(cfg.domain), scale_of(cfg), name=str(cfg.name))

@@ -34,8 +34,9 @@ import pyarrow as pa
 
 from exp3rt.config import ConfigError
 from exp3rt.data.amazon import INTERACTIONS_WITH_LINE, to_frame
+from exp3rt.data.files import require_file
 from exp3rt.data.problems import DataError, InputProblems
-from exp3rt.data.schema import Dataset, RatingScale
+from exp3rt.data.schema import Dataset, RatingScale, scale_of
 from exp3rt.data.textio import iter_line_blocks, parse_json_line
 
 FORMAT_BY_EXTENSION = {
@@ -59,7 +60,6 @@ _VOTE_SEP = re.compile(r"^\s*\d{1,3}(,\d{3})+\s*$")
 
 
 def load_tabular(cfg, problems: InputProblems) -> Dataset:
-    from exp3rt.data.loaders import require_file, scale_of
 
     scale = scale_of(cfg)
     path = str(require_file(cfg.path, "dataset.path", cfg))

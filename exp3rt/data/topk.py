@@ -32,7 +32,7 @@ import pandas as pd
 from exp3rt.config import ConfigError, DuplicatePolicy
 from exp3rt.data.problems import InputProblems
 from exp3rt.data.release import TOPK_FILES, read_topk
-from exp3rt.data.schema import Dataset
+from exp3rt.data.schema import Dataset, scale_of
 
 IMPLICIT_RATING = 1.0
 
@@ -69,7 +69,6 @@ def load_topk(cfg, problems: InputProblems) -> Dataset:
 
     Extras: ``split_labels`` (``user_id, item_id, split``), ``topk_user_ids`` / ``topk_item_ids`` (the
     ``org_id, remap_id`` maps, e.g. to write the split back in LightGCN or RecBole form)."""
-    from exp3rt.data.loaders import scale_of
 
     if not cfg.path:
         raise ConfigError(

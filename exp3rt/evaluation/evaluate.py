@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -23,32 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from exp3rt.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from exp3rt.config import ConfigError, FailurePolicy, validate
 from exp3rt.evaluation.metrics import mae, rmse
+from exp3rt.inference.prediction import Prediction  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
 POLICIES = tuple(p.value for p in FailurePolicy)
-
-
-@dataclass
-class Prediction:
-    user_id: str
-    item_id: str
-    truth: float
-    warm: bool
-    reasoning: str
-    probs: dict[str, float] = field(default_factory=dict)  # rating text -> probability (valid ratings only)
-    rating_argmax: float | None = None  # most likely rating (readout)
-    rating_expected: float | None = None  # expected rating (readout)
-    # the probability the student put on any valid rating after the answer prefix (the readout's mass
-    # before renormalising): low mass means its own greedy continuation would not be a rating
-    valid_mass: float | None = None
-    fallback: bool = False  # the readout failed and the failure policy supplied the value
-    fallback_value: float | None = None
-    finish: str | None = None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
-    # a student trained with sft task rating_direct: its readout right after the rating-only prompt
-    direct_probs: dict[str, float] | None = None
-    rating_direct_argmax: float | None = None
-    rating_direct_expected: float | None = None
 
 
 def find_train_run(run_dir: str | None, adapter: str | None) -> tuple[Path, Path]:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from exp3rt.devices import free_memory, resolve_device
-from exp3rt.evaluation.evaluate import Prediction
+from exp3rt.inference.prediction import Prediction
 
 _LOADED: dict = {}  # the student of the evaluation in progress: predictions, the rating-only readout and
 # reranking share one load (an 8B model takes minutes to load); released when the evaluation ends

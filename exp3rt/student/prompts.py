@@ -13,12 +13,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from exp3rt import CONF_DIR
-from exp3rt.config import ConfigError, StudentPromptConf
+from exp3rt.config import RATING_SECTIONS, ConfigError, StudentPromptConf, section_order
 from exp3rt.prompting import Spanned, check_placeholders, render_spans, template_digest
 from exp3rt.student.ratings import RatingTokens
 
 GENERATION_TASKS = ("extract", "user_profile", "item_profile")
-RATING_SECTIONS = ("user_profile", "item_description", "item_profile", "user_reviews", "item_reviews")
 #: fields whose text may be shortened (middle cut) when an example is too long
 CUT_FIELDS = frozenset({"review", "preference_sets", *RATING_SECTIONS})
 
@@ -123,22 +122,6 @@ class StudentPrompts:
         if rationale is None:
             return render_spans(self.cfg.rating.answer_rating_only, values, "student_prompt.rating.answer_rating_only").text
         return render_spans(self.cfg.rating.answer, {**values, "rationale": rationale.strip()}, "student_prompt.rating.answer").text
-
-
-def section_order(rating) -> list[str]:
-    """The order of the rating prompt's sections: ``rating.section_order`` (every section named exactly
-    once), or the order they are written in under ``rating.sections``."""
-    order = [str(x) for x in (rating.get("section_order") or [])]
-    if not order:
-        return [str(name) for name in rating.sections]
-    unknown = [x for x in order if x not in RATING_SECTIONS]
-    twice = sorted({x for x in order if order.count(x) > 1})
-    missing = [x for x in RATING_SECTIONS if x not in order]
-    if unknown or twice or missing:
-        what = "; ".join(f"{label} {names}" for label, names in
-                         (("unknown", unknown), ("named twice", twice), ("missing", missing)) if names)
-        raise ConfigError(f"student_prompt.rating.section_order must name each of {list(RATING_SECTIONS)} once: {what}")
-    return order
 
 
 def _join(parts: list[Spanned], separator: str) -> Spanned:
