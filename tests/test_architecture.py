@@ -4,7 +4,6 @@ function is still one module needing the other to exist first)."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from exp3rt import CONF_DIR
 
