@@ -22,7 +22,7 @@ from exp3rt.baselines.rating import build_rating_baselines
 from exp3rt.baselines.retrievers import build_retrievers, evaluate_retriever
 from exp3rt.config import RatingBaselinesConf, RetrieverBaselinesConf
 from exp3rt.data.schema import RatingScale
-from exp3rt.evaluation.metrics import mae, rmse
+from exp3rt.metrics import mae, rmse
 
 
 def load(path: str, seed: int = 42, test_ratio: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:

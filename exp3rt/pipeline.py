@@ -39,6 +39,7 @@ from exp3rt.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
+from exp3rt.baselines.runner import baselines_stage
 from exp3rt.config import ConfigError
 from exp3rt.devices import check_machine, free_memory
 from exp3rt.locks import file_lock  # noqa: F401 - also imported from here
@@ -228,9 +229,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
             if d is not None:
                 _discard_damaged(stage, d)
             if stage == "baselines":
-                from exp3rt.cli.baselines import run as run_baselines
-
-                results[stage] = run_baselines(_stage_cfg(cfg), d)
+                results[stage] = baselines_stage(prepared, split, cfg.baselines, cfg.eval, d, config=cfg)
                 finish(stage, "ran", started)
             elif stage == "annotate":
                 results[stage] = _annotate(cfg, prepared, split, force="annotate" in force)

@@ -29,7 +29,7 @@ from exp3rt.baselines.retrievers import (
 )
 from exp3rt.config import RatingBaselinesConf, RetrieverBaselinesConf
 from exp3rt.data.schema import RatingScale
-from exp3rt.evaluation.metrics import rmse
+from exp3rt.metrics import rmse
 
 torch.set_num_threads(1)
 

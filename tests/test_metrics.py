@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exp3rt.evaluation.metrics import (
+from exp3rt.metrics import (
     dcg_at_k,
     hit_at_k,
     mae,

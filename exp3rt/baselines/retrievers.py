@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from exp3rt.artifacts import write_json_atomic, write_parquet_atomic
 from exp3rt.baselines._ids import IdIndex, require_columns
-from exp3rt.evaluation.metrics import topk_metrics
+from exp3rt.metrics import topk_metrics
 
 Recs = dict[str, list[str]] | dict[str, list[tuple[str, float]]]
 

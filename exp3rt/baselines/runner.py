@@ -11,7 +11,7 @@ import numpy as np
 
 from exp3rt.data.schema import RatingScale
 from exp3rt.data.splits import Split
-from exp3rt.evaluation.metrics import mae, rmse
+from exp3rt.metrics import mae, rmse
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +87,35 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
         },
     }
     return results
+
+
+def baselines_stage(prepared, split: Split, cfg, eval_cfg, out_dir: Path, config=None) -> dict:
+    """The baselines stage over its artifact handles (prepared data, split) and its config slice
+    (``baselines``, ``eval`` for the cut-offs): fit, score, write ``candidates/``, ``report.md`` and
+    ``metrics.json`` (last: the finished marker) into ``out_dir``, and return the metrics. ``config``: the
+    resolved config saved beside them for provenance. exp3rt-baselines and the pipeline both call it."""
+    from exp3rt.artifacts import save_config, write_json_atomic, write_text_atomic
+    from exp3rt.baselines.report import baselines_report
+    from exp3rt.config import SplitStrategy
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        save_config(config, out_dir / "config.yaml")
+    results = run_baselines(split, cfg, eval_cfg, prepared.dataset.scale, out_dir=out_dir)
+    split_cfg = split.meta["config"]  # the split's own resolved config (meta.json), never its folder name
+    metrics = {
+        "task": "baselines",
+        "dataset": prepared.dataset.summary(),
+        "data_dir": str(prepared.directory),
+        "data_report": {k: prepared.report.get(k) for k in ("skipped_total", "skipped", "notes")},
+        "split": {
+            "strategy": SplitStrategy(split_cfg["strategy"]).value,
+            "seed": int(split_cfg["seed"]),
+            "dir": str(split.directory),
+            "stats": split.meta["stats"],
+        },
+        **results,
+    }
+    write_text_atomic(out_dir / "report.md", "# exp3rt baselines\n\n" + baselines_report(metrics) + "\n")
+    write_json_atomic(out_dir / "metrics.json", metrics, default=None)  # last: the pipeline's "finished" marker
+    return metrics

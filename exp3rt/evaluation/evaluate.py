@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from exp3rt.config import ConfigError, FailurePolicy, validate
-from exp3rt.evaluation.metrics import mae, rmse
 from exp3rt.inference.prediction import Prediction  # noqa: F401 - also imported from here
+from exp3rt.metrics import mae, rmse
 
 log = logging.getLogger(__name__)
 

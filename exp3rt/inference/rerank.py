@@ -34,9 +34,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
-from exp3rt.evaluation.metrics import topk_metrics
 from exp3rt.inference.generate import _cache_kwarg, forward_accepts
 from exp3rt.inference.readout import _Trie, generate_and_read
+from exp3rt.metrics import topk_metrics
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
 MODES = ("fast", "full")
