@@ -158,7 +158,7 @@ class DatasetConf:
 @dataclass
 class SplitConf:
     strategy: SplitStrategy = SplitStrategy.random
-    seed: int = 42  # the split seed; the training seed is the top-level `seed`
+    seed: int = 42  # the split seed; training seeds are baselines.rating.seed, baselines.retrieval.seed, train.seed
     test_ratio: float = 0.2
     valid_ratio: float = 0.0
     leave_n_out: int | None = None  # per_user: hold out n per user instead of a ratio

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 STAGES = ("baselines", "annotate", "train", "evaluate")
 
 # config groups that change what a stage produces (run names, loggers and progress bars do not)
-_BASELINE_KEYS = ("baselines", "seed")
+_BASELINE_KEYS = ("baselines",)  # their training seeds are baselines.rating.seed / baselines.retrieval.seed
 _TRAIN_KEYS = ("teacher", "prompt", "annotation", "annotations_dir", "sft", "student_prompt", "ablation",
                "student", "peft", "train", "deepspeed", "trainer")
 # trainer keys that change neither the weights nor the metrics

@@ -90,7 +90,7 @@ def test_multirun_writes_one_dir_per_job(tmp_path):
 
 def test_split_is_reused_across_runs(tmp_path):
     first = run_composed(tmp_path, ["debug=default", "baselines.retrieval.models=[popularity]"])
-    second = run_composed(tmp_path, ["debug=default", "baselines.retrieval.models=[popularity]", "seed=5"])
+    second = run_composed(tmp_path, ["debug=default", "baselines.retrieval.models=[popularity]", "baselines.retrieval.seed=5"])
     assert first["split"]["dir"] == second["split"]["dir"]  # the training seed does not resample the split
     third = run_composed(tmp_path, ["debug=default", "baselines.retrieval.models=[popularity]", "split.seed=5"])
     assert third["split"]["dir"] != first["split"]["dir"]
