@@ -5,15 +5,20 @@ teacher (the real ``openai`` client) against the fake server on 127.0.0.1, whose
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI
-from test_annotate_http import SECRET, overrides, teacher_answer
-from test_teacher_reliability import annotate
+from test_annotate_http import PRICES, SECRET, overrides, teacher_answer
+from test_teacher_reliability import annotate, cli, cli_env, is_extract
 
+from exp3rt import CONF_DIR
 from exp3rt.teacher.batch import BATCH_FILE
 from exp3rt.teacher.stages import STAGE_ORDER
 
@@ -65,3 +70,163 @@ def test_a_stage_is_split_into_batches_within_the_line_limit(server, tmp_path):
     assert max(server.batches.created_lines) <= 40
     assert sum(server.batches.created_lines) == n == server.batches.lines_processed
     assert len(server.batches.created) == -(-n // 40)
+
+
+def test_batch_mode_needs_the_openai_backend(tmp_path):
+    proc = cli([f"paths.artifacts_dir={tmp_path}/artifacts", "teacher.mode=batch"], tmp_path)
+    assert proc.returncode == 2
+    assert "teacher.mode=batch uses the OpenAI Batch API, so it needs teacher.backend=openai" in proc.stderr
+
+
+# ---------------------------------------------------------------------- (b) a kill while a batch is pending
+
+
+def test_a_rerun_after_a_kill_resumes_the_pending_batch_and_pays_nothing_twice(server, tmp_path):
+    server.batches.complete_after_polls = 10**9  # the batch stays in progress until the test says so
+    args = overrides(server, tmp_path, "stage=extract", *BATCH)
+    proc = subprocess.Popen([sys.executable, "-m", "exp3rt.cli.annotate", *args], env=cli_env(tmp_path),
+                            cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not (
+                server.batches.created and server.batches.polls[server.batches.created[0]] >= 2):
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(server.batches.created) == 1 and server.batches.lines_processed == 0
+    directory = next((tmp_path / "artifacts" / "annotations").glob("*/*"))
+    [row] = ledger_rows(directory)  # persisted before the first poll
+    assert row["id"] == server.batches.created[0] and row["collected"] == 0
+    server.batches.complete_after_polls = 0  # done at its next poll
+    result = annotate(tmp_path, args)
+    n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
+    assert len(server.batches.created) == 1  # resumed, not submitted again
+    assert server.batches.lines_processed == n == row["requests"]
+    assert max(server.batches.per_custom_id.values()) == 1
+    assert server.total == 0
+    usage = json.loads((directory / "extract.usage.json").read_text())["usage"]
+    assert usage["batch_resumed_batches"] == 1 and usage["batch_submitted_lines"] == 0
+    [row] = ledger_rows(directory)
+    assert row["collected"] == 1 and row["answered"] == n
+
+
+# ---------------------------------------------------------------------- (c) failed lines, (d) expiry, (e) malformed
+
+
+def pick(first: int, count: int):
+    """A chooser of extraction lines by the order their custom_ids are first seen: the ones in [first, first+count)."""
+    order: dict[str, int] = {}
+
+    def chosen(body: dict, cid: str) -> bool:
+        if not is_extract(body):
+            return False
+        order.setdefault(cid, len(order))
+        return first <= order[cid] < first + count
+
+    return chosen
+
+
+def test_failed_lines_go_to_a_follow_up_batch_then_are_recorded_as_failures(server, tmp_path):
+    always, once = pick(0, 3), pick(3, 3)
+    server.batches.fail_line = lambda body, cid, n: (
+        "error_file" if always(body, cid) else "500" if once(body, cid) and n == 1 else None)
+    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_failed_rounds=2"))
+    d = Path(result["directory"])
+    prefs = pd.read_parquet(d / "extract.parquet")
+    n = len(prefs)
+    # the first batch, a follow-up with the 6 failed lines, a last one with the 3 that failed again
+    assert server.batches.created_lines == [n, 6, 3]
+    assert server.batches.lines_processed == n + 6 + 3
+    assert (prefs["status"] == "failed").sum() == 3 and (prefs["status"] == "ok").sum() == n - 3
+    failures = [json.loads(x) for x in (d / "extract.failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 3
+    assert all("injected line failure" in f["problem"] and "asked in 3 batches" in f["problem"] for f in failures)
+    usage = json.loads((d / "extract.usage.json").read_text())["usage"]
+    assert usage["failed"] == 3 and usage["batch_failed_lines"] == 3 * 3 + 3
+
+
+def test_an_expired_batch_resubmits_only_the_requests_without_an_answer(server, tmp_path):
+    server.batches.expire_next, server.batches.expire_keep = 1, 10
+    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH))
+    d = Path(result["directory"])
+    prefs = pd.read_parquet(d / "extract.parquet")
+    n = len(prefs)
+    assert server.batches.created_lines == [n, n - 10]
+    assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
+    assert (prefs["status"] == "ok").all()
+    assert [r["status"] for r in ledger_rows(d)] == ["expired", "completed"]
+    assert [r["unanswered"] for r in ledger_rows(d)] == [n - 10, 0]
+
+
+def test_malformed_output_lines_are_counted_failures_not_crashes(server, tmp_path):
+    always, once = pick(0, 1), pick(1, 3)
+    server.batches.malformed_line = lambda body, cid, n: always(body, cid) or (once(body, cid) and n == 1)
+    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_failed_rounds=1"))
+    d = Path(result["directory"])
+    prefs = pd.read_parquet(d / "extract.parquet")
+    n = len(prefs)
+    assert server.batches.created_lines == [n, 4]
+    assert server.batches.lines_processed == n + 4
+    assert (prefs["status"] == "failed").sum() == 1
+    [failure] = [json.loads(x) for x in (d / "extract.failures.jsonl").read_text().splitlines()]
+    assert "no readable line" in failure["problem"]
+    usage = json.loads((d / "extract.usage.json").read_text())["usage"]
+    assert usage["batch_malformed_lines"] == 4 + 1 and usage["failed"] == 1
+    assert [r["malformed"] for r in ledger_rows(d)] == [4, 1]
+
+
+# ---------------------------------------------------------------------- (f) budget, dry run
+
+
+def test_dry_run_prices_both_modes_and_batch_mode_budgets_at_batch_prices(server, tmp_path, capsys):
+    est = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", "dry_run=true", PRICES, *BATCH))["estimate"]
+    e = est["extract"]
+    assert e["price_mode"] == "batch" and e["cost_usd"] == pytest.approx(e["cost_usd_batch"])
+    assert e["cost_usd_batch"] == pytest.approx(0.5 * e["cost_usd_sync"]) and e["cost_usd_sync"] > 0
+    out = capsys.readouterr().out
+    assert "teacher.mode=batch; the budget check uses batch prices" in out and "max cost USD batch (within 24 h)" in out
+    assert server.total == 0 and not server.batches.created
+
+
+def test_a_cap_reached_before_the_next_batch_stops_and_submits_nothing_more(server, tmp_path):
+    from exp3rt.teacher.client import BudgetExceeded
+
+    args = overrides(server, tmp_path, "stage=extract", PRICES, *BATCH, "teacher.batch.max_requests=10")
+    est = annotate(tmp_path, [*args, "dry_run=true"], "dry")["estimate"]["extract"]
+    per_batch = est["cost_usd"] / est["calls"] * 10  # worst case of one full batch, at batch prices
+    cap = 3.5 * per_batch
+    with pytest.raises(BudgetExceeded) as stop:
+        annotate(tmp_path, [*args, f"teacher.max_cost_usd={cap}"])
+    message = str(stop.value)
+    assert "reached before submitting the next batch" in message and "price_factor=0.5" in message
+    assert len(server.batches.created) == 3  # a fourth could have passed the cap
+    assert server.batches.lines_processed == 30 == sum(server.batches.created_lines)
+    suggestion = message.rsplit("rerun with ", 1)[1]
+    assert suggestion.startswith("teacher.max_cost_usd=")
+    result = annotate(tmp_path, [*args, "teacher.max_cost_usd=null"], "again")
+    n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
+    assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
+
+
+# ---------------------------------------------------------------------- (g) submit_only, then collect
+
+
+def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path, capsys):
+    args = overrides(server, tmp_path, *BATCH)
+    first = annotate(tmp_path, [*args, "teacher.batch.submit_only=true"])
+    d = Path(first["directory"])
+    assert len(server.batches.created) == 1 and server.batches.lines_processed == 0
+    pending = first["batch_pending"]
+    assert pending["batch_ids"] == server.batches.created and pending["requests"] == server.batches.created_lines[0]
+    out = capsys.readouterr().out
+    assert "submitted 1 batch(es)" in out and "A later run collects them" in out
+    assert not (d / "extract.parquet").exists()
+    result = annotate(tmp_path, args, "collect")
+    assert "batch_pending" not in result
+    for stage in STAGE_ORDER:
+        assert (statuses(d, stage).get("ok", 0)) > 0
+    assert server.batches.created[0] == pending["batch_ids"][0] and server.batches.polls[pending["batch_ids"][0]] == 1
+    assert server.batches.lines_processed == sum(server.batches.created_lines)
+    assert max(server.batches.per_custom_id.values()) == 1 and server.total == 0

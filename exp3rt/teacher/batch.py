@@ -417,6 +417,8 @@ class BatchTeacherClient(TeacherClient):
                     continue
                 if key in seen:
                     continue
+                if isinstance(line.get("error"), dict) and line["error"].get("code") in ("batch_expired", "batch_cancelled"):
+                    continue  # never run: counted below with the lines the batch left unanswered
                 seen.add(key)
                 response_part = line.get("response") or {}
                 error = line.get("error")
