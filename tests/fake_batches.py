@@ -11,8 +11,9 @@ server's own chat logic (``FakeOpenAI.completion``), and counts it: ``lines_proc
 - ``fail_line(body, custom_id, n) -> None | "error_file" | "500"``: the line goes to the error file, or
   comes back with status 500 in the output file (``n`` counts this custom_id's processings from 1);
 - ``malformed_line(body, custom_id, n) -> bool``: its output line is cut short (not JSON);
-- ``expire_next``: the next that many batches expire; ``expire_keep`` of their lines are answered first
-  (an expired batch's partial output), the rest go to the error file with code ``batch_expired``.
+- ``expire_next``: the next that many batches end as ``expire_as`` (``"expired"``, or ``"cancelled"``);
+  ``expire_keep`` of their lines are answered first (the partial output), the rest go to the error file
+  with code ``batch_expired`` / ``batch_cancelled``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FakeBatches:
         self.malformed_line: Callable[[dict, str, int], bool] | None = None
         self.expire_next = 0
         self.expire_keep = 0
+        self.expire_as = "expired"
         self.files: dict[str, tuple[bytes, str]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.polls: collections.Counter[str] = collections.Counter()
@@ -134,8 +136,8 @@ class FakeBatches:
             cid, body = line["custom_id"], line["body"]
             if expire and pos >= self.expire_keep:
                 err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "response": None,
-                            "error": {"code": "batch_expired", "message": "This request could not be executed "
-                                      "before the completion window expired."}})
+                            "error": {"code": f"batch_{self.expire_as}", "message": "This request could not be "
+                                      f"executed before the batch was {self.expire_as}."}})
                 failed += 1
                 continue
             self.lines_processed += 1
@@ -167,5 +169,5 @@ class FakeBatches:
             fid = f"file-{next(self._ids)}"
             self.files[fid] = (("\n".join(json.dumps(e) for e in err) + "\n").encode(), "batch_output")
             batch["error_file_id"] = fid
-        batch["status"] = "expired" if expire else "completed"
+        batch["status"] = self.expire_as if expire else "completed"
         batch["request_counts"] = {"total": len(lines), "completed": done, "failed": failed}

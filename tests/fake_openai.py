@@ -134,6 +134,8 @@ class FakeOpenAI:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if not fake.batches.handles(self.path):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                with fake._lock:
+                    fake.auth_headers.append(self.headers.get("Authorization", ""))
                 self._reply(*fake.batches.get(self.path))
 
             def _reply(self, status: int, payload: Any) -> None:
@@ -144,6 +146,8 @@ class FakeOpenAI:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if fake.batches.handles(self.path):
+                    with fake._lock:
+                        fake.auth_headers.append(self.headers.get("Authorization", ""))
                     return self._reply(*fake.batches.post(self.path, self.headers, raw))
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})

@@ -147,8 +147,9 @@ def test_failed_lines_go_to_a_follow_up_batch_then_are_recorded_as_failures(serv
     assert usage["failed"] == 3 and usage["batch_failed_lines"] == 3 * 3 + 3
 
 
-def test_an_expired_batch_resubmits_only_the_requests_without_an_answer(server, tmp_path):
-    server.batches.expire_next, server.batches.expire_keep = 1, 10
+@pytest.mark.parametrize("end", ["expired", "cancelled"])
+def test_an_expired_batch_resubmits_only_the_requests_without_an_answer(server, tmp_path, end):
+    server.batches.expire_next, server.batches.expire_keep, server.batches.expire_as = 1, 10, end
     result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH))
     d = Path(result["directory"])
     prefs = pd.read_parquet(d / "extract.parquet")
@@ -156,7 +157,7 @@ def test_an_expired_batch_resubmits_only_the_requests_without_an_answer(server, 
     assert server.batches.created_lines == [n, n - 10]
     assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
     assert (prefs["status"] == "ok").all()
-    assert [r["status"] for r in ledger_rows(d)] == ["expired", "completed"]
+    assert [r["status"] for r in ledger_rows(d)] == [end, "completed"]
     assert [r["unanswered"] for r in ledger_rows(d)] == [n - 10, 0]
 
 
@@ -223,6 +224,11 @@ def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path
     out = capsys.readouterr().out
     assert "submitted 1 batch(es)" in out and "A later run collects them" in out
     assert not (d / "extract.parquet").exists()
+    # with submit_only again: one look collects the finished batch, then the next stage is submitted
+    second = annotate(tmp_path, [*args, "teacher.batch.submit_only=true"], "second")
+    assert statuses(d, "extract").get("ok", 0) > 0 and not (d / "user_profile.parquet").exists()
+    assert len(server.batches.created) == 2 and second["batch_pending"]["batch_ids"] == server.batches.created[1:]
+    assert server.batches.lines_processed == server.batches.created_lines[0]
     result = annotate(tmp_path, args, "collect")
     assert "batch_pending" not in result
     for stage in STAGE_ORDER:
@@ -230,3 +236,8 @@ def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path
     assert server.batches.created[0] == pending["batch_ids"][0] and server.batches.polls[pending["batch_ids"][0]] == 1
     assert server.batches.lines_processed == sum(server.batches.created_lines)
     assert max(server.batches.per_custom_id.values()) == 1 and server.total == 0
+    # the key went over the wire and into no file
+    assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path

@@ -413,7 +413,7 @@ class BatchTeacherClient(TeacherClient):
                     counts["malformed"] += 1
                     bu.malformed_lines += 1
                     log.warning("teacher batch %s: an output line is not a readable answer (%d characters "
-                                "beginning %r); counted as malformed", pb.id, len(raw), raw[:80])
+                                "beginning %r); counted as malformed", pb.id, len(raw), self.backend._scrub(raw[:80]))
                     continue
                 if key in seen:
                     continue
