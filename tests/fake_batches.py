@@ -1,7 +1,7 @@
 """The OpenAI Files and Batch API on the fake server of tests/fake_openai.py (a test double).
 
 Routes (on the same 127.0.0.1 server): ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}/content``,
-``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
+``POST /v1/batches``, ``GET /v1/batches`` (list), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
 
 A batch is ``validating`` when created, ``in_progress`` from its first poll, and is processed at the poll
 number ``complete_after_polls`` (then ``completed``). Processing answers each input line through the
@@ -11,6 +11,8 @@ server's own chat logic (``FakeOpenAI.completion``), and counts it: ``lines_proc
 - ``fail_line(body, custom_id, n) -> None | "error_file" | "500"``: the line goes to the error file, or
   comes back with status 500 in the output file (``n`` counts this custom_id's processings from 1);
 - ``malformed_line(body, custom_id, n) -> bool``: its output line is cut short (not JSON);
+- ``create_error_next``: the next that many creates make the batch but answer HTTP 500 (a lost answer);
+  ``list_fail_next``: the next that many ``GET /v1/batches`` (the list, newest first) answer HTTP 500;
 - ``expire_next``: the next that many batches end as ``expire_as`` (``"expired"``, or ``"cancelled"``);
   ``expire_keep`` of their lines are answered first (the partial output), the rest go to the error file
   with code ``batch_expired`` / ``batch_cancelled``.
@@ -38,6 +40,9 @@ class FakeBatches:
         self.expire_next = 0
         self.expire_keep = 0
         self.expire_as = "expired"
+        self.create_error_next = 0
+        self.list_fail_next = 0
+        self.lists = 0
         self.files: dict[str, tuple[bytes, str]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.polls: collections.Counter[str] = collections.Counter()
@@ -53,18 +58,27 @@ class FakeBatches:
 
     # -- routes --------------------------------------------------------------------------------------
     def get(self, path: str) -> tuple[int, Any]:
-        parts = path.strip("/").split("/")  # v1 files <id> content | v1 batches <id>
+        parts = path.split("?", 1)[0].strip("/").split("/")  # v1 files <id> content | v1 batches [<id>]
         if parts[1] == "files" and len(parts) == 4 and parts[3] == "content":
             if parts[2] not in self.files:
                 return 404, {"error": {"message": f"no file {parts[2]}"}}
             return 200, self.files[parts[2]][0]
+        if parts[1] == "batches" and len(parts) == 2:
+            with self._lock:
+                self.lists += 1
+                if self.list_fail_next > 0:
+                    self.list_fail_next -= 1
+                    return 500, {"error": {"message": "injected 500 on list"}}
+                data = [self.batches[b] for b in reversed(self.created)]
+                return 200, {"object": "list", "data": data, "has_more": False,
+                             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
         if parts[1] == "batches" and len(parts) == 3:
             with self._lock:
                 return self._poll(parts[2])
         return 404, {"error": {"message": f"no route {path}"}}
 
     def post(self, path: str, headers: Any, raw: bytes) -> tuple[int, Any]:
-        parts = path.strip("/").split("/")
+        parts = path.split("?", 1)[0].strip("/").split("/")
         if parts[1] == "files" and len(parts) == 2:
             data, purpose, filename = self._multipart(headers.get("Content-Type", ""), raw)
             with self._lock:
@@ -88,6 +102,9 @@ class FakeBatches:
                 }
                 self.created.append(bid)
                 self.created_lines.append(n)
+                if self.create_error_next > 0:
+                    self.create_error_next -= 1
+                    return 500, {"error": {"message": "injected 500 after creating the batch"}}
                 return 200, self.batches[bid]
         if parts[1] == "batches" and len(parts) == 4 and parts[3] == "cancel":
             with self._lock:

@@ -241,3 +241,33 @@ def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+# ---------------------------------------------------------------------- a create whose answer was lost
+
+
+def test_a_create_whose_answer_was_lost_is_found_not_submitted_twice(server, tmp_path):
+    server.batches.create_error_next = 1  # the batch is made, the client sees a 500
+    args = overrides(server, tmp_path, "stage=extract", *BATCH)
+    result = annotate(tmp_path, args)
+    n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
+    assert len(server.batches.created) == 1 and server.batches.lists == 1  # looked it up instead of creating again
+    assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
+
+
+def test_a_run_that_dies_around_the_create_is_resumed_by_its_input_file(server, tmp_path):
+    from exp3rt.teacher.backends.base import TransientError
+
+    server.batches.create_error_next, server.batches.list_fail_next = 1, 1  # and the look-up fails too
+    args = overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.max_retries=0")
+    with pytest.raises(TransientError, match="Rerun the same command: it looks for the batch made from file-"):
+        annotate(tmp_path, args)
+    directory = next((tmp_path / "artifacts" / "annotations").glob("*/*"))
+    [row] = ledger_rows(directory)
+    assert row["id"].startswith("submitting:") and len(server.batches.created) == 1
+    result = annotate(tmp_path, args, "again")
+    n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
+    assert len(server.batches.created) == 1  # found by its input file, resumed
+    assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
+    [row] = ledger_rows(directory)
+    assert row["id"] == server.batches.created[0] and row["collected"] == 1

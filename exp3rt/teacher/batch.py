@@ -10,8 +10,9 @@ one HTTP call each:
 2. **Submit.** The requests still unanswered are split into batches within ``teacher.batch.max_requests``
    lines and ``max_bytes`` bytes, uploaded (``files.create(purpose="batch")``) and created
    (``batches.create``). Before each batch the budget is checked at batch prices; a batch that could pass
-   ``teacher.max_cost_usd`` is not submitted. The batch id and its lines (with each request) are committed
-   to the ledger the moment ``batches.create`` returns, before any poll.
+   ``teacher.max_cost_usd`` is not submitted. Each batch's lines (with each request) are committed to the
+   ledger before ``batches.create`` is called, and the batch id the moment it returns, before any poll; a
+   create that answered with an error is looked up by its input file before it is asked again.
 3. **Poll** with a growing interval (``poll_initial_s`` doubling up to ``poll_max_s``), logging one progress
    line per batch per poll.
 4. **Collect.** Output and error files are downloaded; each answer goes into the same answer cache as a
@@ -85,11 +86,20 @@ def request_from_record(raw: str) -> ChatRequest:
                        top_p=r["top_p"], seed=r["seed"], attempt=r["attempt"])
 
 
+SUBMITTING = "submitting:"  # the id of a row recorded before batches.create: "submitting:<input file id>"
+
+
 @dataclass
 class PendingBatch:
     id: str
     stage: str
     requests: dict[str, ChatRequest]  # custom_id (cache key) -> request
+    input_file_id: str = ""
+
+    @property
+    def submitting(self) -> bool:
+        """Recorded before ``batches.create`` and not confirmed: the batch may or may not exist."""
+        return self.id.startswith(SUBMITTING)
 
 
 class BatchLedger:
@@ -126,15 +136,37 @@ class BatchLedger:
                 raise
 
     def pending(self) -> list[PendingBatch]:
-        """Submitted batches not collected yet, oldest first."""
+        """Submitted batches not collected yet (and ones about to be created), oldest first."""
         with self._lock:
-            rows = self._conn.execute("SELECT id, stage FROM batches WHERE collected = 0 ORDER BY rowid").fetchall()
+            rows = self._conn.execute("SELECT id, stage, input_file_id FROM batches WHERE collected = 0"
+                                      " ORDER BY rowid").fetchall()
             out = []
-            for batch_id, stage in rows:
+            for batch_id, stage, file_id in rows:
                 lines = self._conn.execute("SELECT custom_id, request FROM lines WHERE batch_id = ?",
                                            (batch_id,)).fetchall()
-                out.append(PendingBatch(batch_id, stage, {k: request_from_record(r) for k, r in lines}))
+                out.append(PendingBatch(batch_id, stage, {k: request_from_record(r) for k, r in lines}, file_id))
         return out
+
+    def confirm(self, placeholder: str, batch_id: str, status: str) -> None:
+        """``batches.create`` answered: the row recorded before it gets the batch's id."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("UPDATE batches SET id = ?, status = ?, updated = ? WHERE id = ?",
+                                   (batch_id, status, _now(), placeholder))
+                self._conn.execute("UPDATE lines SET batch_id = ? WHERE batch_id = ?", (batch_id, placeholder))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def drop(self, placeholder: str) -> None:
+        """No batch was created from a recorded upload: forget the row (its requests are asked again)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("DELETE FROM lines WHERE batch_id = ?", (placeholder,))
+            self._conn.execute("DELETE FROM batches WHERE id = ?", (placeholder,))
+            self._conn.execute("COMMIT")
 
     def set_status(self, batch_id: str, status: str) -> None:
         with self._lock:
@@ -226,6 +258,16 @@ class BatchTeacherClient(TeacherClient):
         budget_stop = False
         try:
             resumed = [b for b in self.batches.pending() if todo.keys() & b.requests.keys()]
+            for pb in [b for b in resumed if b.submitting]:  # a run stopped around batches.create
+                found = await self._find_batch(pb.input_file_id)
+                if found is None:
+                    log.info("teacher batch: no batch was created from %s; its %d requests are asked again",
+                             pb.input_file_id, len(pb.requests))
+                    self.batches.drop(pb.id)
+                    resumed.remove(pb)
+                else:
+                    self.batches.confirm(pb.id, found.id, found.status)
+                    pb.id = found.id
             if resumed:
                 n = sum(len(b.requests) for b in resumed)
                 log.info("teacher batch: resuming %d submitted batch(es) (%d requests) recorded in %s: %s",
@@ -350,17 +392,49 @@ class BatchTeacherClient(TeacherClient):
         upload = await self._api("uploading a batch input file",
                                  lambda: self._oai.files.create(file=(f"exp3rt-{stage}.jsonl", data, "application/jsonl"),
                                                                 purpose="batch"))
-        # Not retried: a create that timed out may have made the batch, and a second one would pay twice.
-        batch = await self._api("creating a batch", lambda: self._oai.batches.create(
-            input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
-            metadata={"exp3rt_stage": stage}), retry=False)
         requests = {k: todo[k] for k in chunk}
-        self.batches.add(batch.id, stage, upload.id, requests, batch.status)  # before the first poll
+        # Recorded before the create: a run killed around it finds the batch (or its absence) by its input file.
+        placeholder = SUBMITTING + upload.id
+        self.batches.add(placeholder, stage, upload.id, requests, "submitting")
+        failures = 0
+        while True:
+            try:
+                batch = await self._api("creating a batch", lambda: self._oai.batches.create(
+                    input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
+                    metadata={"exp3rt_stage": stage}), retry=False)
+                break
+            except TransientError as e:
+                # The create may have made the batch all the same: look before asking again (never pay twice).
+                try:
+                    batch = await self._find_batch(upload.id)
+                except TeacherError as lookup:
+                    raise TransientError(
+                        f"{e}; whether the batch exists could not be checked ({lookup}). Rerun the same command: it "
+                        f"looks for the batch made from {upload.id} before submitting anything") from None
+                if batch is not None:
+                    log.info("teacher batch: the create of %s answered with an error, but the batch exists", batch.id)
+                    break
+                failures += 1
+                if failures > self.max_retries:
+                    self.batches.drop(placeholder)
+                    raise
+                await self._sleep(min(self.backoff_max_s, self.backoff_base_s * 2 ** (failures - 1)))
+        self.batches.confirm(placeholder, batch.id, batch.status)  # before the first poll
         self.batch_usage.submitted_batches += 1
         self.batch_usage.submitted_lines += len(chunk)
         log.info("teacher batch: submitted %s (stage %s, %d requests, %d bytes); recorded in %s",
                  batch.id, stage, len(chunk), len(data), self.batches.path)
         return PendingBatch(batch.id, stage, requests)
+
+    async def _find_batch(self, input_file_id: str) -> Any:
+        """The batch created from ``input_file_id``, or None (the Batch API lists newest first)."""
+        async def look() -> Any:
+            async for batch in self._oai.batches.list(limit=100):
+                if batch.input_file_id == input_file_id:
+                    return batch
+            return None
+
+        return await self._api(f"looking for the batch made from {input_file_id}", look)
 
     async def _wait(self, batches: list[PendingBatch], answered: dict[str, ChatResponse], errors: dict[str, str],
                     rounds: dict[str, int], once: bool = False) -> None:
