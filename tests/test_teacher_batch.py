@@ -5,6 +5,7 @@ teacher (the real ``openai`` client) against the fake server on 127.0.0.1, whose
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -64,12 +65,23 @@ def test_batch_mode_matches_sync_mode_and_processes_every_request_once(server, t
     assert usage["mode"] == "batch" and usage["failed"] == 0 and usage["batch_submitted_lines"] == usage["calls"]
 
 
-def test_a_stage_is_split_into_batches_within_the_line_limit(server, tmp_path):
+def test_a_stage_is_split_into_batches_within_the_limits_and_polls_are_logged(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="exp3rt.teacher.batch")
     result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_requests=40"))
     n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
     assert max(server.batches.created_lines) <= 40
     assert sum(server.batches.created_lines) == n == server.batches.lines_processed
     assert len(server.batches.created) == -(-n // 40)
+    for batch_id, lines in zip(server.batches.created, server.batches.created_lines, strict=True):
+        assert f"teacher batch {batch_id} (stage extract): completed, {lines} of {lines} requests done, 0 failed" \
+            in caplog.text
+    # a byte limit splits too: every uploaded input file stays within it
+    server.batches.__init__(server)
+    args = overrides(server, tmp_path / "bytes", "stage=extract", *BATCH, "teacher.batch.max_bytes=20000")
+    annotate(tmp_path / "bytes", args)
+    sizes = [len(server.batches.files[server.batches.batches[b]["input_file_id"]][0]) for b in server.batches.created]
+    assert len(sizes) > 1 and max(sizes) <= 20000
+    assert sum(server.batches.created_lines) == n == server.batches.lines_processed
 
 
 def test_batch_mode_needs_the_openai_backend(tmp_path):

@@ -324,7 +324,7 @@ class BatchTeacherClient(TeacherClient):
                     await out
         not_sent = sum(1 for r in results if r.status == "not_sent")
         self.usage.not_sent += not_sent
-        self.usage.calls += len(firsts)
+        self.usage.calls += len({r.key for r in results if r.sent})  # distinct requests a batch was asked
         if budget_stop:
             assert self.max_cost_usd is not None
             total = self._spent_elsewhere() + self.usage.cost_usd
