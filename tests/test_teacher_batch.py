@@ -283,3 +283,15 @@ def test_a_run_that_dies_around_the_create_is_resumed_by_its_input_file(server, 
     assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
     [row] = ledger_rows(directory)
     assert row["id"] == server.batches.created[0] and row["collected"] == 1
+
+
+def test_a_recorded_batch_the_server_does_not_know_stops_with_a_sentence(server, tmp_path):
+    from exp3rt.teacher.backends.base import PermanentError
+
+    args = overrides(server, tmp_path, "stage=extract", *BATCH)
+    annotate(tmp_path, [*args, "teacher.batch.submit_only=true"])
+    [batch_id] = server.batches.created
+    server.batches.batches.clear()  # as if the run pointed at another account or server
+    with pytest.raises(PermanentError, match=f"checking batch {batch_id}: .* does not know it \\(HTTP 404\\)"):
+        annotate(tmp_path, args, "again")
+    assert len(server.batches.created) == 1 and server.batches.lines_processed == 0  # nothing submitted instead

@@ -279,7 +279,7 @@ class BatchTeacherClient(TeacherClient):
                 missing = [k for k in todo if k not in cached and k not in answered]
                 still = {k for b in self.batches.pending() for k in b.requests}
                 waiting = [k for k in missing if k in still]
-                if waiting:  # submit_only: what an earlier run submitted is still running
+                if waiting and self.submit_only:  # what an earlier run submitted is still running
                     raise self._pending_stop(submitted=[], waiting=len(waiting))
                 missing = [k for k in missing if rounds.get(k, 0) <= self.max_failed_rounds]
                 if not missing:
@@ -377,6 +377,11 @@ class BatchTeacherClient(TeacherClient):
                 err = TransientError(f"{what} at {self.backend._where()} timed out")
             except openai.APIConnectionError as e:
                 err = TransientError(f"{what}: could not reach {self.backend._where()}: {self.backend._scrub(str(e))}")
+            if isinstance(err, PermanentError) and err.status == 404 and "batch" in what:
+                raise PermanentError(
+                    f"{what}: {self.backend._where()} does not know it (HTTP 404). It is recorded in {self.batches.path}; "
+                    f"a batch is only visible to the account and server it was submitted to: rerun with the "
+                    f"teacher.base_url and the key in ${self.backend.api_key_env} it was submitted with", 404) from None
             if isinstance(err, PermanentError):
                 raise PermanentError(f"{what}: {err}", err.status) from None
             failures += 1
