@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI
+from hydra import compose, initialize_config_dir
 from test_annotate_http import PRICES, SECRET, overrides, teacher_answer
 from test_teacher_reliability import annotate, cli, cli_env, is_extract
 
@@ -295,3 +296,17 @@ def test_a_recorded_batch_the_server_does_not_know_stops_with_a_sentence(server,
     with pytest.raises(PermanentError, match=f"checking batch {batch_id}: .* does not know it \\(HTTP 404\\)"):
         annotate(tmp_path, args, "again")
     assert len(server.batches.created) == 1 and server.batches.lines_processed == 0  # nothing submitted instead
+
+
+def test_the_pipeline_stops_after_annotate_while_batches_are_pending(server, tmp_path):
+    from exp3rt.pipeline import run_pipeline
+    from exp3rt.teacher.batch import BatchPending
+
+    args = [*overrides(server, tmp_path, *BATCH, "teacher.batch.submit_only=true"), "stages=[annotate,train]"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=args)
+    with pytest.raises(BatchPending, match="The pipeline stops after its annotate stage"):
+        run_pipeline(cfg, tmp_path / "pipe")
+    assert len(server.batches.created) == 1 and server.batches.lines_processed == 0
+    record = json.loads((tmp_path / "pipe" / "pipeline.json").read_text()) if (tmp_path / "pipe" / "pipeline.json").is_file() else {}
+    assert "annotate" not in record.get("stages", {}) and "train" not in record.get("stages", {})
