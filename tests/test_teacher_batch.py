@@ -310,3 +310,12 @@ def test_the_pipeline_stops_after_annotate_while_batches_are_pending(server, tmp
     assert len(server.batches.created) == 1 and server.batches.lines_processed == 0
     record = json.loads((tmp_path / "pipe" / "pipeline.json").read_text()) if (tmp_path / "pipe" / "pipeline.json").is_file() else {}
     assert "annotate" not in record.get("stages", {}) and "train" not in record.get("stages", {})
+
+
+def test_submit_only_from_the_command_line_exits_0_and_says_what_was_submitted(server, tmp_path):
+    proc = cli(overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.submit_only=true"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [batch_id] = server.batches.created
+    assert f"submitted 1 batch(es) with {server.batches.created_lines[0]} requests" in proc.stdout
+    assert batch_id in proc.stdout and "A later run collects them" in proc.stdout
+    assert server.batches.lines_processed == 0 and server.total == 0
