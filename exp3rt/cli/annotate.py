@@ -67,7 +67,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     split = prepare_split(prepared, cfg.split)
     result = annotate(cfg, prepared, split)
     write_json_atomic(out_dir / "annotate.json", result)
-    print(annotation_table(result))
+    if result.get("report") or "batch_pending" not in result:  # nothing finished yet: no empty table
+        print(annotation_table(result))
     if "batch_pending" in result:
         print(f"\n{result['batch_pending']['message']}")
     print(f"\nannotations: {result['directory']}")
