@@ -319,3 +319,20 @@ def test_submit_only_from_the_command_line_exits_0_and_says_what_was_submitted(s
     assert f"submitted 1 batch(es) with {server.batches.created_lines[0]} requests" in proc.stdout
     assert batch_id in proc.stdout and "A later run collects them" in proc.stdout
     assert server.batches.lines_processed == 0 and server.total == 0
+
+
+def test_a_badly_formatted_answer_is_repaired_through_the_next_batch(server, tmp_path):
+    bad = pick(0, 5)
+
+    def answer(body):
+        if bad(body, body["messages"][-1]["content"]) and "could not be used" not in body["messages"][-1]["content"]:
+            return "Likes: the story. Dislikes: none."
+        return teacher_answer(body)
+
+    server.answer = answer
+    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH))
+    prefs = pd.read_parquet(Path(result["directory"]) / "extract.parquet")
+    n = len(prefs)
+    assert server.batches.created_lines == [n, 5]  # the repairs went out as one follow-up batch
+    assert server.batches.lines_processed == n + 5 and max(server.batches.per_custom_id.values()) == 1
+    assert (prefs["status"] == "ok").all() and (prefs["attempts"] == 2).sum() == 5
