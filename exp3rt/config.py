@@ -275,8 +275,22 @@ class PriceConf:
 
 
 @dataclass
+class TeacherBatchConf:
+    """``teacher.mode=batch``: the OpenAI Batch API (see docs/teacher.md, "Batch mode")."""
+
+    max_requests: int = 50000  # lines per batch (the API's limit)
+    max_bytes: int = 190_000_000  # bytes per input file (the API's limit is 200 MB)
+    poll_initial_s: float = 5.0  # the first wait between polls; it doubles up to poll_max_s
+    poll_max_s: float = 300.0
+    submit_only: bool = False  # submit the stage's batches and exit; a later run collects them
+    max_failed_rounds: int = 2  # follow-up batches for lines that failed, then they are recorded as failures
+    price_factor: float = 0.5  # batch price = sync price (teacher.prices) x this factor, for every model
+
+
+@dataclass
 class TeacherConf:
     backend: TeacherBackendName = TeacherBackendName.extractive
+    mode: str = "sync"  # sync: one HTTP call per request | batch: the OpenAI Batch API (openai backend only)
     name: str = "extractive"  # a label for runs and W&B tags
     model: str = "vader-lexicon"
     # openai backend
@@ -300,6 +314,7 @@ class TeacherConf:
     # cost
     max_cost_usd: float | None = None
     prices: dict[str, PriceConf] = field(default_factory=dict)  # model -> price
+    batch: TeacherBatchConf = field(default_factory=TeacherBatchConf)
     # hf backend
     model_path: str | None = None
     batch_size: int = 8
@@ -654,6 +669,28 @@ def check_threads(value: Any) -> int | str:
     return n
 
 
+def check_teacher_mode(tc) -> None:
+    """``teacher.mode``: sync, or batch with the openai backend and sane ``teacher.batch.*`` keys."""
+    if tc.mode not in ("sync", "batch"):
+        raise ConfigError(f"config key 'teacher.mode' must be sync or batch (got {tc.mode!r})")
+    if tc.mode == "batch" and tc.backend != TeacherBackendName.openai:
+        raise ConfigError(
+            f"teacher.mode=batch uses the OpenAI Batch API, so it needs teacher.backend=openai (got "
+            f"teacher.backend={tc.backend.value}); use teacher.mode=sync with this backend")
+    b = tc.batch
+    if not 1 <= b.max_requests <= 50000:
+        raise ConfigError(f"config key 'teacher.batch.max_requests' must be in [1, 50000] (got {b.max_requests})")
+    if not 1 <= b.max_bytes <= 200_000_000:
+        raise ConfigError(f"config key 'teacher.batch.max_bytes' must be in [1, 200000000] (got {b.max_bytes})")
+    if not 0 < b.poll_initial_s <= b.poll_max_s:
+        raise ConfigError("config keys 'teacher.batch.poll_initial_s' / 'poll_max_s' need 0 < poll_initial_s <= "
+                          f"poll_max_s (got {b.poll_initial_s:g} and {b.poll_max_s:g})")
+    if b.max_failed_rounds < 0:
+        raise ConfigError(f"config key 'teacher.batch.max_failed_rounds' must be >= 0 (got {b.max_failed_rounds})")
+    if not 0 < b.price_factor <= 1:
+        raise ConfigError(f"config key 'teacher.batch.price_factor' must be in (0, 1] (got {b.price_factor:g})")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Type-check every known group and apply cross-field rules; return the typed config.
 
@@ -682,6 +719,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     tc = typed.get("teacher")
     if tc is not None:
         check_device(tc.device, "teacher.device")
+        check_teacher_mode(tc)
     sp = typed.get("split")
     if sp is not None:
         for key in ("test_ratio", "valid_ratio"):

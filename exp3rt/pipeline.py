@@ -290,6 +290,12 @@ def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
                       retry_failed=bool(cfg.get("retry_failed", False)))
     check_run_config(acfg)
     result = annotate(acfg, prepared, split)
+    pending = result.get("batch_pending")
+    if pending:  # teacher.batch.submit_only: the stages are not done, so nothing after them may run
+        from exp3rt.teacher.batch import BatchPending
+
+        raise BatchPending(f"{pending['message']}. The pipeline stops after its annotate stage until then",
+                           pending["batch_ids"], pending["requests"])
     result["usage"] = artifact_usage(Path(result["directory"]))
     return result
 

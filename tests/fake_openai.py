@@ -15,6 +15,9 @@ page from a proxy, as status 502 or 200), ``"hang"`` (sleeps ``hang_s`` before a
 
 It counts requests (``total``, ``per_prompt`` keyed by the last message's content), the most requests
 it held at once (``max_in_flight``), their arrival times, and the ``Authorization`` headers it saw.
+
+``batches`` (:class:`fake_batches.FakeBatches`) serves the Files and Batch API on the same server; its
+lines are answered by the same ``answer`` and counted separately (``batches.lines_processed``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_batches import FakeBatches
 
 HTML_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
              b"</center><hr><center>nginx/1.25.3 upstream timed out</center></body></html>")
@@ -59,6 +64,7 @@ class FakeOpenAI:
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.batches = FakeBatches(self)
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -91,6 +97,30 @@ class FakeOpenAI:
             self.max_in_flight = 0
 
     # -- serving -----------------------------------------------------------------------------------
+    def completion(self, body: dict[str, Any], kind: str | None) -> tuple[int, dict[str, Any]]:
+        """A chat completion for ``body`` (``kind``: None, "no_choices" or "null_content")."""
+        text = self.answer(body)
+        prompt_text = "".join(m["content"] for m in body["messages"])
+        completion_tokens = min(estimate_tokens(text), body.get("max_tokens") or 10**9)
+        usage = {
+            "prompt_tokens": estimate_tokens(prompt_text) + 3 * len(body["messages"]),
+            "completion_tokens": completion_tokens,
+            "total_tokens": 0,
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        message = {"role": "assistant", "content": None if kind == "null_content" else text}
+        choices = [] if kind == "no_choices" else [
+            {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+        ]
+        return 200, {
+            "id": f"chatcmpl-{self.total}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": choices,
+            "usage": usage,
+        }
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
@@ -101,8 +131,24 @@ class FakeOpenAI:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if not fake.batches.handles(self.path):
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                with fake._lock:
+                    fake.auth_headers.append(self.headers.get("Authorization", ""))
+                self._reply(*fake.batches.get(self.path))
+
+            def _reply(self, status: int, payload: Any) -> None:
+                if isinstance(payload, bytes):
+                    return self._send_raw(status, payload, "application/octet-stream")
+                self._send(status, payload)
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if fake.batches.handles(self.path):
+                    with fake._lock:
+                        fake.auth_headers.append(self.headers.get("Authorization", ""))
+                    return self._reply(*fake.batches.post(self.path, self.headers, raw))
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 body = json.loads(raw)
@@ -150,27 +196,7 @@ class FakeOpenAI:
                     return self._send_raw(502 if kind == "html_502" else 200, HTML_PAGE, "text/html")
                 if kind == "hang":
                     time.sleep(fake.hang_s)
-                text = fake.answer(body)
-                prompt_text = "".join(m["content"] for m in body["messages"])
-                completion_tokens = min(estimate_tokens(text), body.get("max_tokens") or 10**9)
-                usage = {
-                    "prompt_tokens": estimate_tokens(prompt_text) + 3 * len(body["messages"]),
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": 0,
-                }
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                message = {"role": "assistant", "content": None if kind == "null_content" else text}
-                choices = [] if kind == "no_choices" else [
-                    {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
-                ]
-                self._send(200, {
-                    "id": f"chatcmpl-{fake.total}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", "fake"),
-                    "choices": choices,
-                    "usage": usage,
-                })
+                self._send(*fake.completion(body, kind))
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)

@@ -28,11 +28,15 @@ def annotation_table(result: dict) -> str:
 
     if "estimate" in result:
         rows = []
+        modes = set()
         for stage, e in result["estimate"].items():
+            modes.add(e.get("price_mode", "sync"))
             rows.append([stage, e.get("calls"), e.get("cached"), e.get("prompt_tokens"), e.get("completion_tokens"),
-                         e.get("cost_usd"), "estimate" if e.get("estimated") else "exact prompts"])
-        return "Dry run — nothing was sent\n" + markdown_table(
-            ["stage", "calls to send", "cached", "prompt tokens", "max completion tokens", "max cost USD", "basis"], rows)
+                         e.get("cost_usd_sync"), e.get("cost_usd_batch"), "estimate" if e.get("estimated") else "exact prompts"])
+        mode = "/".join(sorted(modes)) or "sync"
+        return (f"Dry run — nothing was sent (teacher.mode={mode}; the budget check uses {mode} prices)\n" + markdown_table(
+            ["stage", "calls to send", "cached", "prompt tokens", "max completion tokens", "max cost USD sync",
+             "max cost USD batch (within 24 h)", "basis"], rows))
     if "merged" in result:
         return f"merged shards into {result['merged']}"
     rows = []
@@ -63,7 +67,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     split = prepare_split(prepared, cfg.split)
     result = annotate(cfg, prepared, split)
     write_json_atomic(out_dir / "annotate.json", result)
-    print(annotation_table(result))
+    if result.get("report") or "batch_pending" not in result:  # nothing finished yet: no empty table
+        print(annotation_table(result))
+    if "batch_pending" in result:
+        print(f"\n{result['batch_pending']['message']}")
     print(f"\nannotations: {result['directory']}")
     return result
 

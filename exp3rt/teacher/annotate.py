@@ -33,6 +33,7 @@ from exp3rt.config import ConfigError, TeacherBackendName
 from exp3rt.data.prepare import PreparedData
 from exp3rt.data.splits import Split
 from exp3rt.locks import file_lock
+from exp3rt.teacher.backends.base import TeacherError
 from exp3rt.teacher.prompts import Prompts
 from exp3rt.teacher.stages import (
     RETRY_STEP,
@@ -363,7 +364,13 @@ def estimate_stages(cfg, prepared: PreparedData, split: Split, client, backend, 
             prompt_tokens = float(calls * (2 * 5 * 12 + 120 + 250))
         completion = float(calls * int(cfg.teacher.max_tokens))
         out[stage] = {"calls": calls, "cached": None, "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion),
-                      "cost_usd": client.cost(prompt_tokens, completion), "estimated": True}
+                      "cost_usd": client.cost(prompt_tokens, completion), "price_mode": client.mode, "estimated": True}
+    # both modes side by side: one HTTP call per request, or the Batch API (sync price x price_factor, within 24 h)
+    factor = float(cfg.teacher.batch.price_factor) if "batch" in cfg.teacher else 0.5
+    for e in out.values():
+        sync = client.sync_cost(e["prompt_tokens"], e["completion_tokens"])
+        e["cost_usd_sync"], e["cost_usd_batch"] = sync, sync * factor
+        e["batch_time"] = "within 24 h per batch round"
     return out
 
 
@@ -452,14 +459,28 @@ def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts
     backend = build_backend(cfg.teacher, dry_run=bool(cfg.dry_run))
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
     ledger = SpendLedger(directory / SPEND_FILE)  # the budget holds for the directory, across reruns and shards
-    client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger)
+    batches = None
+    if str(cfg.teacher.get("mode", "sync")) == "batch":
+        from exp3rt.teacher.batch import BATCH_FILE, BatchLedger, BatchTeacherClient
+
+        batches = BatchLedger(directory / BATCH_FILE)  # every submitted batch id, committed before it is polled
+        client = BatchTeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger,
+                                    batches=batches)
+    else:
+        client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger)
 
     async def main() -> None:
         try:  # one event loop for the whole run: the HTTP client is bound to it
             if cfg.dry_run:
                 result["estimate"] = estimate_stages(cfg, prepared, split, client, backend, stages, directory)
             else:
-                result["report"] = await run_stages(cfg, prepared, split, client, backend, stages, directory)
+                try:
+                    result["report"] = await run_stages(cfg, prepared, split, client, backend, stages, directory)
+                except TeacherError as e:
+                    if type(e).__name__ != "BatchPending":
+                        raise
+                    log.warning("%s", e)  # submit_only: not an error; a later run collects
+                    result["batch_pending"] = {"message": str(e), "batch_ids": e.batch_ids, "requests": e.requests}
                 result["usage"] = client.usage_summary()
                 result["spent_total"] = ledger.total()
         finally:
@@ -470,4 +491,6 @@ def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts
     finally:
         cache.close()
         ledger.close()
+        if batches is not None:
+            batches.close()
     return result

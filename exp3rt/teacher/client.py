@@ -246,8 +246,16 @@ class TeacherClient:
             return 0.0, 0.0, False
         return float(_field(entry, "input_per_1m", 0.0)), float(_field(entry, "output_per_1m", 0.0)), True
 
-    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+    mode = "sync"  # which prices cost() uses: sync, or batch (BatchTeacherClient: sync x price_factor)
+    price_factor = 1.0
+
+    def sync_cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """The cost at ``teacher.prices`` (one HTTP call per request)."""
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """The cost in this client's mode: sync prices, or batch prices (sync x ``teacher.batch.price_factor``)."""
+        return self.sync_cost(prompt_tokens, completion_tokens) * self.price_factor
 
     def estimate_prompt_tokens(self, request: ChatRequest) -> int:
         return sum(self.backend.count_tokens(c) + MESSAGE_OVERHEAD_TOKENS for _, c in request.messages)
@@ -287,6 +295,7 @@ class TeacherClient:
             "completion_tokens": completion,
             "completion_tokens_basis": "max_tokens",
             "cost_usd": cost,
+            "price_mode": self.mode,
             "price_known": self.price_known,
             "max_cost_usd": self.max_cost_usd,
             "spent_before_usd": self._spent_elsewhere(),

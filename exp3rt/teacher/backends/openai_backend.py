@@ -110,7 +110,8 @@ class OpenAIBackend:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
 
     # -- the contract ------------------------------------------------------------------------------
-    async def complete(self, request: ChatRequest) -> ChatResponse:
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat-completion request body: what :meth:`complete` sends, and a Batch API line's ``body``."""
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": request.as_openai_messages(),
@@ -120,6 +121,10 @@ class OpenAIBackend:
         }
         if request.seed is not None:
             kwargs["seed"] = request.seed
+        return kwargs
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        kwargs = self.request_body(request)
         try:
             resp = await self._client.chat.completions.create(**kwargs)
         except openai.APIStatusError as e:
