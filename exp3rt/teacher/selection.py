@@ -51,6 +51,8 @@ REQUIRED_COLUMNS = ("user_id", "item_id", "rating", "helpful_votes", "timestamp"
 # similarities equal to this many decimals count as tied (then user id decides): float noise from the
 # order of a sparse dot product must not reorder neighbours between runs or machines
 _TIE_DECIMALS = 12
+_TIE_SCALE = 10**_TIE_DECIMALS  # a similarity in [-1, 1] is an integer in [-10^12, 10^12] once rounded
+_ROW_SHIFT = 41  # 2 * 10^12 < 2^41: (row << 41) | (10^12 - q) orders by row, then similarity descending
 
 JobKey = tuple[str, str | None]  # (item_id, target_user or None for the item's shared job)
 Pair = tuple[str, str]  # (user_id, item_id)
@@ -319,7 +321,7 @@ class RatingCosine(UserSimilarity):
             c_lo, c_hi = int(c_off[g]), int(c_off[h])
             known = np.flatnonzero(c_codes[c_lo:c_hi] >= 0)
             cands_t = self.centred[c_codes[c_lo:c_hi][known]].T.tocsc()
-            step = max(1, limit // max(nc, 1))
+            step = min(max(1, limit // max(nc, 1)), 1 << 21)  # row << _ROW_SHIFT fits in int64
             for r_lo in range(int(t_off[g]), int(t_off[h]), step):
                 r_hi = min(r_lo + step, int(t_off[h]))
                 self._neighbours_block(
@@ -341,9 +343,12 @@ class RatingCosine(UserSimilarity):
         same = t_group[r] == c_group[c]
         r, c, d = r[same], c[same], dots.data[same]
         denom = t_norms[r] * c_norms[c]
-        v = np.round(np.divide(d, denom, out=np.zeros_like(d), where=denom > 0), _TIE_DECIMALS)
-        nz = v != 0
-        r, c, v = r[nz], c[nz], v[nz]
+        # q = round(sim, 12) * 10^12 as an integer: np.round(x, 12) is rint(x * 1e12) / 1e12, so equal
+        # q <=> equal rounded similarities, and q orders them the same way
+        q = np.rint(np.divide(d, denom, out=np.zeros_like(d), where=denom > 0) * _TIE_SCALE).astype(np.int64)
+        nz = q != 0
+        r, c, q = r[nz], c[nz], q[nz]
+        in_row = c - row_lo[r]  # position in the group's most-helpful order
         # own slots: the target's own reviews of the item
         base = int(max(c_same.max(initial=0), t_same.max(initial=0))) + 1
         slot_key = c_group.astype(np.int64) * base + c_same
@@ -355,20 +360,51 @@ class RatingCosine(UserSimilarity):
         own_r = np.repeat(np.arange(n_rows), n_own)
         own_c = by_key[np.repeat(lo, n_own) + _ranges(n_own)]
         own_keys = own_r * n_slots + own_c
-        nz_keys = r * n_slots + c
-        keep = ~np.isin(nz_keys, own_keys)
-        # zeros: enough of the first slots of each row's group to fill k after the nonzero and own ones
-        nnz_r = np.bincount(r, minlength=n_rows)
-        m = np.minimum(row_n, k + n_own + nnz_r)
-        fill_r = np.repeat(np.arange(n_rows), m)
-        fill_c = np.repeat(row_lo, m) + _ranges(m)
-        fill_keys = fill_r * n_slots + fill_c
-        fill_ok = ~np.isin(fill_keys, np.concatenate([nz_keys, own_keys]))
-        rr = np.concatenate([r[keep], fill_r[fill_ok]])
-        cc = np.concatenate([c[keep], fill_c[fill_ok]])
-        vv = np.concatenate([v[keep], np.zeros(int(fill_ok.sum()))])
-        order = np.lexsort((cc, -vv, rr))
-        rr, cc = rr[order], cc[order] - np.repeat(row_lo, np.bincount(rr, minlength=n_rows))
+        keep = ~np.isin(r * n_slots + c, own_keys) if len(own_keys) else np.ones(len(r), dtype=bool)
+        r, c, q, in_row = r[keep], c[keep], q[keep], in_row[keep]
+        # a row with at least k candidates at >= 0 never needs a negative one
+        neg = q < 0
+        enough = row_n - n_own - np.bincount(r[neg], minlength=n_rows) >= k
+        keep = ~(neg & enough[r])
+        # zeros: the first slots of each row's group that are neither nonzero nor own, k of them (fewer
+        # if the group has fewer); look at the first m slots, more where that was not enough
+        fill_r_parts, fill_c_parts = [], []
+        todo = np.arange(n_rows)
+        m = np.minimum(row_n, k + n_own)
+        start = np.zeros(n_rows, dtype=np.int64)
+        have = np.zeros(n_rows, dtype=np.int64)
+        taken = np.concatenate([own_keys, r * n_slots + c])
+        taken_pos = np.concatenate([own_c - row_lo[own_r], in_row])
+        taken_row = np.concatenate([own_r, r])
+        while len(todo):
+            cnt = m[todo] - start[todo]
+            fr = np.repeat(todo, cnt)
+            fc = row_lo[fr] + np.repeat(start[todo], cnt) + _ranges(cnt)
+            window = (taken_pos >= start[taken_row]) & (taken_pos < m[taken_row])
+            ok = ~np.isin(fr * n_slots + fc, taken[window])
+            fill_r_parts.append(fr[ok])
+            fill_c_parts.append(fc[ok])
+            have += np.bincount(fr[ok], minlength=n_rows)
+            start[todo] = m[todo]
+            todo = todo[(have[todo] < k) & (m[todo] < row_n[todo])]
+            m[todo] = np.minimum(row_n[todo], 2 * m[todo] + k)
+        fill_r = np.concatenate(fill_r_parts) if fill_r_parts else np.zeros(0, dtype=np.int64)
+        fill_c = np.concatenate(fill_c_parts) if fill_c_parts else np.zeros(0, dtype=np.int64)
+        rr = np.concatenate([r[keep], fill_r])
+        cc = np.concatenate([c[keep], fill_c])
+        # one integer key per entry: row, then similarity descending; per row only the entries up to the
+        # k-th smallest key can be among the k nearest, and only those are sorted with the slot as tie-break
+        key = (rr << _ROW_SHIFT) | (_TIE_SCALE - np.concatenate([q[keep], np.zeros(len(fill_r), dtype=np.int64)]))
+        sorted_keys = np.sort(key)
+        starts = np.searchsorted(sorted_keys >> _ROW_SHIFT, np.arange(n_rows + 1))
+        counts = np.diff(starts)
+        kth = np.full(n_rows, -1, dtype=np.int64)
+        has = counts > 0
+        kth[has] = sorted_keys[starts[:-1][has] + np.minimum(counts[has], k) - 1]
+        sel = key <= kth[rr]
+        rr, cc, key = rr[sel], cc[sel], key[sel]
+        order = np.lexsort((cc, key))
+        rr, cc = rr[order], cc[order] - row_lo[rr[order]]
         starts = np.searchsorted(rr, np.arange(n_rows + 1))
         for j in range(n_rows):
             result[r_base + j] = cc[starts[j] : min(starts[j] + k, starts[j + 1])]
