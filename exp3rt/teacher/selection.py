@@ -521,6 +521,44 @@ class ProfileEmbedding(UserSimilarity):
             out[np.ix_(ku, kc)] = self.matrix[u_idx[ku]] @ self.matrix[c_idx[kc]].T
         return out
 
+    def neighbours(self, groups: Sequence[NeighbourGroup], k: int) -> list[list[np.ndarray]]:
+        """The dense default with the user-id lookups done once for all groups (per item they cost more
+        than the products): one ``targets × reviewers`` block of one item at a time."""
+        if self.users is None:
+            self.fit()
+        if not groups:
+            return []
+        n_t = np.array([len(t) for _, t, _ in groups], dtype=np.int64)
+        n_c = np.array([len(c) for _, _, c in groups], dtype=np.int64)
+        t_users = np.array([u for _, t, _ in groups for u in t], dtype=object)
+        c_users = np.array([u for _, _, c in groups for u in c], dtype=object)
+        t_codes = self.users.get_indexer(pd.Index(t_users, dtype=object))
+        c_codes = self.users.get_indexer(pd.Index(c_users, dtype=object))
+        t_off, c_off = np.r_[0, np.cumsum(n_t)], np.r_[0, np.cumsum(n_c)]
+        out: list[list[np.ndarray]] = []
+        for g in range(len(groups)):
+            n = int(n_c[g])
+            if n == 0:
+                out.append([np.zeros(0, dtype=np.int64) for _ in range(int(n_t[g]))])
+                continue
+            cu, cc = c_users[c_off[g] : c_off[g + 1]], c_codes[c_off[g] : c_off[g + 1]]
+            kc = np.flatnonzero(cc >= 0)
+            cands = self.matrix[cc[kc]]
+            lists: list[np.ndarray] = []
+            step = max(1, self.neighbour_block_entries // n)
+            for lo in range(int(t_off[g]), int(t_off[g + 1]), step):
+                hi = min(lo + step, int(t_off[g + 1]))
+                tc = t_codes[lo:hi]
+                ku = np.flatnonzero(tc >= 0)
+                sims = np.zeros((hi - lo, n), dtype=np.float64)
+                if len(ku) and len(kc):
+                    sims[np.ix_(ku, kc)] = self.matrix[tc[ku]] @ cands.T
+                sims = np.round(sims, _TIE_DECIMALS)
+                sims[cu[None, :] == t_users[lo:hi, None]] = -np.inf
+                lists.extend(_dense_top_k(sims, k))
+            out.append(lists)
+        return out
+
     def similarity(self, user: str, candidates: Sequence[str], exclude_item: str | None = None) -> np.ndarray:
         return self.similarity_matrix([user], candidates, exclude_item=exclude_item)[0]
 
