@@ -18,8 +18,11 @@ lists against a brute-force reference written here from the definitions (pure Py
   synthetic profile texts and *extrapolated* linearly to ``--users`` (labelled as such), when the
   ``embed`` extra is installed.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_neighbours.py                 # 100k users, 1M ratings
-    OMP_NUM_THREADS=1 python benchmarks/bench_neighbours.py --scale 0.05    # a quick look
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_neighbours.py               # 100k users, 1M ratings
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_neighbours.py --scale 0.05  # a quick look
+
+(``PYTHONPATH=.``: a script's own folder, not the working directory, heads ``sys.path``, so without it an
+editable install of another checkout would be the ``exp3rt`` measured.) Figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
