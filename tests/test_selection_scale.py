@@ -166,3 +166,19 @@ def test_no_users_by_users_array_is_allocated():
     assert plan.stats["jobs"] == 8000
     assert n_users * n_users * 8 > 700e6
     assert peak < 100e6, peak
+
+
+def test_dense_top_k_equals_a_stable_full_sort():
+    """The partial top-k against a stable argsort cut at k, own columns (-inf) dropped, k up to beyond
+    the row length, on small integer values (ties everywhere)."""
+    from exp3rt.teacher.selection import _dense_top_k
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 5, 40):
+        sims = rng.integers(-2, 3, (30, n)).astype(np.float64)
+        sims[rng.random((30, n)) < 0.1] = -np.inf
+        for k in (1, 3, 50):
+            got = _dense_top_k(sims, k)
+            for row, cols in zip(sims, got, strict=True):
+                order = np.argsort(-row, kind="stable")
+                assert list(cols) == [int(j) for j in order if np.isfinite(row[j])][:k]
