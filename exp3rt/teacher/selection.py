@@ -29,6 +29,12 @@ Guard 2 has a cost that :class:`ItemProfilePlan` makes explicit: under ``all`` /
 per item would serve every pair, except that a training pair whose own review is among the selected
 ones needs its own profile without it. Under ``all`` (with fewer than ``item_max_reviews`` reviews per
 item) that is every training pair — see :class:`ItemProfilePlan`.
+
+Under ``similar_users`` the plan asks for all its neighbour lists in one call
+(:meth:`UserSimilarity.neighbours`): :class:`RatingCosine` computes only the nonzero similarities (sparse
+products of target rows with the item's reviewers' rows), :class:`ProfileEmbedding` one dense
+targets × reviewers block per item; neither builds a users × users matrix. 100,000 users, 300,000 pairs:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -51,9 +57,12 @@ REQUIRED_COLUMNS = ("user_id", "item_id", "rating", "helpful_votes", "timestamp"
 # similarities equal to this many decimals count as tied (then user id decides): float noise from the
 # order of a sparse dot product must not reorder neighbours between runs or machines
 _TIE_DECIMALS = 12
+_TIE_SCALE = 10**_TIE_DECIMALS  # a similarity in [-1, 1] is an integer in [-10^12, 10^12] once rounded
+_ROW_SHIFT = 41  # 2 * 10^12 < 2^41: (row << 41) | (10^12 - q) orders by row, then similarity descending
 
 JobKey = tuple[str, str | None]  # (item_id, target_user or None for the item's shared job)
 Pair = tuple[str, str]  # (user_id, item_id)
+NeighbourGroup = tuple[str, Sequence[str], Sequence[str]]  # (item_id, target users, reviewers in helpful order)
 
 
 def _require(train_df: pd.DataFrame, what: str) -> None:
@@ -111,6 +120,54 @@ class UserSimilarity(ABC):
         sims = np.round(self.similarity(user, cands, exclude_item=exclude_item), _TIE_DECIMALS)
         order = np.lexsort((np.arange(len(cands)), -sims))  # cands are sorted, so position = user-id order
         return [cands[j] for j in order[:k]]
+
+    # dense similarity blocks in :meth:`neighbours` are at most this many entries
+    neighbour_block_entries = 4_000_000
+
+    def neighbours(self, groups: Sequence[NeighbourGroup], k: int) -> list[list[np.ndarray]]:
+        """The ``k`` nearest candidates of each target, for many items at once.
+
+        ``groups``: ``(item_id, targets, candidates)`` with ``candidates`` the item's reviewers in
+        most-helpful order (a user may repeat). For each group and each target: positions into
+        ``candidates``, nearest first, of the ``k`` candidates with the highest similarity rounded to
+        ``_TIE_DECIMALS`` (``exclude_item=item_id``), equal similarities in candidate (most-helpful)
+        order, the target's own reviews never among them. This default computes dense
+        ``targets × candidates`` blocks of one item at a time (never a users × users matrix);
+        :class:`RatingCosine` overrides it with a sparse computation.
+        """
+        out: list[list[np.ndarray]] = []
+        for item_id, targets, candidates in groups:
+            cands = np.asarray(list(candidates), dtype=object)
+            n = len(cands)
+            lists: list[np.ndarray] = []
+            if n == 0:
+                out.append([np.zeros(0, dtype=np.int64) for _ in targets])
+                continue
+            step = max(1, self.neighbour_block_entries // n)
+            for start in range(0, len(targets), step):
+                block = np.asarray(list(targets[start : start + step]), dtype=object)
+                sims = np.round(self.similarity_matrix(list(block), list(cands), exclude_item=item_id), _TIE_DECIMALS)
+                sims[cands[None, :] == block[:, None]] = -np.inf
+                lists.extend(_dense_top_k(sims, k))
+            out.append(lists)
+        return out
+
+
+def _dense_top_k(sims: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row, the columns of the ``k`` largest finite values, largest first, equal values by column;
+    ``-inf`` marks excluded columns. Same result as a stable argsort of ``-sims`` cut at ``k``, at the
+    cost of a partition: only entries ``>=`` each row's ``k``-th largest value are sorted."""
+    rows, n = sims.shape
+    if rows == 0:
+        return []
+    kk = min(k, n)
+    kth = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]
+    r, c = np.nonzero((sims >= kth[:, None]) & np.isfinite(sims))
+    v = sims[r, c]
+    order = np.lexsort((c, -v, r))
+    r, c = r[order], c[order]
+    starts = np.searchsorted(r, np.arange(rows + 1))
+    return [c[starts[j] : min(starts[j] + k, starts[j + 1])].astype(np.int64) for j in range(rows)]
 
 
 class RatingCosine(UserSimilarity):
@@ -193,6 +250,180 @@ class RatingCosine(UserSimilarity):
 
     def similarity(self, user: str, candidates: Sequence[str], exclude_item: str | None = None) -> np.ndarray:
         return self.similarity_matrix([user], candidates, exclude_item=exclude_item)[0]
+
+    def _pair_rows(self, t_codes: np.ndarray, x_codes: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Target rows for many (user, item) pairs at once: row ``p`` is what :meth:`_target_rows` gives
+        user ``t_codes[p]`` with ``exclude_item`` item ``x_codes[p]`` (-1: item unknown to the fit, the
+        full centred row; an unknown user (-1): an empty row). Same arithmetic, in the same order."""
+        n, n_items = len(t_codes), len(self.items)
+        known = t_codes >= 0
+        full = known & (x_codes < 0)
+        rebuilt = known & (x_codes >= 0)
+        rows_out, cols_out, vals_out = [], [], []
+        norms = np.zeros(n, dtype=np.float64)
+        # rows kept whole: the fitted centred rows and norms
+        p_full = np.flatnonzero(full)
+        if len(p_full):
+            sub = self.centred[t_codes[p_full]].tocoo()
+            rows_out.append(p_full[sub.row])
+            cols_out.append(sub.col)
+            vals_out.append(sub.data)
+            norms[p_full] = self.norms[t_codes[p_full]]
+        p_reb = np.flatnonzero(rebuilt)
+        if len(p_reb):
+            raw = self.raw[t_codes[p_reb]].tocoo()
+            keep = raw.col != x_codes[p_reb][raw.row]
+            r, c, v = raw.row[keep], raw.col[keep], raw.data[keep]
+            m = len(p_reb)
+            counts = np.bincount(r, minlength=m)
+            means = np.bincount(r, weights=v, minlength=m) / np.maximum(counts, 1)
+            centred = v - means[r]
+            norms[p_reb] = np.sqrt(np.bincount(r, weights=centred**2, minlength=m))
+            rows_out.append(p_reb[r])
+            cols_out.append(c)
+            vals_out.append(centred)
+        if rows_out:
+            rr, cc, vv = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
+        else:
+            rr = cc = np.zeros(0, dtype=np.int64)
+            vv = np.zeros(0, dtype=np.float64)
+        return sp.csr_matrix((vv, (rr, cc)), shape=(n, n_items)), norms
+
+    def neighbours(self, groups: Sequence[NeighbourGroup], k: int) -> list[list[np.ndarray]]:
+        """Sparse: a target and a reviewer who share no other rated item have similarity 0, so only the
+        nonzero dot products are computed (targets × reviewers of the same item, as a sparse product over
+        batches of items) and the zeros are filled in most-helpful order; no dense block, no users ×
+        users matrix. Same lists, ties included, as the dense default (tested)."""
+        self._check_fitted()
+        if not groups:
+            return []
+        n_t = np.array([len(t) for _, t, _ in groups], dtype=np.int64)
+        n_c = np.array([len(c) for _, _, c in groups], dtype=np.int64)
+        t_users = np.array([u for _, t, _ in groups for u in t], dtype=object)
+        c_users = np.array([u for _, _, c in groups for u in c], dtype=object)
+        t_group = np.repeat(np.arange(len(groups)), n_t)
+        c_group = np.repeat(np.arange(len(groups)), n_c)
+        # own reviews: the same user id (a code shared by targets and reviewers)
+        both, _ = pd.factorize(np.concatenate([t_users, c_users]))
+        t_same, c_same = both[: len(t_users)], both[len(t_users) :]
+        t_codes = self.users.get_indexer(pd.Index(t_users, dtype=object))
+        c_codes = self.users.get_indexer(pd.Index(c_users, dtype=object))
+        x_codes = self.items.get_indexer(pd.Index([g[0] for g in groups], dtype=object))[t_group]
+        targets, t_norms = self._pair_rows(t_codes, x_codes)
+        c_norms = np.where(c_codes >= 0, self.norms[np.maximum(c_codes, 0)], 0.0)
+        t_off = np.r_[0, np.cumsum(n_t)]
+        c_off = np.r_[0, np.cumsum(n_c)]
+
+        result: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(t_users)
+        # batches of consecutive groups whose targets × reviewers stay under the block bound; a larger
+        # group is one batch, its targets taken in row blocks
+        limit = self.neighbour_block_entries
+        g = 0
+        while g < len(groups):
+            h, nt, nc = g + 1, int(n_t[g]), int(n_c[g])
+            while h < len(groups) and (nt + n_t[h]) * (nc + n_c[h]) <= limit:
+                nt, nc = nt + int(n_t[h]), nc + int(n_c[h])
+                h += 1
+            c_lo, c_hi = int(c_off[g]), int(c_off[h])
+            known = np.flatnonzero(c_codes[c_lo:c_hi] >= 0)
+            cands_t = self.centred[c_codes[c_lo:c_hi][known]].T.tocsc()
+            step = min(max(1, limit // max(nc, 1)), 1 << 21)  # row << _ROW_SHIFT fits in int64
+            for r_lo in range(int(t_off[g]), int(t_off[h]), step):
+                r_hi = min(r_lo + step, int(t_off[h]))
+                self._neighbours_block(
+                    targets[r_lo:r_hi], t_norms[r_lo:r_hi], cands_t, known, c_norms[c_lo:c_hi],
+                    t_group[r_lo:r_hi], c_group[c_lo:c_hi], c_off[t_group[r_lo:r_hi]] - c_lo,
+                    n_c[t_group[r_lo:r_hi]], t_same[r_lo:r_hi], c_same[c_lo:c_hi], k, result, r_lo,
+                )
+            g = h
+        return [result[int(t_off[j]) : int(t_off[j + 1])] for j in range(len(groups))]
+
+    @staticmethod
+    def _neighbours_block(targets, t_norms, cands_t, known, c_norms, t_group, c_group, row_lo, row_n,
+                          t_same, c_same, k, result, r_base) -> None:
+        """Top-k for a block of target rows against a batch's reviewers (columns = batch slots, in group
+        order then most-helpful order). Writes ``result[r_base + r]`` as positions within the group."""
+        n_rows, n_slots = targets.shape[0], len(c_group)
+        dots = (targets @ cands_t).tocoo()
+        r, c = dots.row.astype(np.int64), known[dots.col].astype(np.int64)
+        same = t_group[r] == c_group[c]
+        r, c, d = r[same], c[same], dots.data[same]
+        denom = t_norms[r] * c_norms[c]
+        # q = round(sim, 12) * 10^12 as an integer: np.round(x, 12) is rint(x * 1e12) / 1e12, so equal
+        # q <=> equal rounded similarities, and q orders them the same way
+        q = np.rint(np.divide(d, denom, out=np.zeros_like(d), where=denom > 0) * _TIE_SCALE).astype(np.int64)
+        nz = q != 0
+        r, c, q = r[nz], c[nz], q[nz]
+        in_row = c - row_lo[r]  # position in the group's most-helpful order
+        # own slots: the target's own reviews of the item
+        base = int(max(c_same.max(initial=0), t_same.max(initial=0))) + 1
+        slot_key = c_group.astype(np.int64) * base + c_same
+        row_key = t_group.astype(np.int64) * base + t_same
+        by_key = np.argsort(slot_key, kind="stable")
+        lo = np.searchsorted(slot_key[by_key], row_key, "left")
+        hi = np.searchsorted(slot_key[by_key], row_key, "right")
+        n_own = hi - lo
+        own_r = np.repeat(np.arange(n_rows), n_own)
+        own_c = by_key[np.repeat(lo, n_own) + _ranges(n_own)]
+        own_keys = own_r * n_slots + own_c
+        keep = ~np.isin(r * n_slots + c, own_keys) if len(own_keys) else np.ones(len(r), dtype=bool)
+        r, c, q, in_row = r[keep], c[keep], q[keep], in_row[keep]
+        # a row with at least k candidates at >= 0 never needs a negative one
+        neg = q < 0
+        enough = row_n - n_own - np.bincount(r[neg], minlength=n_rows) >= k
+        keep = ~(neg & enough[r])
+        # zeros: the first slots of each row's group that are neither nonzero nor own, k of them (fewer
+        # if the group has fewer); look at the first m slots, more where that was not enough
+        fill_r_parts, fill_c_parts = [], []
+        todo = np.arange(n_rows)
+        m = np.minimum(row_n, k + n_own)
+        start = np.zeros(n_rows, dtype=np.int64)
+        have = np.zeros(n_rows, dtype=np.int64)
+        taken = np.concatenate([own_keys, r * n_slots + c])
+        taken_pos = np.concatenate([own_c - row_lo[own_r], in_row])
+        taken_row = np.concatenate([own_r, r])
+        while len(todo):
+            cnt = m[todo] - start[todo]
+            fr = np.repeat(todo, cnt)
+            fc = row_lo[fr] + np.repeat(start[todo], cnt) + _ranges(cnt)
+            window = (taken_pos >= start[taken_row]) & (taken_pos < m[taken_row])
+            ok = ~np.isin(fr * n_slots + fc, taken[window])
+            fill_r_parts.append(fr[ok])
+            fill_c_parts.append(fc[ok])
+            have += np.bincount(fr[ok], minlength=n_rows)
+            start[todo] = m[todo]
+            todo = todo[(have[todo] < k) & (m[todo] < row_n[todo])]
+            m[todo] = np.minimum(row_n[todo], 2 * m[todo] + k)
+        fill_r = np.concatenate(fill_r_parts) if fill_r_parts else np.zeros(0, dtype=np.int64)
+        fill_c = np.concatenate(fill_c_parts) if fill_c_parts else np.zeros(0, dtype=np.int64)
+        rr = np.concatenate([r[keep], fill_r])
+        cc = np.concatenate([c[keep], fill_c])
+        # one integer key per entry: row, then similarity descending; per row only the entries up to the
+        # k-th smallest key can be among the k nearest, and only those are sorted with the slot as tie-break
+        key = (rr << _ROW_SHIFT) | (_TIE_SCALE - np.concatenate([q[keep], np.zeros(len(fill_r), dtype=np.int64)]))
+        sorted_keys = np.sort(key)
+        starts = np.searchsorted(sorted_keys >> _ROW_SHIFT, np.arange(n_rows + 1))
+        counts = np.diff(starts)
+        kth = np.full(n_rows, -1, dtype=np.int64)
+        has = counts > 0
+        kth[has] = sorted_keys[starts[:-1][has] + np.minimum(counts[has], k) - 1]
+        sel = key <= kth[rr]
+        rr, cc, key = rr[sel], cc[sel], key[sel]
+        order = np.lexsort((cc, key))
+        rr, cc = rr[order], cc[order] - row_lo[rr[order]]
+        starts = np.searchsorted(rr, np.arange(n_rows + 1))
+        for j in range(n_rows):
+            result[r_base + j] = cc[starts[j] : min(starts[j] + k, starts[j + 1])]
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """``[0..counts[0]), [0..counts[1]), ...`` concatenated."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
 
 
 _MISSING_EMBED = (
@@ -296,6 +527,44 @@ class ProfileEmbedding(UserSimilarity):
             out[np.ix_(ku, kc)] = self.matrix[u_idx[ku]] @ self.matrix[c_idx[kc]].T
         return out
 
+    def neighbours(self, groups: Sequence[NeighbourGroup], k: int) -> list[list[np.ndarray]]:
+        """The dense default with the user-id lookups done once for all groups (per item they cost more
+        than the products): one ``targets × reviewers`` block of one item at a time."""
+        if self.users is None:
+            self.fit()
+        if not groups:
+            return []
+        n_t = np.array([len(t) for _, t, _ in groups], dtype=np.int64)
+        n_c = np.array([len(c) for _, _, c in groups], dtype=np.int64)
+        t_users = np.array([u for _, t, _ in groups for u in t], dtype=object)
+        c_users = np.array([u for _, _, c in groups for u in c], dtype=object)
+        t_codes = self.users.get_indexer(pd.Index(t_users, dtype=object))
+        c_codes = self.users.get_indexer(pd.Index(c_users, dtype=object))
+        t_off, c_off = np.r_[0, np.cumsum(n_t)], np.r_[0, np.cumsum(n_c)]
+        out: list[list[np.ndarray]] = []
+        for g in range(len(groups)):
+            n = int(n_c[g])
+            if n == 0:
+                out.append([np.zeros(0, dtype=np.int64) for _ in range(int(n_t[g]))])
+                continue
+            cu, cc = c_users[c_off[g] : c_off[g + 1]], c_codes[c_off[g] : c_off[g + 1]]
+            kc = np.flatnonzero(cc >= 0)
+            cands = self.matrix[cc[kc]]
+            lists: list[np.ndarray] = []
+            step = max(1, self.neighbour_block_entries // n)
+            for lo in range(int(t_off[g]), int(t_off[g + 1]), step):
+                hi = min(lo + step, int(t_off[g + 1]))
+                tc = t_codes[lo:hi]
+                ku = np.flatnonzero(tc >= 0)
+                sims = np.zeros((hi - lo, n), dtype=np.float64)
+                if len(ku) and len(kc):
+                    sims[np.ix_(ku, kc)] = self.matrix[tc[ku]] @ cands.T
+                sims = np.round(sims, _TIE_DECIMALS)
+                sims[cu[None, :] == t_users[lo:hi, None]] = -np.inf
+                lists.extend(_dense_top_k(sims, k))
+            out.append(lists)
+        return out
+
     def similarity(self, user: str, candidates: Sequence[str], exclude_item: str | None = None) -> np.ndarray:
         return self.similarity_matrix([user], candidates, exclude_item=exclude_item)[0]
 
@@ -359,24 +628,12 @@ class _ItemReviews:
             return [self.positions[:cap] if t is None else self.positions[self.users != t][:cap] for t in targets]
         if any(t is None for t in targets):
             raise ValueError("item_policy=similar_users selects reviews per target user: pass target_user=")
-        n = len(self.positions)
-        if n == 0:
+        if len(self.positions) == 0:
             return [self.positions] * len(targets)
-        out: list[np.ndarray] = []
-        candidates = list(self.users)
-        step = max(1, 4_000_000 // n)  # bound the dense targets × reviewers block
-        for start in range(0, len(targets), step):
-            block = np.asarray(list(targets[start : start + step]), dtype=object)
-            sims = np.round(similarity.similarity_matrix(list(block), candidates, exclude_item=item_id), _TIE_DECIMALS)
-            own = self.users[None, :] == block[:, None]
-            sims[own] = -np.inf
-            # by similarity, descending; a stable sort keeps the most-helpful order among equal
-            # similarities (an unknown target user has all zeros: pure most-helpful order)
-            order = np.argsort(-sims, axis=1, kind="stable")
-            for r in range(len(block)):
-                row = order[r]
-                out.append(self.positions[row[~own[r, row]][:k]])
-        return out
+        # by similarity, descending; equal similarities keep the most-helpful order (an unknown target
+        # user has all zeros: pure most-helpful order)
+        lists = similarity.neighbours([(item_id, list(targets), list(self.users))], k)[0]
+        return [self.positions[pos] for pos in lists]
 
 
 def select_reviews(
@@ -505,22 +762,25 @@ class ItemProfilePlan:
 
         jobs: dict[JobKey, np.ndarray] = {}
         pair_to_job: dict[Pair, JobKey] = {}
-        for item, targets in targets_by_item.items():
-            reviews = reviews_of(item)
-            if pol == ItemReviewPolicy.similar_users:
-                for user, pos in zip(targets, reviews.select(pol, k, max_reviews, targets, item, similarity),
-                                     strict=True):
-                    jobs[(item, user)] = pos
+        if pol == ItemReviewPolicy.similar_users:
+            # every item's neighbour lists in one call: the similarity batches items as it sees fit
+            reviews = {item: reviews_of(item) for item in targets_by_item}
+            groups = [(item, targets, reviews[item].users) for item, targets in targets_by_item.items()]
+            for (item, targets, _), lists in zip(groups, similarity.neighbours(groups, k), strict=True):
+                for user, pos in zip(targets, lists, strict=True):
+                    jobs[(item, user)] = reviews[item].positions[pos]
                     pair_to_job[(user, item)] = (item, user)
-                continue
-            shared = reviews.select(pol, k, max_reviews, [None], item, similarity)[0]
-            jobs[(item, None)] = shared
-            selected_users = set(users_all[shared])
-            own = [u for u in targets if u in selected_users]
-            for user, pos in zip(own, reviews.select(pol, k, max_reviews, own, item, similarity), strict=True):
-                jobs[(item, user)] = pos
-            for user in targets:
-                pair_to_job[(user, item)] = (item, user) if user in selected_users else (item, None)
+        else:
+            for item, targets in targets_by_item.items():
+                reviews = reviews_of(item)
+                shared = reviews.select(pol, k, max_reviews, [None], item, similarity)[0]
+                jobs[(item, None)] = shared
+                selected_users = set(users_all[shared])
+                own = [u for u in targets if u in selected_users]
+                for user, pos in zip(own, reviews.select(pol, k, max_reviews, own, item, similarity), strict=True):
+                    jobs[(item, user)] = pos
+                for user in targets:
+                    pair_to_job[(user, item)] = (item, user) if user in selected_users else (item, None)
 
         keys = sorted(jobs, key=lambda kk: (kk[0], kk[1] is not None, kk[1] or ""))
         records = []
