@@ -542,26 +542,8 @@ class BatchTeacherClient(TeacherClient):
                  counts["unanswered"])
 
     def _store(self, key: str, request: ChatRequest, response: ChatResponse, answered: dict[str, ChatResponse]) -> None:
-        u = self.usage
-        response.cost_usd = self.cost(response.prompt_tokens, response.completion_tokens)
-        response.cached = False
-        u.answered += 1
-        u.attempts += 1
-        u.prompt_tokens += response.prompt_tokens
-        u.completion_tokens += response.completion_tokens
-        u.cost_usd += response.cost_usd
-        if self.ledger is not None:  # before the cache: a crash after this line never under-counts
-            self.ledger.record(calls=u.answered, prompt_tokens=u.prompt_tokens,
-                               completion_tokens=u.completion_tokens, cost_usd=u.cost_usd)
-        estimate = self.estimate_prompt_tokens(request)
-        if estimate and response.prompt_tokens > estimate * self._prompt_scale:
-            self._prompt_scale = response.prompt_tokens / estimate
-        stored = self.cache.put(key, request, response, backend=self.backend.name, model=self.backend.model)
-        if not stored:
-            first = self.cache.get(key)
-            if first is not None:
-                response = ChatResponse(**{**vars(first.to_response()), "cached": False, "cost_usd": response.cost_usd})
-        answered[key] = response
+        self.usage.attempts += 1
+        answered[key] = self._account_answer(key, request, response)
 
 
 def _error_message(body: Any) -> str:

@@ -489,33 +489,38 @@ class TeacherClient:
                 if state.stop_reason == "permanent":
                     return None, e
 
+    def _account_answer(self, key: str, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+        """Count a fresh answer (usage, the spend persisted for the budget, the prompt-size estimate) and
+        store it in the cache; returns the answer everyone sees (another shard's, when it answered first).
+        Sync calls and batch lines both go through here."""
+        u = self.usage
+        response.cost_usd = self.cost(response.prompt_tokens, response.completion_tokens)
+        response.cached = False
+        u.answered += 1
+        u.prompt_tokens += response.prompt_tokens
+        u.completion_tokens += response.completion_tokens
+        u.cost_usd += response.cost_usd
+        if self.ledger is not None:  # before the cache: a crash after this line never under-counts
+            self.ledger.record(calls=u.answered, prompt_tokens=u.prompt_tokens,
+                               completion_tokens=u.completion_tokens, cost_usd=u.cost_usd)
+        estimate = self.estimate_prompt_tokens(request)
+        if estimate and response.prompt_tokens > estimate * self._prompt_scale:
+            self._prompt_scale = response.prompt_tokens / estimate
+        if self.cache is not None:
+            stored = self.cache.put(key, request, response, backend=self.backend.name, model=self.backend.model)
+            if not stored:  # another shard answered it first: use the answer everyone else sees
+                first = self.cache.get(key)
+                if first is not None:
+                    return ChatResponse(**{**vars(first.to_response()), "cached": False, "cost_usd": response.cost_usd})
+        return response
+
     async def _settle(self, state: _RunState, unit: list[str], requests: list[ChatRequest],
                       responses: list[ChatResponse] | None, error: TeacherError | None) -> None:
         u = self.usage
         for pos, key in enumerate(unit):
             indices = state.pending[key]
             if responses is not None:
-                response = responses[pos]
-                response.cost_usd = self.cost(response.prompt_tokens, response.completion_tokens)
-                response.cached = False
-                u.answered += 1
-                u.prompt_tokens += response.prompt_tokens
-                u.completion_tokens += response.completion_tokens
-                u.cost_usd += response.cost_usd
-                if self.ledger is not None:  # before the cache: a crash after this line never under-counts
-                    self.ledger.record(calls=u.answered, prompt_tokens=u.prompt_tokens,
-                                       completion_tokens=u.completion_tokens, cost_usd=u.cost_usd)
-                estimate = self.estimate_prompt_tokens(requests[pos])
-                if estimate and response.prompt_tokens > estimate * self._prompt_scale:
-                    self._prompt_scale = response.prompt_tokens / estimate
-                if self.cache is not None:
-                    stored = self.cache.put(key, requests[pos], response, backend=self.backend.name,
-                                            model=self.backend.model)
-                    if not stored:  # another shard answered it first: use the answer everyone else sees
-                        first = self.cache.get(key)
-                        if first is not None:
-                            responses[pos] = ChatResponse(**{**vars(first.to_response()), "cached": False,
-                                                             "cost_usd": response.cost_usd})
+                responses[pos] = self._account_answer(key, requests[pos], responses[pos])
             for n, index in enumerate(indices):
                 result = state.results[index]
                 if responses is not None:

@@ -75,6 +75,16 @@ def _require(train_df: pd.DataFrame, what: str) -> None:
 # user similarity
 
 
+def flatten_groups(groups) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour groups ``(item, targets, reviewers)`` as flat arrays: targets and reviewers per group,
+    then every target's and every reviewer's user id in group order."""
+    n_t = np.array([len(t) for _, t, _ in groups], dtype=np.int64)
+    n_c = np.array([len(c) for _, _, c in groups], dtype=np.int64)
+    t_users = np.array([u for _, t, _ in groups for u in t], dtype=object)
+    c_users = np.array([u for _, _, c in groups for u in c], dtype=object)
+    return n_t, n_c, t_users, c_users
+
+
 class UserSimilarity(ABC):
     """Similarity of a target user to candidate users (higher = more alike)."""
 
@@ -297,10 +307,7 @@ class RatingCosine(UserSimilarity):
         self._check_fitted()
         if not groups:
             return []
-        n_t = np.array([len(t) for _, t, _ in groups], dtype=np.int64)
-        n_c = np.array([len(c) for _, _, c in groups], dtype=np.int64)
-        t_users = np.array([u for _, t, _ in groups for u in t], dtype=object)
-        c_users = np.array([u for _, _, c in groups for u in c], dtype=object)
+        n_t, n_c, t_users, c_users = flatten_groups(groups)
         t_group = np.repeat(np.arange(len(groups)), n_t)
         c_group = np.repeat(np.arange(len(groups)), n_c)
         # own reviews: the same user id (a code shared by targets and reviewers)
@@ -534,10 +541,7 @@ class ProfileEmbedding(UserSimilarity):
             self.fit()
         if not groups:
             return []
-        n_t = np.array([len(t) for _, t, _ in groups], dtype=np.int64)
-        n_c = np.array([len(c) for _, _, c in groups], dtype=np.int64)
-        t_users = np.array([u for _, t, _ in groups for u in t], dtype=object)
-        c_users = np.array([u for _, _, c in groups for u in c], dtype=object)
+        n_t, n_c, t_users, c_users = flatten_groups(groups)
         t_codes = self.users.get_indexer(pd.Index(t_users, dtype=object))
         c_codes = self.users.get_indexer(pd.Index(c_users, dtype=object))
         t_off, c_off = np.r_[0, np.cumsum(n_t)], np.r_[0, np.cumsum(n_c)]
