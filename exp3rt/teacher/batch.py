@@ -244,11 +244,7 @@ class BatchTeacherClient(TeacherClient):
     async def run(self, requests: Iterable[ChatRequest],
                   on_result: Callable[[Result], Any] | None = None) -> list[Result]:
         t0 = time.monotonic()
-        requests = list(requests)
-        name, model = self.backend.name, self.backend.model
-        keys = [r.cache_key(name, model) for r in requests]
-        results = [Result(i, r, k) for i, (r, k) in enumerate(zip(requests, keys, strict=True))]
-        self.usage.requests += len(requests)
+        requests, keys, results = self._start(requests)
         todo: dict[str, ChatRequest] = {}
         for key, request in zip(keys, requests, strict=True):
             todo.setdefault(key, request)

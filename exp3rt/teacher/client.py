@@ -330,6 +330,13 @@ class TeacherClient:
         }
 
     # -- the run -----------------------------------------------------------------------------------
+    def _start(self, requests: Iterable[ChatRequest]) -> tuple[list[ChatRequest], list[str], list[Result]]:
+        """A run's requests as a list, their cache keys and one empty :class:`Result` each (counted)."""
+        requests = list(requests)
+        keys = [r.cache_key(self.backend.name, self.backend.model) for r in requests]
+        self.usage.requests += len(requests)
+        return requests, keys, [Result(i, r, k) for i, (r, k) in enumerate(zip(requests, keys, strict=True))]
+
     async def run(self, requests: Iterable[ChatRequest],
                   on_result: Callable[[Result], Any] | None = None) -> list[Result]:
         """Answer ``requests``; one :class:`Result` each, in request order. ``on_result`` (sync or
@@ -338,11 +345,8 @@ class TeacherClient:
         Raises :class:`BudgetExceeded` or :class:`PermanentError` (both carry ``.results``) when the
         run had to stop; failures that retries could not fix are in the results, not raised."""
         t0 = time.monotonic()
-        requests = list(requests)
-        name, model = self.backend.name, self.backend.model
-        keys = [r.cache_key(name, model) for r in requests]
-        results = [Result(i, r, k) for i, (r, k) in enumerate(zip(requests, keys, strict=True))]
-        self.usage.requests += len(requests)
+        requests, keys, results = self._start(requests)
+        model = self.backend.model
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         pending: dict[str, list[int]] = {}
         bar = tqdm(total=len(requests), unit="req", desc=f"teacher {model}", dynamic_ncols=True,
