@@ -46,9 +46,19 @@ class SpendLedger:
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(SCHEMA)
+            # two shards opening a new ledger at once: switching it to WAL (and creating the table) can
+            # fail with "database is locked" without waiting for the busy timeout; retry until it passes
+            deadline = time.monotonic() + busy_timeout_s
+            while True:
+                try:
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+                    self._conn.execute(SCHEMA)
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
 
     def __repr__(self) -> str:
         return f"SpendLedger({str(self.path)!r})"
