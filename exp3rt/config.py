@@ -358,9 +358,17 @@ class PromptTemplate:
     user: str = MISSING
 
 
+class RationaleForm(StrEnum):
+    """How a rationale is written (the extractive teacher writes either; an LLM teacher is asked by its prompt)."""
+
+    narrative = "narrative"  # a few sentences weighing the pair, ending in an overall lean
+    compact = "compact"  # the profile overlaps in a fixed order (met / missed / triggered / avoided) and the averages
+
+
 @dataclass
 class PromptConf:
     version: str = MISSING
+    rationale_form: RationaleForm = RationaleForm.narrative
     extract: PromptTemplate = field(default_factory=PromptTemplate)
     user_profile: PromptTemplate = field(default_factory=PromptTemplate)
     item_profile: PromptTemplate = field(default_factory=PromptTemplate)

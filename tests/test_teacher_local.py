@@ -194,6 +194,57 @@ def test_rationale_pairs_preferences_leans_with_the_rating_and_hides_it(ext):
     assert _rationale(ext, 9) == high  # deterministic
 
 
+COMPACT_USER = """[Like]
+- The romance was touching
+- The action was gripping
+- The soundtrack was lovely
+
+[Dislike]
+- The pacing was slow
+- The acting was stiff
+
+[Average Rating]
+4.0"""
+COMPACT_ITEM = """[Like]
+- The action scenes were thrilling
+- The acting was superb
+
+[Dislike]
+- The romance was cheesy
+- The pacing dragged badly
+
+[Average Rating]
+3.4"""
+
+
+def test_compact_rationale_lists_the_overlaps_in_a_fixed_order_whatever_the_rating(ext):
+    def compact(rating, user=COMPACT_USER, item=COMPACT_ITEM):
+        payload = {"rating": rating, "scale": [1, 5], "user_profile": user, "item_profile": item,
+                   "item_description": "", "domain": "movie", "form": "compact"}
+        return _run(ext.complete(_req("rationale", payload))).text
+
+    text = compact(2)
+    assert text == ("Likes it meets: action. Likes it misses: romance. Dislikes it triggers: pacing. "
+                    "Dislikes it avoids: acting. Averages: user 4.0, movie 3.4.")
+    assert compact(5) == text  # it follows from the profiles alone: the rating never shapes it
+    empty = compact(3, user="[Like]\n- The soundtrack was lovely\n\n[Dislike]\n- None.", item=COMPACT_ITEM)
+    assert empty == "Likes it meets: none. Likes it misses: none. Dislikes it triggers: none. Dislikes it avoids: none. Averages: movie 3.4."
+
+
+def test_the_compact_form_has_its_own_rationale_version_and_the_narrative_keeps_its_own():
+    from omegaconf import OmegaConf
+
+    from exp3rt import CONF_DIR
+    from exp3rt.teacher.prompts import Prompts
+
+    v1 = OmegaConf.load(CONF_DIR / "prompt" / "exp3rt_v1.yaml")
+    narrative = Prompts(v1, "movie", 1, 5)
+    compact = Prompts(OmegaConf.merge(v1, {"rationale_form": "compact"}), "movie", 1, 5)
+    assert narrative.rationale_form == "narrative" and compact.rationale_form == "compact"
+    assert compact.version("rationale") == narrative.version("rationale") + ":compact"
+    assert compact.version("extract") == narrative.version("extract")
+
+
 @pytest.mark.parametrize("scale", [(1, 5), (1, 10)])
 def test_consistency_reads_the_lean_back_within_one_point(ext, scale):
     lo, hi = scale

@@ -383,3 +383,30 @@ def test_two_trainings_never_share_a_run_dir(annotated, tmp_path):
     out, err = waiting.communicate(timeout=300)
     assert waiting.returncode == 0, err[-2000:]
     assert f"waiting for pid {os.getpid()}" in out + err and (run_dir / "train.json").is_file()
+
+
+def test_a_missing_local_student_folder_is_one_sentence_whose_command_builds_it(tmp_path, monkeypatch):
+    import shlex
+
+    from omegaconf import OmegaConf
+
+    from exp3rt.config import ConfigError
+    from exp3rt.models import smollm2
+    from exp3rt.student.model import ensure_model_folder, is_local_path
+
+    folder = tmp_path / "models" / "smollm2-135m-instruct"
+    cfg = OmegaConf.create({"name": "smollm2_135m", "model_path": str(folder), "build_tiny": False})
+    with pytest.raises(ConfigError, match="no model at") as err:
+        ensure_model_folder(cfg)
+    command = shlex.split(str(err.value).rsplit("(about 30 s): ", 1)[1])
+    assert command[:3] == ["python", "-m", "exp3rt.models.smollm2"] and command[3] == str(folder)
+    built = []
+    monkeypatch.setattr(smollm2, "prepare_smollm2", lambda out, **kw: built.append(out) or out)
+    monkeypatch.setattr("sys.argv", command[2:])
+    smollm2.main()
+    assert [str(p) for p in built] == [str(folder)]  # the module's command line builds exactly that folder
+    # a hub id is left to transformers
+    assert not is_local_path("HuggingFaceTB/SmolLM2-135M-Instruct") and is_local_path(str(folder))
+    other = OmegaConf.create({"name": "llama3_8b_instruct", "model_path": str(tmp_path / "none"), "build_tiny": False})
+    with pytest.raises(ConfigError, match="student.model_path to another folder"):
+        ensure_model_folder(other)

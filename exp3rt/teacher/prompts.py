@@ -23,10 +23,13 @@ class Prompts:
             "scale_min": fmt_rating(scale_min),
             "scale_max": fmt_rating(scale_max),
         }
+        self.rationale_form = str(prompt_cfg.get("rationale_form", "narrative"))
         self._versions = {}
         for stage in STAGES:
             tpl = prompt_cfg[stage]
             self._versions[stage] = f"{prompt_cfg.version}:{template_digest(tpl.system, tpl.user)}"
+            if stage == "rationale" and self.rationale_form != "narrative":  # narrative keeps its old versions (and caches)
+                self._versions[stage] += f":{self.rationale_form}"
             # fail at start-up, not after an hour of calls, when a template names an unknown field
             for part in ("system", "user"):
                 check_placeholders(tpl[part], f"prompt.{stage}.{part}")

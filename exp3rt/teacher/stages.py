@@ -454,7 +454,7 @@ async def run_rationales(runner: StageRunner, ctx: AnnotationContext, user_profi
         rating = float(row.rating)
         fields = {"rating": fmt_rating(rating), "user_profile": up, "item_profile": ip, "item_description": desc}
         payload = {"rating": rating, "scale": [ctx.scale.min, ctx.scale.max], "user_profile": up, "item_profile": ip,
-                   "item_description": desc, "domain": ctx.domain}
+                   "item_description": desc, "domain": ctx.domain, "form": runner.prompts.rationale_form}
         check = (lambda r: (lambda text: check_rationale(text, r, ctx.scale.max)))(rating)
         works.append(Work(key, fields, payload, check, {**meta, "user_profile": up, "item_profile": ip, "item_description": desc}))
     outcomes = await runner.run("rationale", works)

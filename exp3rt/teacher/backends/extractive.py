@@ -183,6 +183,7 @@ class ExtractiveBackend:
                     p.get("item_profile", ""),
                     p.get("item_description", "") or "",
                     p.get("domain", "item") or "item",
+                    p.get("form", "narrative") or "narrative",
                 )
             elif request.stage == "consistency":
                 text = f"Rating: {_fmt(self.consistency(p['rationale'], tuple(p['scale'])))}"
@@ -279,7 +280,10 @@ class ExtractiveBackend:
         item_profile: str,
         item_description: str,
         domain: str,
+        form: str = "narrative",
     ) -> str:
+        if form == "compact":
+            return self.compact_rationale(user_profile, item_profile, domain)
         lo, hi = float(scale[0]), float(scale[1])
         band = lean_band((rating - lo) / (hi - lo) if hi > lo else 0.5)
         u_like, u_dis = (_clean_list(x) for x in parse_preferences(user_profile))
@@ -321,6 +325,26 @@ class ExtractiveBackend:
             sents.append(f"The description presents it as follows: {desc}")
         sents.append(LEANS[band].format(noun=noun))
         return " ".join(sents)
+
+    def compact_rationale(self, user_profile: str, item_profile: str, domain: str) -> str:
+        """The overlaps between the two profiles in a fixed order, named by the aspect words they share,
+        then both averages: what the rating follows from, computable from the student's prompt alone
+        (the rating is not used, so the reasoning never leans towards an answer it could not know)."""
+        u_like, u_dis = (_clean_list(x) for x in parse_preferences(user_profile))
+        i_like, i_dis = (_clean_list(x) for x in parse_preferences(item_profile))
+        parts = [
+            f"{label}: {_names(_pairs(users, items, ''))}."
+            for label, users, items in (
+                ("Likes it meets", u_like, i_like),
+                ("Likes it misses", u_like, i_dis),
+                ("Dislikes it triggers", u_dis, i_dis),
+                ("Dislikes it avoids", u_dis, i_like),
+            )
+        ]
+        averages = [f"{who} {a}" for who, a in (("user", _average(user_profile)), (domain or "item", _average(item_profile))) if a]
+        if averages:
+            parts.append(f"Averages: {', '.join(averages)}.")
+        return " ".join(parts)
 
     # --- consistency ------------------------------------------------------------------------------
     def consistency(self, rationale: str, scale: tuple[float, float]) -> float:
@@ -490,6 +514,26 @@ def _pairs(users: list[str], items: list[str], tag: str) -> list[tuple[str, str,
             used.add(best[1])
             out.append((u, best[1], tag))
     return out
+
+
+def _names(pairs: list[tuple[str, str, str]]) -> str:
+    """The aspect words each (user bullet, item bullet) pair shares, in the item bullet's order; "none"."""
+    names = []
+    for u, i, _ in pairs:
+        shared = set(_aspect_terms(u))
+        words = [w for w in _aspect_terms(i) if w in shared]
+        name = " ".join(dict.fromkeys(words))
+        if name and name not in names:
+            names.append(name)
+    return ", ".join(names) or "none"
+
+
+_AVERAGE = re.compile(r"\[Average Rating\]\s*\n\s*(\d+(?:\.\d+)?)")
+
+
+def _average(profile: str) -> str | None:
+    hit = _AVERAGE.search(profile or "")
+    return hit.group(1) if hit else None
 
 
 def _pair_sentence(user_b: str, item_b: str, tag: str, noun: str, lower: bool = False) -> str:
