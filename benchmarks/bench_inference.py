@@ -57,19 +57,36 @@ from exp3rt.inference.readout import read_after, readout_only
 from exp3rt.models.tiny import build_tiny_llama
 from exp3rt.student.ratings import RatingTokens
 
-SENTENCES = ("The acting was great but the plot was slow.", "I liked the soundtrack and the camera work.",
-             "The ending felt rushed and the dialogue was flat.", "Good value, the battery lasts long.")
-PRESETS = {"tiny": {"hidden": 256, "layers": 4, "heads": 4},
-           "student": {"hidden": 64, "layers": 2, "heads": 4},  # the shape conf/student/tiny.yaml trains (demo, tests)
-           "smollm2": {"hidden": 576, "layers": 30, "heads": 9}}
+SENTENCES = (
+    "The acting was great but the plot was slow.",
+    "I liked the soundtrack and the camera work.",
+    "The ending felt rushed and the dialogue was flat.",
+    "Good value, the battery lasts long.",
+)
+PRESETS = {
+    "tiny": {"hidden": 256, "layers": 4, "heads": 4},
+    "student": {
+        "hidden": 64,
+        "layers": 2,
+        "heads": 4,
+    },  # the shape conf/student/tiny.yaml trains (demo, tests)
+    "smollm2": {"hidden": 576, "layers": 30, "heads": 9},
+}
 
 
 def prompts(tok, n: int) -> list[str]:
     out = []
     for i in range(n):
-        body = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(3 + (i * 5) % 17))  # 3..19 sentences
-        out.append(tok.apply_chat_template([{"role": "user", "content": f"User profile: {body}\nRate the item."}],
-                                           add_generation_prompt=True, tokenize=False))
+        body = " ".join(
+            SENTENCES[(i + k) % len(SENTENCES)] for k in range(3 + (i * 5) % 17)
+        )  # 3..19 sentences
+        out.append(
+            tok.apply_chat_template(
+                [{"role": "user", "content": f"User profile: {body}\nRate the item."}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+        )
     return out
 
 
@@ -89,13 +106,23 @@ def load_model(args) -> tuple:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(args.model)
         return model, tok, args.model
-    shape = {**PRESETS[args.preset], **{k: v for k, v in (("hidden", args.hidden), ("layers", args.layers),
-                                                            ("heads", args.heads)) if v is not None}}
+    shape = {
+        **PRESETS[args.preset],
+        **{
+            k: v
+            for k, v in (("hidden", args.hidden), ("layers", args.layers), ("heads", args.heads))
+            if v is not None
+        },
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_llama(tmp, vocab="bpe", **shape)
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         tok = AutoTokenizer.from_pretrained(path)
-    return model, tok, f"{args.preset}: hidden {shape['hidden']} x {shape['layers']} layers, {shape['heads']} heads"
+    return (
+        model,
+        tok,
+        f"{args.preset}: hidden {shape['hidden']} x {shape['layers']} layers, {shape['heads']} heads",
+    )
 
 
 def main(argv=None) -> dict:
@@ -130,9 +157,11 @@ def main(argv=None) -> dict:
         finally:
             generation.PREFILL_SLACK, generation.new_cache = slack, make
 
-    arms = {"single": lambda n: generate_batch(model, tok, ps, n, batch_size=1),
-            "batched": lambda n: generate_batch(model, tok, ps, n, batch_size=b, keep_state=n == n_new),
-            "plain": plain}
+    arms = {
+        "single": lambda n: generate_batch(model, tok, ps, n, batch_size=1),
+        "batched": lambda n: generate_batch(model, tok, ps, n, batch_size=b, keep_state=n == n_new),
+        "plain": plain,
+    }
     wall: dict[str, list] = {k: [] for k in ("single", "batched", "plain", "single_1", "batched_1")}
     cpu: dict[str, list] = {k: [] for k in wall}
     identical, t_gen, t_read5, t_read10, t_reencode = [], [], [], [], []
@@ -144,13 +173,19 @@ def main(argv=None) -> dict:
             w, c, outs[arm] = timed(arms[arm], n_new)
             wall[arm].append(w)
             cpu[arm].append(c)
-        for arm in ("single", "batched") if rep % 2 == 0 else ("batched", "single"):  # each arm's prompt pass (one new token)
+        for arm in (
+            ("single", "batched") if rep % 2 == 0 else ("batched", "single")
+        ):  # each arm's prompt pass (one new token)
             w, c, _ = timed(arms[arm], 1)
             wall[f"{arm}_1"].append(w)
             cpu[f"{arm}_1"].append(c)
         gens, single = outs["batched"], outs["single"]
-        identical.append(sum(g.new_token_ids == s.new_token_ids == p.new_token_ids
-                             for g, s, p in zip(gens, single, outs["plain"], strict=True)))
+        identical.append(
+            sum(
+                g.new_token_ids == s.new_token_ids == p.new_token_ids
+                for g, s, p in zip(gens, single, outs["plain"], strict=True)
+            )
+        )
         if not args.model:  # random-init presets: batched greedy must equal one-by-one exactly
             assert identical[-1] == b, "batched != one-by-one"
         t_gen.append(wall["batched"][-1])
@@ -163,8 +198,12 @@ def main(argv=None) -> dict:
     def ratios(times, end_to_end: bool) -> list[float]:
         if end_to_end:
             return [s / t for s, t in zip(times["single"], times["batched"], strict=True)]
-        return [(s - s1) / max(t - t1, 1e-9) for s, t, s1, t1 in
-                zip(times["single"], times["batched"], times["single_1"], times["batched_1"], strict=True)]
+        return [
+            (s - s1) / max(t - t1, 1e-9)
+            for s, t, s1, t1 in zip(
+                times["single"], times["batched"], times["single_1"], times["batched_1"], strict=True
+            )
+        ]
 
     med = statistics.median
     total = n_new * b
@@ -172,9 +211,16 @@ def main(argv=None) -> dict:
     res = {
         "model": {"name": label, "params": sum(p.numel() for p in model.parameters())},
         "torch_threads": torch.get_num_threads(),
-        "prompts": b, "prompt_tokens": {"min": min(lengths), "max": max(lengths), "sum": sum(lengths),
-                                        "padded": b * max(lengths), "computed": computed},
-        "new_tokens": n_new, "repeats": args.repeats,
+        "prompts": b,
+        "prompt_tokens": {
+            "min": min(lengths),
+            "max": max(lengths),
+            "sum": sum(lengths),
+            "padded": b * max(lengths),
+            "computed": computed,
+        },
+        "new_tokens": n_new,
+        "repeats": args.repeats,
         "batched_over_single": spread(ratios(wall, True)),  # end to end, wall clock (the goal's measure)
         "batched_over_single_cpu": spread(ratios(cpu, True)),
         # the batch now (length-grouped prompt pass, in-place KV cache) against the batch as it was, same run
@@ -183,8 +229,12 @@ def main(argv=None) -> dict:
         "decode_batched_over_single_cpu": spread(ratios(cpu, False)),
         "batched_tokens_per_s": total / med(wall["batched"]),
         "single_tokens_per_s": total / med(wall["single"]),
-        "single_step_ms": 1000 * med([s - s1 for s, s1 in zip(wall["single"], wall["single_1"], strict=True)]) / (b * (n_new - 1)),
-        "batched_step_ms": 1000 * med([t - t1 for t, t1 in zip(wall["batched"], wall["batched_1"], strict=True)]) / (n_new - 1),
+        "single_step_ms": 1000
+        * med([s - s1 for s, s1 in zip(wall["single"], wall["single_1"], strict=True)])
+        / (b * (n_new - 1)),
+        "batched_step_ms": 1000
+        * med([t - t1 for t, t1 in zip(wall["batched"], wall["batched_1"], strict=True)])
+        / (n_new - 1),
         "prompt_pass_s": {"single": med(wall["single_1"]), "batched": med(wall["batched_1"])},
         "identical_rows": min(identical),
         "reasoning_gen_s": med(t_gen),
@@ -200,22 +250,34 @@ def main(argv=None) -> dict:
     else:
         e2e, e2e_cpu = res["batched_over_single"], res["batched_over_single_cpu"]
         dec, dec_cpu = res["decode_batched_over_single"], res["decode_batched_over_single_cpu"]
-        print(f"{label} ({res['model']['params'] / 1e6:.1f} M params), {res['torch_threads']} torch thread(s); "
-              f"{b} prompts of {min(lengths)}-{max(lengths)} tokens, {n_new} new tokens each; {args.repeats} repeats, arms interleaved")
-        print(f"batched / one-by-one, end to end: {e2e['median']:.2f}x wall (range {e2e['min']:.2f}-{e2e['max']:.2f}), "
-              f"{e2e_cpu['median']:.2f}x CPU (range {e2e_cpu['min']:.2f}-{e2e_cpu['max']:.2f})   goal >= 4")
-        print(f"batched / one-by-one, decoding:   {dec['median']:.2f}x wall (range {dec['min']:.2f}-{dec['max']:.2f}), "
-              f"{dec_cpu['median']:.2f}x CPU (range {dec_cpu['min']:.2f}-{dec_cpu['max']:.2f})")
-        print(f"  tokens/s batched {res['batched_tokens_per_s']:.0f}, one-by-one {res['single_tokens_per_s']:.0f}; decode step "
-              f"{res['single_step_ms']:.1f} ms one-by-one, {res['batched_step_ms']:.1f} ms for the batch of {b}; prompt pass "
-              f"{res['prompt_pass_s']['single']:.2f} s one-by-one, {res['prompt_pass_s']['batched']:.2f} s batched "
-              f"({res['prompt_tokens']['computed']} positions computed for {res['prompt_tokens']['sum']} tokens; "
-              f"{res['prompt_tokens']['padded']} as one padded batch)")
+        print(
+            f"{label} ({res['model']['params'] / 1e6:.1f} M params), {res['torch_threads']} torch thread(s); "
+            f"{b} prompts of {min(lengths)}-{max(lengths)} tokens, {n_new} new tokens each; {args.repeats} repeats, arms interleaved"
+        )
+        print(
+            f"batched / one-by-one, end to end: {e2e['median']:.2f}x wall (range {e2e['min']:.2f}-{e2e['max']:.2f}), "
+            f"{e2e_cpu['median']:.2f}x CPU (range {e2e_cpu['min']:.2f}-{e2e_cpu['max']:.2f})   goal >= 4"
+        )
+        print(
+            f"batched / one-by-one, decoding:   {dec['median']:.2f}x wall (range {dec['min']:.2f}-{dec['max']:.2f}), "
+            f"{dec_cpu['median']:.2f}x CPU (range {dec_cpu['min']:.2f}-{dec_cpu['max']:.2f})"
+        )
+        print(
+            f"  tokens/s batched {res['batched_tokens_per_s']:.0f}, one-by-one {res['single_tokens_per_s']:.0f}; decode step "
+            f"{res['single_step_ms']:.1f} ms one-by-one, {res['batched_step_ms']:.1f} ms for the batch of {b}; prompt pass "
+            f"{res['prompt_pass_s']['single']:.2f} s one-by-one, {res['prompt_pass_s']['batched']:.2f} s batched "
+            f"({res['prompt_tokens']['computed']} positions computed for {res['prompt_tokens']['sum']} tokens; "
+            f"{res['prompt_tokens']['padded']} as one padded batch)"
+        )
         pl = res["plain_over_batched"]
-        print(f"batch of {b} as before (one padded prompt pass, concatenating KV cache) / now: {pl['median']:.2f}x wall "
-              f"(range {pl['min']:.2f}-{pl['max']:.2f})")
-        print(f"readout / generation: {res['readout_over_gen_1to5']:.4f} (1-5), {res['readout_over_gen_1to10']:.4f} (1-10)   goal <= 0.10; "
-              f"re-encoding instead: {res['reencode_readout_over_gen_1to5']:.3f}")
+        print(
+            f"batch of {b} as before (one padded prompt pass, concatenating KV cache) / now: {pl['median']:.2f}x wall "
+            f"(range {pl['min']:.2f}-{pl['max']:.2f})"
+        )
+        print(
+            f"readout / generation: {res['readout_over_gen_1to5']:.4f} (1-5), {res['readout_over_gen_1to10']:.4f} (1-10)   goal <= 0.10; "
+            f"re-encoding instead: {res['reencode_readout_over_gen_1to5']:.3f}"
+        )
     return res
 
 

@@ -81,7 +81,12 @@ def child(review_path: str, data_root: str) -> None:
     cfg = validate(
         OmegaConf.create(
             {
-                "dataset": {"name": "bench", "loader": "amazon2018", "path": review_path, "domain": "product"},
+                "dataset": {
+                    "name": "bench",
+                    "loader": "amazon2018",
+                    "path": review_path,
+                    "domain": "product",
+                },
                 "split": {"strategy": "per_user", "seed": 1, "test_ratio": 0.2, "valid_ratio": 0.1},
             }
         )
@@ -122,22 +127,33 @@ def main() -> None:
         gen = generate(review_path, args.n)
         gen_s = time.perf_counter() - t0
         size_mb = review_path.stat().st_size / 1e6
-        print(f"generated {gen['lines']:,} lines ({size_mb:.0f} MB, {gen['variant_copies']:,} variant copies) in {gen_s:.1f} s")
+        print(
+            f"generated {gen['lines']:,} lines ({size_mb:.0f} MB, {gen['variant_copies']:,} variant copies) in {gen_s:.1f} s"
+        )
         t0 = time.perf_counter()
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(review_path), str(Path(tmp) / "data")],
-            check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
         wall = time.perf_counter() - t0
         res = json.loads(out.stdout.strip().splitlines()[-1])
     gb = res["peak_rss_bytes"] / 2**30
     total = res["ingest_s"] + res["split_s"]
     print(f"interactions after variant dedupe: {res['interactions']:,}; split {res['split_counts']}")
-    print(f"ingest → canonical parquet: {res['ingest_s']:.1f} s ({gen['lines'] / res['ingest_s']:,.0f} lines/s)")
+    print(
+        f"ingest → canonical parquet: {res['ingest_s']:.1f} s ({gen['lines'] / res['ingest_s']:,.0f} lines/s)"
+    )
     print(f"split (per_user 70/10/20) → parquet: {res['split_s']:.1f} s")
-    print(f"ingest + split: {total:.1f} s (goal <= 60 s: {total / 60:.2f} of budget); child wall {wall:.1f} s incl. imports")
-    print(f"peak RSS: {gb:.2f} GiB (goal <= 2 GiB: {gb / 2:.2f} of budget); "
-          f"during ingest alone {res['peak_rss_ingest_bytes'] / 2**30:.2f} GiB")
+    print(
+        f"ingest + split: {total:.1f} s (goal <= 60 s: {total / 60:.2f} of budget); child wall {wall:.1f} s incl. imports"
+    )
+    print(
+        f"peak RSS: {gb:.2f} GiB (goal <= 2 GiB: {gb / 2:.2f} of budget); "
+        f"during ingest alone {res['peak_rss_ingest_bytes'] / 2**30:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -81,9 +81,13 @@ def make_train(n_users: int, n_items: int, n_ratings: int, zipf: float, seed: in
     )
 
 
-def make_pairs(train: pd.DataFrame, n_train_pairs: int, n_test_pairs: int, n_items: int, zipf: float, seed: int):
+def make_pairs(
+    train: pd.DataFrame, n_train_pairs: int, n_test_pairs: int, n_items: int, zipf: float, seed: int
+):
     rng = np.random.default_rng(seed + 1)
-    tp = train.iloc[rng.choice(len(train), size=min(n_train_pairs, len(train)), replace=False)][["user_id", "item_id"]]
+    tp = train.iloc[rng.choice(len(train), size=min(n_train_pairs, len(train)), replace=False)][
+        ["user_id", "item_id"]
+    ]
     users = train["user_id"].unique()
     pop = np.arange(1, n_items + 1, dtype=np.float64) ** -zipf
     pop /= pop.sum()
@@ -157,8 +161,10 @@ def check_sample(train: pd.DataFrame, plan: ItemProfilePlan, sims_of, k: int, n:
 
 def synthetic_profiles(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
-    words = ("plot pacing acting score visuals dialogue humour ending characters twist setting battery "
-             "screen price comfort sound build quality delivery size colour story length tension").split()
+    words = (
+        "plot pacing acting score visuals dialogue humour ending characters twist setting battery "
+        "screen price comfort sound build quality delivery size colour story length tension"
+    ).split()
     out = []
     for _ in range(n):
         likes = "\n".join(f"- {' '.join(rng.choice(words, 6))}" for _ in range(5))
@@ -189,10 +195,12 @@ def main() -> None:
     train = make_train(n_users, n_items, n_ratings, a.zipf, a.seed)
     pairs = make_pairs(train, int(a.train_pairs * s), int(a.test_pairs * s), n_items, a.zipf, a.seed)
     deg = train["item_id"].value_counts()
-    print(f"data: {train['user_id'].nunique()} users, {len(train)} ratings, {len(deg)} items rated "
-          f"(most-rated item {deg.iloc[0]} ratings, median {int(deg.median())}), {len(pairs)} target pairs "
-          f"({int(a.train_pairs * s)} train + {len(pairs) - int(a.train_pairs * s)} test); "
-          f"generated in {time.perf_counter() - t0:.1f} s; RSS now {current_rss_mb():.0f} MB")
+    print(
+        f"data: {train['user_id'].nunique()} users, {len(train)} ratings, {len(deg)} items rated "
+        f"(most-rated item {deg.iloc[0]} ratings, median {int(deg.median())}), {len(pairs)} target pairs "
+        f"({int(a.train_pairs * s)} train + {len(pairs) - int(a.train_pairs * s)} test); "
+        f"generated in {time.perf_counter() - t0:.1f} s; RSS now {current_rss_mb():.0f} MB"
+    )
     ti = pairs["item_id"].map(deg).fillna(0).to_numpy()
     print(f"targets x reviewers (a dense per-item block would hold): {ti.sum():.3e} entries")
 
@@ -203,8 +211,10 @@ def main() -> None:
         t0 = time.perf_counter()
         plan = ItemProfilePlan.build(train, pairs, "similar_users", a.k, 30, sim)
         t_plan = time.perf_counter() - t0
-        print(f"rating_cosine: fit {t_fit:.1f} s, plan {t_plan:.1f} s, {len(plan.jobs)} neighbour lists, "
-              f"peak RSS so far {maxrss_mb():.0f} MB")
+        print(
+            f"rating_cosine: fit {t_fit:.1f} s, plan {t_plan:.1f} s, {len(plan.jobs)} neighbour lists, "
+            f"peak RSS so far {maxrss_mb():.0f} MB"
+        )
         n = check_sample(train, plan, brute_cosine(train), a.k, a.check, a.seed)
         print(f"rating_cosine: {n} lists equal to brute force")
         del plan, sim
@@ -219,8 +229,10 @@ def main() -> None:
         t0 = time.perf_counter()
         plan = ItemProfilePlan.build(train, pairs, "similar_users", a.k, 30, sim)
         t_plan = time.perf_counter() - t0
-        print(f"profile_embedding (random unit vectors, dim 384, measured at full scale): plan {t_plan:.1f} s, "
-              f"{len(plan.jobs)} neighbour lists, peak RSS so far {maxrss_mb():.0f} MB")
+        print(
+            f"profile_embedding (random unit vectors, dim 384, measured at full scale): plan {t_plan:.1f} s, "
+            f"{len(plan.jobs)} neighbour lists, peak RSS so far {maxrss_mb():.0f} MB"
+        )
         n = check_sample(train, plan, brute_embedding(sim.users, m), a.k, a.check, a.seed)
         print(f"profile_embedding: {n} lists equal to brute force")
         del plan
@@ -239,9 +251,11 @@ def main() -> None:
                 emb.fit()
                 t_emb = time.perf_counter() - t0
                 per = t_emb / len(texts)
-                print(f"embedding: MiniLM on {len(texts)} profiles (measured) {t_emb:.1f} s = {per * 1000:.1f} ms each; "
-                      f"{n_users} profiles EXTRAPOLATED linearly: {per * n_users / 60:.0f} min; "
-                      f"peak RSS {maxrss_mb():.0f} MB")
+                print(
+                    f"embedding: MiniLM on {len(texts)} profiles (measured) {t_emb:.1f} s = {per * 1000:.1f} ms each; "
+                    f"{n_users} profiles EXTRAPOLATED linearly: {per * n_users / 60:.0f} min; "
+                    f"peak RSS {maxrss_mb():.0f} MB"
+                )
 
     print(f"peak RSS (process high-water mark): {maxrss_mb():.0f} MB")
 

@@ -68,19 +68,41 @@ print("RECBOLE_RESULT " + json.dumps(out))
 
 
 def load_split(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    cfg = validate(OmegaConf.create({"dataset": {
-        "name": "release_topk_bench", "loader": "lightgcn_topk", "scale": {"min": 0, "max": 1},
-        "path": str(folder), "require_review": False}})).dataset
+    cfg = validate(
+        OmegaConf.create(
+            {
+                "dataset": {
+                    "name": "release_topk_bench",
+                    "loader": "lightgcn_topk",
+                    "scale": {"min": 0, "max": 1},
+                    "path": str(folder),
+                    "require_review": False,
+                }
+            }
+        )
+    ).dataset
     ds, problems = load_dataset(cfg)
     labels = ds.extras["split_labels"]
     return labels[labels["split"] == "train"], labels[labels["split"] == "test"], dict(problems.notes)
 
 
 def run_ours(train: pd.DataFrame, test: pd.DataFrame, args) -> dict:
-    cfg = OmegaConf.merge(OmegaConf.structured(RetrieverBaselinesConf), {
-        "models": list(OURS), "dim": args.dim, "lr": args.lr, "batch_size": args.batch_size,
-        "bpr_epochs": args.bpr_epochs, "lightgcn_epochs": args.lightgcn_epochs, "lightgcn_layers": args.layers,
-        "bpr_reg": args.bpr_reg, "lightgcn_reg": args.lightgcn_reg, "lightgcn_lr": args.lightgcn_lr, "seed": args.seed})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(RetrieverBaselinesConf),
+        {
+            "models": list(OURS),
+            "dim": args.dim,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "bpr_epochs": args.bpr_epochs,
+            "lightgcn_epochs": args.lightgcn_epochs,
+            "lightgcn_layers": args.layers,
+            "bpr_reg": args.bpr_reg,
+            "lightgcn_reg": args.lightgcn_reg,
+            "lightgcn_lr": args.lightgcn_lr,
+            "seed": args.seed,
+        },
+    )
     train = train.assign(rating=1.0)
     test = test.assign(rating=1.0)
     users = sorted(test["user_id"].unique())
@@ -90,8 +112,12 @@ def run_ours(train: pd.DataFrame, test: pd.DataFrame, args) -> dict:
         retriever.fit(train)
         seconds = time.perf_counter() - t0
         m = evaluate_retriever(retriever.recommend(users, args.k), test, [args.k])
-        out[name] = {"recall": m[f"recall@{args.k}"], "ndcg": m[f"ndcg@{args.k}"], "train_s": seconds,
-                     "users": m["users_evaluated"]}
+        out[name] = {
+            "recall": m[f"recall@{args.k}"],
+            "ndcg": m[f"ndcg@{args.k}"],
+            "train_s": seconds,
+            "users": m["users_evaluated"],
+        }
     return out
 
 
@@ -99,8 +125,9 @@ def write_atomic(train: pd.DataFrame, test: pd.DataFrame, root: Path, name: str)
     d = root / name
     d.mkdir(parents=True)
     for part, frame in (("train", train), ("valid", test), ("test", test)):
-        frame[["user_id", "item_id"]].rename(columns={"user_id": "user_id:token", "item_id": "item_id:token"}).to_csv(
-            d / f"{name}.{part}.inter", sep="\t", index=False)
+        frame[["user_id", "item_id"]].rename(
+            columns={"user_id": "user_id:token", "item_id": "item_id:token"}
+        ).to_csv(d / f"{name}.{part}.inter", sep="\t", index=False)
     return d
 
 
@@ -109,26 +136,54 @@ def run_recbole(python: str, train: pd.DataFrame, test: pd.DataFrame, args) -> d
         root = Path(tmp)
         write_atomic(train, test, root, "topk")
         common = {
-            "data_path": str(root), "benchmark_filename": ["train", "valid", "test"],
-            "load_col": {"inter": ["user_id", "item_id"]}, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
+            "data_path": str(root),
+            "benchmark_filename": ["train", "valid", "test"],
+            "load_col": {"inter": ["user_id", "item_id"]},
+            "USER_ID_FIELD": "user_id",
+            "ITEM_ID_FIELD": "item_id",
             "eval_args": {"order": "RO", "mode": "full", "group_by": "user"},
-            "metrics": ["Recall", "NDCG"], "topk": [args.k], "valid_metric": f"Recall@{args.k}",
+            "metrics": ["Recall", "NDCG"],
+            "topk": [args.k],
+            "valid_metric": f"Recall@{args.k}",
             "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
-            "embedding_size": args.dim, "learning_rate": args.lr, "train_batch_size": args.batch_size,
-            "eval_batch_size": 4096, "eval_step": 0, "stopping_step": 10**6, "seed": args.seed,
-            "reproducibility": True, "use_gpu": False, "show_progress": False,
-            "checkpoint_dir": str(root / "saved"), "log_wandb": False, "state": "WARNING",
+            "embedding_size": args.dim,
+            "learning_rate": args.lr,
+            "train_batch_size": args.batch_size,
+            "eval_batch_size": 4096,
+            "eval_step": 0,
+            "stopping_step": 10**6,
+            "seed": args.seed,
+            "reproducibility": True,
+            "use_gpu": False,
+            "show_progress": False,
+            "checkpoint_dir": str(root / "saved"),
+            "log_wandb": False,
+            "state": "WARNING",
         }
-        models = {"LightGCN": {"epochs": args.lightgcn_epochs, "n_layers": args.layers, "reg_weight": args.lightgcn_reg,
-                               "learning_rate": args.lightgcn_lr or args.lr},
-                  "BPR": {"epochs": args.bpr_epochs}}
-        if args.recbole_config == "own":  # RecBole's own defaults (lr 1e-3, 2 layers, L2 1e-5), a fixed epoch budget
+        models = {
+            "LightGCN": {
+                "epochs": args.lightgcn_epochs,
+                "n_layers": args.layers,
+                "reg_weight": args.lightgcn_reg,
+                "learning_rate": args.lightgcn_lr or args.lr,
+            },
+            "BPR": {"epochs": args.bpr_epochs},
+        }
+        if (
+            args.recbole_config == "own"
+        ):  # RecBole's own defaults (lr 1e-3, 2 layers, L2 1e-5), a fixed epoch budget
             for key in ("learning_rate", "embedding_size"):
                 common.pop(key)
             models = {"LightGCN": {"epochs": args.recbole_epochs}, "BPR": {"epochs": args.recbole_epochs}}
         payload = json.dumps({"dataset": "topk", "common": common, "models": models, "k": args.k})
-        proc = subprocess.run([python, "-c", RECBOLE_SCRIPT], input=payload, capture_output=True, text=True, cwd=tmp,
-                              timeout=args.recbole_timeout)
+        proc = subprocess.run(
+            [python, "-c", RECBOLE_SCRIPT],
+            input=payload,
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            timeout=args.recbole_timeout,
+        )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RECBOLE_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"RecBole run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -151,20 +206,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lightgcn-epochs", type=int, default=30)
     ap.add_argument("--bpr-epochs", type=int, default=50)
     ap.add_argument("--lightgcn-reg", type=float, default=1e-4)
-    ap.add_argument("--lightgcn-lr", type=float, default=None, help="LightGCN's own learning rate (default: --lr)")
+    ap.add_argument(
+        "--lightgcn-lr", type=float, default=None, help="LightGCN's own learning rate (default: --lr)"
+    )
     ap.add_argument("--bpr-reg", type=float, default=3e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for our models")
     ap.add_argument("--recbole-timeout", type=int, default=3600)
-    ap.add_argument("--recbole-config", choices=["same", "own"], default="same",
-                    help="same: RecBole with our hyperparameters; own: RecBole's defaults for --recbole-epochs epochs")
-    ap.add_argument("--recbole-epochs", type=int, default=300, help="epochs for --recbole-config own (RecBole's default)")
+    ap.add_argument(
+        "--recbole-config",
+        choices=["same", "own"],
+        default="same",
+        help="same: RecBole with our hyperparameters; own: RecBole's defaults for --recbole-epochs epochs",
+    )
+    ap.add_argument(
+        "--recbole-epochs", type=int, default=300, help="epochs for --recbole-config own (RecBole's default)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     train, test, notes = load_split(args.folder)
-    print(f"{args.folder}: train {len(train):,} pairs, test {len(test):,} pairs, {test['user_id'].nunique():,} test users, "
-          f"{train['item_id'].nunique():,} training items")
+    print(
+        f"{args.folder}: train {len(train):,} pairs, test {len(test):,} pairs, {test['user_id'].nunique():,} test users, "
+        f"{train['item_id'].nunique():,} training items"
+    )
     for kind, n in notes.items():
         print(f"  repaired: {kind}: {n}")
     ours = run_ours(train, test, args)
@@ -175,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name, r in ours.items():
             print(f"| {name} | {r['recall']:.4f} | {r['ndcg']:.4f} | {r['train_s']:.1f} |")
     else:
-        print(f"\n| model | Recall@{k} ours | RecBole | ratio | nDCG@{k} ours | RecBole | ratio | train s ours | RecBole | ratio |")
+        print(
+            f"\n| model | Recall@{k} ours | RecBole | ratio | nDCG@{k} ours | RecBole | ratio | train s ours | RecBole | ratio |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for name, rb_name in OURS.items():
             a, b = ours[name], theirs.get(rb_name, {})
@@ -185,8 +252,14 @@ def main(argv: list[str] | None = None) -> dict:
                 ratio = f"{x / y:.2f}" if x is not None and y else "–"
                 cells += [f"{x:.{digits}f}", "–" if y is None else f"{y:.{digits}f}", ratio]
             print("| " + " | ".join(cells) + " |")
-    result = {"folder": str(args.folder), "k": k, "ours": ours, "recbole": theirs, "notes": notes,
-              "settings": {key: v for key, v in vars(args).items() if key not in ("folder",)}}
+    result = {
+        "folder": str(args.folder),
+        "k": k,
+        "ours": ours,
+        "recbole": theirs,
+        "notes": notes,
+        "settings": {key: v for key, v in vars(args).items() if key not in ("folder",)},
+    }
     print("\n" + json.dumps(result, default=str))
     return result
 

@@ -32,7 +32,9 @@ import warnings
 import torch
 
 
-def make_prompts(tokenizer, ratings, n: int, user_tokens: int, item_tokens: int, layout: str = "plain") -> list[tuple[str, str]]:
+def make_prompts(
+    tokenizer, ratings, n: int, user_tokens: int, item_tokens: int, layout: str = "plain"
+) -> list[tuple[str, str]]:
     """``n`` rating prompts of one user whose shared part and item parts are at least the requested lengths
     (tokens; the item part is everything after the shared prefix, rating prefix excluded).
 
@@ -43,9 +45,26 @@ def make_prompts(tokenizer, ratings, n: int, user_tokens: int, item_tokens: int,
     from exp3rt.student.tokenize import render_prompt
 
     prompts = StudentPrompts(load_student_prompt("exp3rt_v1"), "movie", ratings)
-    likes = ["tense plots", "strong acting", "clever dialogue", "a moving score", "practical effects", "long takes",
-             "morally grey heroes", "quiet endings", "period detail", "ensemble casts"]
-    dislikes = ["slow pacing", "cheap jump scares", "flat villains", "shaky camera work", "loud mixing", "plot holes"]
+    likes = [
+        "tense plots",
+        "strong acting",
+        "clever dialogue",
+        "a moving score",
+        "practical effects",
+        "long takes",
+        "morally grey heroes",
+        "quiet endings",
+        "period detail",
+        "ensemble casts",
+    ]
+    dislikes = [
+        "slow pacing",
+        "cheap jump scares",
+        "flat villains",
+        "shaky camera work",
+        "loud mixing",
+        "plot holes",
+    ]
 
     def profile(words: int) -> str:
         lines, i = [], 0
@@ -56,7 +75,10 @@ def make_prompts(tokenizer, ratings, n: int, user_tokens: int, item_tokens: int,
 
     def item(j: int, words: int) -> dict:
         text = " ".join(likes[(j + w) % len(likes)] for w in range(words))
-        return {"item_description": f"Movie {j}: {text}.", "item_profile": f"[Like]\n- {likes[j % len(likes)]}.\n[Dislike]\n- {dislikes[j % len(dislikes)]}."}
+        return {
+            "item_description": f"Movie {j}: {text}.",
+            "item_profile": f"[Like]\n- {likes[j % len(likes)]}.\n[Dislike]\n- {dislikes[j % len(dislikes)]}.",
+        }
 
     def build(words_user: int, words_item: int) -> list[tuple[str, str]]:
         out = []
@@ -97,13 +119,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--layout", choices=("plain", "prompt_file"), default="plain")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default; on a shared 2-core box 2 threads oversubscribe badly)")
-    ap.add_argument("--mode", choices=("fast", "full"), default="fast",
-                    help="full: each candidate's reasoning (--new-tokens, greedy, the user's candidates as one batch) then the readout")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default; on a shared 2-core box 2 threads oversubscribe badly)",
+    )
+    ap.add_argument(
+        "--mode",
+        choices=("fast", "full"),
+        default="fast",
+        help="full: each candidate's reasoning (--new-tokens, greedy, the user's candidates as one batch) then the readout",
+    )
     ap.add_argument("--new-tokens", type=int, default=48, help="reasoning tokens per candidate in full mode")
-    ap.add_argument("--users", type=int, default=4,
-                    help="full mode: also time this many users' candidates reasoning together vs one user at a time")
+    ap.add_argument(
+        "--users",
+        type=int,
+        default=4,
+        help="full mode: also time this many users' candidates reasoning together vs one user at a time",
+    )
     ap.add_argument("--batch-size", type=int, default=40, help="full mode, users together: prompts per batch")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
@@ -121,7 +155,9 @@ def main(argv=None) -> dict:
 
     def run(size: int, reuse: bool) -> float:
         t0 = time.perf_counter()
-        score_candidates(model, tok, {"u": cands[:size]}, ratings, RATING_PREFIX, batch_size=n, reuse_prefix=reuse)
+        score_candidates(
+            model, tok, {"u": cands[:size]}, ratings, RATING_PREFIX, batch_size=n, reuse_prefix=reuse
+        )
         return time.perf_counter() - t0
 
     arms = [(size, reuse) for reuse in (True, False) for size in (1, n)]
@@ -134,24 +170,43 @@ def main(argv=None) -> dict:
             times[a].append(run(*a))
     med = {a: statistics.median(v) for a, v in times.items()}
     result = {
-        "device": "cpu", "threads": torch.get_num_threads(), "hidden": args.hidden, "layers": args.layers,
-        "candidates": n, "layout": args.layout, "shared_tokens": shared, "item_tokens_mean": round(per_item, 1), "repeats": args.repeats,
-        "reuse": {"t1_ms": med[(1, True)] * 1e3, f"t{n}_ms": med[(n, True)] * 1e3, "ratio": med[(n, True)] / med[(1, True)]},
-        "no_reuse": {"t1_ms": med[(1, False)] * 1e3, f"t{n}_ms": med[(n, False)] * 1e3, "ratio": med[(n, False)] / med[(1, False)]},
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "candidates": n,
+        "layout": args.layout,
+        "shared_tokens": shared,
+        "item_tokens_mean": round(per_item, 1),
+        "repeats": args.repeats,
+        "reuse": {
+            "t1_ms": med[(1, True)] * 1e3,
+            f"t{n}_ms": med[(n, True)] * 1e3,
+            "ratio": med[(n, True)] / med[(1, True)],
+        },
+        "no_reuse": {
+            "t1_ms": med[(1, False)] * 1e3,
+            f"t{n}_ms": med[(n, False)] * 1e3,
+            "ratio": med[(n, False)] / med[(1, False)],
+        },
     }
     result["speedup_at_n"] = med[(n, False)] / med[(n, True)]
     result["goal_ratio_le_10"] = result["reuse"]["ratio"] <= 10
     if args.json:
         print(json.dumps(result, indent=2))
         return result
-    print(f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; "
-          f"shared prefix {shared} tokens, item part {per_item:.0f} tokens (mean), {args.layout} layout, fast mode, median of {args.repeats}")
+    print(
+        f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; "
+        f"shared prefix {shared} tokens, item part {per_item:.0f} tokens (mean), {args.layout} layout, fast mode, median of {args.repeats}"
+    )
     print(f"{'arm':<10} {'t(1) ms':>10} {f't({n}) ms':>10} {f't({n})/t(1)':>12}")
     for name in ("reuse", "no_reuse"):
         r = result[name]
         print(f"{name:<10} {r['t1_ms']:>10.1f} {r[f't{n}_ms']:>10.1f} {r['ratio']:>12.2f}")
-    print(f"reuse vs no reuse at {n} candidates: {result['speedup_at_n']:.2f}x faster; goal t({n})/t(1) <= 10 with reuse: "
-          f"{'met' if result['goal_ratio_le_10'] else 'NOT met'}")
+    print(
+        f"reuse vs no reuse at {n} candidates: {result['speedup_at_n']:.2f}x faster; goal t({n})/t(1) <= 10 with reuse: "
+        f"{'met' if result['goal_ratio_le_10'] else 'NOT met'}"
+    )
     return result
 
 
@@ -174,7 +229,12 @@ def setup(args):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(folder)
     ratings = RatingTokens(1, 5)
-    return model, tok, ratings, make_prompts(tok, ratings, args.candidates, args.user_tokens, args.item_tokens, args.layout)
+    return (
+        model,
+        tok,
+        ratings,
+        make_prompts(tok, ratings, args.candidates, args.user_tokens, args.item_tokens, args.layout),
+    )
 
 
 def main_full(args, model, tok, ratings, cands) -> dict:
@@ -190,8 +250,17 @@ def main_full(args, model, tok, ratings, cands) -> dict:
     def run(size: int) -> float:
         stats: dict = {}
         t0 = time.perf_counter()
-        score_candidates(model, tok, {"u": cands[:size]}, ratings, RATING_PREFIX, mode="full",
-                         max_new_tokens=args.new_tokens, batch_size=n, stats=stats)
+        score_candidates(
+            model,
+            tok,
+            {"u": cands[:size]},
+            ratings,
+            RATING_PREFIX,
+            mode="full",
+            max_new_tokens=args.new_tokens,
+            batch_size=n,
+            stats=stats,
+        )
         dt = time.perf_counter() - t0
         finish[size] = sorted(stats["u"]["finish"].values())  # how each reasoning ended (length = all tokens)
         return dt
@@ -203,46 +272,85 @@ def main_full(args, model, tok, ratings, cands) -> dict:
         for size in (1, n):
             times[size].append(run(size))
     med = {k: statistics.median(v) for k, v in times.items()}
-    result = {"device": "cpu", "threads": torch.get_num_threads(), "hidden": args.hidden, "layers": args.layers,
-              "candidates": n, "mode": "full", "new_tokens": args.new_tokens, "repeats": args.repeats,
-              "t1_ms": med[1] * 1e3, f"t{n}_ms": med[n] * 1e3, "ratio": med[n] / med[1],
-              "finish": {str(k): {r: v.count(r) for r in set(v)} for k, v in finish.items()}}
+    result = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "candidates": n,
+        "mode": "full",
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "t1_ms": med[1] * 1e3,
+        f"t{n}_ms": med[n] * 1e3,
+        "ratio": med[n] / med[1],
+        "finish": {str(k): {r: v.count(r) for r in set(v)} for k, v in finish.items()},
+    }
     result["goal_ratio_le_10"] = result["ratio"] <= 10
-    if args.users > 1:  # time per user: all users' candidates in batches of --batch-size vs one user (N rows) at a time
+    if (
+        args.users > 1
+    ):  # time per user: all users' candidates in batches of --batch-size vs one user (N rows) at a time
         users = {f"u{k}": cands for k in range(args.users)}
 
         def together() -> float:
             t0 = time.perf_counter()
-            score_candidates(model, tok, users, ratings, RATING_PREFIX, mode="full", max_new_tokens=args.new_tokens,
-                             batch_size=args.batch_size)
+            score_candidates(
+                model,
+                tok,
+                users,
+                ratings,
+                RATING_PREFIX,
+                mode="full",
+                max_new_tokens=args.new_tokens,
+                batch_size=args.batch_size,
+            )
             return (time.perf_counter() - t0) / len(users)
 
         def apart() -> float:
             t0 = time.perf_counter()
             for user, c in users.items():
-                score_candidates(model, tok, {user: c}, ratings, RATING_PREFIX, mode="full", max_new_tokens=args.new_tokens,
-                                 batch_size=n)
+                score_candidates(
+                    model,
+                    tok,
+                    {user: c},
+                    ratings,
+                    RATING_PREFIX,
+                    mode="full",
+                    max_new_tokens=args.new_tokens,
+                    batch_size=n,
+                )
             return (time.perf_counter() - t0) / len(users)
 
         per_user: dict = {"together": [], "apart": []}
         for rep in range(args.repeats):
             for name in ("together", "apart") if rep % 2 == 0 else ("apart", "together"):
                 per_user[name].append((together if name == "together" else apart)())
-        result["users"] = {"n": args.users, "batch_size": args.batch_size,
-                           "together_s_per_user": statistics.median(per_user["together"]),
-                           "apart_s_per_user": statistics.median(per_user["apart"])}
-        result["users"]["apart_over_together"] = result["users"]["apart_s_per_user"] / result["users"]["together_s_per_user"]
+        result["users"] = {
+            "n": args.users,
+            "batch_size": args.batch_size,
+            "together_s_per_user": statistics.median(per_user["together"]),
+            "apart_s_per_user": statistics.median(per_user["apart"]),
+        }
+        result["users"]["apart_over_together"] = (
+            result["users"]["apart_s_per_user"] / result["users"]["together_s_per_user"]
+        )
     if args.json:
         print(json.dumps(result, indent=2))
         return result
-    print(f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; full mode, "
-          f"{args.new_tokens} reasoning tokens per candidate, median of {args.repeats}")
-    print(f"t(1) {result['t1_ms']:.0f} ms, t({n}) {result[f't{n}_ms']:.0f} ms, t({n})/t(1) {result['ratio']:.2f} "
-          f"(goal <= 10: {'met' if result['goal_ratio_le_10'] else 'NOT met'}); reasonings ended: {result['finish']}")
+    print(
+        f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; full mode, "
+        f"{args.new_tokens} reasoning tokens per candidate, median of {args.repeats}"
+    )
+    print(
+        f"t(1) {result['t1_ms']:.0f} ms, t({n}) {result[f't{n}_ms']:.0f} ms, t({n})/t(1) {result['ratio']:.2f} "
+        f"(goal <= 10: {'met' if result['goal_ratio_le_10'] else 'NOT met'}); reasonings ended: {result['finish']}"
+    )
     if "users" in result:
         u = result["users"]
-        print(f"{u['n']} users x {n} candidates: {u['together_s_per_user']:.2f} s per user reasoning together "
-              f"(batches of {u['batch_size']}), {u['apart_s_per_user']:.2f} s one user at a time: {u['apart_over_together']:.2f}x")
+        print(
+            f"{u['n']} users x {n} candidates: {u['together_s_per_user']:.2f} s per user reasoning together "
+            f"(batches of {u['batch_size']}), {u['apart_s_per_user']:.2f} s one user at a time: {u['apart_over_together']:.2f}x"
+        )
     return result
 
 

@@ -66,8 +66,16 @@ def confs(model_path: str, args, student_extra: dict | None = None):
 
     student = OmegaConf.structured(StudentConf(model_path=model_path, **(student_extra or {})))
     peft = OmegaConf.structured(PeftConf(method="lora", r=8, target_modules="all-linear"))
-    train = OmegaConf.structured(TrainLoopConf(seed=args.seed, lr=2e-4, warmup_steps=2, scheduler="cosine",
-                                               micro_batch_size=args.micro_batch, val_generate=False))
+    train = OmegaConf.structured(
+        TrainLoopConf(
+            seed=args.seed,
+            lr=2e-4,
+            warmup_steps=2,
+            scheduler="cosine",
+            micro_batch_size=args.micro_batch,
+            val_generate=False,
+        )
+    )
     return student, peft, train
 
 
@@ -82,15 +90,21 @@ def timed_rate(stamps: list[tuple[float, int]], warmup: int, tokens_per_step: in
     seconds = stamps[-1][0] - stamps[warmup - 1][0]
     gaps = [b[0] - a[0] for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)]
     faults = (stamps[-1][1] - stamps[warmup - 1][1]) / timed
-    return {"tokens_per_s": timed * tokens_per_step / seconds, "s_per_step": seconds / timed,
-            "median_step_s": statistics.median(gaps), "timed_steps": timed, "page_faults_per_step": faults}
+    return {
+        "tokens_per_s": timed * tokens_per_step / seconds,
+        "s_per_step": seconds / timed,
+        "median_step_s": statistics.median(gaps),
+        "timed_steps": timed,
+        "page_faults_per_step": faults,
+    }
 
 
 # ------------------------------------------------------------------------------------- arm A: torch
 
 
-def plain_torch_run(student, peft, train, rows, pad_id: int, steps: int, warmup: int,
-                    budget_s: float | None = None) -> dict:
+def plain_torch_run(
+    student, peft, train, rows, pad_id: int, steps: int, warmup: int, budget_s: float | None = None
+) -> dict:
     """Arm A; with ``budget_s`` the timed steps stop early (after at least one) once the run has taken
     that long, so a slow model keeps the benchmark short."""
     import pytorch_lightning as pl
@@ -105,17 +119,25 @@ def plain_torch_run(student, peft, train, rows, pad_id: int, steps: int, warmup:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(train.lr), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(str(train.scheduler), int(train.warmup_steps), steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(str(train.scheduler), int(train.warmup_steps), steps)
+    )
     sampler = ResumableSampler(len(rows), int(train.seed), True)
-    loader = DataLoader(rows, batch_size=int(train.micro_batch_size), sampler=sampler,
-                        collate_fn=partial(collate, pad_id=pad_id))
+    loader = DataLoader(
+        rows,
+        batch_size=int(train.micro_batch_size),
+        sampler=sampler,
+        collate_fn=partial(collate, pad_id=pad_id),
+    )
     stamps: list[tuple[float, int]] = []
     loss = None
     t0 = time.perf_counter()
     while len(stamps) < steps:
         for batch in loader:
             opt.zero_grad(set_to_none=True)
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            )
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -127,8 +149,13 @@ def plain_torch_run(student, peft, train, rows, pad_id: int, steps: int, warmup:
                 loss = float(out.loss.detach())
                 break
     tokens = int(train.micro_batch_size) * len(rows[0]["input_ids"])
-    return {**timed_rate(stamps, warmup, tokens), "final_loss": loss, "threads": torch.get_num_threads(),
-            "first_step_s": stamps[0][0] - t0, "model_in_train_mode": all(m.training for m in model.modules())}
+    return {
+        **timed_rate(stamps, warmup, tokens),
+        "final_loss": loss,
+        "threads": torch.get_num_threads(),
+        "first_step_s": stamps[0][0] - t0,
+        "model_in_train_mode": all(m.training for m in model.modules()),
+    }
 
 
 # --------------------------------------------------------------------------------- arm B: Lightning
@@ -155,19 +182,35 @@ def lightning_run(student, peft, train, rows, pad_id: int, steps: int, warmup: i
                 self.train_mode = all(m.training for m in pl_module.model.modules())
 
     pl.seed_everything(int(train.seed), verbose=False)
-    dm = StudentDataModule(rows, None, partial(collate, pad_id=pad_id), int(train.micro_batch_size), int(train.seed))
+    dm = StudentDataModule(
+        rows, None, partial(collate, pad_id=pad_id), int(train.micro_batch_size), int(train.seed)
+    )
     module = StudentModule(student, peft, train, (1.0, 5.0), total_steps=steps)
     clock = StepClock()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                         num_sanity_val_steps=0, callbacks=[clock], default_root_dir=root)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+        default_root_dir=root,
+    )
     trainer.fit(module, datamodule=dm)
     if len(clock.stamps) != steps:
         raise RuntimeError(f"Lightning ran {len(clock.stamps)} steps, expected {steps}")
     tokens = int(train.micro_batch_size) * len(rows[0]["input_ids"])
     loss = trainer.callback_metrics.get("train/loss")
-    return {**timed_rate(clock.stamps, warmup, tokens), "final_loss": None if loss is None else float(loss),
-            "threads": clock.threads, "model_in_train_mode": clock.train_mode}
+    return {
+        **timed_rate(clock.stamps, warmup, tokens),
+        "final_loss": None if loss is None else float(loss),
+        "threads": clock.threads,
+        "model_in_train_mode": clock.train_mode,
+    }
 
 
 def bench_overhead(args) -> dict:
@@ -189,28 +232,53 @@ def bench_overhead(args) -> dict:
                 else:
                     res = lightning_run(student, peft, train, rows, tok.pad_token_id, steps, args.warmup, tmp)
                 runs[arm].append(res)
-                print(f"  round {rep + 1} {arm:9s}: {res['tokens_per_s']:8,.0f} tokens/s, "
-                      f"{res['s_per_step'] * 1e3:6.1f} ms/step (median step {res['median_step_s'] * 1e3:.1f} ms), "
-                      f"{res['page_faults_per_step']:,.0f} page faults/step, final loss {res['final_loss']:.4f}", flush=True)
+                print(
+                    f"  round {rep + 1} {arm:9s}: {res['tokens_per_s']:8,.0f} tokens/s, "
+                    f"{res['s_per_step'] * 1e3:6.1f} ms/step (median step {res['median_step_s'] * 1e3:.1f} ms), "
+                    f"{res['page_faults_per_step']:,.0f} page faults/step, final loss {res['final_loss']:.4f}",
+                    flush=True,
+                )
     med = {arm: statistics.median(r["tokens_per_s"] for r in rs) for arm, rs in runs.items()}
     ms = {arm: statistics.median(r["s_per_step"] for r in rs) * 1e3 for arm, rs in runs.items()}
     ratio = med["lightning"] / med["torch"]
-    loss_gap = max(abs(a["final_loss"] - b["final_loss"]) for a, b in zip(runs["torch"], runs["lightning"], strict=True))
-    print(f"plain torch: {med['torch']:,.0f} tokens/s ({ms['torch']:.1f} ms/step); "
-          f"Lightning: {med['lightning']:,.0f} tokens/s ({ms['lightning']:.1f} ms/step); "
-          f"overhead {ms['lightning'] - ms['torch']:+.2f} ms/step")
+    loss_gap = max(
+        abs(a["final_loss"] - b["final_loss"]) for a, b in zip(runs["torch"], runs["lightning"], strict=True)
+    )
+    print(
+        f"plain torch: {med['torch']:,.0f} tokens/s ({ms['torch']:.1f} ms/step); "
+        f"Lightning: {med['lightning']:,.0f} tokens/s ({ms['lightning']:.1f} ms/step); "
+        f"overhead {ms['lightning'] - ms['torch']:+.2f} ms/step"
+    )
     print(f"final-loss gap between the arms: {loss_gap:.2e}")
     modes = {arm: all(r["model_in_train_mode"] for r in rs) for arm, rs in runs.items()}
     if not modes["lightning"]:
-        print("note: in the Lightning arm the HF model's modules were not all in train mode (from_pretrained "
-              "leaves them in eval mode and Lightning keeps submodule modes); the figures are comparable "
-              "here only because no dropout is configured (lora dropout 0, attention dropout 0)")
+        print(
+            "note: in the Lightning arm the HF model's modules were not all in train mode (from_pretrained "
+            "leaves them in eval mode and Lightning keeps submodule modes); the figures are comparable "
+            "here only because no dropout is configured (lora dropout 0, attention dropout 0)"
+        )
     print(f"Lightning ÷ plain torch: {ratio:.2f} (goal >= 0.90)")
-    return {"model": {"hidden": args.hidden, "layers": args.layers, "seq": args.seq, "micro_batch": args.micro_batch},
-            "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-            "torch_tokens_per_s": med["torch"], "lightning_tokens_per_s": med["lightning"],
-            "torch_ms_per_step": ms["torch"], "lightning_ms_per_step": ms["lightning"], "ratio": ratio,
-            "goal": 0.90, "final_loss_gap": loss_gap, "model_in_train_mode": modes, "runs": runs}
+    return {
+        "model": {
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "seq": args.seq,
+            "micro_batch": args.micro_batch,
+        },
+        "threads": args.threads,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "torch_tokens_per_s": med["torch"],
+        "lightning_tokens_per_s": med["lightning"],
+        "torch_ms_per_step": ms["torch"],
+        "lightning_ms_per_step": ms["lightning"],
+        "ratio": ratio,
+        "goal": 0.90,
+        "final_loss_gap": loss_gap,
+        "model_in_train_mode": modes,
+        "runs": runs,
+    }
 
 
 # ------------------------------------------------------------------------------------- SmolLM2-135M
@@ -224,7 +292,10 @@ def smollm2_folder() -> tuple[Path | None, str]:
         if (c / "config.json").is_file():
             return c, ""
     where = " or ".join(str(c) for c in candidates)
-    return None, f"no config.json in {where} (run `make smollm2`, or set EXP3RT_SMOLLM2_DIR to a SmolLM2-135M folder)"
+    return (
+        None,
+        f"no config.json in {where} (run `make smollm2`, or set EXP3RT_SMOLLM2_DIR to a SmolLM2-135M folder)",
+    )
 
 
 def bench_smollm2(args) -> dict:
@@ -235,7 +306,9 @@ def bench_smollm2(args) -> dict:
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(str(folder)).vocab_size
-    print(f"SmolLM2-135M LoRA r=8 all-linear, sequence {args.smollm2_seq}, {args.threads} thread(s), {folder}")
+    print(
+        f"SmolLM2-135M LoRA r=8 all-linear, sequence {args.smollm2_seq}, {args.threads} thread(s), {folder}"
+    )
     out: dict = {"folder": str(folder), "seq": args.smollm2_seq, "threads": args.threads, "batches": {}}
     for mb in args.smollm2_batches:
         torch.set_num_threads(args.threads)
@@ -244,17 +317,25 @@ def bench_smollm2(args) -> dict:
         # token ids below 1000 skip nothing that matters for speed and stay clear of the special tokens' ids
         rows = synthetic_rows(mb * 4, args.smollm2_seq, vocab, 100, args.seed)
         steps = args.smollm2_warmup + args.smollm2_steps
-        res = plain_torch_run(student, peft, train, rows, 0, steps, args.smollm2_warmup, args.smollm2_budget_s)
+        res = plain_torch_run(
+            student, peft, train, rows, 0, steps, args.smollm2_warmup, args.smollm2_budget_s
+        )
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         capped = " (capped by --smollm2-budget-s)" if res["timed_steps"] < args.smollm2_steps else ""
-        print(f"  micro batch {mb}: {res['median_step_s']:.2f} s/optimizer step (median of {res['timed_steps']} "
-              f"after {args.smollm2_warmup} warm-up{capped}; first step {res['first_step_s']:.2f} s), "
-              f"{mb * args.smollm2_seq / res['median_step_s']:,.0f} tokens/s, peak RSS so far {rss:.1f} GiB",
-              flush=True)
-        out["batches"][str(mb)] = {"s_per_step": res["median_step_s"],
-                                   "tokens_per_s": mb * args.smollm2_seq / res["median_step_s"],
-                                   "mean_s_per_step": res["s_per_step"], "timed_steps": res["timed_steps"],
-                                   "first_step_s": res["first_step_s"], "peak_rss_gib": rss}
+        print(
+            f"  micro batch {mb}: {res['median_step_s']:.2f} s/optimizer step (median of {res['timed_steps']} "
+            f"after {args.smollm2_warmup} warm-up{capped}; first step {res['first_step_s']:.2f} s), "
+            f"{mb * args.smollm2_seq / res['median_step_s']:,.0f} tokens/s, peak RSS so far {rss:.1f} GiB",
+            flush=True,
+        )
+        out["batches"][str(mb)] = {
+            "s_per_step": res["median_step_s"],
+            "tokens_per_s": mb * args.smollm2_seq / res["median_step_s"],
+            "mean_s_per_step": res["s_per_step"],
+            "timed_steps": res["timed_steps"],
+            "first_step_s": res["first_step_s"],
+            "peak_rss_gib": rss,
+        }
     return out
 
 
@@ -279,13 +360,19 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module=r"pytorch_lightning\..*|lightning_fabric\..*|peft\..*|transformers\..*")
+    warnings.filterwarnings(
+        "ignore", module=r"pytorch_lightning\..*|lightning_fabric\..*|peft\..*|transformers\..*"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=int, default=64,
-                    help="tiny Llama hidden size; 64 x 2 layers is the project's tiny student (~65 ms/step on 1 thread)")
+    ap.add_argument(
+        "--hidden",
+        type=int,
+        default=64,
+        help="tiny Llama hidden size; 64 x 2 layers is the project's tiny student (~65 ms/step on 1 thread)",
+    )
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rows", type=int, default=64, help="synthetic sequences (the fixed batch set)")
@@ -299,12 +386,19 @@ def main() -> None:
     ap.add_argument("--smollm2-seq", type=int, default=512)
     ap.add_argument("--smollm2-steps", type=int, default=5)
     ap.add_argument("--smollm2-warmup", type=int, default=2)
-    ap.add_argument("--smollm2-budget-s", type=float, default=60.0,
-                    help="per micro batch: stop the timed steps early (after one) past this many seconds")
+    ap.add_argument(
+        "--smollm2-budget-s",
+        type=float,
+        default=60.0,
+        help="per micro batch: stop the timed steps early (after one) past this many seconds",
+    )
     ap.add_argument("--skip-overhead", action="store_true", help="skip part 1 (Lightning ÷ plain torch)")
     ap.add_argument("--skip-smollm2", action="store_true", help="skip part 2 (SmolLM2-135M step time)")
-    ap.add_argument("--keep-memory", action="store_true",
-                    help="glibc mallopt: keep freed memory in the heap (fewer page faults, steadier figures)")
+    ap.add_argument(
+        "--keep-memory",
+        action="store_true",
+        help="glibc mallopt: keep freed memory in the heap (fewer page faults, steadier figures)",
+    )
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -317,9 +411,12 @@ def main() -> None:
 
     result: dict = {"torch": torch.__version__, "threads": args.threads, "keep_memory": args.keep_memory}
     if not args.skip_overhead:
-        print(f"Lightning vs plain torch: tiny Llama hidden {args.hidden} x {args.layers} layers, LoRA r=8 all-linear, "
-              f"{args.rows} x {args.seq} tokens, micro batch {args.micro_batch}, {args.warmup} warm-up + "
-              f"{args.steps} timed steps, {args.repeats} rounds, {args.threads} thread(s)", flush=True)
+        print(
+            f"Lightning vs plain torch: tiny Llama hidden {args.hidden} x {args.layers} layers, LoRA r=8 all-linear, "
+            f"{args.rows} x {args.seq} tokens, micro batch {args.micro_batch}, {args.warmup} warm-up + "
+            f"{args.steps} timed steps, {args.repeats} rounds, {args.threads} thread(s)",
+            flush=True,
+        )
         result["overhead"] = bench_overhead(args)
     if not args.skip_smollm2:
         result["smollm2"] = bench_smollm2(args)

@@ -65,14 +65,25 @@ def overlap_features(prompt: str, item_header: str, nouns) -> list[float]:
     user_part, _, item_part = prompt.partition(item_header)
     ul, ud, ua = parse_profile(user_part, nouns)
     il, idl, ia = parse_profile(item_part, nouns)
-    return [len(ul & il), len(ul & idl), len(ud & idl), len(ud & il), ua or 0.0, ia or 0.0,
-            float(ua is None), float(ia is None), 1.0]
+    return [
+        len(ul & il),
+        len(ul & idl),
+        len(ud & idl),
+        len(ud & il),
+        ua or 0.0,
+        ia or 0.0,
+        float(ua is None),
+        float(ia is None),
+        1.0,
+    ]
 
 
 def words(prompt: str, item_header: str) -> Counter:
     user_part, _, item_part = prompt.partition(item_header)
-    return Counter([f"u:{w}" for w in re.findall(r"[a-z0-9]+", user_part.lower())]
-                   + [f"i:{w}" for w in re.findall(r"[a-z0-9]+", item_part.lower())])
+    return Counter(
+        [f"u:{w}" for w in re.findall(r"[a-z0-9]+", user_part.lower())]
+        + [f"i:{w}" for w in re.findall(r"[a-z0-9]+", item_part.lower())]
+    )
 
 
 def lstsq_rmse(x, y, xt, yt, lo, hi, ridge: float = 0.0) -> float:
@@ -91,17 +102,27 @@ def main(overrides: list[str]) -> None:
     split = prepare_split(prepared, cfg.split)
     sft = OmegaConf.merge(cfg.sft, {"tasks": ["rating"]})
     sft.task_weights = {}
-    examples = build_examples(find_annotation_dir(cfg, prepared, split), split, prepared.dataset.items,
-                              str(cfg.dataset.domain), prepared.dataset.scale, sft,
-                              ablation=direct_ablation(cfg.ablation), prompt=cfg.student_prompt)
+    examples = build_examples(
+        find_annotation_dir(cfg, prepared, split),
+        split,
+        prepared.dataset.items,
+        str(cfg.dataset.domain),
+        prepared.dataset.scale,
+        sft,
+        ablation=direct_ablation(cfg.ablation),
+        prompt=cfg.student_prompt,
+    )
     train = [e for e in examples["train"] if e.task == "rating"]
     test = [e for e in examples["test"] if e.task == "rating"][: int(cfg.eval.max_pairs or 10**9)]
     if not train or not test:
-        raise SystemExit(f"no rating examples (train {len(train)}, test {len(test)}): run the pipeline's annotate stage first")
+        raise SystemExit(
+            f"no rating examples (train {len(train)}, test {len(test)}): run the pipeline's annotate stage first"
+        )
     vocab = vocab_for(str(cfg.dataset.domain))
     nouns = sorted(((n, a.name) for a in vocab.aspects for n, _ in a.nouns), key=lambda p: -len(p[0]))
     header = cfg.student_prompt.rating.sections.item_profile.split("\n")[0].format(
-        domain_title=str(cfg.dataset.domain)[:1].upper() + str(cfg.dataset.domain)[1:])
+        domain_title=str(cfg.dataset.domain)[:1].upper() + str(cfg.dataset.domain)[1:]
+    )
     text = [e.user if isinstance(e.user, str) else e.user.text for e in train]
     text_t = [e.user if isinstance(e.user, str) else e.user.text for e in test]
     y = np.array([e.meta["rating"] for e in train])
@@ -121,12 +142,19 @@ def main(overrides: list[str]) -> None:
             m[r, -1] = 1.0
         return m
 
-    rows = [("global mean", float(np.sqrt(np.mean((y.mean() - yt) ** 2)))),
-            ("least squares: the two averages", lstsq_rmse(x[:, averages], y, xt[:, averages], yt, lo, hi)),
-            ("least squares: profile overlaps + averages", lstsq_rmse(x, y, xt, yt, lo, hi)),
-            ("ridge (100): word counts per section", lstsq_rmse(bow(text), y, bow(text_t), yt, lo, hi, ridge=100.0))]
-    print(f"{cfg.dataset.name}: {len(train)} training pairs, {len(test)} test pairs (eval.max_pairs), "
-          f"header {header!r}")
+    rows = [
+        ("global mean", float(np.sqrt(np.mean((y.mean() - yt) ** 2)))),
+        ("least squares: the two averages", lstsq_rmse(x[:, averages], y, xt[:, averages], yt, lo, hi)),
+        ("least squares: profile overlaps + averages", lstsq_rmse(x, y, xt, yt, lo, hi)),
+        (
+            "ridge (100): word counts per section",
+            lstsq_rmse(bow(text), y, bow(text_t), yt, lo, hi, ridge=100.0),
+        ),
+    ]
+    print(
+        f"{cfg.dataset.name}: {len(train)} training pairs, {len(test)} test pairs (eval.max_pairs), "
+        f"header {header!r}"
+    )
     print("| fit | RMSE |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.4f} |")

@@ -73,6 +73,7 @@ def main(domain: str = "movie", top: float = 5.0) -> None:
         bu = g.sum() / (g.count() + 5)
         g = pd.Series(y - mu - tr["user_id"].map(bu).to_numpy()).groupby(tr["item_id"].to_numpy())
         bi = g.sum() / (g.count() + 5)
+
     def feats(df):
         return truth_match_features(ds, df)
 

@@ -80,7 +80,10 @@ def _is_secret_key(key: Any) -> bool:
 def scrub_secrets(obj: Any) -> Any:
     """Replace values of secret-looking keys (api_key, token, password, …) by ``"***"``."""
     if isinstance(obj, dict):
-        return {k: ("***" if _is_secret_key(k) and v not in (None, "") else scrub_secrets(v)) for k, v in obj.items()}
+        return {
+            k: ("***" if _is_secret_key(k) and v not in (None, "") else scrub_secrets(v))
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [scrub_secrets(v) for v in obj]
     return obj
@@ -161,7 +164,9 @@ def atomic_path(path: str | Path, record: bool = True) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
         _fsync_file(tmp)
-        if record:  # the old record goes first: a crash after the rename leaves no record that vouches for old bytes
+        if (
+            record
+        ):  # the old record goes first: a crash after the rename leaves no record that vouches for old bytes
             sha_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
@@ -227,7 +232,9 @@ def files_into(directory: str | Path, last: Iterable[str] = ("config.json",)) ->
     tmp.mkdir()
     try:
         yield tmp
-        files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.name in set(last), str(p)))
+        files = sorted(
+            (p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.name in set(last), str(p))
+        )
         for p in files:
             _fsync_file(p)
             dest = directory / p.relative_to(tmp)
@@ -324,7 +331,9 @@ def save_config(cfg: Any, path: str | Path) -> None:
     write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(container)))
 
 
-def write_meta(directory: Path, stage: str, config: Any, inputs: dict[str, str], fp: str, **extra: Any) -> None:
+def write_meta(
+    directory: Path, stage: str, config: Any, inputs: dict[str, str], fp: str, **extra: Any
+) -> None:
     meta = {
         "stage": stage,
         "fingerprint": fp,

@@ -161,13 +161,24 @@ def _natural(path: Path) -> list:
 
 def derived(flat: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
     """``rating/best_baseline/<key>``: the non-student rating model with the lowest RMSE on the run's pairs."""
-    rmse = {k.split("/")[1]: v for k, v in flat.items()
-            if k.startswith("rating/") and k.endswith("/rmse") and not k.split("/")[1].startswith("student")
-            and k.split("/")[1] != "best_baseline" and v is not None and not math.isnan(v)}
+    rmse = {
+        k.split("/")[1]: v
+        for k, v in flat.items()
+        if k.startswith("rating/")
+        and k.endswith("/rmse")
+        and not k.split("/")[1].startswith("student")
+        and k.split("/")[1] != "best_baseline"
+        and v is not None
+        and not math.isnan(v)
+    }
     if not rmse:
         return {}, {}
     best = min(rmse, key=rmse.get)
-    out = {f"rating/best_baseline/{k.split('/', 2)[2]}": v for k, v in flat.items() if k.startswith(f"rating/{best}/")}
+    out = {
+        f"rating/best_baseline/{k.split('/', 2)[2]}": v
+        for k, v in flat.items()
+        if k.startswith(f"rating/{best}/")
+    }
     return out, {"best_baseline": best}
 
 
@@ -246,8 +257,15 @@ def load_run(d: Path) -> Run:
     """One run directory: its metrics.json, or a failed run when there is none (or it is unreadable)."""
     d = Path(d)
     choices, overrides = _hydra_meta(d)
-    run = Run(source=str(d), name=d.name, choices=choices, overrides=overrides,
-              config_path=str(d / "config.yaml") if (d / "config.yaml").is_file() else str(d / ".hydra" / "config.yaml"))
+    run = Run(
+        source=str(d),
+        name=d.name,
+        choices=choices,
+        overrides=overrides,
+        config_path=str(d / "config.yaml")
+        if (d / "config.yaml").is_file()
+        else str(d / ".hydra" / "config.yaml"),
+    )
     path = d / "metrics.json"
     if not path.is_file():
         record = {}
@@ -259,9 +277,14 @@ def load_run(d: Path) -> Run:
             run.status, run.error = "dry run", "dry_run=true: nothing was trained or evaluated"
             return run
         run.status = "failed"
-        done = [s for s, r in (record.get("stages") or {}).items() if isinstance(r, dict) and r.get("status") != "failed"]
+        done = [
+            s
+            for s, r in (record.get("stages") or {}).items()
+            if isinstance(r, dict) and r.get("status") != "failed"
+        ]
         run.error = (_last_error(d) or "no metrics.json (the run crashed or is still running)") + (
-            f" [stages done: {', '.join(done)}]" if done else "")
+            f" [stages done: {', '.join(done)}]" if done else ""
+        )
         return run
     try:
         metrics = json.loads(path.read_text())
@@ -281,7 +304,9 @@ def load_run(d: Path) -> Run:
         run.info["rerank_mode"] = rr.get("mode")
     if (metrics.get("dataset") or {}).get("name"):
         run.info["dataset"] = metrics["dataset"]["name"]
-    if metrics.get("rating"):  # which pairs its figures come from (test | valid | test file); older runs: test
+    if metrics.get(
+        "rating"
+    ):  # which pairs its figures come from (test | valid | test file); older runs: test
         run.info["scored_on"] = (metrics.get("protocol") or {}).get("scored_split") or "test"
     return run
 
@@ -327,12 +352,24 @@ def _not_started(sweep_dir: Path, found: list[Path]) -> list[Run]:
     if not jobs:
         return []
     present = {p.name for p in found if p.parent == sweep_dir}
-    subdir = str(((_read_yaml(sweep_dir / "multirun.yaml") or {}).get("hydra") or {}).get("sweep", {}).get("subdir", ""))
+    subdir = str(
+        ((_read_yaml(sweep_dir / "multirun.yaml") or {}).get("hydra") or {})
+        .get("sweep", {})
+        .get("subdir", "")
+    )
     if "hydra.job.num" not in subdir:  # job dirs not named by number: cannot tell which are missing
         return []
-    return [Run(source=str(sweep_dir / str(i)), status="not started", name=str(i), overrides=job,
-                error="the sweep stopped before this job started")
-            for i, job in enumerate(jobs) if str(i) not in present]
+    return [
+        Run(
+            source=str(sweep_dir / str(i)),
+            status="not started",
+            name=str(i),
+            overrides=job,
+            error="the sweep stopped before this job started",
+        )
+        for i, job in enumerate(jobs)
+        if str(i) not in present
+    ]
 
 
 def collect_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -351,8 +388,14 @@ def collect_runs(paths: Iterable[str | Path]) -> list[Run]:
         found = run_dirs(p)
         batch = [load_run(d) for d in found] + _not_started(p, found)
         if not batch:
-            batch = [Run(source=str(p), status="failed", name=p.name,
-                         error="no metrics.json and no run directories under it")]
+            batch = [
+                Run(
+                    source=str(p),
+                    status="failed",
+                    name=p.name,
+                    error="no metrics.json and no run directories under it",
+                )
+            ]
         for r in batch:
             key = str(Path(r.source).resolve())
             if key not in seen:
@@ -364,7 +407,9 @@ def collect_runs(paths: Iterable[str | Path]) -> list[Run]:
 # ---------------------------------------------------------------------------------------------- W&B
 
 
-def wandb_runs(path: str, group: str | None = None, filters: dict | None = None, api: Any = None) -> list[Run]:
+def wandb_runs(
+    path: str, group: str | None = None, filters: dict | None = None, api: Any = None
+) -> list[Run]:
     """Runs of a W&B project (``entity/project``) through the public API; summary keys are the flat
     metric names. ``api`` is a ``wandb.Api`` (tests pass a double). Online only."""
     if api is None:
@@ -380,25 +425,41 @@ def wandb_runs(path: str, group: str | None = None, filters: dict | None = None,
         if summary is None:
             summary = getattr(r, "summary", {}) or {}
         summary = dict(summary.items()) if hasattr(summary, "items") else {}
-        config = {k: (v["value"] if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v else v)
-                  for k, v in dict(getattr(r, "config", {}) or {}).items() if not str(k).startswith("_")}
+        config = {
+            k: (v["value"] if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v else v)
+            for k, v in dict(getattr(r, "config", {}) or {}).items()
+            if not str(k).startswith("_")
+        }
         choices = {}
         for t in getattr(r, "tags", None) or []:
             k, sep, v = str(t).partition(":")
             if sep:
                 choices[k] = v
-        flat = {k: float(v) for k, v in summary.items()
-                if isinstance(v, int | float) and not isinstance(v, bool) and not str(k).startswith("_")}
+        flat = {
+            k: float(v)
+            for k, v in summary.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and not str(k).startswith("_")
+        }
         extra, info = derived(flat)
         state = str(getattr(r, "state", "finished") or "finished")
         rp = getattr(r, "path", None)
         source = "/".join(rp) if isinstance(rp, list | tuple) else f"{path}/{getattr(r, 'id', '?')}"
-        run = Run(source=source, status="ok" if state == "finished" else state, task=config.get("task_name"),
-                  name=str(getattr(r, "name", None) or getattr(r, "id", "?")), choices=choices,
-                  flat={**flat, **extra}, info=info, config=flatten(config))
+        run = Run(
+            source=source,
+            status="ok" if state == "finished" else state,
+            task=config.get("task_name"),
+            name=str(getattr(r, "name", None) or getattr(r, "id", "?")),
+            choices=choices,
+            flat={**flat, **extra},
+            info=info,
+            config=flatten(config),
+        )
         if any(k.startswith("rating/") for k in flat):
-            run.info["scored_on"] = str((config.get("eval") or {}).get("split") or "test") \
-                if isinstance(config.get("eval"), dict) else "test"
+            run.info["scored_on"] = (
+                str((config.get("eval") or {}).get("split") or "test")
+                if isinstance(config.get("eval"), dict)
+                else "test"
+            )
         if state != "finished":
             run.error = f"W&B state {state}"
         if getattr(r, "url", None):
@@ -421,7 +482,9 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
         keys += [k for k in s if k not in keys]
     out = []
     for k in keys:
-        values = {s.get(k) for r, s, ov in zip(runs, settings, override_keys, strict=True) if k in ov or r.choices}
+        values = {
+            s.get(k) for r, s, ov in zip(runs, settings, override_keys, strict=True) if k in ov or r.choices
+        }
         if len(values) > 1:
             out.append(k)
     return out
@@ -482,12 +545,16 @@ def select_metrics(runs: Sequence[Run], wanted: Sequence[str] | None = None) -> 
             cols.append(w)
             if w not in have and have:
                 near = difflib.get_close_matches(w, have, n=3, cutoff=0.6)
-                warnings.append(f"no run has metric {w!r}" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+                warnings.append(
+                    f"no run has metric {w!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                )
     return cols, warnings
 
 
-_COUNT = re.compile(r"^(n|n_\w+|\w*calls|\w*tokens|users\w*|failures|scored|failed|cached|num_candidates|"
-                    r"candidates_unscored|global_step|\w*_steps?)$")
+_COUNT = re.compile(
+    r"^(n|n_\w+|\w*calls|\w*tokens|users\w*|failures|scored|failed|cached|num_candidates|"
+    r"candidates_unscored|global_step|\w*_steps?)$"
+)
 
 
 def cell(metric: str, value: float | None) -> float | int | None:
@@ -499,7 +566,7 @@ def cell(metric: str, value: float | None) -> float | int | None:
 
 def short_name(metric: str) -> str:
     """Column header: the flat name without the ``rating/`` prefix."""
-    return metric[len("rating/"):] if metric.startswith("rating/") else metric
+    return metric[len("rating/") :] if metric.startswith("rating/") else metric
 
 
 @dataclass
@@ -558,7 +625,11 @@ class Comparison:
             return ""
         lines = [f"Failed or not started: {len(self.failed)} of {len(self.runs)} runs"]
         for r in self.failed:
-            lines.append(f"- {r.status}: {r.source}" + (f" ({r.label})" if r.label else "") + (f" — {r.error}" if r.error else ""))
+            lines.append(
+                f"- {r.status}: {r.source}"
+                + (f" ({r.label})" if r.label else "")
+                + (f" — {r.error}" if r.error else "")
+            )
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -566,8 +637,12 @@ class Comparison:
         if self.sources:
             parts += ["Runs from " + ", ".join(f"`{s}`" for s in self.sources) + ".", ""]
         parts += [x.rstrip() + "\n" for x in self.lead]
-        parts += [self.summary_line() + (f"; labelled by {', '.join(self.label_keys)}" if self.label_keys else ""), "",
-                  self.table(), ""]
+        parts += [
+            self.summary_line() + (f"; labelled by {', '.join(self.label_keys)}" if self.label_keys else ""),
+            "",
+            self.table(),
+            "",
+        ]
         if self.failures():
             parts += [self.failures(), ""]
         if self.warnings:
@@ -577,40 +652,80 @@ class Comparison:
 
     def to_json(self) -> dict:
         return {
-            "title": self.title, "sources": self.sources, "metrics": self.metrics, "label_keys": self.label_keys,
-            "total": len(self.runs), "finished": len(self.runs) - len(self.failed), "failed": len(self.failed),
+            "title": self.title,
+            "sources": self.sources,
+            "metrics": self.metrics,
+            "label_keys": self.label_keys,
+            "total": len(self.runs),
+            "finished": len(self.runs) - len(self.failed),
+            "failed": len(self.failed),
             "warnings": self.warnings,
-            "runs": [{"label": r.label, "source": r.source, "status": r.status, "task": r.task, "error": r.error,
-                      "choices": r.choices, "overrides": r.overrides, "info": r.info,
-                      "values": {m: r.value(m) for m in self.metrics}} for r in self.runs],
+            "runs": [
+                {
+                    "label": r.label,
+                    "source": r.source,
+                    "status": r.status,
+                    "task": r.task,
+                    "error": r.error,
+                    "choices": r.choices,
+                    "overrides": r.overrides,
+                    "info": r.info,
+                    "values": {m: r.value(m) for m in self.metrics},
+                }
+                for r in self.runs
+            ],
         }
 
 
-def compare(runs: list[Run], metrics: Sequence[str] | None = None, by: Sequence[str] | None = None,
-            title: str | None = None, sources: Sequence[str] | None = None) -> Comparison:
+def compare(
+    runs: list[Run],
+    metrics: Sequence[str] | None = None,
+    by: Sequence[str] | None = None,
+    title: str | None = None,
+    sources: Sequence[str] | None = None,
+) -> Comparison:
     keys = label_runs(runs, by)
     ok = [r for r in runs if r.ok]
     cols, warnings = select_metrics(ok, metrics)
     kinds = sorted({str(r.info["scored_on"]) for r in ok if r.info.get("scored_on")})
     if len(kinds) > 1:
-        warnings.append(f"these runs were scored on different pairs ({', '.join(kinds)}): compare like with like; "
-                        "validation figures are what a search optimised, not figures to report")
-    return Comparison(runs=runs, metrics=cols, title=title or "exp3rt-compare", sources=[str(s) for s in sources or []],
-                      label_keys=keys, warnings=warnings)
+        warnings.append(
+            f"these runs were scored on different pairs ({', '.join(kinds)}): compare like with like; "
+            "validation figures are what a search optimised, not figures to report"
+        )
+    return Comparison(
+        runs=runs,
+        metrics=cols,
+        title=title or "exp3rt-compare",
+        sources=[str(s) for s in sources or []],
+        label_keys=keys,
+        warnings=warnings,
+    )
 
 
-def entity_table(runs: Sequence[Run], section: str, keys: Sequence[str], entities: Sequence[str] | None = None,
-                 names: dict[str, str] | None = None) -> tuple[list[str], list[list]]:
+def entity_table(
+    runs: Sequence[Run],
+    section: str,
+    keys: Sequence[str],
+    entities: Sequence[str] | None = None,
+    names: dict[str, str] | None = None,
+) -> tuple[list[str], list[list]]:
     """Rows are the entities of a section — the models of ``rating/<model>/<key>`` or the ``before``/
     ``after`` of ``rerank/<stage>/<metric>`` — of each finished run (the run's label first when there
     are several); columns are ``keys``. Missing values stay None (printed "–")."""
     ok = [r for r in runs if r.ok]
     names = names or {}
-    header = (["run"] if len(ok) > 1 else []) + [{"rating": "model", "rerank": "stage"}.get(section, section), *keys]
+    header = (["run"] if len(ok) > 1 else []) + [
+        {"rating": "model", "rerank": "stage"}.get(section, section),
+        *keys,
+    ]
     rows = []
     for r in ok:
-        found = entities or list(dict.fromkeys(k.split("/")[1] for k in r.flat
-                                               if k.startswith(f"{section}/") and k.count("/") == 2))
+        found = entities or list(
+            dict.fromkeys(
+                k.split("/")[1] for k in r.flat if k.startswith(f"{section}/") and k.count("/") == 2
+            )
+        )
         for e in found:
             if e == "best_baseline":
                 continue
@@ -623,20 +738,34 @@ def entity_table(runs: Sequence[Run], section: str, keys: Sequence[str], entitie
 # ------------------------------------------------------------------------------------------- outputs
 
 
-def write_outputs(cmp: Comparison, out_dir: Path, plot: Path | None = None, stem: str = "compare",
-                  bars: tuple | None = None, extra: dict | None = None) -> dict[str, Path]:
+def write_outputs(
+    cmp: Comparison,
+    out_dir: Path,
+    plot: Path | None = None,
+    stem: str = "compare",
+    bars: tuple | None = None,
+    extra: dict | None = None,
+) -> dict[str, Path]:
     """``<stem>.md``, ``<stem>.json`` and a bar plot (``<stem>.png`` unless ``plot`` names another file):
     runs × metrics, or the ``bars`` a recipe gives as (labels, metric names, values)."""
     from exp3rt.evaluation.plots import metric_bars
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json", "plot": plot or out_dir / f"{stem}.png"}
+    paths = {
+        "markdown": out_dir / f"{stem}.md",
+        "json": out_dir / f"{stem}.json",
+        "plot": plot or out_dir / f"{stem}.png",
+    }
     # reports nothing reuses as a finished stage: renamed into place, no .sha record beside them
     write_text_atomic(paths["markdown"], cmp.markdown(), record=False)
     write_json_atomic(paths["json"], {**cmp.to_json(), **(extra or {})}, record=False)
     ok = [r for r in cmp.runs if r.ok]
     if bars is None:
-        bars = ([r.label for r in ok], [short_name(m) for m in cmp.metrics], [[r.value(m) for m in cmp.metrics] for r in ok])
+        bars = (
+            [r.label for r in ok],
+            [short_name(m) for m in cmp.metrics],
+            [[r.value(m) for m in cmp.metrics] for r in ok],
+        )
     paths["plot"].parent.mkdir(parents=True, exist_ok=True)
     metric_bars(*bars, paths["plot"], cmp.title)
     return paths

@@ -158,7 +158,9 @@ class DatasetConf:
 @dataclass
 class SplitConf:
     strategy: SplitStrategy = SplitStrategy.random
-    seed: int = 42  # the split seed; training seeds are baselines.rating.seed, baselines.retrieval.seed, train.seed
+    seed: int = (
+        42  # the split seed; training seeds are baselines.rating.seed, baselines.retrieval.seed, train.seed
+    )
     test_ratio: float = 0.2
     valid_ratio: float = 0.0
     leave_n_out: int | None = None  # per_user: hold out n per user instead of a ratio
@@ -222,10 +224,14 @@ class EvalConf:
     candidates: str = "full"  # full: rank all non-training items (the protocol is logged)
     # exp3rt-evaluate (student): reasoning then readout (full) or readout alone (fast)
     mode: ReadoutMode = ReadoutMode.full
-    failure_policy: FailurePolicy = FailurePolicy.user_mean  # user_mean | item_mean | global_mean | exclude (counted either way)
+    failure_policy: FailurePolicy = (
+        FailurePolicy.user_mean
+    )  # user_mean | item_mean | global_mean | exclude (counted either way)
     max_pairs: int | None = None  # evaluate the first n test pairs (null: all)
     batch_size: int = 16  # rows per forward on the hf backend (vLLM schedules its own batches)
-    max_new_tokens: int | None = None  # null: the longest answer the student trained on + 16 (train.json), else student.max_new_tokens
+    max_new_tokens: int | None = (
+        None  # null: the longest answer the student trained on + 16 (train.json), else student.max_new_tokens
+    )
     do_sample: bool = False
     temperature: float = 1.0
     seed: int = 0
@@ -235,8 +241,12 @@ class EvalConf:
     num_candidates: int = 20  # the paper reranks top-20
     rerank_mode: ReadoutMode = ReadoutMode.fast  # fast: readout only; full: reasoning then readout
     rerank_max_users: int | None = 50  # test users reranked (null: all)
-    candidates_file: str | None = None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
-    split: EvalPart = EvalPart.test  # test | valid (a hyperparameter search optimises on valid, never on test)
+    candidates_file: str | None = (
+        None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
+    )
+    split: EvalPart = (
+        EvalPart.test
+    )  # test | valid (a hyperparameter search optimises on valid, never on test)
     test_file: str | None = None  # an EXP3RT release rating file to evaluate on instead of the test split
     test_file_strict: bool = True  # false: skip and count bad records of eval.test_file instead of stopping
     test_file_overlap: OverlapPolicy = OverlapPolicy.error  # pairs of the file the student trained on
@@ -248,15 +258,15 @@ class EvalConf:
     # hf backend: where the student runs. auto = the first CUDA GPU when torch sees one, else the CPU;
     # or cpu | cuda | cuda:N | mps
     device: str = "auto"
-    merge_lora: bool = True  # hf backend: fold a LoRA adapter into the weights for inference (fewer ops per step)
+    merge_lora: bool = (
+        True  # hf backend: fold a LoRA adapter into the weights for inference (fewer ops per step)
+    )
     vllm_gpu_memory_utilization: float = 0.9  # share of GPU memory vLLM takes (weights + KV cache)
     vllm_max_model_len: int | None = None  # null: the model's own context length
     vllm_tensor_parallel_size: int = 1  # GPUs the model is split over
     vllm_enable_prefix_caching: bool = True  # reranking's per-user prompt prefix is computed once
     vllm_max_lora_rank: int | None = None  # null: the adapter's r, rounded up to a rank vLLM supports
     vllm_enforce_eager: bool = False  # true: skip CUDA-graph capture (faster start, slower decoding)
-
-
 
 
 class TeacherBackendName(StrEnum):
@@ -318,7 +328,9 @@ class TeacherConf:
     # hf backend
     model_path: str | None = None
     batch_size: int = 8
-    device: str = "auto"  # auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N | mps
+    device: str = (
+        "auto"  # auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N | mps
+    )
     dtype: str = "float32"
     max_input_tokens: int = 2048
     # release backend
@@ -430,6 +442,8 @@ class LoggerConf:
     group: str | None = None  # null: the experiment name
     tags: list[str] = field(default_factory=list)
     csv: bool = True
+
+
 class Accelerator(StrEnum):
     cpu = "cpu"
     gpu = "gpu"
@@ -570,6 +584,8 @@ class TrainLoopConf:
     # every other answer token (1.0: the plain answer-only loss, the paper's). >1 makes a weak student
     # attend to the number it is judged on instead of spending its capacity on the reasoning's wording.
     rating_loss_weight: float = 1.0
+
+
 # rating_direct: the rating task's rating-only form (the rating right after the prompt, no reasoning)
 # beside a reasoning student's rating task, so one student both explains and reads out fast
 DEFAULT_STUDENT_TASKS = ("extract", "user_profile", "item_profile", "rating")  # the paper's four
@@ -615,7 +631,9 @@ class RatingPromptConf:
     instruction: str = MISSING  # reason first, then the rating
     instruction_rating_only: str = MISSING  # ablation no_reasoning
     section_separator: str = "\n\n"
-    sections: dict[str, str] = field(default_factory=dict)  # user_profile, item_description, item_profile, user_reviews, item_reviews
+    sections: dict[str, str] = field(
+        default_factory=dict
+    )  # user_profile, item_description, item_profile, user_reviews, item_reviews
     # the order the sections are shown in, each named once; empty: the order of `sections` above
     section_order: list[str] = field(default_factory=list)
     raw_review: str = MISSING  # one raw review in the raw_reviews ablation
@@ -684,19 +702,30 @@ def check_teacher_mode(tc) -> None:
     if tc.mode == "batch" and tc.backend != TeacherBackendName.openai:
         raise ConfigError(
             f"teacher.mode=batch uses the OpenAI Batch API, so it needs teacher.backend=openai (got "
-            f"teacher.backend={tc.backend.value}); use teacher.mode=sync with this backend")
+            f"teacher.backend={tc.backend.value}); use teacher.mode=sync with this backend"
+        )
     b = tc.batch
     if not 1 <= b.max_requests <= 50000:
-        raise ConfigError(f"config key 'teacher.batch.max_requests' must be in [1, 50000] (got {b.max_requests})")
+        raise ConfigError(
+            f"config key 'teacher.batch.max_requests' must be in [1, 50000] (got {b.max_requests})"
+        )
     if not 1 <= b.max_bytes <= 200_000_000:
-        raise ConfigError(f"config key 'teacher.batch.max_bytes' must be in [1, 200000000] (got {b.max_bytes})")
+        raise ConfigError(
+            f"config key 'teacher.batch.max_bytes' must be in [1, 200000000] (got {b.max_bytes})"
+        )
     if not 0 < b.poll_initial_s <= b.poll_max_s:
-        raise ConfigError("config keys 'teacher.batch.poll_initial_s' / 'poll_max_s' need 0 < poll_initial_s <= "
-                          f"poll_max_s (got {b.poll_initial_s:g} and {b.poll_max_s:g})")
+        raise ConfigError(
+            "config keys 'teacher.batch.poll_initial_s' / 'poll_max_s' need 0 < poll_initial_s <= "
+            f"poll_max_s (got {b.poll_initial_s:g} and {b.poll_max_s:g})"
+        )
     if b.max_failed_rounds < 0:
-        raise ConfigError(f"config key 'teacher.batch.max_failed_rounds' must be >= 0 (got {b.max_failed_rounds})")
+        raise ConfigError(
+            f"config key 'teacher.batch.max_failed_rounds' must be >= 0 (got {b.max_failed_rounds})"
+        )
     if not 0 < b.price_factor <= 1:
-        raise ConfigError(f"config key 'teacher.batch.price_factor' must be in (0, 1] (got {b.price_factor:g})")
+        raise ConfigError(
+            f"config key 'teacher.batch.price_factor' must be in (0, 1] (got {b.price_factor:g})"
+        )
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -793,9 +822,14 @@ def section_order(rating) -> list[str]:
     twice = sorted({x for x in order if order.count(x) > 1})
     missing = [x for x in RATING_SECTIONS if x not in order]
     if unknown or twice or missing:
-        what = "; ".join(f"{label} {names}" for label, names in
-                         (("unknown", unknown), ("named twice", twice), ("missing", missing)) if names)
-        raise ConfigError(f"student_prompt.rating.section_order must name each of {list(RATING_SECTIONS)} once: {what}")
+        what = "; ".join(
+            f"{label} {names}"
+            for label, names in (("unknown", unknown), ("named twice", twice), ("missing", missing))
+            if names
+        )
+        raise ConfigError(
+            f"student_prompt.rating.section_order must name each of {list(RATING_SECTIONS)} once: {what}"
+        )
     return order
 
 
@@ -885,7 +919,10 @@ def _validate_training(typed: DictConfig) -> None:
             )
         extra = OmegaConf.to_container(ds.extra, resolve=True)
         for key, why in (
-            ("gradient_accumulation_steps", "Lightning sets it from trainer.accumulate_grad_batches and raises if the dict has it"),
+            (
+                "gradient_accumulation_steps",
+                "Lightning sets it from trainer.accumulate_grad_batches and raises if the dict has it",
+            ),
             ("train_micro_batch_size_per_gpu", "it is train.micro_batch_size"),
             ("train_batch_size", "it is train.batch_size"),
             ("zero_optimization", "set its fields in the deepspeed group instead"),
@@ -896,7 +933,7 @@ def _validate_training(typed: DictConfig) -> None:
         if auto:
             raise ConfigError(
                 f"config key '{auto}' is \"auto\": Lightning hands the dict to DeepSpeed unresolved "
-                f"(\"auto\" is a Hugging Face Trainer convention); give a number"
+                f'("auto" is a Hugging Face Trainer convention); give a number'
             )
         if ds.stage == 3 and loop is not None and loop.val_generate and not ds.gather_for_generation:
             raise ConfigError(
@@ -906,7 +943,9 @@ def _validate_training(typed: DictConfig) -> None:
             )
     if loop is not None:
         if loop.micro_batch_size < 1:
-            raise ConfigError(f"config key 'train.micro_batch_size' must be >= 1 (got {loop.micro_batch_size})")
+            raise ConfigError(
+                f"config key 'train.micro_batch_size' must be >= 1 (got {loop.micro_batch_size})"
+            )
         if not loop.lr > 0:
             raise ConfigError(f"config key 'train.lr' must be positive (got {loop.lr})")
         if loop.warmup_steps < 0 or loop.val_generate_samples < 0:
@@ -961,20 +1000,30 @@ def check_eval_backend(ev) -> None:
             f"config key 'eval.vllm_gpu_memory_utilization' must be in (0, 1] (got {ev.vllm_gpu_memory_utilization})"
         )
     if ev.vllm_tensor_parallel_size < 1:
-        raise ConfigError(f"config key 'eval.vllm_tensor_parallel_size' must be >= 1 (got {ev.vllm_tensor_parallel_size})")
+        raise ConfigError(
+            f"config key 'eval.vllm_tensor_parallel_size' must be >= 1 (got {ev.vllm_tensor_parallel_size})"
+        )
     if ev.vllm_max_model_len is not None and ev.vllm_max_model_len < 1:
-        raise ConfigError(f"config key 'eval.vllm_max_model_len' must be >= 1 or null (got {ev.vllm_max_model_len})")
+        raise ConfigError(
+            f"config key 'eval.vllm_max_model_len' must be >= 1 or null (got {ev.vllm_max_model_len})"
+        )
     if ev.vllm_max_lora_rank is not None and ev.vllm_max_lora_rank < 1:
-        raise ConfigError(f"config key 'eval.vllm_max_lora_rank' must be >= 1 or null (got {ev.vllm_max_lora_rank})")
+        raise ConfigError(
+            f"config key 'eval.vllm_max_lora_rank' must be >= 1 or null (got {ev.vllm_max_lora_rank})"
+        )
 
 
 def check_student_data(sft) -> None:
     unknown = [t for t in sft.tasks if t not in STUDENT_TASKS]
     if unknown or not len(sft.tasks):
-        raise ConfigError(f"config key 'sft.tasks': unknown or no tasks {unknown}; allowed: {list(STUDENT_TASKS)}")
+        raise ConfigError(
+            f"config key 'sft.tasks': unknown or no tasks {unknown}; allowed: {list(STUDENT_TASKS)}"
+        )
     for task, weight in sft.task_weights.items():
         if task not in sft.tasks:
-            raise ConfigError(f"config key 'sft.task_weights.{task}': '{task}' is not in sft.tasks {list(sft.tasks)}")
+            raise ConfigError(
+                f"config key 'sft.task_weights.{task}': '{task}' is not in sft.tasks {list(sft.tasks)}"
+            )
         if not weight >= 0:
             raise ConfigError(f"config key 'sft.task_weights.{task}' must be >= 0 (got {weight})")
     if sft.max_length < 8:

@@ -27,8 +27,10 @@ def resolve_device(name: str | None, key: str = "eval.device"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key '{key}' is {name!r} but torch {torch.__version__} sees no CUDA GPU; "
-                          f"use {key}=auto or cpu")
+        raise ConfigError(
+            f"config key '{key}' is {name!r} but torch {torch.__version__} sees no CUDA GPU; "
+            f"use {key}=auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -60,9 +62,15 @@ def check_machine(cfg) -> None:
         raise ConfigError(
             f"trainer.accelerator={tr.accelerator} (trainer=gpu, ddp or a deepspeed_zero* preset) trains on CUDA GPUs, "
             f"but torch {torch.__version__} sees none on this machine: train here with trainer=cpu, or trainer=deepspeed_cpu "
-            "for DeepSpeed ZeRO on CPU; to check a GPU preset without training, add dry_run=true (exp3rt-pipeline)")
+            "for DeepSpeed ZeRO on CPU; to check a GPU preset without training, add dry_run=true (exp3rt-pipeline)"
+        )
     student = cfg.get("student")
-    if student is not None and student.get("quantization") == "4bit" and importlib.util.find_spec("bitsandbytes") is None:
+    if (
+        student is not None
+        and student.get("quantization") == "4bit"
+        and importlib.util.find_spec("bitsandbytes") is None
+    ):
         raise ConfigError(
             "student.quantization=4bit (QLoRA) needs the bitsandbytes package, which is not installed: "
-            "pip install -e '.[qlora]' on a CUDA machine, or train without quantization: student.quantization=null")
+            "pip install -e '.[qlora]' on a CUDA machine, or train without quantization: student.quantization=null"
+        )

@@ -47,8 +47,9 @@ def file_lock(path: Path, what: str = "artifact", wait: bool = True, hint: str =
             except BlockingIOError:
                 holder = lock_holder(path)
                 if not wait:
-                    raise LockHeld(f"{what}: {path} is held by {holder}; wait for it to finish"
-                                   f"{hint}") from None
+                    raise LockHeld(
+                        f"{what}: {path} is held by {holder}; wait for it to finish{hint}"
+                    ) from None
                 log.warning("%s: waiting for %s, which holds %s", what, holder, path)
                 fcntl.flock(f, fcntl.LOCK_EX)
         except OSError as e:
@@ -58,8 +59,10 @@ def file_lock(path: Path, what: str = "artifact", wait: bool = True, hint: str =
         try:
             f.seek(0)
             f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            f.write(
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+            )
             f.flush()
         except OSError:  # the pid is a courtesy; the lock is what matters
             pass

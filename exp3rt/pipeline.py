@@ -50,8 +50,20 @@ STAGES = ("baselines", "annotate", "train", "evaluate")
 
 # config groups that change what a stage produces (run names, loggers and progress bars do not)
 _BASELINE_KEYS = ("baselines",)  # their training seeds are baselines.rating.seed / baselines.retrieval.seed
-_TRAIN_KEYS = ("teacher", "prompt", "annotation", "annotations_dir", "sft", "student_prompt", "ablation",
-               "student", "peft", "train", "deepspeed", "trainer")
+_TRAIN_KEYS = (
+    "teacher",
+    "prompt",
+    "annotation",
+    "annotations_dir",
+    "sft",
+    "student_prompt",
+    "ablation",
+    "student",
+    "peft",
+    "train",
+    "deepspeed",
+    "trainer",
+)
 # trainer keys that change neither the weights nor the metrics
 _TRAINER_COSMETIC = ("log_every_n_steps", "checkpoint_every_n_steps", "slurm_tasks_per_node")
 _EVAL_COSMETIC = ("wandb", "wandb_rows")
@@ -102,9 +114,11 @@ def _discard_damaged(stage: str, directory: Path) -> None:
 def stage_dirs(cfg: DictConfig, fps: dict[str, str]) -> dict[str, Path]:
     """Where each fingerprinted stage writes, under ``paths.artifacts_dir``."""
     art, name = Path(cfg.paths.artifacts_dir), str(cfg.dataset.name)
-    return {"baselines": art / "baselines" / f"{name}-{fps['baselines'][:12]}",
-            "train": art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}",
-            "evaluate": art / "evaluations" / f"{name}-{fps['evaluate'][:12]}"}
+    return {
+        "baselines": art / "baselines" / f"{name}-{fps['baselines'][:12]}",
+        "train": art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}",
+        "evaluate": art / "evaluations" / f"{name}-{fps['evaluate'][:12]}",
+    }
 
 
 def _stage_cfg(cfg: DictConfig, **top: Any) -> DictConfig:
@@ -137,52 +151,117 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     out: dict = {"task": "pipeline", "dry_run": True, "experiment_name": cfg.get("experiment_name")}
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
-    out["data"] = {"dir": str(prepared.directory), **prepared.dataset.summary(),
-                   "split": {"dir": str(split.directory), **split.meta.get("stats", {})}}
+    out["data"] = {
+        "dir": str(prepared.directory),
+        **prepared.dataset.summary(),
+        "split": {"dir": str(split.directory), **split.meta.get("stats", {})},
+    }
     train_dir = stage_dirs(cfg, stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint))["train"]
     out["artifacts"] = {"train": {"dir": str(train_dir), "finished": _done("train", train_dir)}}
     if "annotate" in [str(s) for s in cfg.stages]:
         from exp3rt.teacher.annotate import annotate
 
-        est = annotate(_stage_cfg(cfg, stage="all", dry_run=True, shard=0, num_shards=1, merge=False, force=False,
-                                  progress=False), prepared, split)
-        out["teacher"] = {"identity": _teacher_identity(cfg), "directory": est.get("directory"),
-                          "estimate": est.get("estimate"), "imported": est.get("report") is not None}
+        est = annotate(
+            _stage_cfg(
+                cfg,
+                stage="all",
+                dry_run=True,
+                shard=0,
+                num_shards=1,
+                merge=False,
+                force=False,
+                progress=False,
+            ),
+            prepared,
+            split,
+        )
+        out["teacher"] = {
+            "identity": _teacher_identity(cfg),
+            "directory": est.get("directory"),
+            "estimate": est.get("estimate"),
+            "imported": est.get("report") is not None,
+        }
         if est.get("estimate"):
-            out["teacher"]["max_cost_usd"] = round(sum(float(e.get("cost_usd") or 0) for e in est["estimate"].values()), 4)
+            out["teacher"]["max_cost_usd"] = round(
+                sum(float(e.get("cost_usd") or 0) for e in est["estimate"].values()), 4
+            )
     micro = int(cfg.train.micro_batch_size)
     strategy = build_strategy(cfg.trainer, cfg.deepspeed, micro_batch_size=micro)
     out["strategy"] = strategy if isinstance(strategy, str) else type(strategy).__name__
     ds_config = getattr(strategy, "config", None)
     if ds_config:
-        out["deepspeed"] = {k: ds_config[k] for k in ("zero_optimization", "train_micro_batch_size_per_gpu",
-                                                     "gradient_accumulation_steps", "bf16", "fp16") if k in ds_config}
+        out["deepspeed"] = {
+            k: ds_config[k]
+            for k in (
+                "zero_optimization",
+                "train_micro_batch_size_per_gpu",
+                "gradient_accumulation_steps",
+                "bf16",
+                "fp16",
+            )
+            if k in ds_config
+        }
     out["optimizer"] = adam_class(cfg.deepspeed).__name__
     world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     accum = int(cfg.trainer.accumulate_grad_batches or 1)
-    out["batch"] = {"micro_batch_size": micro, "devices": int(cfg.trainer.devices), "num_nodes": int(cfg.trainer.num_nodes),
-                    "accumulate_grad_batches": accum, "global_batch_size": micro * world * accum,
-                    "precision": str(cfg.trainer.precision), "max_length": int(cfg.sft.max_length)}
-    out["student"] = {"name": str(cfg.student.name), "model_path": str(cfg.student.model_path),
-                      "dtype": str(cfg.student.dtype), "quantization": cfg.student.get("quantization"),
-                      "weights": "not loaded (dry run)"}
+    out["batch"] = {
+        "micro_batch_size": micro,
+        "devices": int(cfg.trainer.devices),
+        "num_nodes": int(cfg.trainer.num_nodes),
+        "accumulate_grad_batches": accum,
+        "global_batch_size": micro * world * accum,
+        "precision": str(cfg.trainer.precision),
+        "max_length": int(cfg.sft.max_length),
+    }
+    out["student"] = {
+        "name": str(cfg.student.name),
+        "model_path": str(cfg.student.model_path),
+        "dtype": str(cfg.student.dtype),
+        "quantization": cfg.student.get("quantization"),
+        "weights": "not loaded (dry run)",
+    }
     if str(cfg.peft.method) == "lora":
         from peft import LoraConfig
 
         targets = cfg.peft.target_modules
-        lora = LoraConfig(r=int(cfg.peft.r), lora_alpha=int(cfg.peft.alpha), lora_dropout=float(cfg.peft.dropout),
-                          target_modules=targets if isinstance(targets, str) else list(targets), task_type="CAUSAL_LM")
-        out["peft"] = {"method": "lora", "r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                       "target_modules": lora.target_modules if isinstance(lora.target_modules, str) else sorted(lora.target_modules)}
+        lora = LoraConfig(
+            r=int(cfg.peft.r),
+            lora_alpha=int(cfg.peft.alpha),
+            lora_dropout=float(cfg.peft.dropout),
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            task_type="CAUSAL_LM",
+        )
+        out["peft"] = {
+            "method": "lora",
+            "r": lora.r,
+            "alpha": lora.lora_alpha,
+            "dropout": lora.lora_dropout,
+            "target_modules": lora.target_modules
+            if isinstance(lora.target_modules, str)
+            else sorted(lora.target_modules),
+        }
     else:
         out["peft"] = {"method": str(cfg.peft.method)}
     if cfg.student.get("quantization") == "4bit":
         from transformers import BitsAndBytesConfig
 
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
-        out["student"]["quantization_config"] = {"load_in_4bit": q.load_in_4bit, "quant_type": q.bnb_4bit_quant_type}
-    out["eval"] = {k: to_container(cfg.eval.get(k)) for k in ("mode", "rerank", "rerank_retriever", "num_candidates",
-                                                              "rerank_mode", "max_new_tokens", "failure_policy")}
+        out["student"]["quantization_config"] = {
+            "load_in_4bit": q.load_in_4bit,
+            "quant_type": q.bnb_4bit_quant_type,
+        }
+    out["eval"] = {
+        k: to_container(cfg.eval.get(k))
+        for k in (
+            "mode",
+            "rerank",
+            "rerank_retriever",
+            "num_candidates",
+            "rerank_mode",
+            "max_new_tokens",
+            "failure_policy",
+        )
+    }
     write_json_atomic(out_dir / "pipeline.json", out)
     return out
 
@@ -203,14 +282,22 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
     t0 = time.perf_counter()
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
-    record["stages"]["data"] = {"status": "ready", "dir": str(prepared.directory), "split_dir": str(split.directory),
-                                "seconds": round(time.perf_counter() - t0, 2)}
+    record["stages"]["data"] = {
+        "status": "ready",
+        "dir": str(prepared.directory),
+        "split_dir": str(split.directory),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     dirs = stage_dirs(cfg, stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint))
     results: dict = {}
 
     def finish(stage: str, status: str, started: float, **extra) -> None:
-        record["stages"][stage] = {"status": status, "dir": str(extra.pop("dir", dirs.get(stage, ""))),
-                                   "seconds": round(time.perf_counter() - started, 2), **extra}
+        record["stages"][stage] = {
+            "status": status,
+            "dir": str(extra.pop("dir", dirs.get(stage, ""))),
+            "seconds": round(time.perf_counter() - started, 2),
+            **extra,
+        }
         write_json_atomic(out_dir / "pipeline.json", record)
         log.info("stage %s: %s (%s)", stage, status, record["stages"][stage]["dir"])
 
@@ -235,20 +322,26 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
                 results[stage] = _annotate(cfg, prepared, split, force="annotate" in force)
                 rep = results[stage].get("report", {})
                 status = "skipped" if rep and all(r.get("skipped") for r in rep.values()) else "ran"
-                finish(stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage"))
+                finish(
+                    stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage")
+                )
         if stage == "train":
             from exp3rt.student.train import latest_checkpoint
 
             resume = latest_checkpoint(d) is not None  # a DeepSpeed last.ckpt is a folder
             results[stage] = _train(cfg, d, resume)
-            finish(stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step"))
+            finish(
+                stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step")
+            )
             if not results[stage].get("is_global_zero", True):
                 return {}  # the other ranks of a multi-process training stop here
             free_memory()  # the trainer and its engine, before evaluation loads the student again
         elif stage == "evaluate":
             if not _done("train", dirs["train"]):
-                raise FileNotFoundError(f"no finished student at {dirs['train']} for these settings: "
-                                        "run the train stage first (stages=[...,train,evaluate])")
+                raise FileNotFoundError(
+                    f"no finished student at {dirs['train']} for these settings: "
+                    "run the train stage first (stages=[...,train,evaluate])"
+                )
             results[stage] = _evaluate(cfg, dirs["train"], d, dirs["baselines"])
             finish(stage, "ran", started)
     metrics = combine(cfg, record, results, hydra_info or {})
@@ -272,7 +365,9 @@ def _shared_stage_lock(stage: str, cfg: DictConfig, dirs: dict, split):
         from exp3rt.teacher.annotate import annotation_dir
         from exp3rt.teacher.prompts import Prompts
 
-        prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+        prompts = Prompts(
+            cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+        )
         target, _ = annotation_dir(cfg, split, prompts)
     else:
         return contextlib.nullcontext()
@@ -286,16 +381,27 @@ def _load_result(stage: str, d: Path) -> dict:
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
     from exp3rt.teacher.annotate import annotate, check_run_config
 
-    acfg = _stage_cfg(cfg, stage="all", dry_run=False, shard=0, num_shards=1, merge=False, force=force,
-                      retry_failed=bool(cfg.get("retry_failed", False)))
+    acfg = _stage_cfg(
+        cfg,
+        stage="all",
+        dry_run=False,
+        shard=0,
+        num_shards=1,
+        merge=False,
+        force=force,
+        retry_failed=bool(cfg.get("retry_failed", False)),
+    )
     check_run_config(acfg)
     result = annotate(acfg, prepared, split)
     pending = result.get("batch_pending")
     if pending:  # teacher.batch.submit_only: the stages are not done, so nothing after them may run
         from exp3rt.teacher.batch import BatchPending
 
-        raise BatchPending(f"{pending['message']}. The pipeline stops after its annotate stage until then",
-                           pending["batch_ids"], pending["requests"])
+        raise BatchPending(
+            f"{pending['message']}. The pipeline stops after its annotate stage until then",
+            pending["batch_ids"],
+            pending["requests"],
+        )
     result["usage"] = artifact_usage(Path(result["directory"]))
     return result
 
@@ -336,9 +442,16 @@ def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None =
         cand = base_dir / "candidates" / f"{ev['rerank_retriever']}.parquet"
         if cand.is_file():  # the first stage's own candidates, as the baselines stage wrote them
             ev["candidates_file"] = str(cand)
-    ecfg = OmegaConf.create({"run_dir": str(train_dir), "adapter": None, "paths": to_container(cfg.paths),
-                             "eval": ev, "task_name": "evaluate",
-                             "wandb_into_train_run": True})
+    ecfg = OmegaConf.create(
+        {
+            "run_dir": str(train_dir),
+            "adapter": None,
+            "paths": to_container(cfg.paths),
+            "eval": ev,
+            "task_name": "evaluate",
+            "wandb_into_train_run": True,
+        }
+    )
     with _staging(d) as tmp:
         metrics = evaluate(ecfg, tmp, predict_fn=predict)
     return json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else metrics
@@ -394,8 +507,14 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     from exp3rt.evaluation.evaluate import flat_metrics as eval_flat
     from exp3rt.evaluation.evaluate import numbers
 
-    out = eval_flat({"rating": metrics.get("rating") or {}, "rerank": metrics.get("rerank") or {},
-                     "generation": metrics.get("generation") or {}, "reasoning": metrics.get("reasoning") or {}})
+    out = eval_flat(
+        {
+            "rating": metrics.get("rating") or {},
+            "rerank": metrics.get("rerank") or {},
+            "generation": metrics.get("generation") or {},
+            "reasoning": metrics.get("reasoning") or {},
+        }
+    )
     for model, r in (metrics.get("retrieval") or {}).items():
         out.update(numbers(f"retrieval/{model}", r or {}))
     out.update(numbers("efficiency", metrics.get("efficiency") or {}))
@@ -410,8 +529,13 @@ def first_explanation(path: Path) -> dict | None:
         for line in f:
             p = json.loads(line)
             if p.get("reasoning") and p.get("rating_expected") is not None:
-                return {"user_id": p["user_id"], "item_id": p["item_id"], "truth": p["truth"],
-                        "expected": p["rating_expected"], "reasoning": p["reasoning"]}
+                return {
+                    "user_id": p["user_id"],
+                    "item_id": p["item_id"],
+                    "truth": p["truth"],
+                    "expected": p["rating_expected"],
+                    "reasoning": p["reasoning"],
+                }
     return None
 
 
@@ -420,7 +544,9 @@ def _write_report(out_dir: Path, eval_dir: Path, record: dict) -> None:
 
     text = (eval_dir / "report.md").read_text()
     rows = [[s, r.get("status"), r.get("seconds"), r.get("dir")] for s, r in record["stages"].items()]
-    text += "\n## Pipeline stages\n\n" + markdown_table(["stage", "status", "seconds", "artifact"], rows) + "\n"
+    text += (
+        "\n## Pipeline stages\n\n" + markdown_table(["stage", "status", "seconds", "artifact"], rows) + "\n"
+    )
     write_text_atomic(out_dir / "report.md", text)
     for png in eval_dir.glob("*.png"):
         with atomic_path(out_dir / png.name) as tmp:

@@ -25,7 +25,9 @@ class Strict(dict):
         self.where = where
 
     def __missing__(self, key):
-        raise ConfigError(f"{self.where} uses {{{key}}}, which this stage does not provide; available: {sorted(self)}")
+        raise ConfigError(
+            f"{self.where} uses {{{key}}}, which this stage does not provide; available: {sorted(self)}"
+        )
 
 
 def fmt_rating(value: float) -> str:
@@ -38,7 +40,9 @@ def check_placeholders(template: str, where: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise ConfigError(f"{where}: cannot parse the template ({e}); write a literal brace as '{{{{' or '}}}}'") from None
+        raise ConfigError(
+            f"{where}: cannot parse the template ({e}); write a literal brace as '{{{{' or '}}}}'"
+        ) from None
     for _, name, spec, conv in parsed:
         if name is None:
             continue
@@ -60,7 +64,9 @@ class Spanned:
     spans: tuple[tuple[int, int], ...] = field(default_factory=tuple)
 
 
-def render_spans(template: str, values: dict, where: str, cut: frozenset[str] | set[str] = frozenset()) -> Spanned:
+def render_spans(
+    template: str, values: dict, where: str, cut: frozenset[str] | set[str] = frozenset()
+) -> Spanned:
     """Fill ``template`` strictly; a field named in ``cut`` becomes a span, a :class:`Spanned` value
     brings its own spans along (shifted to where it lands)."""
     lookup = Strict(where, values)

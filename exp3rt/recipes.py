@@ -35,8 +35,14 @@ PRESETS: dict[str, list[str]] = {
     # recipe of several runs finishes in minutes on two CPU cores
     "demo": ["trainer.max_steps=300", "eval.max_pairs=100", "eval.rerank_max_users=20", "progress=false"],
     # a smoke test: the debug world (60 users, 50 items) and a few training steps (~15 s a run)
-    "quick": ["debug=default", "trainer.max_steps=20", "eval.max_pairs=10", "eval.rerank_max_users=3",
-              "progress=false", "hydra.job_logging.root.level=INFO"],
+    "quick": [
+        "debug=default",
+        "trainer.max_steps=20",
+        "eval.max_pairs=10",
+        "eval.rerank_max_users=3",
+        "progress=false",
+        "hydra.job_logging.root.level=INFO",
+    ],
     "paper": [],
 }
 
@@ -82,8 +88,13 @@ class Recipe:
             sweep, notes = self.sweep(preset, extra)
         else:
             sweep, notes = list(self.sweep), []
-        overrides = merge_overrides(PRESETS[preset], self.preset_overrides.get(preset, []), sweep, extra,
-                                    [f"hydra.sweep.dir={sweep_dir}"])
+        overrides = merge_overrides(
+            PRESETS[preset],
+            self.preset_overrides.get(preset, []),
+            sweep,
+            extra,
+            [f"hydra.sweep.dir={sweep_dir}"],
+        )
         return [sys.executable, "-m", "exp3rt", "-m", *overrides], notes
 
     def sweep_dir(self) -> Path:
@@ -91,20 +102,33 @@ class Recipe:
         return root / "experiments" / self.name / time.strftime("%Y-%m-%d_%H-%M-%S")
 
     # -------------------------------------------------------------------------------- aggregating
-    def aggregate(self, sweep_dirs: Sequence[Path], out_dir: Path | None = None, notes: Sequence[str] = (),
-                  command: str | None = None) -> tuple[Comparison, dict[str, Path]]:
+    def aggregate(
+        self,
+        sweep_dirs: Sequence[Path],
+        out_dir: Path | None = None,
+        notes: Sequence[str] = (),
+        command: str | None = None,
+    ) -> tuple[Comparison, dict[str, Path]]:
         """The recipe's table from finished (or partly failed) multirun dirs: ``<out>/<recipe>.md``,
         ``.json`` and ``.png``."""
         out_dir = Path(out_dir or self.results_root / self.name)
         runs: list[Run] = collect_runs(sweep_dirs)
-        cmp = compare(runs, metrics=self.metrics, by=self.by, title=self.title, sources=[str(d) for d in sweep_dirs])
+        cmp = compare(
+            runs, metrics=self.metrics, by=self.by, title=self.title, sources=[str(d) for d in sweep_dirs]
+        )
         table = self.view(cmp) if self.view else Table()
         cmp.lead = list(table.sections)
         kinds = sorted({str(r.info["scored_on"]) for r in runs if r.ok and r.info.get("scored_on")})
         if kinds:  # which pairs the figures come from (metrics.json protocol.scored_split)
-            cmp.lead.insert(0, f"Scored on: {', '.join(kinds)} pairs"
-                               + (" (VALIDATION pairs are what a search optimised, not figures to report)."
-                                  if "valid" in kinds else "."))
+            cmp.lead.insert(
+                0,
+                f"Scored on: {', '.join(kinds)} pairs"
+                + (
+                    " (VALIDATION pairs are what a search optimised, not figures to report)."
+                    if "valid" in kinds
+                    else "."
+                ),
+            )
         cmp.warnings = [*notes, *cmp.warnings]
         if command:
             cmp.sections.append(f"Command:\n\n```\n{command}\n```")
@@ -113,15 +137,31 @@ class Recipe:
 
     # ------------------------------------------------------------------------------------- the CLI
     def main(self, argv: Sequence[str] | None = None) -> int:
-        p = argparse.ArgumentParser(prog=f"experiments/{self.name}.py", description=self.title,
-                                    epilog="Trailing KEY=VALUE arguments are exp3rt-pipeline (Hydra) overrides.")
-        p.add_argument("--preset", default=os.environ.get("EXP3RT_PRESET", "demo"), choices=sorted(PRESETS),
-                       help="demo (default): CPU demo settings; quick: a smoke test; paper: nothing added")
-        p.add_argument("--aggregate", nargs="+", type=Path, metavar="SWEEP_DIR",
-                       help="do not launch: build the table from these finished multirun dirs")
+        p = argparse.ArgumentParser(
+            prog=f"experiments/{self.name}.py",
+            description=self.title,
+            epilog="Trailing KEY=VALUE arguments are exp3rt-pipeline (Hydra) overrides.",
+        )
+        p.add_argument(
+            "--preset",
+            default=os.environ.get("EXP3RT_PRESET", "demo"),
+            choices=sorted(PRESETS),
+            help="demo (default): CPU demo settings; quick: a smoke test; paper: nothing added",
+        )
+        p.add_argument(
+            "--aggregate",
+            nargs="+",
+            type=Path,
+            metavar="SWEEP_DIR",
+            help="do not launch: build the table from these finished multirun dirs",
+        )
         p.add_argument("--out", type=Path, help=f"results folder (default experiments/results/{self.name})")
         p.add_argument("--dry-run", action="store_true", help="print the multirun command and exit")
-        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper_imdb hydra/launcher=slurm_gpu")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            help="Hydra overrides, e.g. experiment=paper_imdb hydra/launcher=slurm_gpu",
+        )
         args = p.parse_args(argv)
         if args.aggregate:
             try:
@@ -156,8 +196,15 @@ class Recipe:
         return 1 if cmp.failed else 0
 
 
-def entity_view(cmp: Comparison, section: str, keys: Sequence[str], heading: str, plot_keys: Sequence[str] | None = None,
-                entities: Sequence[str] | None = None, names: dict[str, str] | None = None) -> Table:
+def entity_view(
+    cmp: Comparison,
+    section: str,
+    keys: Sequence[str],
+    heading: str,
+    plot_keys: Sequence[str] | None = None,
+    entities: Sequence[str] | None = None,
+    names: dict[str, str] | None = None,
+) -> Table:
     """A paper table whose rows are a section's entities (rating models; first stage / reranked) of each
     run, and bars of ``plot_keys`` per row."""
     from exp3rt.compare import entity_table
@@ -169,11 +216,14 @@ def entity_view(cmp: Comparison, section: str, keys: Sequence[str], heading: str
     labels = [" ".join(str(c) for c in row[:n_label]) for row in rows]
     values = [[row[n_label + list(keys).index(k)] for k in plot_keys] for row in rows]
     text = f"## {heading}\n\n" + (markdown_table(header, rows) if rows else "(no finished run)")
-    return Table(sections=[text], bars=(labels, plot_keys, values),
-                 data={"table": {"header": header, "rows": rows}})
+    return Table(
+        sections=[text], bars=(labels, plot_keys, values), data={"table": {"header": header, "rows": rows}}
+    )
 
 
-def runs_view(cmp: Comparison, heading: str, columns: Sequence[tuple[str, str]], extra_lines: Sequence[str] = ()) -> Table:
+def runs_view(
+    cmp: Comparison, heading: str, columns: Sequence[tuple[str, str]], extra_lines: Sequence[str] = ()
+) -> Table:
     """A paper table with one row per run: ``columns`` are (header, flat metric name) pairs."""
     from exp3rt.evaluation.report import markdown_table
 
@@ -183,5 +233,8 @@ def runs_view(cmp: Comparison, heading: str, columns: Sequence[tuple[str, str]],
     text = f"## {heading}\n\n" + (markdown_table(header, rows) if rows else "(no finished run)")
     if extra_lines:
         text += "\n\n" + "\n".join(extra_lines)
-    return Table(sections=[text], bars=([r.label for r in ok], [h for h, _ in columns], [row[1:] for row in rows]),
-                 data={"table": {"header": header, "rows": rows}})
+    return Table(
+        sections=[text],
+        bars=([r.label for r in ok], [h for h, _ in columns], [row[1:] for row in rows]),
+        data={"table": {"header": header, "rows": rows}},
+    )

@@ -82,8 +82,13 @@ def _hydra_launcher() -> tuple[Any, bool]:
         return None, False
 
 
-def resolve_threads(setting: Any, environ: dict | None = None, cores: int | None = None, launcher: Any = None,
-                    multirun: bool = False) -> tuple[int, str]:
+def resolve_threads(
+    setting: Any,
+    environ: dict | None = None,
+    cores: int | None = None,
+    launcher: Any = None,
+    multirun: bool = False,
+) -> tuple[int, str]:
     """(threads, where the number came from) for a ``threads`` setting."""
     value = check_threads(setting)
     if value != "auto":
@@ -111,16 +116,25 @@ def apply_threads(cfg: Any) -> int:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if _INHERITED_OMP is not None:
         env["OMP_NUM_THREADS"] = _INHERITED_OMP
-    n, source = resolve_threads("auto" if setting is None else setting, environ=env, launcher=launcher, multirun=multirun)
+    n, source = resolve_threads(
+        "auto" if setting is None else setting, environ=env, launcher=launcher, multirun=multirun
+    )
     for key in ENV_KEYS:
         os.environ[key] = str(n)
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(n)
-    except RuntimeError:  # only allowed once, before any inter-op parallel work; the intra-op count is what matters
+    except (
+        RuntimeError
+    ):  # only allowed once, before any inter-op parallel work; the intra-op count is what matters
         pass
     if (n, source) not in _LOGGED:
         _LOGGED.add((n, source))
-        log.info("threads: %d (%s; torch intra-op %d, inter-op %d)", n, source, torch.get_num_threads(),
-                 torch.get_num_interop_threads())
+        log.info(
+            "threads: %d (%s; torch intra-op %d, inter-op %d)",
+            n,
+            source,
+            torch.get_num_threads(),
+            torch.get_num_interop_threads(),
+        )
     return n

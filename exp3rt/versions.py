@@ -60,8 +60,10 @@ def untested_versions(installed=_installed) -> list[str]:
         from packaging.specifiers import SpecifierSet
 
         if not SpecifierSet(spec).contains(version, prereleases=True):
-            out.append(f"{name} {version} is outside the range exp3rt was tested with ({spec}): {REACHED_INTO[name]}; "
-                       f"pip install '{name}{spec}'")
+            out.append(
+                f"{name} {version} is outside the range exp3rt was tested with ({spec}): {REACHED_INTO[name]}; "
+                f"pip install '{name}{spec}'"
+            )
     return out
 
 

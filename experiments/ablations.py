@@ -14,9 +14,14 @@ from pathlib import Path
 from exp3rt.recipes import Recipe, runs_view
 
 ABLATIONS = "full,no_reasoning,no_user_profile,no_item_profile,no_item_description,no_avg_rating,raw_reviews"
-COLUMNS = [("RMSE", "rating/student_expected/rmse"), ("MAE", "rating/student_expected/mae"),
-           ("RMSE warm", "rating/student_expected/rmse_warm"), ("RMSE cold", "rating/student_expected/rmse_cold"),
-           ("parse rate", "rating/student_expected/parse_rate"), ("nDCG@10 reranked", "rerank/after/ndcg@10")]
+COLUMNS = [
+    ("RMSE", "rating/student_expected/rmse"),
+    ("MAE", "rating/student_expected/mae"),
+    ("RMSE warm", "rating/student_expected/rmse_warm"),
+    ("RMSE cold", "rating/student_expected/rmse_cold"),
+    ("parse rate", "rating/student_expected/parse_rate"),
+    ("nDCG@10 reranked", "rerank/after/ndcg@10"),
+]
 
 
 def view(cmp):
@@ -30,10 +35,17 @@ def view(cmp):
             v = r.value("rating/student_expected/rmse")
             if r.ok and r is not full and v is not None:
                 lines.append(f"- {r.label}: RMSE {v - base:+.4f} vs full")
-    table = runs_view(cmp, "Student RMSE per ablation (expected-rating readout)", COLUMNS,
-                      ["Change against the full model:", *lines] if lines else ())
-    table.data["rmse_vs_full"] = {r.label: (r.value("rating/student_expected/rmse") - base)
-                                  for r in cmp.runs if base is not None and r.ok and r.value("rating/student_expected/rmse") is not None}
+    table = runs_view(
+        cmp,
+        "Student RMSE per ablation (expected-rating readout)",
+        COLUMNS,
+        ["Change against the full model:", *lines] if lines else (),
+    )
+    table.data["rmse_vs_full"] = {
+        r.label: (r.value("rating/student_expected/rmse") - base)
+        for r in cmp.runs
+        if base is not None and r.ok and r.value("rating/student_expected/rmse") is not None
+    }
     return table
 
 

@@ -18,7 +18,9 @@ RECIPE = Recipe(
     name="rating_prediction",
     title="Rating prediction: EXP3RT student vs rating baselines",
     sweep=[],  # one run (a multirun of one job, so a SLURM launcher applies unchanged)
-    view=lambda cmp: entity_view(cmp, "rating", KEYS, "RMSE / MAE on the same test pairs", plot_keys=["rmse", "mae"]),
+    view=lambda cmp: entity_view(
+        cmp, "rating", KEYS, "RMSE / MAE on the same test pairs", plot_keys=["rmse", "mae"]
+    ),
     results_root=Path(__file__).resolve().parent / "results",
 )
 

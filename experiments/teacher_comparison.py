@@ -17,10 +17,16 @@ from pathlib import Path
 from exp3rt.recipes import REPO, Recipe, runs_view
 
 TEACHERS = ["extractive", "hf_local", "gpt35_turbo"]
-COLUMNS = [("RMSE", "rating/student_expected/rmse"), ("MAE", "rating/student_expected/mae"),
-           ("parse rate", "rating/student_expected/parse_rate"), ("teacher calls", "teacher/calls"),
-           ("prompt tokens", "teacher/prompt_tokens"), ("completion tokens", "teacher/completion_tokens"),
-           ("cost USD", "teacher/cost_usd"), ("teacher s", "teacher/wall_s")]
+COLUMNS = [
+    ("RMSE", "rating/student_expected/rmse"),
+    ("MAE", "rating/student_expected/mae"),
+    ("parse rate", "rating/student_expected/parse_rate"),
+    ("teacher calls", "teacher/calls"),
+    ("prompt tokens", "teacher/prompt_tokens"),
+    ("completion tokens", "teacher/completion_tokens"),
+    ("cost USD", "teacher/cost_usd"),
+    ("teacher s", "teacher/wall_s"),
+]
 
 
 def _given(extra, key):
@@ -36,15 +42,21 @@ def sweep(preset, extra):
         if t == "gpt35_turbo":
             key_env = _given(extra, "teacher.api_key_env") or "OPENAI_API_KEY"
             if not os.environ.get(key_env):
-                notes.append(f"skipped teacher=gpt35_turbo: ${key_env} is not set (export it to include the paper's "
-                             "teacher; spending stops at teacher.max_cost_usd, default 20 USD)")
+                notes.append(
+                    f"skipped teacher=gpt35_turbo: ${key_env} is not set (export it to include the paper's "
+                    "teacher; spending stops at teacher.max_cost_usd, default 20 USD)"
+                )
                 continue
         if t == "hf_local":
             artifacts = Path(os.environ.get("EXP3RT_ARTIFACTS") or REPO / "artifacts")
-            folder = Path(_given(extra, "teacher.model_path") or artifacts / "models" / "smollm2-135m-instruct")
+            folder = Path(
+                _given(extra, "teacher.model_path") or artifacts / "models" / "smollm2-135m-instruct"
+            )
             if not (folder / "config.json").is_file():
-                notes.append(f"skipped teacher=hf_local: no model folder at {folder} "
-                             "(`make smollm2` prepares SmolLM2-135M-Instruct, or pass teacher.model_path=DIR)")
+                notes.append(
+                    f"skipped teacher=hf_local: no model folder at {folder} "
+                    "(`make smollm2` prepares SmolLM2-135M-Instruct, or pass teacher.model_path=DIR)"
+                )
                 continue
         keep.append(t)
     return [f"teacher={','.join(keep)}", "experiment_name=teacher_comparison"], notes

@@ -18,17 +18,29 @@ KEYS = [f"{m}@{k}" for m in ("ndcg", "recall", "hit") for k in KS]
 def view(cmp):
     for r in cmp.runs:  # rows read "lightgcn first stage" / "lightgcn reranked"
         r.label = r.lookup("eval.rerank_retriever") or r.info.get("retriever") or r.label
-    return entity_view(cmp, "rerank", KEYS, "First stage vs reranked (top-20 candidates)",
-                       plot_keys=["ndcg@10", "recall@10", "hit@10", "ndcg@5", "recall@5", "hit@5"],
-                       entities=["before", "after"], names={"before": "first stage", "after": "reranked"})
+    return entity_view(
+        cmp,
+        "rerank",
+        KEYS,
+        "First stage vs reranked (top-20 candidates)",
+        plot_keys=["ndcg@10", "recall@10", "hit@10", "ndcg@5", "recall@5", "hit@5"],
+        entities=["before", "after"],
+        names={"before": "first stage", "after": "reranked"},
+    )
 
 
 RECIPE = Recipe(
     name="topk_reranking",
     title="Top-k reranking: first-stage retriever vs EXP3RT rerank",
     sweep=["eval.rerank=true", "eval.num_candidates=20", "eval.rerank_retriever=lightgcn,bpr_mf"],
-    metrics=["rerank/before/ndcg@10", "rerank/after/ndcg@10", "rerank/before/recall@10", "rerank/after/recall@10",
-             "rerank/users", "rerank/seconds_per_user"],
+    metrics=[
+        "rerank/before/ndcg@10",
+        "rerank/after/ndcg@10",
+        "rerank/before/recall@10",
+        "rerank/after/recall@10",
+        "rerank/users",
+        "rerank/seconds_per_user",
+    ],
     by=["eval.rerank_retriever"],
     view=view,
     results_root=Path(__file__).resolve().parent / "results",

@@ -70,8 +70,13 @@ class FakeBatches:
                     self.list_fail_next -= 1
                     return 500, {"error": {"message": "injected 500 on list"}}
                 data = [self.batches[b] for b in reversed(self.created)]
-                return 200, {"object": "list", "data": data, "has_more": False,
-                             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+                return 200, {
+                    "object": "list",
+                    "data": data,
+                    "has_more": False,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                }
         if parts[1] == "batches" and len(parts) == 3:
             with self._lock:
                 return self._poll(parts[2])
@@ -84,8 +89,15 @@ class FakeBatches:
             with self._lock:
                 fid = f"file-{next(self._ids)}"
                 self.files[fid] = (data, purpose)
-            return 200, {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                         "filename": filename, "purpose": purpose, "status": "processed"}
+            return 200, {
+                "id": fid,
+                "object": "file",
+                "bytes": len(data),
+                "created_at": int(time.time()),
+                "filename": filename,
+                "purpose": purpose,
+                "status": "processed",
+            }
         if parts[1] == "batches" and len(parts) == 2:
             body = json.loads(raw)
             with self._lock:
@@ -94,10 +106,17 @@ class FakeBatches:
                 bid = f"batch_{next(self._ids)}"
                 n = len(self.files[body["input_file_id"]][0].splitlines())
                 self.batches[bid] = {
-                    "id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None,
-                    "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
-                    "status": "validating", "output_file_id": None, "error_file_id": None,
-                    "created_at": int(time.time()), "metadata": body.get("metadata"),
+                    "id": bid,
+                    "object": "batch",
+                    "endpoint": body["endpoint"],
+                    "errors": None,
+                    "input_file_id": body["input_file_id"],
+                    "completion_window": body["completion_window"],
+                    "status": "validating",
+                    "output_file_id": None,
+                    "error_file_id": None,
+                    "created_at": int(time.time()),
+                    "metadata": body.get("metadata"),
                     "request_counts": {"total": n, "completed": 0, "failed": 0},
                 }
                 self.created.append(bid)
@@ -119,7 +138,8 @@ class FakeBatches:
     # -- the work ------------------------------------------------------------------------------------
     def _multipart(self, ctype: str, raw: bytes) -> tuple[bytes, str, str]:
         msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
+            f"Content-Type: {ctype}\r\n\r\n".encode() + raw
+        )
         data, purpose, filename = b"", "", "upload"
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
@@ -152,9 +172,18 @@ class FakeBatches:
         for pos, line in enumerate(lines):
             cid, body = line["custom_id"], line["body"]
             if expire and pos >= self.expire_keep:
-                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "response": None,
-                            "error": {"code": f"batch_{self.expire_as}", "message": "This request could not be "
-                                      f"executed before the batch was {self.expire_as}."}})
+                err.append(
+                    {
+                        "id": f"batch_req_{cid[:8]}",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {
+                            "code": f"batch_{self.expire_as}",
+                            "message": "This request could not be "
+                            f"executed before the batch was {self.expire_as}.",
+                        },
+                    }
+                )
                 failed += 1
                 continue
             self.lines_processed += 1
@@ -162,18 +191,42 @@ class FakeBatches:
             n = self.per_custom_id[cid]
             kind = self.fail_line(body, cid, n) if self.fail_line is not None else None
             if kind == "error_file":
-                err.append({"id": f"batch_req_{n}", "custom_id": cid, "response": None,
-                            "error": {"code": "server_error", "message": "injected line failure"}})
+                err.append(
+                    {
+                        "id": f"batch_req_{n}",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {"code": "server_error", "message": "injected line failure"},
+                    }
+                )
                 failed += 1
                 continue
             if kind == "500":
-                out.append(json.dumps({"id": f"batch_req_{n}", "custom_id": cid, "error": None, "response": {
-                    "status_code": 500, "request_id": "r", "body": {"error": {"message": "injected 500"}}}}))
+                out.append(
+                    json.dumps(
+                        {
+                            "id": f"batch_req_{n}",
+                            "custom_id": cid,
+                            "error": None,
+                            "response": {
+                                "status_code": 500,
+                                "request_id": "r",
+                                "body": {"error": {"message": "injected 500"}},
+                            },
+                        }
+                    )
+                )
                 failed += 1
                 continue
             _, payload = self.fake.completion(body, None)
-            text = json.dumps({"id": f"batch_req_{n}", "custom_id": cid, "error": None,
-                               "response": {"status_code": 200, "request_id": "r", "body": payload}})
+            text = json.dumps(
+                {
+                    "id": f"batch_req_{n}",
+                    "custom_id": cid,
+                    "error": None,
+                    "response": {"status_code": 200, "request_id": "r", "body": payload},
+                }
+            )
             if self.malformed_line is not None and self.malformed_line(body, cid, n):
                 text = text[: len(text) // 2]
             out.append(text)

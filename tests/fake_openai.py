@@ -32,8 +32,10 @@ from typing import Any
 
 from fake_batches import FakeBatches
 
-HTML_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
-             b"</center><hr><center>nginx/1.25.3 upstream timed out</center></body></html>")
+HTML_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
+    b"</center><hr><center>nginx/1.25.3 upstream timed out</center></body></html>"
+)
 
 
 def estimate_tokens(text: str) -> int:
@@ -66,8 +68,9 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.batches = FakeBatches(self)
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     # -- control -----------------------------------------------------------------------------------
     @property
@@ -109,9 +112,11 @@ class FakeOpenAI:
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         message = {"role": "assistant", "content": None if kind == "null_content" else text}
-        choices = [] if kind == "no_choices" else [
-            {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
-        ]
+        choices = (
+            []
+            if kind == "no_choices"
+            else [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}]
+        )
         return 200, {
             "id": f"chatcmpl-{self.total}",
             "object": "chat.completion",
@@ -174,22 +179,35 @@ class FakeOpenAI:
                     with fake._lock:
                         fake.in_flight -= 1
 
-            def _serve(self, body: dict[str, Any], kind: str | None, retry_after: float | None,
-                       retry_after_ms: float | None) -> None:
+            def _serve(
+                self,
+                body: dict[str, Any],
+                kind: str | None,
+                retry_after: float | None,
+                retry_after_ms: float | None,
+            ) -> None:
                 if kind == "429":
                     headers = {}
                     if retry_after_ms is not None:
                         headers["retry-after-ms"] = str(retry_after_ms)
                     elif retry_after is not None:
                         headers["Retry-After"] = str(retry_after)
-                    return self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
-                                      headers)
+                    return self._send(
+                        429, {"error": {"message": "Rate limit reached", "type": "requests"}}, headers
+                    )
                 if kind in ("500", "503", "400", "403", "404"):
                     return self._send(int(kind), {"error": {"message": f"injected {kind}"}})
                 if kind == "401":
                     key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                    return self._send(401, {"error": {"message": f"Incorrect API key provided: {key}.",
-                                                      "code": "invalid_api_key"}})
+                    return self._send(
+                        401,
+                        {
+                            "error": {
+                                "message": f"Incorrect API key provided: {key}.",
+                                "code": "invalid_api_key",
+                            }
+                        },
+                    )
                 if kind == "malformed":
                     return self._send_raw(200, b'{"id": "chatcmpl-x", "choices": [', "application/json")
                 if kind in ("html_502", "html_200"):
@@ -198,10 +216,14 @@ class FakeOpenAI:
                     time.sleep(fake.hang_s)
                 self._send(*fake.completion(body, kind))
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
 
-            def _send_raw(self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+            def _send_raw(
+                self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))

@@ -127,11 +127,24 @@ class Call:
 class LLM:
     instances: list[LLM] = []
 
-    def __init__(self, model: str, *, tokenizer: str | None = None, dtype: str = "auto", seed: int = 0,
-                 gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1, max_model_len: int | None = None,
-                 enable_lora: bool = False, max_lora_rank: int = 16, max_loras: int = 1,
-                 enable_prefix_caching: bool | None = None, enforce_eager: bool = False, max_logprobs: int = 20,
-                 logprobs_mode: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
+        max_loras: int = 1,
+        enable_prefix_caching: bool | None = None,
+        enforce_eager: bool = False,
+        max_logprobs: int = 20,
+        logprobs_mode: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if enable_lora and max_lora_rank not in SUPPORTED_LORA_RANKS:
@@ -139,11 +152,22 @@ class LLM:
         mode = logprobs_mode or DEFAULT_LOGPROBS_MODE
         if mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode {mode!r} is not modelled")
-        self.kwargs = {"model": model, "tokenizer": tokenizer, "dtype": dtype, "seed": seed,
-                       "gpu_memory_utilization": gpu_memory_utilization, "tensor_parallel_size": tensor_parallel_size,
-                       "max_model_len": max_model_len, "enable_lora": enable_lora, "max_lora_rank": max_lora_rank,
-                       "max_loras": max_loras, "enable_prefix_caching": enable_prefix_caching,
-                       "enforce_eager": enforce_eager, "max_logprobs": max_logprobs, "logprobs_mode": mode}
+        self.kwargs = {
+            "model": model,
+            "tokenizer": tokenizer,
+            "dtype": dtype,
+            "seed": seed,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size,
+            "max_model_len": max_model_len,
+            "enable_lora": enable_lora,
+            "max_lora_rank": max_lora_rank,
+            "max_loras": max_loras,
+            "enable_prefix_caching": enable_prefix_caching,
+            "enforce_eager": enforce_eager,
+            "max_logprobs": max_logprobs,
+            "logprobs_mode": mode,
+        }
         self.logprobs_mode = mode
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
@@ -175,13 +199,16 @@ class LLM:
 
             rank = json.loads((Path(lora.lora_path) / "adapter_config.json").read_text())["r"]
             if rank > self.kwargs["max_lora_rank"]:
-                raise ValueError(f"LoRA rank {rank} is greater than max_lora_rank {self.kwargs['max_lora_rank']}.")
+                raise ValueError(
+                    f"LoRA rank {rank} is greater than max_lora_rank {self.kwargs['max_lora_rank']}."
+                )
             base = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=torch.float32)
             self._loras[lora.lora_int_id] = PeftModel.from_pretrained(base, lora.lora_path).eval()
         return self._loras[lora.lora_int_id]
 
-    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request: LoRARequest | None = None
-                 ) -> list[RequestOutput]:
+    def generate(
+        self, prompts, sampling_params=None, *, use_tqdm=True, lora_request: LoRARequest | None = None
+    ) -> list[RequestOutput]:
         if isinstance(prompts, str | dict):
             prompts = [prompts]
         prompts = list(prompts)
@@ -195,7 +222,9 @@ class LLM:
             params = [sampling_params] * len(prompts)
         if isinstance(lora_request, list):
             raise NotImplementedError("fake vllm: one lora_request for the whole call")
-        ids = [list(p["prompt_token_ids"]) if isinstance(p, dict) else self.tokenizer.encode(p) for p in prompts]
+        ids = [
+            list(p["prompt_token_ids"]) if isinstance(p, dict) else self.tokenizer.encode(p) for p in prompts
+        ]
         self.calls.append(Call(ids, params, lora_request, use_tqdm))
         model = self._model_for(lora_request)
         return self._run_requests(prompts, ids, params, model, lora_request)
@@ -210,8 +239,12 @@ class LLM:
             raise ValueError("The decoder prompt cannot be empty")
         limit = self.kwargs["max_model_len"]
         if limit is not None and len(ids) > limit:
-            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {limit}.")
-        if sp.allowed_token_ids is not None and not all(0 <= t < len(self.tokenizer) for t in sp.allowed_token_ids):
+            raise ValueError(
+                f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {limit}."
+            )
+        if sp.allowed_token_ids is not None and not all(
+            0 <= t < len(self.tokenizer) for t in sp.allowed_token_ids
+        ):
             raise ValueError("allowed_token_ids contains out-of-vocab token id!")
 
     def _count_prefix_hit(self, ids: list[int], sp: SamplingParams) -> None:
@@ -251,7 +284,9 @@ class LLM:
             out += [logits[j, : len(r)] for j, r in enumerate(rows)]
         return out
 
-    def _run_requests(self, prompts, ids: list[list[int]], params: list[SamplingParams], model, lora) -> list[RequestOutput]:
+    def _run_requests(
+        self, prompts, ids: list[list[int]], params: list[SamplingParams], model, lora
+    ) -> list[RequestOutput]:
         """All requests of one call in lockstep: one batched forward per generated token."""
         for i, sp in zip(ids, params, strict=True):
             self._check(i, sp)
@@ -264,21 +299,45 @@ class LLM:
         cum, text = [0.0] * n, [""] * n
         finish: list[str | None] = [None] * n
         reason: list[int | str | None] = [None] * n
-        gens = [torch.Generator().manual_seed(sp.seed if sp.seed is not None else self.kwargs["seed"])
-                if sp.temperature >= 1e-5 else None for sp in params]
+        gens = [
+            torch.Generator().manual_seed(sp.seed if sp.seed is not None else self.kwargs["seed"])
+            if sp.temperature >= 1e-5
+            else None
+            for sp in params
+        ]
         active, first = list(range(n)), True
         while active:
             for r, logits in zip(active, self._logits(model, [seqs[r] for r in active]), strict=True):
                 sp = params[r]
                 if first and sp.prompt_logprobs is not None:
                     lp = torch.log_softmax(logits, dim=-1)
-                    prompt_lps[r] = [None] + [self._top(lp[j - 1], sp.prompt_logprobs, ids[r][j]) for j in range(1, len(ids[r]))]
+                    prompt_lps[r] = [None] + [
+                        self._top(lp[j - 1], sp.prompt_logprobs, ids[r][j]) for j in range(1, len(ids[r]))
+                    ]
                 self._step(r, logits[-1], sp, gens[r], seqs, outs, sample_lps, cum, text, finish, reason)
             active, first = [r for r in active if finish[r] is None], False
-        return [RequestOutput(str(next(self._ids)), p if isinstance(p, str) else None, i, prompt_lps[r],
-                              [CompletionOutput(0, text[r], outs[r], cum[r], sample_lps[r] if sp.logprobs is not None else None,
-                                                finish[r], reason[r])], True, lora)
-                for r, (p, i, sp) in enumerate(zip(prompts, ids, params, strict=True))]
+        return [
+            RequestOutput(
+                str(next(self._ids)),
+                p if isinstance(p, str) else None,
+                i,
+                prompt_lps[r],
+                [
+                    CompletionOutput(
+                        0,
+                        text[r],
+                        outs[r],
+                        cum[r],
+                        sample_lps[r] if sp.logprobs is not None else None,
+                        finish[r],
+                        reason[r],
+                    )
+                ],
+                True,
+                lora,
+            )
+            for r, (p, i, sp) in enumerate(zip(prompts, ids, params, strict=True))
+        ]
 
     def _step(self, r, logits, sp, gen, seqs, outs, sample_lps, cum, text, finish, reason) -> None:
         """Choose request ``r``'s next token from its last logits and check whether it is finished."""
@@ -323,17 +382,26 @@ def install(monkeypatch, logprobs_mode: str = "raw_logprobs") -> types.ModuleTyp
     monkeypatch.setattr(sys.modules[__name__], "DEFAULT_LOGPROBS_MODE", logprobs_mode)
     monkeypatch.setattr(LLM, "instances", [])
     mods = {}
-    for name in ("vllm", "vllm.lora", "vllm.lora.request", "vllm.outputs", "vllm.sampling_params", "vllm.logprobs"):
+    for name in (
+        "vllm",
+        "vllm.lora",
+        "vllm.lora.request",
+        "vllm.outputs",
+        "vllm.sampling_params",
+        "vllm.logprobs",
+    ):
         mod = types.ModuleType(name)
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name in ("vllm", "vllm.lora"))
         mods[name] = mod
     mods["vllm"].LLM, mods["vllm"].SamplingParams = LLM, SamplingParams
     mods["vllm"].lora, mods["vllm.lora"].request = mods["vllm.lora"], mods["vllm.lora.request"]
     mods["vllm.lora.request"].LoRARequest = LoRARequest
-    mods["vllm.outputs"].RequestOutput, mods["vllm.outputs"].CompletionOutput = RequestOutput, CompletionOutput
+    mods["vllm.outputs"].RequestOutput, mods["vllm.outputs"].CompletionOutput = (
+        RequestOutput,
+        CompletionOutput,
+    )
     mods["vllm.sampling_params"].SamplingParams = SamplingParams
     mods["vllm.logprobs"].Logprob = Logprob
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
     return mods["vllm"]
-

@@ -26,7 +26,9 @@ def toy_interactions(n_users: int = 30, n_items: int = 40, per_user: int = 10, s
         for i in rng.choice(n_items, size=per_user, replace=False):
             t += int(rng.integers(1, 1000))
             rows.append((f"u{u}", f"i{i}", float(rng.integers(1, 6)), f"review {u}-{i}", None, t, 0))
-    df = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "review", "summary", "timestamp", "helpful_votes"])
+    df = pd.DataFrame(
+        rows, columns=["user_id", "item_id", "rating", "review", "summary", "timestamp", "helpful_votes"]
+    )
     return conform_interactions(df)
 
 

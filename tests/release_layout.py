@@ -20,8 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-ASPECTS = ["the acting", "the plot twists", "the soundtrack", "the pacing", "the humour", "the visuals",
-           "the dialogue", "the characters", "the ending", "the action scenes", "the romance", "the suspense"]
+ASPECTS = [
+    "the acting",
+    "the plot twists",
+    "the soundtrack",
+    "the pacing",
+    "the humour",
+    "the visuals",
+    "the dialogue",
+    "the characters",
+    "the ending",
+    "the action scenes",
+    "the romance",
+    "the suspense",
+]
 
 
 def _profile(likes: list[str], dislikes: list[str], average: float | None, style: str = "brackets") -> str:
@@ -40,8 +52,14 @@ def _profile(likes: list[str], dislikes: list[str], average: float | None, style
     return text
 
 
-def write_release(root: Path, n_users: int = 24, n_items: int = 30, pairs_per_user: int = 4, seed: int = 0,
-                  variants: bool = False) -> Path:
+def write_release(
+    root: Path,
+    n_users: int = 24,
+    n_items: int = 30,
+    pairs_per_user: int = 4,
+    seed: int = 0,
+    variants: bool = False,
+) -> Path:
     """Write the layout under ``root`` (the release's ``data/`` folder) and return ``root``."""
     rng = np.random.default_rng(seed)
     users = [f"/user/ur{1000 + u}/" for u in range(n_users)]
@@ -52,32 +70,59 @@ def write_release(root: Path, n_users: int = 24, n_items: int = 30, pairs_per_us
     for n, u in enumerate(users):
         likes, dislikes = taste[u][:3], taste[u][3:]
         for i in rng.choice(items, size=pairs_per_user, replace=False):
-            score = int(np.clip(5 + 2 * len(set(likes) & set(traits[i])) - 2 * len(set(dislikes) & set(traits[i]))
-                                + rng.integers(-1, 2), 1, 10))
+            score = int(
+                np.clip(
+                    5
+                    + 2 * len(set(likes) & set(traits[i]))
+                    - 2 * len(set(dislikes) & set(traits[i]))
+                    + rng.integers(-1, 2),
+                    1,
+                    10,
+                )
+            )
             style = "brackets"
             if variants:
                 style = ("bold", "colon", "none", "brackets", "brackets")[n % 5]
-            rec = {"user_id": u, "item_id": str(i),
-                   "user_persona": _profile(likes, dislikes, 5.0 + n % 4, style),
-                   "item_synopsis": _profile(traits[i][:2], traits[i][2:], 6.5, "bold" if variants and n % 7 == 0 else "brackets"),
-                   "item_description": f"Title: Movie {i} (19{int(i) % 100:02d})\nGenres: Drama, Comedy\n"
-                                       f"Directors: Director {int(i) % 9}\nCast: Actor A, Actor B\nPlot: A story about {traits[i][0]}.",
-                   "score": str(score)}
+            rec = {
+                "user_id": u,
+                "item_id": str(i),
+                "user_persona": _profile(likes, dislikes, 5.0 + n % 4, style),
+                "item_synopsis": _profile(
+                    traits[i][:2], traits[i][2:], 6.5, "bold" if variants and n % 7 == 0 else "brackets"
+                ),
+                "item_description": f"Title: Movie {i} (19{int(i) % 100:02d})\nGenres: Drama, Comedy\n"
+                f"Directors: Director {int(i) % 9}\nCast: Actor A, Actor B\nPlot: A story about {traits[i][0]}.",
+                "score": str(score),
+            }
             records.append(rec)
-            book.append({**rec, "score": str(int(np.clip(round(score / 2), 1, 5))),
-                         "item_description": f"Title: Book {i}\nCategories: Fiction\nAuthor: Writer {int(i) % 5}\nPlot: About {traits[i][0]}.",
-                         "rationale": f"The user likes {likes[0]} and the book offers {traits[i][0]}, so the rating follows."})
+            book.append(
+                {
+                    **rec,
+                    "score": str(int(np.clip(round(score / 2), 1, 5))),
+                    "item_description": f"Title: Book {i}\nCategories: Fiction\nAuthor: Writer {int(i) % 5}\nPlot: About {traits[i][0]}.",
+                    "rationale": f"The user likes {likes[0]} and the book offers {traits[i][0]}, so the rating follows.",
+                }
+            )
     imdb = root / "imdb"
     _dump(imdb / "rating_bias" / "test_helpful.json", records)
     similar = [{**r, "item_synopsis": r["item_synopsis"].replace("6.5", "7.0")} for r in records]
     _dump(imdb / "rating_bias" / "test_similarity.json", similar)
-    _dump(imdb / "user_profile" / "user_profile.json",
-          [{"user_id": u, "user_persona": _profile(taste[u][:3], taste[u][3:], None)} for u in users])
-    _dump(imdb / "item_profile" / "item_profile.json",
-          [{"item_id": i, "item_synopsis": _profile(traits[i][:2], traits[i][2:], None)} for i in items])
-    sft = [{"instruction": "Summarise the preference sets into a profile.",
+    _dump(
+        imdb / "user_profile" / "user_profile.json",
+        [{"user_id": u, "user_persona": _profile(taste[u][:3], taste[u][3:], None)} for u in users],
+    )
+    _dump(
+        imdb / "item_profile" / "item_profile.json",
+        [{"item_id": i, "item_synopsis": _profile(traits[i][:2], traits[i][2:], None)} for i in items],
+    )
+    sft = [
+        {
+            "instruction": "Summarise the preference sets into a profile.",
             "input": "\n---\n".join(f"[Like]\n- {a}.\n[Dislike]\n- None." for a in taste[u][:3]),
-            "output": _profile(taste[u][:3], taste[u][3:], None)} for u in users[:6]]
+            "output": _profile(taste[u][:3], taste[u][3:], None),
+        }
+        for u in users[:6]
+    ]
     for kind in ("user", "item"):
         for part in ("valid", "test"):
             _dump(imdb / f"{kind}_profile" / f"{kind}_{part}.json", sft)
@@ -85,12 +130,18 @@ def write_release(root: Path, n_users: int = 24, n_items: int = 30, pairs_per_us
     _dump(root / "amazon-book" / "rating_bias" / "unseen.json", book)
     topk = root / "topk" / "imdb"
     topk.mkdir(parents=True, exist_ok=True)
-    (topk / "user_list.txt").write_text("org_id remap_id\n" + "".join(f"{u} {n}\n" for n, u in enumerate(users)))
-    (topk / "item_list.txt").write_text("org_id remap_id\n" + "".join(f"{i} {n}\n" for n, i in enumerate(items)))
+    (topk / "user_list.txt").write_text(
+        "org_id remap_id\n" + "".join(f"{u} {n}\n" for n, u in enumerate(users))
+    )
+    (topk / "item_list.txt").write_text(
+        "org_id remap_id\n" + "".join(f"{i} {n}\n" for n, i in enumerate(items))
+    )
     by_user: dict[str, list[int]] = {}
     for r in records:
         by_user.setdefault(r["user_id"], []).append(items.index(r["item_id"]))
-    (topk / "train.txt").write_text("".join(f"{n} {' '.join(map(str, by_user[u][:-1]))}\n" for n, u in enumerate(users)))
+    (topk / "train.txt").write_text(
+        "".join(f"{n} {' '.join(map(str, by_user[u][:-1]))}\n" for n, u in enumerate(users))
+    )
     (topk / "test.txt").write_text("".join(f"{n} {by_user[u][-1]}\n" for n, u in enumerate(users)))
     return root
 

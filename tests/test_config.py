@@ -30,7 +30,9 @@ def test_config_groups_exist():
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_config_composes_and_validates(name, tmp_path):
     cfg = compose_baselines([f"dataset={name}"])
-    if cfg.dataset.get("path") is None and cfg.dataset.loader != "synthetic":  # generic configs take the file from the command line
+    if (
+        cfg.dataset.get("path") is None and cfg.dataset.loader != "synthetic"
+    ):  # generic configs take the file from the command line
         with pytest.raises(ConfigError, match="'dataset.path' is required"):
             validate(cfg)
         cfg = compose_baselines([f"dataset={name}", f"dataset.path={tmp_path}/x"])
@@ -53,9 +55,21 @@ def rejection(overrides: list[str]) -> str:
 @pytest.mark.parametrize(
     ("overrides", "key", "message"),
     [
-        (["dataset.duplicates=newest"], "dataset.duplicates", "Invalid value 'newest', expected one of [keep_first, keep_latest, error]"),
-        (["dataset.loader=csv"], "dataset.loader", "expected one of [synthetic, amazon2018, exp3rt_release, tabular, lightgcn_topk]"),
-        (["split.strategy=kfold"], "split.strategy", "expected one of [random, per_user, temporal, unseen_user, predefined]"),
+        (
+            ["dataset.duplicates=newest"],
+            "dataset.duplicates",
+            "Invalid value 'newest', expected one of [keep_first, keep_latest, error]",
+        ),
+        (
+            ["dataset.loader=csv"],
+            "dataset.loader",
+            "expected one of [synthetic, amazon2018, exp3rt_release, tabular, lightgcn_topk]",
+        ),
+        (
+            ["split.strategy=kfold"],
+            "split.strategy",
+            "expected one of [random, per_user, temporal, unseen_user, predefined]",
+        ),
         (["dataset.strict=maybe"], "dataset.strict", "Value 'maybe' is not a valid bool"),
         (["dataset.colour=red"], "dataset.colour", "Key 'colour' not in 'DatasetConf'"),
         (["dataset.scale.min=5", "dataset.scale.max=1"], "dataset.scale", "min must be below max"),
@@ -64,9 +78,12 @@ def rejection(overrides: list[str]) -> str:
         (["baselines.rating.models=[svdpp]"], "baselines.rating.models", "unknown model 'svdpp'; allowed:"),
         (["eval.ks=[0,5]"], "eval.ks", "must hold positive cut-offs"),
         (["eval.mode=slow"], "eval.mode", "Invalid value 'slow', expected one of [full, fast]"),
-
         (["eval.rerank_mode=half"], "eval.rerank_mode", "expected one of [full, fast]"),
-        (["eval.failure_policy=zero"], "eval.failure_policy", "expected one of [user_mean, item_mean, global_mean, exclude]"),
+        (
+            ["eval.failure_policy=zero"],
+            "eval.failure_policy",
+            "expected one of [user_mean, item_mean, global_mean, exclude]",
+        ),
         (["eval.split=train"], "eval.split", "expected one of [test, valid]"),
         (["eval.test_file_overlap=keep"], "eval.test_file_overlap", "expected one of [error, drop]"),
         (["split.leave_n_out=1"], "split.leave_n_out", "applies only to split.strategy=per_user"),
@@ -78,7 +95,9 @@ def test_bad_values_are_rejected_with_key_and_allowed_values(overrides, key, mes
 
 
 def test_overrides_of_schema_keys_need_no_plus():
-    cfg = validate(compose_baselines(["dataset.duplicates=error", "split.leave_n_out=2", "split.strategy=per_user"]))
+    cfg = validate(
+        compose_baselines(["dataset.duplicates=error", "split.leave_n_out=2", "split.strategy=per_user"])
+    )
     assert cfg.dataset.duplicates == "error" and cfg.split.leave_n_out == 2
 
 

@@ -42,8 +42,11 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def damaged_warnings(caplog, name: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "damaged artifact" in r.getMessage()
-            and name in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "damaged artifact" in r.getMessage() and name in r.getMessage()
+    ]
 
 
 # -- the helpers ---------------------------------------------------------------------------------------
@@ -106,7 +109,9 @@ def test_damage_names_a_truncated_a_changed_and_an_unrecorded_unreadable_file(tm
     truncate(tmp_path / "t.parquet")
     assert "bytes where" in damage(tmp_path / "t.parquet")
     write_json_atomic(tmp_path / "c.json", {"a": 1})
-    (tmp_path / "c.json").write_text((tmp_path / "c.json").read_text().replace("1", "2"))  # same size, other bytes
+    (tmp_path / "c.json").write_text(
+        (tmp_path / "c.json").read_text().replace("1", "2")
+    )  # same size, other bytes
     assert "checksum" in damage(tmp_path / "c.json")
     (tmp_path / "old.parquet").write_bytes(b"PAR1 not a parquet file")  # no .sha: written before records
     assert "unreadable" in damage(tmp_path / "old.parquet")
@@ -141,7 +146,10 @@ def test_a_later_stage_does_not_read_a_damaged_upstream_file(tmp_path, caplog):
 
     d = Path(annotate(tmp_path, [*SMALL_WORLD, "stage=extract"], "a")["directory"])
     truncate(d / "extract.parquet")
-    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match=r"extract\.parquet is damaged.*stage=extract"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(ConfigError, match=r"extract\.parquet is damaged.*stage=extract"),
+    ):
         annotate(tmp_path, [*SMALL_WORLD, "stage=user_profile"], "b")
 
 
@@ -154,17 +162,21 @@ def test_a_damaged_prepared_dataset_is_rebuilt_with_a_warning(tmp_path, caplog):
     from exp3rt.data.splits import prepare_split
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = validate(compose(config_name="annotate", overrides=[f"paths.artifacts_dir={tmp_path}", *SMALL_WORLD]))
+        cfg = validate(
+            compose(config_name="annotate", overrides=[f"paths.artifacts_dir={tmp_path}", *SMALL_WORLD])
+        )
     first = prepare_dataset(cfg.dataset, tmp_path / "data")
     truncate(first.directory / "interactions.parquet")
     with caplog.at_level(logging.WARNING):
         second = prepare_dataset(cfg.dataset, tmp_path / "data")
     assert damaged_warnings(caplog, "interactions.parquet")
     assert not second.reused and second.directory == first.directory
-    pd.testing.assert_frame_equal(pd.read_parquet(second.directory / "interactions.parquet"), first.dataset.interactions)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(second.directory / "interactions.parquet"), first.dataset.interactions
+    )
     assert prepare_dataset(cfg.dataset, tmp_path / "data").reused
     split = prepare_split(second, cfg.split)
-    (split.directory / "meta.json").write_text("{\"stage\": ")  # a meta.json cut short
+    (split.directory / "meta.json").write_text('{"stage": ')  # a meta.json cut short
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         again = prepare_split(second, cfg.split)
@@ -173,13 +185,19 @@ def test_a_damaged_prepared_dataset_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".damaged" in p.name]
 
 
-def test_a_damaged_evaluation_baselines_or_training_marker_is_not_taken_as_finished(tmp_path, monkeypatch, caplog):
+def test_a_damaged_evaluation_baselines_or_training_marker_is_not_taken_as_finished(
+    tmp_path, monkeypatch, caplog
+):
     """The pipeline skips a stage whose marker file exists; a truncated metrics.json (evaluation,
     baselines) or train.json made it crash with a JSONDecodeError instead. Now the stage runs again with
     a warning naming the file — training resumes from its checkpoint, which is kept."""
     from test_pipeline import FAST, run_in_process
 
-    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+    for var, sub in (
+        ("EXP3RT_ARTIFACTS", "artifacts"),
+        ("EXP3RT_OUTPUTS", "outputs"),
+        ("EXP3RT_MULTIRUN", "multirun"),
+    ):
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
     first = run_in_process(FAST, tmp_path / "run1")
@@ -192,13 +210,19 @@ def test_a_damaged_evaluation_baselines_or_training_marker_is_not_taken_as_finis
         second = run_in_process(FAST, tmp_path / "run2")
     status = {s: second["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")}
     assert status == {"baselines": "ran", "annotate": "skipped", "train": "resumed", "evaluate": "ran"}
-    for d, name in ((dirs["evaluate"], "metrics.json"), (dirs["baselines"], "metrics.json"), (dirs["train"], "train.json")):
+    for d, name in (
+        (dirs["evaluate"], "metrics.json"),
+        (dirs["baselines"], "metrics.json"),
+        (dirs["train"], "train.json"),
+    ):
         assert damaged_warnings(caplog, str(d / name))
         assert damage(d / name) is None
     assert set(checkpoints) <= {p.name for p in (dirs["train"] / "checkpoints").iterdir()}  # no work lost
     assert second["rating"] == first["rating"]
     third = run_in_process(FAST, tmp_path / "run3")
-    assert {third["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")} == {"skipped"}
+    assert {third["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")} == {
+        "skipped"
+    }
 
 
 HALF_WRITE = textwrap.dedent("""
@@ -227,15 +251,32 @@ HALF_WRITE = textwrap.dedent("""
 """)
 
 
-def test_a_process_killed_in_the_middle_of_writing_a_stage_file_leaves_nothing_taken_as_done(tmp_path, caplog):
+def test_a_process_killed_in_the_middle_of_writing_a_stage_file_leaves_nothing_taken_as_done(
+    tmp_path, caplog
+):
     """A real exp3rt-annotate SIGKILLed while half of extract.parquet is on disk: the rerun builds the
     stage (from the answer cache) instead of skipping it or failing on a truncated parquet."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    args = [f"paths.artifacts_dir={tmp_path}/artifacts", "progress=false", *SMALL_WORLD, "stage=extract",
-            f"hydra.run.dir={tmp_path}/killed"]
-    proc = subprocess.Popen([sys.executable, "-c", HALF_WRITE, *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    args = [
+        f"paths.artifacts_dir={tmp_path}/artifacts",
+        "progress=false",
+        *SMALL_WORLD,
+        "stage=extract",
+        f"hydra.run.dir={tmp_path}/killed",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HALF_WRITE, *args],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for line in proc.stdout:
             if "HALF WRITTEN" in line:
@@ -253,4 +294,6 @@ def test_a_process_killed_in_the_middle_of_writing_a_stage_file_leaves_nothing_t
         result = annotate(tmp_path, [*SMALL_WORLD, "stage=extract"], "again")
     rep = result["report"]["extract"]
     assert not rep.get("skipped") and rep["rows"] > 0
-    assert damage(d / "extract.parquet") is None and len(pd.read_parquet(d / "extract.parquet")) == rep["rows"]
+    assert (
+        damage(d / "extract.parquet") is None and len(pd.read_parquet(d / "extract.parquet")) == rep["rows"]
+    )

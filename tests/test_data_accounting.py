@@ -113,7 +113,8 @@ def _empty_cases(tmp: Path):
 
 
 @pytest.mark.parametrize(
-    "case", ["amazon empty", "jsonl empty", "csv empty", "csv header only", "release []", "lenient, every line bad"]
+    "case",
+    ["amazon empty", "jsonl empty", "csv empty", "csv header only", "release []", "lenient, every line bad"],
 )
 def test_no_usable_interactions_is_one_sentence(tmp_path, case, capsys):
     config, sentence = _empty_cases(tmp_path)[case]
@@ -123,7 +124,9 @@ def test_no_usable_interactions_is_one_sentence(tmp_path, case, capsys):
     # the command-line wrapper prints it as one line, without a traceback, and exits 2
     with pytest.raises(SystemExit) as exit_info, fail_cleanly(logging.getLogger("test")):
         prepare_dataset(config, tmp_path / "data")
-    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == f"error: {sentence}"
+    assert (
+        exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == f"error: {sentence}"
+    )
 
 
 def test_kcore_that_removes_everything_says_so_and_its_advice_works(tmp_path):
@@ -172,7 +175,9 @@ def test_truncated_gzip_names_the_file_and_line(tmp_path):
 
 
 def test_truncated_gzip_csv(tmp_path):
-    rows = "user_id,item_id,rating,review\n" + "".join(f"u{i},i{i},{1 + i % 5},{'y' * 300}\n" for i in range(3000))
+    rows = "user_id,item_id,rating,review\n" + "".join(
+        f"u{i},i{i},{1 + i % 5},{'y' * 300}\n" for i in range(3000)
+    )
     path = tmp_path / "r.csv.gz"
     complete = _truncated_gz(path, rows.encode())
     with pytest.raises(DataError, match=rf"r\.csv\.gz, line {complete + 1}: the gzip file ends early"):
@@ -223,7 +228,13 @@ def test_record_start_lines_are_exact_and_fast_on_2000_records(tmp_path):
         r["item_description"] = DESC + f' \\"{i}\\" ,[{{' + "\n" * (i % 3)
         records.append(r)
     parts = [json.dumps(r, indent=2 if i % 2 else None) for i, r in enumerate(records)]
-    text = "[" + "".join(("\n" if i % 3 else " ") + p + ("," if i < len(parts) - 1 else "") for i, p in enumerate(parts)) + "\n]"
+    text = (
+        "["
+        + "".join(
+            ("\n" if i % 3 else " ") + p + ("," if i < len(parts) - 1 else "") for i, p in enumerate(parts)
+        )
+        + "\n]"
+    )
     path = tmp_path / "big.json"
     path.write_text(text)
     # oracle: the stdlib decoder's own positions
@@ -347,7 +358,15 @@ def test_the_data_report_accounts_for_every_line(tmp_path):
 
 def test_amazon_lines_are_accounted_for(tmp_path):
     a = review("U1", "I1", text="Same.")
-    lines = [a, b"", review("U1", "I2", text="Same."), a, b"{not json", review("U2", rating="x"), review("U3")]
+    lines = [
+        a,
+        b"",
+        review("U1", "I2", text="Same."),
+        a,
+        b"{not json",
+        review("U2", rating="x"),
+        review("U3"),
+    ]
     path = tmp_path / "r.json"
     path.write_bytes(b"".join((ln if isinstance(ln, bytes) else orjson.dumps(ln)) + b"\n" for ln in lines))
     _, problems = load_dataset(cfg(loader="amazon2018", path=str(path), strict=False))
@@ -369,7 +388,9 @@ def test_off_step_rating_in_a_csv_strict_error_whose_advice_works(tmp_path):
     assert (e.file, e.line, e.field) == (str(path), 3, "stars")
     assert "rating 3.5 is not on the scale's steps of 1 from 1" in str(e)
     step = re.search(r"set dataset\.scale\.step=(\S+) if", str(e)).group(1)
-    ds, _ = load_dataset(cfg(loader="tabular", path=str(path), fields=fields, scale={"min": 1, "max": 5, "step": step}))
+    ds, _ = load_dataset(
+        cfg(loader="tabular", path=str(path), fields=fields, scale={"min": 1, "max": 5, "step": step})
+    )
     assert ds.interactions["rating"].tolist() == [4.0, 3.5]
     ds, problems = load_dataset(cfg(loader="tabular", path=str(path), fields=fields, strict=False))
     assert ds.interactions["rating"].tolist() == [4.0]
@@ -378,7 +399,9 @@ def test_off_step_rating_in_a_csv_strict_error_whose_advice_works(tmp_path):
 
 def test_off_step_rating_in_amazon_and_release_files(tmp_path):
     path = jsonl(tmp_path / "r.json", [review("U1"), review("U2", rating=3.5)])
-    with pytest.raises(DataError, match=r"r\.json, line 2, field 'overall': rating 3\.5 is not on the scale's steps"):
+    with pytest.raises(
+        DataError, match=r"r\.json, line 2, field 'overall': rating 3\.5 is not on the scale's steps"
+    ):
         load_dataset(cfg(loader="amazon2018", path=str(path)))
     _, problems = load_dataset(cfg(loader="amazon2018", path=str(path), strict=False))
     assert problems.skipped == {"overall: not on the scale's steps": 1}
@@ -393,7 +416,9 @@ def test_off_step_rating_in_amazon_and_release_files(tmp_path):
         load_dataset(cfg(loader="exp3rt_release", path=str(rel), release=release, scale=imdb))
     assert ei.value.line == line and "record 2: rating 7.5 is not on the scale's steps of 1" in str(ei.value)
     assert "set dataset.scale.step=0.5" in str(ei.value)
-    ds, problems = load_dataset(cfg(loader="exp3rt_release", path=str(rel), release=release, scale=imdb, strict=False))
+    ds, problems = load_dataset(
+        cfg(loader="exp3rt_release", path=str(rel), release=release, scale=imdb, strict=False)
+    )
     assert ds.interactions["rating"].tolist() == [9.0]
     assert problems.skipped == {"score: not on the scale's steps": 1}
 

@@ -11,8 +11,12 @@ from hydra import compose, initialize_config_dir
 from exp3rt import CONF_DIR
 from exp3rt.evaluation.evaluate import Prediction, apply_fallback, error_table
 
-WORLD = ["dataset.world.n_users=12", "dataset.world.n_items=10", "dataset.world.min_per_user=4",
-         "dataset.world.max_per_user=5"]
+WORLD = [
+    "dataset.world.n_users=12",
+    "dataset.world.n_items=10",
+    "dataset.world.min_per_user=4",
+    "dataset.world.max_per_user=5",
+]
 
 
 def compose_cfg(name: str, overrides: list[str]):
@@ -28,21 +32,40 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     base = [f"paths.artifacts_dir={root}/artifacts", "progress=false", *WORLD]
     annotate(compose_cfg("annotate", base), root / "annotate")
-    train(compose_cfg("train", [*base, "trainer.max_steps=5", "logger=csv", "train.val_generate=false"]), root / "train")
+    train(
+        compose_cfg("train", [*base, "trainer.max_steps=5", "logger=csv", "train.val_generate=false"]),
+        root / "train",
+    )
     return root
 
 
 def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path):
     from exp3rt.cli.evaluate import run
 
-    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                   "eval.max_pairs=6", "eval.max_new_tokens=8"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={trained}/train",
+            "eval.max_pairs=6",
+            "eval.max_new_tokens=8",
+        ],
+    )
     metrics = run(cfg, tmp_path / "ev")
     out = tmp_path / "ev"
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 6
     for p in preds:
-        assert {"user_id", "item_id", "truth", "reasoning", "probs", "rating_argmax", "rating_expected", "fallback"} <= set(p)
+        assert {
+            "user_id",
+            "item_id",
+            "truth",
+            "reasoning",
+            "probs",
+            "rating_argmax",
+            "rating_expected",
+            "fallback",
+        } <= set(p)
         assert abs(sum(p["probs"].values()) - 1.0) < 1e-6
         assert 1.0 <= p["rating_expected"] <= 5.0 and p["rating_argmax"] in (1.0, 2.0, 3.0, 4.0, 5.0)
     r = metrics["rating"]
@@ -57,25 +80,38 @@ def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path)
     assert "SYNTHETIC" in (out / "report.md").read_text()
 
 
-def test_reasoning_budget_defaults_to_the_training_answers_and_cut_reasonings_are_counted(trained, tmp_path, caplog):
+def test_reasoning_budget_defaults_to_the_training_answers_and_cut_reasonings_are_counted(
+    trained, tmp_path, caplog
+):
     """A reasoning budget below the answers the student trained on cuts every reasoning before its
     conclusion (seen with SmolLM2 on a GPU: ~140-token answers, 96 allowed, readouts near 1 for true 5s).
     The default comes from train.json's answer lengths; a cut is counted, reported and warned about."""
     from exp3rt.cli.evaluate import run
 
     answers = json.loads((trained / "train" / "train.json").read_text())["answer_tokens"]
-    assert answers["task"] == "rating" and answers["n"] > 0 and 0 < answers["mean"] <= answers["p99"] <= answers["max"]
+    assert (
+        answers["task"] == "rating"
+        and answers["n"] > 0
+        and 0 < answers["mean"] <= answers["p99"] <= answers["max"]
+    )
     base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=3"]
 
     m = run(compose_cfg("evaluate", base), tmp_path / "default")
     gen = m["generation"]
-    assert gen["max_new_tokens"] == answers["max"] + 16 and gen["source"].startswith("longest training answer")
+    assert gen["max_new_tokens"] == answers["max"] + 16 and gen["source"].startswith(
+        "longest training answer"
+    )
     assert sum(gen["finish"].values()) == 3
 
     with caplog.at_level("WARNING"):
         m = run(compose_cfg("evaluate", [*base, "eval.max_new_tokens=2"]), tmp_path / "short")
     gen = m["generation"]
-    assert gen["max_new_tokens"] == 2 and gen["finish"] == {"length": 3} and gen["cut"] == 3 and gen["cut_rate"] == 1.0
+    assert (
+        gen["max_new_tokens"] == 2
+        and gen["finish"] == {"length": 3}
+        and gen["cut"] == 3
+        and gen["cut_rate"] == 1.0
+    )
     assert "3 of 3 reasonings hit max_new_tokens=2" in gen["warning"]
     assert f"below the longest answer the student trained on ({answers['max']} tokens" in caplog.text
     preds = [json.loads(line) for line in (tmp_path / "short" / "predictions.jsonl").read_text().splitlines()]
@@ -88,8 +124,10 @@ def test_reasoning_budget_defaults_to_the_training_answers_and_cut_reasonings_ar
 def test_answer_token_stats_counts_the_answer_tokens_of_one_task():
     from exp3rt.student.tokenize import IGNORE_INDEX, answer_token_stats
 
-    data = {"labels": [[IGNORE_INDEX] * 5 + [1, 2, 3], [IGNORE_INDEX, 4, 5], [IGNORE_INDEX] * 2 + [1] * 10],
-            "task": ["rating", "rating", "user_profile"]}
+    data = {
+        "labels": [[IGNORE_INDEX] * 5 + [1, 2, 3], [IGNORE_INDEX, 4, 5], [IGNORE_INDEX] * 2 + [1] * 10],
+        "task": ["rating", "rating", "user_profile"],
+    }
     assert answer_token_stats(data) == {"task": "rating", "n": 2, "mean": 2.5, "p99": 3, "max": 3}
     assert answer_token_stats(data, "item_profile") is None
 
@@ -101,14 +139,22 @@ def test_failure_policies_count_and_never_score_zero_error():
 
     train = pd.DataFrame({"user_id": ["u", "u", "w"], "item_id": ["i", "j", "i"], "rating": [4.0, 4.0, 1.0]})
     models = fallback_models(train, (1.0, 5.0))  # user u 4, item i 2.5, global 3
-    preds = [Prediction("u", "i", 5.0, True, "", rating_expected=None), Prediction("v", "i", 1.0, False, "", rating_expected=1.0)]
+    preds = [
+        Prediction("u", "i", 5.0, True, "", rating_expected=None),
+        Prediction("v", "i", 1.0, False, "", rating_expected=1.0),
+    ]
     assert apply_fallback(None, "user_mean", "u", "i", models) == (4.0, True)
     assert apply_fallback(None, "item_mean", "u", "i", models) == (2.5, True)
     assert apply_fallback(None, "item_mean", "u", "new", models) == (3.0, True)
     assert apply_fallback(None, "exclude", "u", "i", models) == (None, True)
     assert apply_fallback(2.0, "user_mean", "u", "i", models) == (2.0, False)
     excluded = error_table(preds, "expected", "exclude", models)
-    assert excluded["failures"] == 1 and excluded["scored"] == 1 and excluded["rmse"] == 0.0 and excluded["parse_rate"] == 0.5
+    assert (
+        excluded["failures"] == 1
+        and excluded["scored"] == 1
+        and excluded["rmse"] == 0.0
+        and excluded["parse_rate"] == 0.5
+    )
     filled = error_table(preds, "expected", "user_mean", models)
     assert filled["scored"] == 2 and filled["rmse"] == pytest.approx(((5 - 4) ** 2 / 2) ** 0.5)
 
@@ -122,7 +168,9 @@ def test_user_mean_failure_policy_predicts_what_the_user_mean_baseline_row_predi
     from exp3rt.baselines.rating import UserMean
     from exp3rt.evaluation.evaluate import fallback_models
 
-    train = pd.DataFrame({"user_id": ["u", "u", "w", "x"], "item_id": ["i", "j", "i", "i"], "rating": [5.0, 4.0, 1.0, 2.0]})
+    train = pd.DataFrame(
+        {"user_id": ["u", "u", "w", "x"], "item_id": ["i", "j", "i", "i"], "rating": [5.0, 4.0, 1.0, 2.0]}
+    )
     baseline = UserMean((1.0, 5.0)).fit(train)
     models = fallback_models(train, (1.0, 5.0))
     pairs = [("u", "i"), ("cold", "i"), ("u", "unknown"), ("cold", "unknown")]
@@ -139,9 +187,19 @@ def test_user_mean_failure_policy_predicts_what_the_user_mean_baseline_row_predi
 def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, tmp_path):
     from exp3rt.cli.evaluate import run
 
-    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                   "eval.max_pairs=2", "eval.mode=fast", "eval.rerank=true", "eval.rerank_max_users=4",
-                                   "eval.num_candidates=5", "eval.rerank_retriever=popularity"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={trained}/train",
+            "eval.max_pairs=2",
+            "eval.mode=fast",
+            "eval.rerank=true",
+            "eval.rerank_max_users=4",
+            "eval.num_candidates=5",
+            "eval.rerank_retriever=popularity",
+        ],
+    )
     rr = run(cfg, tmp_path / "ev")["rerank"]
     assert rr["users"] == 4 and rr["num_candidates"] == 5 and rr["retriever"] == "popularity"
     for k in (1, 5, 10):
@@ -167,23 +225,39 @@ def test_the_student_is_loaded_once_on_its_device_with_lora_folded_in(trained, t
 
     loads = []
     original = PeftModel.from_pretrained
-    monkeypatch.setattr(PeftModel, "from_pretrained", lambda *a, **k: loads.append(a[-1]) or original(*a, **k))
+    monkeypatch.setattr(
+        PeftModel, "from_pretrained", lambda *a, **k: loads.append(a[-1]) or original(*a, **k)
+    )
     held = []
     real_load = predict.load_student
     monkeypatch.setattr(predict, "load_student", lambda *a, **k: held.append(real_load(*a, **k)) or held[-1])
-    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=4", "eval.max_new_tokens=6",
-            "eval.rerank=true", "eval.rerank_max_users=2", "eval.num_candidates=3", "eval.rerank_retriever=popularity",
-            "eval.rerank_mode=full"]
+    base = [
+        f"paths.artifacts_dir={trained}/artifacts",
+        f"run_dir={trained}/train",
+        "eval.max_pairs=4",
+        "eval.max_new_tokens=6",
+        "eval.rerank=true",
+        "eval.rerank_max_users=2",
+        "eval.num_candidates=3",
+        "eval.rerank_retriever=popularity",
+        "eval.rerank_mode=full",
+    ]
     merged = run(compose_cfg("evaluate", base), tmp_path / "merged")
     assert len(loads) == 1 and len(held) >= 2  # predictions and reranking: one load
-    assert merged["protocol"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and merged["protocol"]["merge_lora"]
+    assert (
+        merged["protocol"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        and merged["protocol"]["merge_lora"]
+    )
     model = held[0][0]
     assert not any("lora" in name for name, _ in model.named_modules())
     assert next(model.parameters()).device.type == merged["protocol"]["device"]
     assert not predict._LOADED  # released when the evaluation ended
     unmerged = run(compose_cfg("evaluate", [*base, "eval.merge_lora=false"]), tmp_path / "unmerged")
     assert len(loads) == 2 and any("lora" in name for name, _ in held[-1][0].named_modules())
-    for a, b in zip(*(((tmp_path / d / "predictions.jsonl").read_text().splitlines()) for d in ("merged", "unmerged")), strict=True):
+    for a, b in zip(
+        *(((tmp_path / d / "predictions.jsonl").read_text().splitlines()) for d in ("merged", "unmerged")),
+        strict=True,
+    ):
         pa, pb = json.loads(a), json.loads(b)
         assert pa["reasoning"] == pb["reasoning"]
         assert max(abs(pa["probs"][k] - pb["probs"][k]) for k in pa["probs"]) < 1e-5
@@ -199,8 +273,15 @@ def test_evaluate_on_a_release_rating_file(trained, tmp_path, shared_data):
     from exp3rt.cli.evaluate import run
 
     path = shared_data / "exp3rt-release-sample" / "amazon-book" / "rating_with_rationale_sample.json"
-    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                   "eval.mode=fast", f"eval.test_file={path}"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={trained}/train",
+            "eval.mode=fast",
+            f"eval.test_file={path}",
+        ],
+    )
     metrics = run(cfg, tmp_path / "ev")
     preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 25 and preds[0]["user_id"] == "AHM2SCEWEBC7DV2CAZHFG3PIX37Q"
@@ -217,8 +298,15 @@ def test_wandb_gets_metrics_and_an_explanations_table(trained, tmp_path, monkeyp
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     # the fixture trained with logger=csv (W&B off): evaluation follows the training run and logs nothing
-    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                   "eval.max_pairs=3", "eval.mode=fast"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={trained}/train",
+            "eval.max_pairs=3",
+            "eval.mode=fast",
+        ],
+    )
     metrics = run(cfg, tmp_path / "off")
     assert "wandb_dir" not in metrics and not (tmp_path / "off" / "wandb").exists()
     # the same run with W&B on (as logger=wandb writes it)
@@ -227,8 +315,15 @@ def test_wandb_gets_metrics_and_an_explanations_table(trained, tmp_path, monkeyp
     saved = OmegaConf.load(run_dir / "config.yaml")
     saved.logger.wandb = True
     OmegaConf.save(saved, run_dir / "config.yaml")
-    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={run_dir}",
-                                   "eval.max_pairs=3", "eval.mode=fast"])
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={run_dir}",
+            "eval.max_pairs=3",
+            "eval.mode=fast",
+        ],
+    )
     metrics = run(cfg, tmp_path / "ev")
     runs = list((tmp_path / "ev" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
@@ -246,11 +341,26 @@ def test_reranking_reads_a_candidates_file(trained, tmp_path):
     test = pd.read_parquet(split_dir / "test.parquet")
     users = sorted(test.user_id.unique())[:3]
     items = sorted(pd.read_parquet(split_dir / "train.parquet").item_id.unique())
-    path = write_candidates({u: [i for i in items if i not in set(test[test.user_id == u].item_id)][:3]
-                             + list(test[test.user_id == u].item_id[:1]) for u in users}, tmp_path / "cands.parquet")
-    cfg = compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                   "eval.max_pairs=1", "eval.mode=fast", "eval.rerank=true", f"eval.candidates_file={path}",
-                                   "eval.num_candidates=4"])
+    path = write_candidates(
+        {
+            u: [i for i in items if i not in set(test[test.user_id == u].item_id)][:3]
+            + list(test[test.user_id == u].item_id[:1])
+            for u in users
+        },
+        tmp_path / "cands.parquet",
+    )
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={trained}/train",
+            "eval.max_pairs=1",
+            "eval.mode=fast",
+            "eval.rerank=true",
+            f"eval.candidates_file={path}",
+            "eval.num_candidates=4",
+        ],
+    )
     rr = run(cfg, tmp_path / "ev")["rerank"]
     assert rr["users"] == 3 and rr["retriever"] == str(path)
     assert rr["before/hit@5"] == rr["after/hit@5"] == 1.0  # the relevant item is among the 4 either way
@@ -267,9 +377,17 @@ def test_vllm_backend_gives_the_same_evaluation(trained, tmp_path, monkeypatch):
 
     fake_vllm.install(monkeypatch)
     release_engines()
-    common = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=3",
-              "eval.max_new_tokens=6", "eval.rerank=true", "eval.rerank_max_users=2", "eval.num_candidates=3",
-              "eval.rerank_retriever=popularity", "eval.wandb=false"]
+    common = [
+        f"paths.artifacts_dir={trained}/artifacts",
+        f"run_dir={trained}/train",
+        "eval.max_pairs=3",
+        "eval.max_new_tokens=6",
+        "eval.rerank=true",
+        "eval.rerank_max_users=2",
+        "eval.num_candidates=3",
+        "eval.rerank_retriever=popularity",
+        "eval.wandb=false",
+    ]
     try:
         hf = run(compose_cfg("evaluate", common), tmp_path / "hf")
         vl = run(compose_cfg("evaluate", [*common, "eval.backend=vllm"]), tmp_path / "vllm")
@@ -277,12 +395,23 @@ def test_vllm_backend_gives_the_same_evaluation(trained, tmp_path, monkeypatch):
         release_engines()
     (llm,) = fake_vllm.LLM.instances  # one engine for both
     assert llm.kwargs["enable_lora"] is True and llm.kwargs["enable_prefix_caching"] is True
-    assert all(c.lora_request is not None and c.lora_request.lora_path == str(trained / "train" / "adapter") for c in llm.calls)
+    assert all(
+        c.lora_request is not None and c.lora_request.lora_path == str(trained / "train" / "adapter")
+        for c in llm.calls
+    )
     assert (hf["protocol"]["backend"], vl["protocol"]["backend"]) == ("hf", "vllm")
-    rows = {b: [json.loads(line) for line in (tmp_path / b / "predictions.jsonl").read_text().splitlines()] for b in ("hf", "vllm")}
+    rows = {
+        b: [json.loads(line) for line in (tmp_path / b / "predictions.jsonl").read_text().splitlines()]
+        for b in ("hf", "vllm")
+    }
     assert len(rows["vllm"]) == 3
     for a, b in zip(rows["hf"], rows["vllm"], strict=True):
-        assert (b["user_id"], b["item_id"], b["reasoning"], b["rating_argmax"]) == (a["user_id"], a["item_id"], a["reasoning"], a["rating_argmax"])
+        assert (b["user_id"], b["item_id"], b["reasoning"], b["rating_argmax"]) == (
+            a["user_id"],
+            a["item_id"],
+            a["reasoning"],
+            a["rating_argmax"],
+        )
         assert max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) < 1e-4
         assert abs(a["rating_expected"] - b["rating_expected"]) < 1e-4
     assert vl["rerank"]["backend"] == "vllm" and vl["rerank"]["users"] == hf["rerank"]["users"] == 2
@@ -303,9 +432,17 @@ def _split_parts(trained):
 
 def _release_file(path, rows, bad_score_at: int | None = None):
     """A rating file in the EXP3RT release format for (user, item, rating) rows."""
-    records = [{"user_id": u, "item_id": i, "user_persona": "[Like]\n- Good value.\n[Dislike]\n- None.",
-                "item_synopsis": "[Like]\n- Sturdy.\n[Dislike]\n- Slow delivery.",
-                "item_description": f"Title: Item {i}\nCategories: Things", "score": str(int(r))} for u, i, r in rows]
+    records = [
+        {
+            "user_id": u,
+            "item_id": i,
+            "user_persona": "[Like]\n- Good value.\n[Dislike]\n- None.",
+            "item_synopsis": "[Like]\n- Sturdy.\n[Dislike]\n- Slow delivery.",
+            "item_description": f"Title: Item {i}\nCategories: Things",
+            "score": str(int(r)),
+        }
+        for u, i, r in rows
+    ]
     if bad_score_at is not None:
         records[bad_score_at]["score"] = "11"
     path.write_text(json.dumps(records))
@@ -320,8 +457,13 @@ def test_the_split_path_scores_exactly_the_test_pairs_with_warm_from_training(tr
     from exp3rt.cli.evaluate import run
 
     parts = _split_parts(trained)
-    metrics = run(compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                           "eval.mode=fast"]), tmp_path / "ev")
+    metrics = run(
+        compose_cfg(
+            "evaluate",
+            [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.mode=fast"],
+        ),
+        tmp_path / "ev",
+    )
     preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     scored = {(p["user_id"], p["item_id"]) for p in preds}
     test = parts["test"]
@@ -331,7 +473,10 @@ def test_the_split_path_scores_exactly_the_test_pairs_with_warm_from_training(tr
     assert all(p["warm"] == (counts.get(p["user_id"], 0) >= 5) for p in preds)
     assert metrics["protocol"]["warm"]["pairs_warm"] == sum(p["warm"] for p in preds)
     assert metrics["protocol"]["scored_split"] == "test" and metrics["protocol"]["split_pairs"] == len(test)
-    assert "No scored pair was in the student's or the baselines' training data" in (tmp_path / "ev" / "report.md").read_text()
+    assert (
+        "No scored pair was in the student's or the baselines' training data"
+        in (tmp_path / "ev" / "report.md").read_text()
+    )
 
 
 def test_a_test_file_with_training_pairs_is_refused_and_the_advice_runs(trained, tmp_path):
@@ -343,13 +488,26 @@ def test_a_test_file_with_training_pairs_is_refused_and_the_advice_runs(trained,
     parts = _split_parts(trained)
     rows = _rows(parts["train"].head(7)) + _rows(parts["test"].head(4))
     path = _release_file(tmp_path / "release.json", rows)
-    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.mode=fast", f"eval.test_file={path}"]
-    with pytest.raises(ConfigError, match=r"7 of 11 pairs are in the data the student and the baselines trained on") as err:
+    base = [
+        f"paths.artifacts_dir={trained}/artifacts",
+        f"run_dir={trained}/train",
+        "eval.mode=fast",
+        f"eval.test_file={path}",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"7 of 11 pairs are in the data the student and the baselines trained on"
+    ) as err:
         run(compose_cfg("evaluate", base), tmp_path / "refused")
     advice = str(err.value).split("pairs with ")[1].split(",")[0]
     assert advice == "eval.test_file_overlap=drop"
     metrics = run(compose_cfg("evaluate", [*base, advice]), tmp_path / "ev")
-    assert metrics["protocol"]["overlap"] == {"file_pairs": 11, "in_train": 7, "in_valid": 0, "dropped": 7, "scored": 4}
+    assert metrics["protocol"]["overlap"] == {
+        "file_pairs": 11,
+        "in_train": 7,
+        "in_valid": 0,
+        "dropped": 7,
+        "scored": 4,
+    }
     preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert [(p["user_id"], p["item_id"]) for p in preds] == [(u, i) for u, i, _ in rows[7:]]
     assert metrics["rating"]["global_mean"]["n"] == 4
@@ -360,23 +518,44 @@ def test_a_bad_test_file_record_names_the_evaluate_key_and_that_key_works(traine
     from exp3rt.cli.evaluate import run
     from exp3rt.data.problems import DataError
 
-    path = _release_file(tmp_path / "release.json", _rows(_split_parts(trained)["test"].head(5)), bad_score_at=2)
-    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.mode=fast", f"eval.test_file={path}"]
+    path = _release_file(
+        tmp_path / "release.json", _rows(_split_parts(trained)["test"].head(5)), bad_score_at=2
+    )
+    base = [
+        f"paths.artifacts_dir={trained}/artifacts",
+        f"run_dir={trained}/train",
+        "eval.mode=fast",
+        f"eval.test_file={path}",
+    ]
     with pytest.raises(DataError, match="field 'score': record 3:") as err:
         run(compose_cfg("evaluate", base), tmp_path / "strict")
     advice = str(err.value).split("(set ")[1].split(" to skip")[0]
     assert advice == "eval.test_file_strict=false"
     metrics = run(compose_cfg("evaluate", [*base, advice]), tmp_path / "lenient")
-    assert metrics["protocol"]["file"]["skipped_total"] == 1 and metrics["rating"]["student_expected"]["n"] == 4
+    assert (
+        metrics["protocol"]["file"]["skipped_total"] == 1 and metrics["rating"]["student_expected"]["n"] == 4
+    )
 
 
 def test_eval_split_valid_without_a_validation_part_says_how_to_get_one(trained, tmp_path):
     from exp3rt.cli.evaluate import run
     from exp3rt.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"has no validation pairs .*split.valid_ratio=0.1 eval.split=valid"):
-        run(compose_cfg("evaluate", [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train",
-                                     "eval.mode=fast", "eval.split=valid"]), tmp_path / "ev")
+    with pytest.raises(
+        ConfigError, match=r"has no validation pairs .*split.valid_ratio=0.1 eval.split=valid"
+    ):
+        run(
+            compose_cfg(
+                "evaluate",
+                [
+                    f"paths.artifacts_dir={trained}/artifacts",
+                    f"run_dir={trained}/train",
+                    "eval.mode=fast",
+                    "eval.split=valid",
+                ],
+            ),
+            tmp_path / "ev",
+        )
 
 
 def test_the_guard_refuses_a_training_pair_among_the_scored_ones():
@@ -400,7 +579,9 @@ def test_the_guard_refuses_a_training_pair_among_the_scored_ones():
     with pytest.raises(RuntimeError, match="1 pair\\(s\\) the student trained on"):
         check_scored_pairs([ex("u", "c"), ex("u", "a")], Split(), "test")
     with pytest.raises(RuntimeError, match="1 pair\\(s\\) the student trained on"):
-        check_scored_pairs([ex("v", "b")], Split(), "test")  # validation pairs steer training: never test figures
+        check_scored_pairs(
+            [ex("v", "b")], Split(), "test"
+        )  # validation pairs steer training: never test figures
     check_scored_pairs([ex("v", "b")], Split(), "valid")
     with pytest.raises(RuntimeError, match="1 outside the valid part"):
         check_scored_pairs([ex("w", "d")], Split(), "valid")

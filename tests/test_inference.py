@@ -26,8 +26,14 @@ def tiny(tmp_path_factory):
 
 
 def _prompts(tok, sizes=(1, 4, 9, 2)):
-    return [tok.apply_chat_template([{"role": "user", "content": "The acting was great but the plot was slow. " * k}],
-                                    add_generation_prompt=True, tokenize=False) for k in sizes]
+    return [
+        tok.apply_chat_template(
+            [{"role": "user", "content": "The acting was great but the plot was slow. " * k}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for k in sizes
+    ]
 
 
 def _ids(tok, text):
@@ -38,6 +44,7 @@ def _scratch_probs(model, tok, ratings: RatingTokens, context_ids: list[int]) ->
     """Rating probabilities from uncached forwards over the full context (the chain rule by hand)."""
     seqs = ratings.token_ids(tok, RATING_PREFIX)
     with torch.no_grad():
+
         def next_probs(ids):
             return torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
 
@@ -119,7 +126,11 @@ def test_readout_probabilities(tiny, scale_max):
         assert len(r.probs) == scale_max and math.isclose(sum(r.probs), 1.0, abs_tol=1e-9)
         assert all(p >= 0 for p in r.probs)
         assert 1 <= r.expected <= scale_max and 0 < r.mass <= 1
-        assert math.isclose(r.expected, sum(p * v for p, v in zip(r.probs, range(1, scale_max + 1), strict=True)), abs_tol=1e-9)
+        assert math.isclose(
+            r.expected,
+            sum(p * v for p, v in zip(r.probs, range(1, scale_max + 1), strict=True)),
+            abs_tol=1e-9,
+        )
         assert r.most_likely == 1 + max(range(scale_max), key=lambda i: r.probs[i])
 
 
@@ -132,7 +143,9 @@ def test_cached_readout_equals_from_scratch(tiny, scale_max):
     stop = tok.decode(first.new_token_ids[4:7])  # row 0 stops early: cached tokens after it must be masked
     gens = generate_batch(model, tok, prompts, 10, stop=[stop], keep_state=True)
     assert gens[0].stop_reason == "stop" and any(g.stop_reason == "length" for g in gens)
-    assert any(g.in_cache < len(g.new_token_ids) for g in gens)  # the last token of a "length" row is appended
+    assert any(
+        g.in_cache < len(g.new_token_ids) for g in gens
+    )  # the last token of a "length" row is appended
     cached = read_after(model, tok, gens, ratings)
     again = read_after(model, tok, gens[::-1], ratings)[::-1]  # the cache is restored: reading twice agrees
     for g, r, r2 in zip(gens, cached, again, strict=True):
@@ -266,7 +279,11 @@ def test_offset_is_inverted(tiny):
     assert ratings.single_token
     for p, r in zip(prompts, readout_only(model, tok, prompts, ratings), strict=True):
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([_ids(tok, p) + _ids(tok, RATING_PREFIX)])).logits[0, -1].double()
+            logits = (
+                model(input_ids=torch.tensor([_ids(tok, p) + _ids(tok, RATING_PREFIX)]))
+                .logits[0, -1]
+                .double()
+            )
         q = torch.softmax(logits, -1)[[s[0] for s in seqs]]
         q = (q / q.sum()).tolist()
         assert r.ratings == tuple(float(v) for v in range(1, 11))
@@ -274,7 +291,9 @@ def test_offset_is_inverted(tiny):
         # written "k" is rating k+1: the expectation is on the dataset's 1-10 scale, not 0-9
         assert math.isclose(r.expected, sum(qi * (i + 1) for i, qi in enumerate(q)), abs_tol=1e-5)
         assert r.most_likely == float(max(range(10), key=lambda i: q[i]) + 1)
-    assert parse_rating("Reasoning: fine.\nPredicted User Rating: 9", 1, 10, from_text=ratings.from_text) == 10.0
+    assert (
+        parse_rating("Reasoning: fine.\nPredicted User Rating: 9", 1, 10, from_text=ratings.from_text) == 10.0
+    )
     assert parse_rating("Predicted User Rating: 0", 1, 10, from_text=ratings.from_text) == 1.0
 
 

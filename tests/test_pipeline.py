@@ -21,8 +21,17 @@ from exp3rt.config import validate
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # a small, fast pipeline: the debug world, a short training, a few pairs and users
-FAST = ["debug=default", "trainer.max_steps=12", "eval.max_pairs=8", "eval.rerank_max_users=3", "eval.max_new_tokens=24",
-        "progress=false", "sft.tasks=[rating]", "~sft.task_weights.rating_direct", "eval.rerank_mode=full"]  # the reasoning student
+FAST = [
+    "debug=default",
+    "trainer.max_steps=12",
+    "eval.max_pairs=8",
+    "eval.rerank_max_users=3",
+    "eval.max_new_tokens=24",
+    "progress=false",
+    "sft.tasks=[rating]",
+    "~sft.task_weights.rating_direct",
+    "eval.rerank_mode=full",
+]  # the reasoning student
 
 
 def compose_pipeline(overrides: list[str]):
@@ -32,7 +41,11 @@ def compose_pipeline(overrides: list[str]):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+    for var, sub in (
+        ("EXP3RT_ARTIFACTS", "artifacts"),
+        ("EXP3RT_OUTPUTS", "outputs"),
+        ("EXP3RT_MULTIRUN", "multirun"),
+    ):
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
     return tmp_path
@@ -50,7 +63,11 @@ def shared(tmp_path_factory):
     stages its overrides change)."""
     root = tmp_path_factory.mktemp("pipeline")
     mp = pytest.MonkeyPatch()
-    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+    for var, sub in (
+        ("EXP3RT_ARTIFACTS", "artifacts"),
+        ("EXP3RT_OUTPUTS", "outputs"),
+        ("EXP3RT_MULTIRUN", "multirun"),
+    ):
         mp.setenv(var, str(root / sub))
     mp.setenv("WANDB_MODE", "offline")
     try:
@@ -63,7 +80,11 @@ def shared(tmp_path_factory):
 @pytest.fixture
 def in_shared(shared, monkeypatch):
     root, _ = shared
-    for var, sub in (("EXP3RT_ARTIFACTS", "artifacts"), ("EXP3RT_OUTPUTS", "outputs"), ("EXP3RT_MULTIRUN", "multirun")):
+    for var, sub in (
+        ("EXP3RT_ARTIFACTS", "artifacts"),
+        ("EXP3RT_OUTPUTS", "outputs"),
+        ("EXP3RT_MULTIRUN", "multirun"),
+    ):
         monkeypatch.setenv(var, str(root / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
     return root
@@ -72,17 +93,30 @@ def in_shared(shared, monkeypatch):
 def test_first_run_runs_every_stage_and_writes_one_metrics_file(shared):
     root, first = shared
     status = {s: r["status"] for s, r in first["stages"].items()}
-    assert status == {"data": "ready", "baselines": "ran", "annotate": "ran", "train": "ran", "evaluate": "ran"}
+    assert status == {
+        "data": "ready",
+        "baselines": "ran",
+        "annotate": "ran",
+        "train": "ran",
+        "evaluate": "ran",
+    }
     saved = json.loads((root / "run1" / "metrics.json").read_text())
-    assert saved["flat"]["rating/student_expected/rmse"] == pytest.approx(first["rating"]["student_expected"]["rmse"])
+    assert saved["flat"]["rating/student_expected/rmse"] == pytest.approx(
+        first["rating"]["student_expected"]["rmse"]
+    )
     assert saved["rating"]["global_mean"]["n"] == 8 and saved["rating"]["student_expected"]["n"] == 8
     gen = saved["generation"]  # FAST sets eval.max_new_tokens=24, below the tiny student's training answers
     assert gen["max_new_tokens"] == 24 and sum(gen["finish"].values()) == 8
     assert saved["flat"]["generation/cut"] == gen["cut"] == gen["finish"].get("length", 0)
     assert "after/ndcg@10" in saved["rerank"] and "lightgcn" in saved["retrieval"]
-    assert saved["rerank"]["retriever"].endswith("candidates/lightgcn.parquet")  # the baselines stage's own file
+    assert saved["rerank"]["retriever"].endswith(
+        "candidates/lightgcn.parquet"
+    )  # the baselines stage's own file
     assert saved["stages"]["train"]["dir"].startswith(str(root / "artifacts" / "students"))
-    assert saved["teacher"]["usage"]["calls"] > 0 and saved["efficiency"]["teacher_calls"] == saved["teacher"]["usage"]["calls"]
+    assert (
+        saved["teacher"]["usage"]["calls"] > 0
+        and saved["efficiency"]["teacher_calls"] == saved["teacher"]["usage"]["calls"]
+    )
     assert (root / "run1" / "report.md").read_text().count("## Pipeline stages") == 1
     assert (root / "run1" / "rating_distributions.png").stat().st_size > 0
     assert saved["example"]["reasoning"] and saved["example"]["user_id"]
@@ -96,20 +130,30 @@ def test_same_inputs_skip_every_stage_with_the_same_numbers(shared, in_shared, c
     _, first = shared
     second = run_in_process(FAST, in_shared / "run2")
     assert {s: r["status"] for s, r in second["stages"].items() if s != "data"} == {
-        "baselines": "skipped", "annotate": "skipped", "train": "skipped", "evaluate": "skipped"}
+        "baselines": "skipped",
+        "annotate": "skipped",
+        "train": "skipped",
+        "evaluate": "skipped",
+    }
     assert second["flat"] == first["flat"]
     out = capsys.readouterr().out
     for text in ("| student_expected", "| global_mean", "parse rate", "reranked", "Example:", "report:"):
         assert text in out
     # cosmetic keys (logging cadence, W&B rows) do not change any fingerprint
     third = run_in_process(FAST + ["trainer.log_every_n_steps=3", "eval.wandb_rows=5"], in_shared / "run3")
-    assert {third["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")} == {"skipped"}
+    assert {third["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")} == {
+        "skipped"
+    }
 
 
 def test_an_evaluation_setting_reruns_only_evaluate(in_shared):
     m = run_in_process(FAST + ["eval.failure_policy=global_mean"], in_shared / "ev")
     assert [m["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
-        "skipped", "skipped", "skipped", "ran"]
+        "skipped",
+        "skipped",
+        "skipped",
+        "ran",
+    ]
 
 
 def test_a_training_setting_retrains_and_reevaluates(shared, in_shared, monkeypatch):
@@ -120,11 +164,22 @@ def test_a_training_setting_retrains_and_reevaluates(shared, in_shared, monkeypa
 
     alive = []  # trained modules still in memory when evaluation starts (on a GPU: the training's memory)
     real = pipeline._evaluate
-    monkeypatch.setattr(pipeline, "_evaluate", lambda *a, **k: alive.append(
-        sum(isinstance(o, StudentModule) for o in gc.get_objects())) or real(*a, **k))
-    m = run_in_process([o for o in FAST if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=6"], in_shared / "tr")
+    monkeypatch.setattr(
+        pipeline,
+        "_evaluate",
+        lambda *a, **k: (
+            alive.append(sum(isinstance(o, StudentModule) for o in gc.get_objects())) or real(*a, **k)
+        ),
+    )
+    m = run_in_process(
+        [o for o in FAST if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=6"], in_shared / "tr"
+    )
     assert [m["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
-        "skipped", "skipped", "ran", "ran"]
+        "skipped",
+        "skipped",
+        "ran",
+        "ran",
+    ]
     assert alive == [0]
     assert m["stages"]["train"]["global_step"] == 6
     assert m["stages"]["train"]["dir"] != shared[1]["stages"]["train"]["dir"]
@@ -137,7 +192,9 @@ def test_stage_selection_and_force(in_shared):
     assert c["stages"]["evaluate"]["status"] == "ran" and c["stages"]["train"]["status"] == "skipped"
 
 
-def test_a_run_without_the_evaluate_stage_shows_the_baselines_and_no_objective_error(in_shared, capsys, caplog):
+def test_a_run_without_the_evaluate_stage_shows_the_baselines_and_no_objective_error(
+    in_shared, capsys, caplog
+):
     """stages=[baselines,annotate] (the CPU half before a GPU job) prints the baselines on the test split,
     says no student was evaluated, and is not reported as a sweep error; a finished evaluation whose
     metrics lack the objective (a misspelt name) is."""
@@ -148,7 +205,9 @@ def test_a_run_without_the_evaluate_stage_shows_the_baselines_and_no_objective_e
     out = capsys.readouterr().out
     assert "no student evaluated in this run" in out and "?" not in out.splitlines()[0]
     table = [line for line in out.splitlines() if line.startswith("| global_mean")]
-    assert len(table) == 1 and float(table[0].split("|")[2]) == pytest.approx(m["baselines_rating"]["global_mean"]["rmse"], abs=1e-3)
+    assert len(table) == 1 and float(table[0].split("|")[2]) == pytest.approx(
+        m["baselines_rating"]["global_mean"]["rmse"], abs=1e-3
+    )
     assert "stages: data ready" in out and "baselines skipped" in out and "annotate skipped" in out
     cfg = compose_pipeline(overrides)
     with caplog.at_level("INFO", logger="exp3rt.pipeline"):
@@ -187,17 +246,34 @@ def test_crash_in_evaluate_resumes_from_there(in_shared, monkeypatch):
     assert "evaluate" not in record["stages"] and record["stages"]["train"]["status"] == "skipped"
     again = run_in_process(overrides, in_shared / "again")
     assert [again["stages"][s]["status"] for s in ("baselines", "annotate", "train", "evaluate")] == [
-        "skipped", "skipped", "skipped", "ran"]
+        "skipped",
+        "skipped",
+        "skipped",
+        "ran",
+    ]
 
 
 @pytest.mark.slow
 def test_killed_training_stage_resumes_from_its_checkpoint(env):
     """SIGKILL the pipeline during training (after a periodic checkpoint); the rerun resumes that
     student's training from the checkpoint instead of starting over, and finishes the pipeline."""
-    args = [sys.executable, "-m", "exp3rt", "debug=default", "trainer.max_steps=300", "trainer.checkpoint_every_n_steps=20",
-            "eval.max_pairs=4", "eval.rerank=false", "eval.max_new_tokens=16", "progress=false", "logger=csv"]
+    args = [
+        sys.executable,
+        "-m",
+        "exp3rt",
+        "debug=default",
+        "trainer.max_steps=300",
+        "trainer.checkpoint_every_n_steps=20",
+        "eval.max_pairs=4",
+        "eval.rerank=false",
+        "eval.max_new_tokens=16",
+        "progress=false",
+        "logger=csv",
+    ]
     e = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(args + [f"hydra.run.dir={env / 'r1'}"], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + [f"hydra.run.dir={env / 'r1'}"], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     students = env / "artifacts" / "students"
     deadline = time.time() + 240
     ckpt = None
@@ -212,7 +288,9 @@ def test_killed_training_stage_resumes_from_its_checkpoint(env):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (ckpt.parent.parent / "train.json").exists()
-    done = subprocess.run(args + [f"hydra.run.dir={env / 'r2'}"], env=e, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        args + [f"hydra.run.dir={env / 'r2'}"], env=e, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((env / "r2" / "metrics.json").read_text())
     assert m["stages"]["train"]["status"] == "resumed" and m["stages"]["train"]["global_step"] == 300
@@ -241,7 +319,9 @@ def _imdb_stand_in(path: Path) -> Path:
     from exp3rt.data.prepare import prepare_dataset
     from tests.helpers import dataset_yaml, typed
 
-    prepared = prepare_dataset(typed("dataset", OmegaConf.to_container(dataset_yaml("synthetic_imdb"))), path.parent / "data")
+    prepared = prepare_dataset(
+        typed("dataset", OmegaConf.to_container(dataset_yaml("synthetic_imdb"))), path.parent / "data"
+    )
     df = prepared.dataset.interactions[["user_id", "item_id", "rating", "review", "timestamp"]]
     df.to_json(path, orient="records", lines=True)
     return path
@@ -252,15 +332,29 @@ def test_paper_imdb_dry_run_builds_everything_but_the_weights(env):
     m = run_in_process(["experiment=paper_imdb", "dry_run=true", f"dataset.path={data}"], env / "dry")
     assert m["dry_run"] and m["strategy"] == "DeepSpeedStrategy"
     assert m["deepspeed"]["zero_optimization"]["stage"] == 2 and m["deepspeed"]["bf16"]["enabled"] is True
-    assert m["batch"] == {"micro_batch_size": 4, "devices": 8, "num_nodes": 1, "accumulate_grad_batches": 1,
-                          "global_batch_size": 32, "precision": "bf16-mixed", "max_length": 1200}
+    assert m["batch"] == {
+        "micro_batch_size": 4,
+        "devices": 8,
+        "num_nodes": 1,
+        "accumulate_grad_batches": 1,
+        "global_batch_size": 32,
+        "precision": "bf16-mixed",
+        "max_length": 1200,
+    }
     assert m["peft"]["r"] == 128 and m["peft"]["target_modules"] == "all-linear"
     assert m["student"]["quantization_config"]["load_in_4bit"] is True
     assert m["student"]["weights"] == "not loaded (dry run)"
     est = m["teacher"]["estimate"]
-    assert m["teacher"]["identity"]["model"] == "gpt-3.5-turbo-1106" and m["teacher"]["identity"]["temperature"] == 0.1
+    assert (
+        m["teacher"]["identity"]["model"] == "gpt-3.5-turbo-1106"
+        and m["teacher"]["identity"]["temperature"] == 0.1
+    )
     assert est["extract"]["calls"] > 0 and m["teacher"]["max_cost_usd"] > 0
-    assert m["eval"]["rerank"] and m["eval"]["num_candidates"] == 20 and m["eval"]["rerank_retriever"] == "lightgcn"
+    assert (
+        m["eval"]["rerank"]
+        and m["eval"]["num_candidates"] == 20
+        and m["eval"]["rerank_retriever"] == "lightgcn"
+    )
     assert not list((env / "artifacts").glob("students/*")), "a dry run trains nothing"
 
 
@@ -268,20 +362,36 @@ def test_paper_imdb_dry_run_builds_everything_but_the_weights(env):
 def test_paper_amazon_book_dry_run_on_the_amazon_format(env, shared_data):
     """The Amazon-2018 sample (Magazine_Subscriptions, the same format as Books) stands in for Books."""
     amazon = shared_data / "amazon-2018"
-    m = run_in_process(["experiment=paper_amazon_book", "dry_run=true", f"dataset.path={amazon / 'Magazine_Subscriptions_5.json.gz'}",
-                        f"dataset.meta_path={amazon / 'meta_Magazine_Subscriptions.json.gz'}", "dataset.strict=false",
-                        "dataset.kcore.user=0", "dataset.kcore.item=0"], env / "dry")
+    m = run_in_process(
+        [
+            "experiment=paper_amazon_book",
+            "dry_run=true",
+            f"dataset.path={amazon / 'Magazine_Subscriptions_5.json.gz'}",
+            f"dataset.meta_path={amazon / 'meta_Magazine_Subscriptions.json.gz'}",
+            "dataset.strict=false",
+            "dataset.kcore.user=0",
+            "dataset.kcore.item=0",
+        ],
+        env / "dry",
+    )
     assert m["data"]["name"] == "amazon_book" and m["data"]["interactions"] > 1000
     assert m["batch"]["global_batch_size"] == 32 and m["deepspeed"]["zero_optimization"]["stage"] == 2
-    extract = m["teacher"]["estimate"]["extract"]  # one request per training review, exact duplicates sent once
-    assert extract["requests"] == m["data"]["split"]["counts"]["train"] and 0 < extract["calls"] <= extract["requests"]
+    extract = m["teacher"]["estimate"][
+        "extract"
+    ]  # one request per training review, exact duplicates sent once
+    assert (
+        extract["requests"] == m["data"]["split"]["counts"]["train"]
+        and 0 < extract["calls"] <= extract["requests"]
+    )
 
 
 def test_release_imdb_dry_run_imports_instead_of_calling(env):
     from release_layout import write_release
 
     root = write_release(env / "release")
-    m = run_in_process(["experiment=release_imdb", f"dataset.path={root / 'imdb'}", "dry_run=true"], env / "dry")
+    m = run_in_process(
+        ["experiment=release_imdb", f"dataset.path={root / 'imdb'}", "dry_run=true"], env / "dry"
+    )
     assert m["teacher"]["identity"]["backend"] == "release" and m["teacher"]["imported"] is True
     assert m["teacher"]["estimate"] is None
     assert m["data"]["split"]["counts"] == {"train": 67, "valid": 10, "test": 19}  # 96 pairs, 70/10/20
@@ -293,14 +403,35 @@ def test_release_amazon_book_trains_reasoning_on_the_published_rationales(env):
     from release_layout import write_release
 
     root = write_release(env / "release", variants=True)
-    m = run_in_process(["experiment=release_amazon_book", "student=tiny", "peft=lora", "trainer=cpu",
-                        "student.quantization=null", f"dataset.path={root / 'amazon-book'}", "train.batch_size=4",
-                        "train.micro_batch_size=4", "train.val_generate=false", "trainer.max_epochs=1", "sft.max_length=1024",
-                        "eval.max_new_tokens=8", "logger.wandb=false", "progress=false"], env / "run")
+    m = run_in_process(
+        [
+            "experiment=release_amazon_book",
+            "student=tiny",
+            "peft=lora",
+            "trainer=cpu",
+            "student.quantization=null",
+            f"dataset.path={root / 'amazon-book'}",
+            "train.batch_size=4",
+            "train.micro_batch_size=4",
+            "train.val_generate=false",
+            "trainer.max_epochs=1",
+            "sft.max_length=1024",
+            "eval.max_new_tokens=8",
+            "logger.wandb=false",
+            "progress=false",
+        ],
+        env / "run",
+    )
     train = json.loads((Path(m["stages"]["train"]["dir"]) / "train.json").read_text())
-    assert train["example_report"]["counts"]["train"]["rating"] == 67 and train["example_report"]["ablation"] == "full"
+    assert (
+        train["example_report"]["counts"]["train"]["rating"] == 67
+        and train["example_report"]["ablation"] == "full"
+    )
     test = pd.read_parquet(Path(m["stages"]["data"]["split_dir"]) / "test.parquet")
-    preds = [json.loads(line) for line in (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()]
+    preds = [
+        json.loads(line)
+        for line in (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()
+    ]
     assert {(p["user_id"], p["item_id"]) for p in preds} == set(zip(test.user_id, test.item_id, strict=True))
     assert m["rating"]["student_expected"]["n"] == 19 and all(p["reasoning"] is not None for p in preds)
 
@@ -309,7 +440,9 @@ def test_release_imdb_without_the_release_names_the_key_to_set(env, monkeypatch)
     from exp3rt.cli.pipeline import run
 
     monkeypatch.setenv("EXP3RT_RELEASE", str(env / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=r"pass dataset.path=/path/to/EXP3RT/data/<imdb\|amazon-book>"):
+    with pytest.raises(
+        FileNotFoundError, match=r"pass dataset.path=/path/to/EXP3RT/data/<imdb\|amazon-book>"
+    ):
         run(compose_pipeline(["experiment=release_imdb", "dry_run=true"]), env / "dry")
 
 
@@ -338,19 +471,42 @@ def test_release_imdb_trains_and_evaluates_on_the_published_layout(env):
     from release_layout import write_release
 
     root = write_release(env / "release", variants=True)
-    m = run_in_process(["experiment=release_imdb", "student=tiny", "peft=lora", "trainer=cpu", "student.quantization=null",
-                        f"dataset.path={root / 'imdb'}", "train.batch_size=4", "train.micro_batch_size=4",
-                        "train.val_generate=false", "trainer.max_epochs=1", "sft.max_length=1024", "eval.max_new_tokens=8",
-                        "logger.wandb=false", "progress=false"], env / "run")
-    assert {s: r["status"] for s, r in m["stages"].items()} == {"data": "ready", "baselines": "ran", "annotate": "ran",
-                                                                 "train": "ran", "evaluate": "ran"}
+    m = run_in_process(
+        [
+            "experiment=release_imdb",
+            "student=tiny",
+            "peft=lora",
+            "trainer=cpu",
+            "student.quantization=null",
+            f"dataset.path={root / 'imdb'}",
+            "train.batch_size=4",
+            "train.micro_batch_size=4",
+            "train.val_generate=false",
+            "trainer.max_epochs=1",
+            "sft.max_length=1024",
+            "eval.max_new_tokens=8",
+            "logger.wandb=false",
+            "progress=false",
+        ],
+        env / "run",
+    )
+    assert {s: r["status"] for s, r in m["stages"].items()} == {
+        "data": "ready",
+        "baselines": "ran",
+        "annotate": "ran",
+        "train": "ran",
+        "evaluate": "ran",
+    }
     train = json.loads((Path(m["stages"]["train"]["dir"]) / "train.json").read_text())
     counts = train["example_report"]["counts"]
     assert counts["train"]["rating"] == 67 and counts["test"]["rating"] == 19
     assert train["example_report"]["ablation"] == "no_reasoning"
     split_dir = Path(m["stages"]["data"]["split_dir"])
     test = pd.read_parquet(split_dir / "test.parquet")
-    preds = [json.loads(line) for line in (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()]
+    preds = [
+        json.loads(line)
+        for line in (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()
+    ]
     assert {(p["user_id"], p["item_id"]) for p in preds} == set(zip(test.user_id, test.item_id, strict=True))
     assert m["protocol"]["scored_split"] == "test" and m["protocol"]["warm"]["pairs_cold"] == 19
     assert not any(p["warm"] for p in preds)
@@ -365,15 +521,23 @@ def test_the_summary_warns_when_reasonings_were_cut(shared, tmp_path):
     from exp3rt.cli.pipeline import summary
 
     _, first = shared
-    cut = {**first, "generation": {**first["generation"], "cut": 3, "warning": "3 of 8 reasonings hit max_new_tokens=24"}}
+    cut = {
+        **first,
+        "generation": {**first["generation"], "cut": 3, "warning": "3 of 8 reasonings hit max_new_tokens=24"},
+    }
     assert "WARNING: 3 of 8 reasonings hit max_new_tokens=24" in summary(cut, tmp_path)
     clean = {**first, "generation": {k: v for k, v in first["generation"].items() if k != "warning"}}
     assert "WARNING" not in summary(clean, tmp_path)
 
 
 def test_python_dash_m_exp3rt_is_the_pipeline(env):
-    out = subprocess.run([sys.executable, "-m", "exp3rt", "--cfg", "job"], capture_output=True, text=True, timeout=120,
-                         env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-m", "exp3rt", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "task_name: pipeline" in out.stdout and "experiment_name: demo" in out.stdout
 
@@ -386,24 +550,49 @@ def test_demo_end_to_end_prints_the_table(env):
     more than 0.03 RMSE (0.09 on this machine: see README "The demo"); its reasoning readout does not,
     and the table says so in words (the method's verdict, the readout check, the reranking that lowered nDCG)."""
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "exp3rt", f"hydra.run.dir={env / 'demo'}"], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "exp3rt", f"hydra.run.dir={env / 'demo'}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     seconds = time.time() - t0
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads((env / "demo" / "metrics.json").read_text())
     student, glob = m["rating"]["student_direct_expected"], m["rating"]["global_mean"]
-    print(f"demo: {seconds:.0f} s; student (rating-only readout) RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
-          f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> {m['rerank']['after/ndcg@10']:.4f}")
-    assert student["n"] == glob["n"] == m["rating"]["student_expected"]["n"] == 200 and student["parse_rate"] == 1.0
+    print(
+        f"demo: {seconds:.0f} s; student (rating-only readout) RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
+        f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> {m['rerank']['after/ndcg@10']:.4f}"
+    )
+    assert (
+        student["n"] == glob["n"] == m["rating"]["student_expected"]["n"] == 200
+        and student["parse_rate"] == 1.0
+    )
     assert student["rmse"] < glob["rmse"] - 0.03, (student, glob)
     assert m["rerank"]["mode"] == "fast"
     assert f"student on {m['protocol']['device']}" in out.stdout
     assert m["rerank"]["users"] == 20 and m["rerank"]["num_candidates"] == 20
     assert {s: r["status"] for s, r in m["stages"].items()} == {
-        "data": "ready", "baselines": "ran", "annotate": "ran", "train": "ran", "evaluate": "ran"}
-    for text in ("| student_direct_expected", "| student_expected", "| global_mean", "| biased_mf", "parse rate",
-                 "ndcg@10", "Example:", "report:", "are the method (reasoning, then the rating read after it)",
-                 "a check of the readout, not EXP3RT's method", "Reasoning about the pair: aspect precision"):
+        "data": "ready",
+        "baselines": "ran",
+        "annotate": "ran",
+        "train": "ran",
+        "evaluate": "ran",
+    }
+    for text in (
+        "| student_direct_expected",
+        "| student_expected",
+        "| global_mean",
+        "| biased_mf",
+        "parse rate",
+        "ndcg@10",
+        "Example:",
+        "report:",
+        "are the method (reasoning, then the rating read after it)",
+        "a check of the readout, not EXP3RT's method",
+        "Reasoning about the pair: aspect precision",
+    ):
         assert text in out.stdout
     if m["rerank"]["after/ndcg@10"] < m["rerank"]["before/ndcg@10"]:
         assert "LOWERED nDCG@10" in out.stdout
@@ -414,28 +603,46 @@ def test_a_rating_direct_student_reports_both_readouts_and_reranks_after_the_rat
     """The demo's student learns reasoning (task rating) and the rating-only form (rating_direct): the
     evaluation reads out both on the same pairs, each with its own rows and prediction fields, and fast
     reranking prompts it with the rating-only instruction it was trained on."""
-    m = run_in_process(FAST + ["sft.tasks=[rating,rating_direct]", "eval.rerank_mode=fast"], in_shared / "direct")
+    m = run_in_process(
+        FAST + ["sft.tasks=[rating,rating_direct]", "eval.rerank_mode=fast"], in_shared / "direct"
+    )
     ev_dir = Path(m["stages"]["evaluate"]["dir"])
     rows = m["rating"]
-    assert rows["student_direct_expected"]["n"] == rows["student_expected"]["n"] == rows["global_mean"]["n"] == 8
+    assert (
+        rows["student_direct_expected"]["n"] == rows["student_expected"]["n"] == rows["global_mean"]["n"] == 8
+    )
     assert rows["student_direct_expected"]["parse_rate"] == 1.0
     preds = [json.loads(line) for line in (ev_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8
     for p in preds:
         probs = p["direct_probs"]
-        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and sorted(probs) == ["1", "2", "3", "4", "5"]
-        assert p["rating_direct_expected"] == pytest.approx(sum(float(r) * q for r, q in probs.items()), abs=1e-6)
-        assert p["finish"] is not None and p["probs"] != probs  # two readouts of one pair, after different prompts
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and sorted(probs) == [
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+        ]
+        assert p["rating_direct_expected"] == pytest.approx(
+            sum(float(r) * q for r, q in probs.items()), abs=1e-6
+        )
+        assert (
+            p["finish"] is not None and p["probs"] != probs
+        )  # two readouts of one pair, after different prompts
     truth = np.array([p["truth"] for p in preds])
     direct = np.array([p["rating_direct_expected"] for p in preds])
-    assert rows["student_direct_expected"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((truth - direct) ** 2))))
+    assert rows["student_direct_expected"]["rmse"] == pytest.approx(
+        float(np.sqrt(np.mean((truth - direct) ** 2)))
+    )
     assert m["rerank"]["mode"] == "fast" and m["flat"]["rating/student_direct_expected/rmse"] > 0
 
 
 def test_a_validation_scored_run_never_reads_a_test_pair_even_when_reranking(in_shared, tmp_path):
     """eval.split=valid (what a search optimises): the rating pairs are validation pairs, and reranking the
     baselines' own candidates is judged by validation pairs, not the test pairs stored beside them."""
-    m = run_in_process([*FAST, "split.valid_ratio=0.1", "eval.split=valid", "eval.max_pairs=null"], tmp_path / "valid")
+    m = run_in_process(
+        [*FAST, "split.valid_ratio=0.1", "eval.split=valid", "eval.max_pairs=null"], tmp_path / "valid"
+    )
     split_dir = Path(m["stages"]["data"]["split_dir"])
     valid, test = (pd.read_parquet(split_dir / f"{p}.parquet") for p in ("valid", "test"))
     preds = (Path(m["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()
@@ -451,7 +658,9 @@ def test_the_run_says_which_readout_is_the_method_and_whether_reasoning_is_about
 
     root, first = shared
     about = first["reasoning"]
-    assert about["n"] == 8 and 0.0 <= about["aspect_precision"] <= 1.0 and 0.0 <= about["aspect_recall"] <= 1.0
+    assert (
+        about["n"] == 8 and 0.0 <= about["aspect_precision"] <= 1.0 and 0.0 <= about["aspect_recall"] <= 1.0
+    )
     assert 0.0 < about["distinct_share"] <= 1.0 and 0.0 < about["teacher_aspect_recall"] <= 1.0
     assert first["flat"]["reasoning/aspect_recall"] == pytest.approx(about["aspect_recall"])
     text = summary(first, root / "run1")

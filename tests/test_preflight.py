@@ -20,10 +20,18 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 
 
 def run_cli(module: str, args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "EXP3RT_ARTIFACTS": str(tmp_path / "artifacts"), "EXP3RT_OUTPUTS": str(tmp_path / "outputs"),
-           "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "EXP3RT_ARTIFACTS": str(tmp_path / "artifacts"),
+        "EXP3RT_OUTPUTS": str(tmp_path / "outputs"),
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=300
+    )
     return proc, time.perf_counter() - t0
 
 

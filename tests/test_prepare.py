@@ -34,11 +34,26 @@ def release_cfg(path, **kw):
 
 
 def test_synthetic_prepare_writes_report_and_reuses(tmp_path):
-    cfg = typed("dataset", {"name": "synthetic", "loader": "synthetic", "domain": "movie", "world": {"n_users": 30, "n_items": 40}})
+    cfg = typed(
+        "dataset",
+        {
+            "name": "synthetic",
+            "loader": "synthetic",
+            "domain": "movie",
+            "world": {"n_users": 30, "n_items": 40},
+        },
+    )
     first = prepare_dataset(cfg, tmp_path)
     assert not first.reused
     files = {p.name for p in first.directory.iterdir()}
-    assert {"interactions.parquet", "items.parquet", "data_report.json", "data_report.md", "dataset.yaml", "meta.json"} <= files
+    assert {
+        "interactions.parquet",
+        "items.parquet",
+        "data_report.json",
+        "data_report.md",
+        "dataset.yaml",
+        "meta.json",
+    } <= files
     assert "This dataset is synthetic" in (first.directory / "data_report.md").read_text()
     meta = json.loads((first.directory / "meta.json").read_text())
     assert meta["fingerprint"] == first.fingerprint and meta["report"]["summary"]["synthetic"] is True
@@ -78,4 +93,6 @@ def test_lenient_skips_are_counted_in_the_report_and_strict_names_the_record(tmp
 
 def test_missing_input_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset.path does not exist"):
-        prepare_dataset(typed("dataset", {"name": "x", "loader": "tabular", "path": str(tmp_path / "nope.csv")}), tmp_path)
+        prepare_dataset(
+            typed("dataset", {"name": "x", "loader": "tabular", "path": str(tmp_path / "nope.csv")}), tmp_path
+        )

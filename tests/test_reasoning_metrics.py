@@ -38,7 +38,9 @@ def test_on_the_synthetic_world_a_generic_text_scores_low_and_the_truth_scores_f
     world = OmegaConf.create({"n_users": 20, "n_items": 15, "min_per_user": 4, "max_per_user": 6, "seed": 3})
     from exp3rt.config import SyntheticWorldConf
 
-    ds = generate_world(OmegaConf.merge(OmegaConf.structured(SyntheticWorldConf), world), "movie", RatingScale(1, 5, 1))
+    ds = generate_world(
+        OmegaConf.merge(OmegaConf.structured(SyntheticWorldConf), world), "movie", RatingScale(1, 5, 1)
+    )
     inter = ds.interactions.head(30)
     pairs = list(zip(inter.user_id, inter.item_id, strict=True))
     users = ds.extras["user_truth"].set_index("user_id")
@@ -47,14 +49,17 @@ def test_on_the_synthetic_world_a_generic_text_scores_low_and_the_truth_scores_f
 
     def truthful(u, i):  # names exactly the aspects where the two meet
         both = (set(users.likes[u]) | set(users.dislikes[u])) & (set(items.strong[i]) | set(items.weak[i]))
-        return " ".join(f"{vocab.aspect(a).nouns[0][0]} matters." for a in sorted(both)) or "Nothing in common."
+        return (
+            " ".join(f"{vocab.aspect(a).nouns[0][0]} matters." for a in sorted(both)) or "Nothing in common."
+        )
 
     good = reasoning_about_the_pair(ds, [(u, i, truthful(u, i)) for u, i in pairs])
     assert good["aspect_precision"] == pytest.approx(1.0) and good["aspect_recall"] == pytest.approx(1.0)
     generic = reasoning_about_the_pair(ds, [(u, i, "Great plot, great acting.") for u, i in pairs])
     assert generic["distinct_share"] == pytest.approx(1 / 30) and generic["aspect_recall"] < 0.6
-    teacher = pd.DataFrame({"user_id": inter.user_id, "item_id": inter.item_id,
-                            "rationale": [truthful(u, i) for u, i in pairs]})
+    teacher = pd.DataFrame(
+        {"user_id": inter.user_id, "item_id": inter.item_id, "rationale": [truthful(u, i) for u, i in pairs]}
+    )
     ref = reasoning_about_the_pair(ds, [(u, i, "x") for u, i in pairs], teacher)
     assert ref["teacher_aspect_recall"] == pytest.approx(1.0)
 

@@ -33,8 +33,14 @@ def write_lightgcn(d: Path, train: str, test: str, header: bool = True) -> Path:
 
 
 def topk_cfg(path: Path, **over):
-    ds = {"name": "topk_fixture", "loader": "lightgcn_topk", "domain": "movie", "scale": {"min": 0, "max": 1},
-          "path": str(path), "require_review": False} | over
+    ds = {
+        "name": "topk_fixture",
+        "loader": "lightgcn_topk",
+        "domain": "movie",
+        "scale": {"min": 0, "max": 1},
+        "path": str(path),
+        "require_review": False,
+    } | over
     return validate(OmegaConf.create({"dataset": ds})).dataset
 
 
@@ -82,7 +88,9 @@ def test_pairs_in_both_files_follow_the_duplicates_policy(tmp_path):
     labels = ds.extras["split_labels"]
     assert (u1, ITEMS[1]) in pairs(labels[labels["split"] == "test"])
     assert (u1, ITEMS[1]) not in pairs(labels[labels["split"] == "train"])
-    assert problems.notes["train.txt: pairs also in test.txt (dropped from training, kept as test pairs)"] == 1
+    assert (
+        problems.notes["train.txt: pairs also in test.txt (dropped from training, kept as test pairs)"] == 1
+    )
 
     with pytest.raises(DataError) as ei:
         load_dataset(topk_cfg(d, duplicates="error"))
@@ -102,7 +110,10 @@ def test_bad_lines_name_file_line_and_field(tmp_path):
     ds, problems = load_dataset(topk_cfg(d, strict=False))
     assert problems.total_skipped == 2  # item x, user 7
     assert problems.examples[next(k for k in problems.skipped if k.startswith("user_remap"))][0]["line"] == 3
-    assert pairs(ds.extras["split_labels"].query("split == 'test'")) == {(USERS[0], ITEMS[2]), (USERS[1], ITEMS[3])}
+    assert pairs(ds.extras["split_labels"].query("split == 'test'")) == {
+        (USERS[0], ITEMS[2]),
+        (USERS[1], ITEMS[3]),
+    }
     # a first line that is neither the header nor a mapping is bad input
     (d / "user_list.txt").write_text("user remap\n/user/ur1/ 0\n")
     with pytest.raises(DataError, match="expected the header 'org_id remap_id'") as ei:
@@ -143,8 +154,15 @@ def test_baselines_cli_on_a_given_folder_reports_the_repairs(tmp_path, capsys):
     from exp3rt.cli.baselines import run
 
     d = write_lightgcn(tmp_path / "topk", ANOMALOUS_TRAIN, ANOMALOUS_TEST, header=False)
-    cfg = compose_cfg("baselines", ["dataset=release_topk_imdb", f"dataset.path={d}",
-                                    f"paths.artifacts_dir={tmp_path}/artifacts", *FAST])
+    cfg = compose_cfg(
+        "baselines",
+        [
+            "dataset=release_topk_imdb",
+            f"dataset.path={d}",
+            f"paths.artifacts_dir={tmp_path}/artifacts",
+            *FAST,
+        ],
+    )
     metrics = run(cfg, tmp_path / "run")
     out = capsys.readouterr().out
     assert metrics["split"]["strategy"] == "predefined"
@@ -167,7 +185,9 @@ def sample_run(tmp_path_factory):
     if not folder.is_dir():
         pytest.skip(f"shared data folder {folder} is absent")
     root = tmp_path_factory.mktemp("topk")
-    cfg = compose_cfg("baselines", ["dataset=release_topk_imdb", f"paths.artifacts_dir={root}/artifacts", *FAST])
+    cfg = compose_cfg(
+        "baselines", ["dataset=release_topk_imdb", f"paths.artifacts_dir={root}/artifacts", *FAST]
+    )
     return run(cfg, root / "run"), root / "run"
 
 
@@ -198,8 +218,12 @@ def test_baselines_on_the_shared_topk_sample(shared_data, sample_run, capsys):
 # --------------------------------------------------------------------------------------------------
 # reranking a candidates file written by another run
 
-WORLD = ["dataset.world.n_users=12", "dataset.world.n_items=10", "dataset.world.min_per_user=4",
-         "dataset.world.max_per_user=5"]
+WORLD = [
+    "dataset.world.n_users=12",
+    "dataset.world.n_items=10",
+    "dataset.world.min_per_user=4",
+    "dataset.world.max_per_user=5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +234,10 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("student")
     base = [f"paths.artifacts_dir={root}/artifacts", "progress=false", *WORLD]
     annotate(compose_cfg("annotate", base), root / "annotate")
-    train(compose_cfg("train", [*base, "trainer.max_steps=5", "logger=csv", "train.val_generate=false"]), root / "train")
+    train(
+        compose_cfg("train", [*base, "trainer.max_steps=5", "logger=csv", "train.val_generate=false"]),
+        root / "train",
+    )
     return root
 
 
@@ -236,9 +263,16 @@ def test_rerank_judges_candidates_by_the_run_that_wrote_them(trained, tmp_path):
     out = tmp_path / "other_run" / "candidates"
     path = write_candidates(cands, out / "lightgcn.parquet")
     write_relevant(relevant, out)
-    common = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=1",
-              "eval.mode=fast", "eval.rerank=true", f"eval.candidates_file={path}", "eval.num_candidates=3",
-              "eval.wandb=false"]
+    common = [
+        f"paths.artifacts_dir={trained}/artifacts",
+        f"run_dir={trained}/train",
+        "eval.max_pairs=1",
+        "eval.mode=fast",
+        "eval.rerank=true",
+        f"eval.candidates_file={path}",
+        "eval.num_candidates=3",
+        "eval.wandb=false",
+    ]
     rr = run(compose_cfg("evaluate", common), tmp_path / "ev")["rerank"]
     assert rr["users"] == 3 and rr["relevant"].startswith("the candidates' run")
     assert rr["before/hit@5"] == rr["after/hit@5"] == 1.0  # each user's relevant item is among the 3
@@ -255,7 +289,9 @@ def test_benchmark_script_on_a_tiny_folder(tmp_path, capsys):
     the RecBole atomic files it would hand over (valid = test, never evaluated)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_release_topk", CONF_DIR.parent / "benchmarks" / "bench_release_topk.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_release_topk", CONF_DIR.parent / "benchmarks" / "bench_release_topk.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     d = write_lightgcn(tmp_path / "topk", ANOMALOUS_TRAIN, ANOMALOUS_TEST)
@@ -266,6 +302,8 @@ def test_benchmark_script_on_a_tiny_folder(tmp_path, capsys):
     assert "| lightgcn |" in capsys.readouterr().out
     train, test, _ = bench.load_split(d)
     out = bench.write_atomic(train, test, tmp_path / "atomic", "topk")
-    frames = {p: pd.read_csv(out / f"topk.{p}.inter", sep="\t", dtype=str) for p in ("train", "valid", "test")}
+    frames = {
+        p: pd.read_csv(out / f"topk.{p}.inter", sep="\t", dtype=str) for p in ("train", "valid", "test")
+    }
     assert list(frames["train"].columns) == ["user_id:token", "item_id:token"]
     assert len(frames["train"]) == len(train) and len(frames["test"]) == len(frames["valid"]) == len(test)

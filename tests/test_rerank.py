@@ -32,7 +32,9 @@ def tiny(tmp_path_factory):
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def user_prompts(tokenizer, ratings: RatingTokens, n: int = 4, reasoning: bool = False) -> list[tuple[str, str]]:
+def user_prompts(
+    tokenizer, ratings: RatingTokens, n: int = 4, reasoning: bool = False
+) -> list[tuple[str, str]]:
     """Rating prompts from the project's prompt file: one user profile, items whose parts differ in length."""
     prompts = StudentPrompts(load_student_prompt("exp3rt_v1"), "movie", ratings)
     out = []
@@ -48,7 +50,9 @@ def user_prompts(tokenizer, ratings: RatingTokens, n: int = 4, reasoning: bool =
 
 
 @torch.inference_mode()
-def plain_probs(model, tokenizer, text: str, ratings: RatingTokens, prefix: str = RATING_PREFIX) -> list[float]:
+def plain_probs(
+    model, tokenizer, text: str, ratings: RatingTokens, prefix: str = RATING_PREFIX
+) -> list[float]:
     """Reference: one unbatched full forward per rating sequence, no cache. A rating's probability is the
     chain of its tokens' probabilities; one that is a prefix of a longer rating ("1" of "10") must stop:
     p(1) = P("1")·(1 − P("0" | "1")); renormalised over the ratings."""
@@ -81,13 +85,17 @@ def test_prefix_reuse_equals_plain_forward(tiny):
     assert stats["u1"]["prefix_tokens"] == common_prefix_len(seqs) > 20  # the system + user profile part
     no_reuse = score_candidates(model, tok, {"u1": cands}, ratings, RATING_PREFIX, reuse_prefix=False)
     assert [r[0] for r in scores["u1"]] == [c[0] for c in cands]
-    for (item, expected, probs), (_, text), (_, e2, p2) in zip(scores["u1"], cands, no_reuse["u1"], strict=True):
+    for (item, expected, probs), (_, text), (_, e2, p2) in zip(
+        scores["u1"], cands, no_reuse["u1"], strict=True
+    ):
         ref = plain_probs(model, tok, text, ratings)
         assert max(abs(a - b) for a, b in zip(probs, ref, strict=True)) < TOL, item
         assert max(abs(a - b) for a, b in zip(probs, p2, strict=True)) < TOL and abs(expected - e2) < TOL
         assert math.isclose(sum(probs), 1.0, abs_tol=1e-9)
         assert 1.0 <= expected <= 5.0
-        assert math.isclose(expected, sum(p * r for p, r in zip(probs, ratings.ratings, strict=True)), abs_tol=1e-9)
+        assert math.isclose(
+            expected, sum(p * r for p, r in zip(probs, ratings.ratings, strict=True)), abs_tol=1e-9
+        )
 
 
 def test_multi_token_ratings_chain_and_a_prefix_rating_must_stop(tiny):
@@ -121,7 +129,9 @@ def test_rerank_scores_equal_the_prediction_readout(tiny, scale):
 def test_offset_maps_back_to_scale(tiny):
     model, tok = tiny
     ratings = RatingTokens(1, 10, offset=-1)  # written 0-9, one token each
-    (_, expected, probs), = score_candidates(model, tok, {"u": user_prompts(tok, ratings, n=1)}, ratings)["u"]
+    ((_, expected, probs),) = score_candidates(model, tok, {"u": user_prompts(tok, ratings, n=1)}, ratings)[
+        "u"
+    ]
     assert len(probs) == 10 and 1.0 <= expected <= 10.0
     assert math.isclose(expected, sum(p * (i + 1) for i, p in enumerate(probs)), abs_tol=1e-9)
 
@@ -139,9 +149,15 @@ def test_full_mode_scores_every_candidate(tiny, monkeypatch):
     users = {"u": cands, "v": cands[:2], "w": []}
     batches = []
     real = rr.generate_and_read
-    monkeypatch.setattr(rr, "generate_and_read", lambda m, t, prompts, *a, **k: batches.append(len(prompts)) or real(m, t, prompts, *a, **k))
+    monkeypatch.setattr(
+        rr,
+        "generate_and_read",
+        lambda m, t, prompts, *a, **k: batches.append(len(prompts)) or real(m, t, prompts, *a, **k),
+    )
     stats: dict = {}
-    scores = score_candidates(model, tok, users, ratings, mode="full", max_new_tokens=6, batch_size=4, stats=stats)
+    scores = score_candidates(
+        model, tok, users, ratings, mode="full", max_new_tokens=6, batch_size=4, stats=stats
+    )
     assert batches == [5]  # one call over both users' five candidates
     assert scores["w"] == [] and stats["w"]["seconds"] == 0.0
     assert stats["u"]["seconds"] == stats["v"]["seconds"] > 0
@@ -149,7 +165,11 @@ def test_full_mode_scores_every_candidate(tiny, monkeypatch):
     for user in ("u", "v"):
         assert [r[0] for r in scores[user]] == [c[0] for c in users[user]]
         reasoning = stats[user]["reasoning"]
-        assert set(reasoning) == {c[0] for c in users[user]} and set(stats[user]["finish"].values()) <= {"stop", "eos", "length"}
+        assert set(reasoning) == {c[0] for c in users[user]} and set(stats[user]["finish"].values()) <= {
+            "stop",
+            "eos",
+            "length",
+        }
         for (item, expected, probs), (gen, read) in zip(scores[user], reference, strict=False):
             assert 1.0 <= expected <= 5.0 and math.isclose(sum(probs), 1.0, abs_tol=1e-9)
             assert reasoning[item] == gen.text  # batched greedy reasoning = one prompt at a time
@@ -184,12 +204,18 @@ def test_rerank_order_and_metrics_by_hand():
     nd5_a = inv(4)
     nd5_b = (inv(3) + inv(5)) / (1 + inv(3))
     expect = {
-        "before/ndcg@1": 0.0, "after/ndcg@1": 1.0,
-        "before/hit@1": 0.0, "after/hit@1": 1.0,
-        "before/recall@1": 0.0, "after/recall@1": (1 + 0.5) / 2,
-        "before/ndcg@5": (nd5_a + nd5_b) / 2, "after/ndcg@5": 1.0,
-        "before/recall@5": 1.0, "after/recall@5": 1.0,
-        "before/hit@5": 1.0, "after/hit@5": 1.0,
+        "before/ndcg@1": 0.0,
+        "after/ndcg@1": 1.0,
+        "before/hit@1": 0.0,
+        "after/hit@1": 1.0,
+        "before/recall@1": 0.0,
+        "after/recall@1": (1 + 0.5) / 2,
+        "before/ndcg@5": (nd5_a + nd5_b) / 2,
+        "after/ndcg@5": 1.0,
+        "before/recall@5": 1.0,
+        "after/recall@5": 1.0,
+        "before/hit@5": 1.0,
+        "after/hit@5": 1.0,
         "time_per_user_s": 2.0,
     }
     for key, value in expect.items():

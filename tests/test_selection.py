@@ -45,11 +45,17 @@ def frame(rows) -> pd.DataFrame:
 #   e: i1=2 i3=4       -> x_e = (i1 -1, i3 +1)                 |x_e| = sqrt 2
 COSINE = frame(
     [
-        ("a", "i1", 5, 0, 1), ("a", "i2", 3, 0, 2), ("a", "i3", 4, 0, 3),
-        ("b", "i1", 4, 0, 4), ("b", "i2", 2, 0, 5), ("b", "i4", 3, 0, 6),
-        ("c", "i1", 1, 0, 7), ("c", "i2", 5, 0, 8),
+        ("a", "i1", 5, 0, 1),
+        ("a", "i2", 3, 0, 2),
+        ("a", "i3", 4, 0, 3),
+        ("b", "i1", 4, 0, 4),
+        ("b", "i2", 2, 0, 5),
+        ("b", "i4", 3, 0, 6),
+        ("c", "i1", 1, 0, 7),
+        ("c", "i2", 5, 0, 8),
         ("d", "i3", 4, 0, 9),
-        ("e", "i1", 2, 0, 10), ("e", "i3", 4, 0, 11),
+        ("e", "i1", 2, 0, 10),
+        ("e", "i3", 4, 0, 11),
     ]
 )
 
@@ -75,7 +81,9 @@ def test_rating_cosine_leaves_the_target_rating_out():
     # x'·b = (-0.5)(-1) = 0.5 -> 0.5/(sqrt0.5*sqrt2) = 0.5
     # x'·c = (-0.5)(2) = -1   -> -1/(sqrt0.5*sqrt8) = -0.5
     # x'·e = (0.5)(1) = 0.5   -> 0.5
-    np.testing.assert_allclose(sim.similarity("a", ["b", "c", "e"], exclude_item="i1"), [0.5, -0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(
+        sim.similarity("a", ["b", "c", "e"], exclude_item="i1"), [0.5, -0.5, 0.5], atol=1e-12
+    )
     # an item the user did not rate changes nothing
     np.testing.assert_allclose(sim.similarity("a", ["b"], exclude_item="i4"), [1.0], atol=1e-12)
     # e without i3 keeps one rating -> zero vector -> zeros
@@ -104,8 +112,11 @@ def test_top_k_orders_by_similarity_then_user_id():
 #   d (9 votes), b (5, t=200), e (5, t=200: ties with b, user id decides), a (5, t=100), c (0)
 ITEM = frame(
     [
-        ("a", "m", 4, 5, 100), ("b", "m", 2, 5, 200), ("c", "m", 5, 0, 300),
-        ("d", "m", 3, 9, 50), ("e", "m", 4, 5, 200),
+        ("a", "m", 4, 5, 100),
+        ("b", "m", 2, 5, 200),
+        ("c", "m", 5, 0, 300),
+        ("d", "m", 3, 9, 50),
+        ("e", "m", 4, 5, 200),
         ("a", "n", 1, 99, 1),  # another item: never selected for m
     ]
 )
@@ -181,10 +192,12 @@ def test_bad_policy_and_limits_are_config_errors():
 
 # Leakage: a world split into train / test, the test rows with marked ratings and texts.
 WORLD = frame(
-    [(u, i, 1 + (ord(u[-1]) + ord(i[-1])) % 5, (ord(u[-1]) * 7 + ord(i[-1])) % 4, 1000 + n)
-     for n, (u, i) in enumerate((f"u{a}", f"i{b}") for a in range(6) for b in range(4) if (a + b) % 3 != 0)]
+    [
+        (u, i, 1 + (ord(u[-1]) + ord(i[-1])) % 5, (ord(u[-1]) * 7 + ord(i[-1])) % 4, 1000 + n)
+        for n, (u, i) in enumerate((f"u{a}", f"i{b}") for a in range(6) for b in range(4) if (a + b) % 3 != 0)
+    ]
 )
-TEST_MASK = (WORLD.index % 4 == 0)
+TEST_MASK = WORLD.index % 4 == 0
 TRAIN, TEST = WORLD[~TEST_MASK], WORLD[TEST_MASK]
 
 
@@ -224,8 +237,15 @@ def test_averages_use_training_ratings_only_and_exclude_the_target():
 
 
 def test_average_rating_rounding_and_exclusion():
-    train = frame([("a", "x", 4, 0, 1), ("b", "x", 5, 0, 2), ("c", "x", 4, 0, 3), ("d", "x", 4, 0, 4),
-                   ("a", "y", 2, 0, 5)])
+    train = frame(
+        [
+            ("a", "x", 4, 0, 1),
+            ("b", "x", 5, 0, 2),
+            ("c", "x", 4, 0, 3),
+            ("d", "x", 4, 0, 4),
+            ("a", "y", 2, 0, 5),
+        ]
+    )
     assert average_rating(train, "x") == 4.3  # 17/4 = 4.25 -> half up (round(4.25, 1) gives 4.2)
     assert average_rating(train, "x", exclude_user="b") == 4.0  # 12/3
     assert average_rating(train, "x", exclude_user="a") == 4.3  # 13/3 = 4.333...
@@ -245,14 +265,19 @@ def test_average_rating_rounding_and_exclusion():
 #   evaluation pairs: (u5, A) (u3, B) (u1, C) (u4, D); D has no training review
 PLAN_TRAIN = frame(
     [
-        ("u1", "A", 5, 3, 1), ("u2", "A", 4, 2, 2), ("u3", "A", 3, 1, 3), ("u4", "A", 2, 0, 4),
-        ("u1", "B", 4, 0, 5), ("u2", "B", 5, 4, 6),
+        ("u1", "A", 5, 3, 1),
+        ("u2", "A", 4, 2, 2),
+        ("u3", "A", 3, 1, 3),
+        ("u4", "A", 2, 0, 4),
+        ("u1", "B", 4, 0, 5),
+        ("u2", "B", 5, 4, 6),
         ("u5", "C", 3, 0, 7),
     ]
 )
 EVAL_PAIRS = [("u5", "A"), ("u3", "B"), ("u1", "C"), ("u4", "D")]
 ALL_PAIRS = pd.DataFrame(
-    list(zip(PLAN_TRAIN["user_id"], PLAN_TRAIN["item_id"], strict=True)) + EVAL_PAIRS, columns=["user_id", "item_id"]
+    list(zip(PLAN_TRAIN["user_id"], PLAN_TRAIN["item_id"], strict=True)) + EVAL_PAIRS,
+    columns=["user_id", "item_id"],
 )
 
 
@@ -361,7 +386,9 @@ def test_plan_agrees_with_select_reviews_on_a_random_frame():
     rng = np.random.default_rng(2)
     train["helpful_votes"] = rng.integers(0, 3, len(train))
     train["timestamp"] = rng.integers(0, 3, len(train))
-    pairs = pd.concat([train[["user_id", "item_id"]], pd.DataFrame({"user_id": ["u0", "nobody"], "item_id": ["i3", "i3"]})])
+    pairs = pd.concat(
+        [train[["user_id", "item_id"]], pd.DataFrame({"user_id": ["u0", "nobody"], "item_id": ["i3", "i3"]})]
+    )
     sim = RatingCosine().fit(train)
     for policy in POLICIES:
         plan = ItemProfilePlan.build(train, pairs, policy, 2, 4, sim)

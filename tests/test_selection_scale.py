@@ -127,8 +127,12 @@ def test_sparse_and_dense_paths_agree():
 
 def test_leakage_guards_hold_in_the_batched_path():
     train = random_train(n_users=100, n_items=30, n_ratings=1500, seed=3)
-    test = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["i0", "i1", "i2"], "rating": [1.0, 5.0, 1.0]})
-    test = test[~test.set_index(["user_id", "item_id"]).index.isin(train.set_index(["user_id", "item_id"]).index)]
+    test = pd.DataFrame(
+        {"user_id": ["u1", "u2", "u3"], "item_id": ["i0", "i1", "i2"], "rating": [1.0, 5.0, 1.0]}
+    )
+    test = test[
+        ~test.set_index(["user_id", "item_id"]).index.isin(train.set_index(["user_id", "item_id"]).index)
+    ]
     sim = RatingCosine().fit(train)  # the test ratings are never seen
     pairs = pd.concat([train[["user_id", "item_id"]], test[["user_id", "item_id"]]], ignore_index=True)
     plan = ItemProfilePlan.build(train, pairs, "similar_users", 3, 30, sim)
@@ -144,7 +148,9 @@ def test_leakage_guards_hold_in_the_batched_path():
     flipped = train.copy()
     flipped.loc[flipped.index[0], "rating"] = 6.0 - flipped.iloc[0]["rating"]
     a = select_reviews(train, i, "similar_users", 3, 30, target_user=u, similarity=sim)
-    b = select_reviews(flipped, i, "similar_users", 3, 30, target_user=u, similarity=RatingCosine().fit(flipped))
+    b = select_reviews(
+        flipped, i, "similar_users", 3, 30, target_user=u, similarity=RatingCosine().fit(flipped)
+    )
     assert list(a.index) == list(b.index)
 
 

@@ -70,7 +70,9 @@ def test_unseen_user_split_has_disjoint_users():
 
 def test_predefined_uses_labels_and_rejects_unlabelled():
     inter = toy_interactions(n_users=4, per_user=5)
-    given = inter[["user_id", "item_id"]].assign(split=np.where(np.arange(len(inter)) % 5 == 0, "test", "train"))
+    given = inter[["user_id", "item_id"]].assign(
+        split=np.where(np.arange(len(inter)) % 5 == 0, "test", "train")
+    )
     labels = assign_split(inter, split_cfg(strategy="predefined"), {"split_labels": given})
     assert (labels == "test").sum() == 4
     with pytest.raises(ConfigError, match="2 interaction\\(s\\) have no split label"):
@@ -84,7 +86,13 @@ def test_prepare_split_persists_and_reloads_without_resampling(tmp_path):
     cfg = split_cfg(strategy="random", seed=3, test_ratio=0.2, warm_min_train=8)
     first = prepare_split(prepared, cfg)
     assert not first.reused
-    assert {p.name for p in first.directory.iterdir()} >= {"train.parquet", "valid.parquet", "test.parquet", "meta.json", "split.yaml"}
+    assert {p.name for p in first.directory.iterdir()} >= {
+        "train.parquet",
+        "valid.parquet",
+        "test.parquet",
+        "meta.json",
+        "split.yaml",
+    }
     # rewrite the saved test file (with its size/checksum record, else it reads as damaged and is rebuilt):
     # a reload must return the file's rows, proving it is not resampled
     from exp3rt.artifacts import write_parquet_atomic
@@ -98,7 +106,10 @@ def test_prepare_split_persists_and_reloads_without_resampling(tmp_path):
     # warm flag follows the training count
     t = first.test
     assert ((t["user_train_count"] >= 8) == t["warm"]).all()
-    assert first.meta["stats"]["test_users_warm"] + first.meta["stats"]["test_users_cold"] == t["user_id"].nunique()
+    assert (
+        first.meta["stats"]["test_users_warm"] + first.meta["stats"]["test_users_cold"]
+        == t["user_id"].nunique()
+    )
 
 
 def test_split_seed_is_separate_from_training_seed():

@@ -35,7 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_preset_names():
     assert set(TRAINERS) == {
-        "cpu", "gpu", "ddp", "deepspeed_zero2", "deepspeed_zero2_offload", "deepspeed_zero3", "deepspeed_cpu"
+        "cpu",
+        "gpu",
+        "ddp",
+        "deepspeed_zero2",
+        "deepspeed_zero2_offload",
+        "deepspeed_zero3",
+        "deepspeed_cpu",
     }
     assert set(DEEPSPEEDS) == {"none", "zero2", "zero2_offload", "zero3"}
 
@@ -69,7 +75,9 @@ def test_every_trainer_deepspeed_pair_validates_or_is_rejected_for_its_reason(tr
     assert loop.batch_size == loop.micro_batch_size * tr.devices * tr.num_nodes * tr.accumulate_grad_batches
     strategy = build_strategy(tr, typed.deepspeed, loop.micro_batch_size)
     if tr.strategy.value == "deepspeed":
-        assert type(strategy).__name__ == ("CPUDeepSpeedStrategy" if tr.accelerator.value == "cpu" else "DeepSpeedStrategy")
+        assert type(strategy).__name__ == (
+            "CPUDeepSpeedStrategy" if tr.accelerator.value == "cpu" else "DeepSpeedStrategy"
+        )
         assert strategy.config["zero_optimization"]["stage"] == typed.deepspeed.stage
         assert "gradient_accumulation_steps" not in strategy.config
     else:
@@ -78,7 +86,12 @@ def test_every_trainer_deepspeed_pair_validates_or_is_rejected_for_its_reason(tr
 
 @pytest.mark.parametrize(
     ("trainer", "stage", "offload"),
-    [("deepspeed_zero2", 2, None), ("deepspeed_zero2_offload", 2, "cpu"), ("deepspeed_zero3", 3, None), ("deepspeed_cpu", 2, None)],
+    [
+        ("deepspeed_zero2", 2, None),
+        ("deepspeed_zero2_offload", 2, "cpu"),
+        ("deepspeed_zero3", 3, None),
+        ("deepspeed_cpu", 2, None),
+    ],
 )
 def test_deepspeed_trainer_presets_select_their_deepspeed_preset(trainer, stage, offload):
     typed = validate(compose_training([f"trainer={trainer}", "train.val_generate=false"]))
@@ -98,28 +111,60 @@ def rejection(overrides: list[str]) -> str:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["trainer.precision=16-mixed"], "trainer.precision=16-mixed needs a GPU; use bf16-mixed or 32-true on CPU"),
-        (["trainer=deepspeed_cpu", "trainer.precision=16-mixed"], "needs a GPU; use bf16-mixed or 32-true on CPU"),
+        (
+            ["trainer.precision=16-mixed"],
+            "trainer.precision=16-mixed needs a GPU; use bf16-mixed or 32-true on CPU",
+        ),
+        (
+            ["trainer=deepspeed_cpu", "trainer.precision=16-mixed"],
+            "needs a GPU; use bf16-mixed or 32-true on CPU",
+        ),
         (["trainer.precision=fp8"], "unknown precision 'fp8'"),
-        (["trainer=deepspeed_zero2", "deepspeed=none"], "trainer.strategy=deepspeed needs a DeepSpeed config"),
+        (
+            ["trainer=deepspeed_zero2", "deepspeed=none"],
+            "trainer.strategy=deepspeed needs a DeepSpeed config",
+        ),
         (["trainer=ddp", "deepspeed=zero2"], "deepspeed.stage=2 is set but trainer.strategy=ddp"),
         (["trainer=deepspeed_zero3"], "in-training generation is incompatible with DeepSpeed ZeRO-3"),
-        (["trainer=gpu", "trainer.slurm_tasks_per_node=4"], "SLURM tasks_per_node must equal trainer.devices"),
-        (["trainer=deepspeed_zero2", "+deepspeed.extra.gradient_accumulation_steps=4"],
-         "'deepspeed.extra.gradient_accumulation_steps' must not be set: Lightning sets it from trainer.accumulate_grad_batches"),
-        (["trainer=deepspeed_zero2", "+deepspeed.extra.optimizer.params.lr=auto"],
-         "'deepspeed.extra.optimizer.params.lr' is \"auto\": Lightning hands the dict to DeepSpeed unresolved"),
+        (
+            ["trainer=gpu", "trainer.slurm_tasks_per_node=4"],
+            "SLURM tasks_per_node must equal trainer.devices",
+        ),
+        (
+            ["trainer=deepspeed_zero2", "+deepspeed.extra.gradient_accumulation_steps=4"],
+            "'deepspeed.extra.gradient_accumulation_steps' must not be set: Lightning sets it from trainer.accumulate_grad_batches",
+        ),
+        (
+            ["trainer=deepspeed_zero2", "+deepspeed.extra.optimizer.params.lr=auto"],
+            "'deepspeed.extra.optimizer.params.lr' is \"auto\": Lightning hands the dict to DeepSpeed unresolved",
+        ),
         (["trainer=deepspeed_zero2", "deepspeed.reduce_bucket_size=auto"], "deepspeed.reduce_bucket_size"),
-        (["trainer=deepspeed_zero2", "+deepspeed.extra.train_micro_batch_size_per_gpu=2"], "it is train.micro_batch_size"),
-        (["trainer=deepspeed_zero2", "deepspeed.offload_param=cpu"], "'deepspeed.offload_param' needs deepspeed.stage=3"),
-        (["trainer=deepspeed_cpu", "deepspeed=zero2_offload"], "offloading does nothing on trainer.accelerator=cpu"),
+        (
+            ["trainer=deepspeed_zero2", "+deepspeed.extra.train_micro_batch_size_per_gpu=2"],
+            "it is train.micro_batch_size",
+        ),
+        (
+            ["trainer=deepspeed_zero2", "deepspeed.offload_param=cpu"],
+            "'deepspeed.offload_param' needs deepspeed.stage=3",
+        ),
+        (
+            ["trainer=deepspeed_cpu", "deepspeed=zero2_offload"],
+            "offloading does nothing on trainer.accelerator=cpu",
+        ),
         (["trainer=deepspeed_zero2", "deepspeed.stage=4"], "'deepspeed.stage' must be 1, 2 or 3"),
-        (["trainer=ddp", "train.micro_batch_size=2", "train.batch_size=24"],
-         "'train.batch_size': 24 is not a multiple of train.micro_batch_size × trainer.devices × trainer.num_nodes = 2 × 8 × 1 = 16"),
-        (["trainer=ddp", "train.batch_size=64", "trainer.accumulate_grad_batches=4"],
-         "64 != train.micro_batch_size × trainer.devices × trainer.num_nodes × trainer.accumulate_grad_batches = 1 × 8 × 1 × 4 = 32"),
+        (
+            ["trainer=ddp", "train.micro_batch_size=2", "train.batch_size=24"],
+            "'train.batch_size': 24 is not a multiple of train.micro_batch_size × trainer.devices × trainer.num_nodes = 2 × 8 × 1 = 16",
+        ),
+        (
+            ["trainer=ddp", "train.batch_size=64", "trainer.accumulate_grad_batches=4"],
+            "64 != train.micro_batch_size × trainer.devices × trainer.num_nodes × trainer.accumulate_grad_batches = 1 × 8 × 1 × 4 = 32",
+        ),
         (["trainer.strategy=fsdp"], "trainer.strategy"),
-        (["trainer.val_check_interval=1.5"], "'trainer.val_check_interval' must be an int (batches) or a float in (0, 1]"),
+        (
+            ["trainer.val_check_interval=1.5"],
+            "'trainer.val_check_interval' must be an int (batches) or a float in (0, 1]",
+        ),
     ],
 )
 def test_rules_reject_with_a_sentence_naming_the_keys(overrides, message):
@@ -130,8 +175,21 @@ def test_rules_reject_with_a_sentence_naming_the_keys(overrides, message):
     ("overrides", "accum", "batch"),
     [
         (["trainer=ddp", "train.micro_batch_size=2", "train.batch_size=64"], 4, 64),  # derived: 64 / (2 × 8)
-        (["trainer=ddp", "train.micro_batch_size=2", "trainer.accumulate_grad_batches=3"], 3, 48),  # derived batch
-        (["trainer=ddp", "trainer.num_nodes=2", "train.batch_size=32", "trainer.accumulate_grad_batches=2"], 2, 32),
+        (
+            ["trainer=ddp", "train.micro_batch_size=2", "trainer.accumulate_grad_batches=3"],
+            3,
+            48,
+        ),  # derived batch
+        (
+            [
+                "trainer=ddp",
+                "trainer.num_nodes=2",
+                "train.batch_size=32",
+                "trainer.accumulate_grad_batches=2",
+            ],
+            2,
+            32,
+        ),
         (["trainer=cpu"], 1, 1),
     ],
 )
@@ -177,7 +235,9 @@ def test_build_strategy_without_validate_still_fails_fast():
 def test_lightning_trainer_accepts_the_cpu_deepspeed_strategy():
     import pytorch_lightning as pl
 
-    typed = validate(compose_training(["trainer=deepspeed_cpu", "trainer.max_steps=3", "train.micro_batch_size=4"]))
+    typed = validate(
+        compose_training(["trainer=deepspeed_cpu", "trainer.max_steps=3", "train.micro_batch_size=4"])
+    )
     kwargs = trainer_kwargs(typed.trainer, typed.deepspeed, typed.train.micro_batch_size)
     assert "slurm_tasks_per_node" not in kwargs and kwargs["max_steps"] == 3
     trainer = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False)
@@ -199,20 +259,39 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def run_zero(model_dir: Path, out: Path, overrides: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     for key in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
         env.pop(key, None)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(model_dir), str(out), "trainer.max_steps=10", "train.lr=1e-2", *overrides],
-        env=env, cwd=out, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(model_dir),
+            str(out),
+            "trainer.max_steps=10",
+            "train.lr=1e-2",
+            *overrides,
+        ],
+        env=env,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "result.json").read_text())
     result["wall_s"] = wall
-    print(f"{overrides}: wall {wall:.1f} s, fit {result['fit_s']:.1f} s, loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}")
+    print(
+        f"{overrides}: wall {wall:.1f} s, fit {result['fit_s']:.1f} s, loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}"
+    )
     return result
 
 
@@ -233,7 +312,11 @@ def reloaded_logits(model_dir: Path, out: Path) -> torch.Tensor:
 
 def check_run(result: dict, out: Path, stage: int, precision: str) -> tuple[dict, dict]:
     losses = result["losses"]
-    assert (result["strategy"], result["world_size"], result["backend"]) == ("CPUDeepSpeedStrategy", 2, "gloo")
+    assert (result["strategy"], result["world_size"], result["backend"]) == (
+        "CPUDeepSpeedStrategy",
+        2,
+        "gloo",
+    )
     assert (result["zero_stage"], result["precision"], result["global_step"]) == (stage, precision, 10)
     assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.1, losses  # it learns the fixed batch

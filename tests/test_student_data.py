@@ -23,8 +23,14 @@ from exp3rt.student.ratings import RatingTextError, RatingTokens
 from exp3rt.student.tokenize import ELLIPSIS, ExampleTooLong, build_dataset, collate, encode, render
 from exp3rt.teacher.stages import describe_item
 
-SMALL_WORLD = ["dataset.world.n_users=24", "dataset.world.n_items=20", "dataset.world.min_per_user=5",
-               "dataset.world.max_per_user=8", "split=per_user", "split.valid_ratio=0.1"]
+SMALL_WORLD = [
+    "dataset.world.n_users=24",
+    "dataset.world.n_items=20",
+    "dataset.world.min_per_user=5",
+    "dataset.world.max_per_user=8",
+    "split=per_user",
+    "split.valid_ratio=0.1",
+]
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 
 
@@ -35,7 +41,10 @@ def world(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("annot")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="annotate", overrides=[f"paths.artifacts_dir={tmp}/artifacts", "progress=false", *SMALL_WORLD])
+        cfg = compose(
+            config_name="annotate",
+            overrides=[f"paths.artifacts_dir={tmp}/artifacts", "progress=false", *SMALL_WORLD],
+        )
     directory = Path(run(cfg, tmp / "run")["directory"])
     meta = json.loads((directory / "meta.json").read_text())
     parts = {p: pd.read_parquet(Path(meta["split_dir"]) / f"{p}.parquet") for p in ("train", "valid", "test")}
@@ -56,7 +65,9 @@ def tok(tmp_path_factory):
 def examples(world, directory=None, ablation=None, **sft):
     cfg = OmegaConf.merge(OmegaConf.structured(StudentDataConf), sft)
     ab = None if ablation is None else load_ablation(ablation)
-    return build_examples(directory or world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab)
+    return build_examples(
+        directory or world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab
+    )
 
 
 def load_ablation(name: str):
@@ -72,12 +83,15 @@ def artifact(world, stage: str) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ rating text
 
 
-@pytest.mark.parametrize("lo,hi,offset,texts", [
-    (1, 5, 0, ["1", "2", "3", "4", "5"]),
-    (1, 10, 0, [str(i) for i in range(1, 11)]),
-    (1, 10, -1, [str(i) for i in range(10)]),
-    (1, 5, -1, ["0", "1", "2", "3", "4"]),
-])
+@pytest.mark.parametrize(
+    "lo,hi,offset,texts",
+    [
+        (1, 5, 0, ["1", "2", "3", "4", "5"]),
+        (1, 10, 0, [str(i) for i in range(1, 11)]),
+        (1, 10, -1, [str(i) for i in range(10)]),
+        (1, 5, -1, ["0", "1", "2", "3", "4"]),
+    ],
+)
 def test_rating_text_round_trip(lo, hi, offset, texts):
     rt = RatingTokens(lo, hi, offset=offset)
     assert rt.texts == texts
@@ -95,7 +109,9 @@ def test_half_step_scale():
 
 def test_ratings_off_the_scale_are_rejected_with_a_sentence():
     rt = RatingTokens(1, 5)
-    with pytest.raises(RatingTextError, match=r"rating 6 is outside the dataset's scale 1-5; check dataset.scale"):
+    with pytest.raises(
+        RatingTextError, match=r"rating 6 is outside the dataset's scale 1-5; check dataset.scale"
+    ):
         rt.to_text(6)
     with pytest.raises(RatingTextError, match="outside the dataset's scale"):
         rt.to_text(0)
@@ -134,15 +150,24 @@ def test_every_task_from_a_real_annotation_dir(world):
     ex = examples(world)
     train, split = ex["train"], world["split"]
     by = {t: [e for e in train if e.task == t] for t in ("extract", "user_profile", "item_profile", "rating")}
-    extract, users, items, rationale = (artifact(world, s) for s in ("extract", "user_profile", "item_profile", "rationale"))
+    extract, users, items, rationale = (
+        artifact(world, s) for s in ("extract", "user_profile", "item_profile", "rationale")
+    )
     skipped = ex.report["skipped"]
 
     # extract: one example per ok preference set, the review taken from the split's training frame
     assert len(by["extract"]) == (extract.status == "ok").sum() == len(split.train)
     first = by["extract"][0]
-    review = split.train.set_index(["user_id", "item_id"]).loc[(first.meta["user_id"], first.meta["item_id"]), "review"]
+    review = split.train.set_index(["user_id", "item_id"]).loc[
+        (first.meta["user_id"], first.meta["item_id"]), "review"
+    ]
     assert review in first.user
-    assert first.answer == extract.set_index(["user_id", "item_id"]).loc[(first.meta["user_id"], first.meta["item_id"]), "preference_set"]
+    assert (
+        first.answer
+        == extract.set_index(["user_id", "item_id"]).loc[
+            (first.meta["user_id"], first.meta["item_id"]), "preference_set"
+        ]
+    )
 
     # user profiles: every ok profile; the answer drops the computed [Average Rating] section
     assert len(by["user_profile"]) == (users.status == "ok").sum() == 24
@@ -157,7 +182,11 @@ def test_every_task_from_a_real_annotation_dir(world):
     assert len(by["item_profile"]) + skipped.get("item_profile", {}).get("duplicate", 0) == n_ok
     assert skipped["item_profile"]["no_history"] == (items.status == "no_history").sum()
     it = by["item_profile"][0]
-    row = items[(items.item_id == it.meta["item_id"]) & items.target_user.isna()].iloc[0] if it.meta["target_user"] is None else None
+    row = (
+        items[(items.item_id == it.meta["item_id"]) & items.target_user.isna()].iloc[0]
+        if it.meta["target_user"] is None
+        else None
+    )
     assert row is not None and it.meta["n_sets"] == len(row["source_users"]) == it.user.count("\n---\n") + 1
 
     # rating: ok rationales → reasoning + rating; valid/test pairs → the rating line, the truth in meta
@@ -170,7 +199,11 @@ def test_every_task_from_a_real_annotation_dir(world):
     assert ex.report["counts"]["test"] == {"rating": len(split.test)}
     t = ex["test"][0]
     gold = split.test.set_index(["user_id", "item_id"]).loc[(t.meta["user_id"], t.meta["item_id"]), "rating"]
-    assert t.meta["rating"] == gold and t.answer == f"Predicted User Rating: {gold:g}" and t.meta["has_reasoning"] is False
+    assert (
+        t.meta["rating"] == gold
+        and t.answer == f"Predicted User Rating: {gold:g}"
+        and t.meta["has_reasoning"] is False
+    )
     assert "warm" in t.meta
     # the item description is the teacher's, and never the item's hidden `extra`
     item_row = world["items"].set_index("item_id").loc[t.meta["item_id"]]
@@ -197,7 +230,9 @@ def test_failed_upstream_rows_are_skipped_and_counted(world, tmp_path):
     ex = examples(world, d)
     counts, skipped = ex.report["counts"], ex.report["skipped"]
     assert counts["train"]["extract"] == len(extract) - 3 and skipped["extract"] == {"failed": 3}
-    assert counts["train"]["rating"] == len(rationale) - 2 and skipped["rating"]["train:rationale_failed"] == 2
+    assert (
+        counts["train"]["rating"] == len(rationale) - 2 and skipped["rating"]["train:rationale_failed"] == 2
+    )
     assert skipped["user_profile"]["failed"] == 1 and counts["train"]["user_profile"] == 23
     n_test = (world["split"].test.user_id == victim).sum()
     n_valid = (world["split"].valid.user_id == victim).sum()
@@ -212,7 +247,10 @@ def test_missing_artifact_names_the_stage_to_run(world, tmp_path):
     d = tmp_path / "annot"
     shutil.copytree(world["dir"], d)
     (d / "rationale.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match=r"'rating' task needs the teacher's rationale stage \(exp3rt-annotate stage=rationale\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"'rating' task needs the teacher's rationale stage \(exp3rt-annotate stage=rationale\)",
+    ):
         examples(world, d)
     assert examples(world, d, tasks=["extract"]).report["counts"]["train"] == {"extract": 110}
 
@@ -222,7 +260,11 @@ def test_task_weights_resample_train_examples_deterministically(world):
     a = examples(world, task_weights={"rating": 2.0, "extract": 0.5, "user_profile": 0.0}, seed=3)
     b = examples(world, task_weights={"rating": 2.0, "extract": 0.5, "user_profile": 0.0}, seed=3)
     c = examples(world, task_weights={"rating": 2.0, "extract": 0.5, "user_profile": 0.0}, seed=4)
-    assert a.report["counts"]["train"] == {"extract": 55, "item_profile": plain["item_profile"], "rating": 2 * plain["rating"]}
+    assert a.report["counts"]["train"] == {
+        "extract": 55,
+        "item_profile": plain["item_profile"],
+        "rating": 2 * plain["rating"],
+    }
     assert [e.user for e in a["train"]] == [e.user for e in b["train"]]
     assert [e.user for e in a["train"]] != [e.user for e in c["train"]]
     assert len({e.user for e in a["train"] if e.task == "extract"}) == 55  # a sample without repeats
@@ -243,8 +285,15 @@ def test_rating_offset_changes_the_written_scale(world):
 
 def test_each_ablation_config_flips_only_its_named_switches():
     full = OmegaConf.to_container(load_ablation("full"))
-    assert set(ABLATIONS) == {"full", "no_reasoning", "no_user_profile", "no_item_profile", "no_item_description",
-                              "no_avg_rating", "raw_reviews"}
+    assert set(ABLATIONS) == {
+        "full",
+        "no_reasoning",
+        "no_user_profile",
+        "no_item_profile",
+        "no_item_description",
+        "no_avg_rating",
+        "raw_reviews",
+    }
     for name in ABLATIONS:
         cfg = OmegaConf.to_container(load_ablation(name))
         changed = {k for k in cfg if cfg[k] != full[k]} - {"name"}
@@ -257,7 +306,10 @@ def test_each_ablation_changes_the_rating_prompt_exactly_as_named(world):
     runs = {name: examples(world, tasks=["rating"], ablation=name) for name in ABLATIONS}
     full = runs["full"]["train"][0]
     key = (full.meta["user_id"], full.meta["item_id"])
-    pick = {name: next(e for e in run["train"] if (e.meta["user_id"], e.meta["item_id"]) == key) for name, run in runs.items()}
+    pick = {
+        name: next(e for e in run["train"] if (e.meta["user_id"], e.meta["item_id"]) == key)
+        for name, run in runs.items()
+    }
     row = rationale.loc[key]
     up = f"User profile:\n{row['user_profile']}"
     desc = f"Movie description:\n{row['item_description']}"
@@ -269,42 +321,60 @@ def test_each_ablation_changes_the_rating_prompt_exactly_as_named(world):
     assert pick["no_item_description"].user == full.user.replace(f"{desc}\n\n", "")
     assert pick["no_item_profile"].user == full.user.replace(f"{ip}\n\n", "")
     assert "[Average Rating]" in full.user and "[Average Rating]" not in pick["no_avg_rating"].user
-    assert pick["no_avg_rating"].user == full.user.replace(row["user_profile"], strip_average(row["user_profile"])) \
-        .replace(row["item_profile"], strip_average(row["item_profile"]))
+    assert pick["no_avg_rating"].user == full.user.replace(
+        row["user_profile"], strip_average(row["user_profile"])
+    ).replace(row["item_profile"], strip_average(row["item_profile"]))
     for name in ("no_user_profile", "no_item_description", "no_item_profile", "no_avg_rating", "raw_reviews"):
         assert pick[name].answer == full.answer  # the prompt changes, the answer does not
 
     nr = pick["no_reasoning"]
     assert nr.answer == f"Predicted User Rating: {row['rating']:g}" and nr.meta["has_reasoning"] is False
     context = full.user[: full.user.rindex("\n\n")]
-    assert nr.user.startswith(context + "\n\n") and "Reasoning" not in nr.user[len(context):]
+    assert nr.user.startswith(context + "\n\n") and "Reasoning" not in nr.user[len(context) :]
 
     raw = pick["raw_reviews"].user
     train = world["split"].train
     own_review = train.set_index(["user_id", "item_id"]).loc[key, "review"]
     assert "User profile:" not in raw and "Movie profile" not in raw
     assert raw.startswith("The user's past reviews:\n") and "Reviews of this movie by other users:\n" in raw
-    assert f"\n\n{desc}\n\n" in raw and raw.endswith(full.user[full.user.rindex("\n\n"):])
+    assert f"\n\n{desc}\n\n" in raw and raw.endswith(full.user[full.user.rindex("\n\n") :])
     assert own_review not in raw  # never the target pair's own review
-    others = train[(train.user_id == key[0]) & (train.item_id != key[1])].sort_values("timestamp").review.tolist()[-5:]
+    others = (
+        train[(train.user_id == key[0]) & (train.item_id != key[1])]
+        .sort_values("timestamp")
+        .review.tolist()[-5:]
+    )
     assert all(text in raw for text in others)
     # the ablation's counts are those of full: the same pairs, only the prompt differs
-    assert {n: r.report["counts"] for n, r in runs.items()} == {n: runs["full"].report["counts"] for n in runs}
+    assert {n: r.report["counts"] for n, r in runs.items()} == {
+        n: runs["full"].report["counts"] for n in runs
+    }
 
 
 def test_ablation_that_removes_every_input_is_refused(world):
     with pytest.raises(ConfigError, match="the rating prompt would show nothing about the pair"):
-        build_examples(world["dir"], world["split"], world["items"], "movie", ScaleConf(), None,
-                       {"name": "empty", "user_profile": False, "item_profile": False, "item_description": False})
+        build_examples(
+            world["dir"],
+            world["split"],
+            world["items"],
+            "movie",
+            ScaleConf(),
+            None,
+            {"name": "empty", "user_profile": False, "item_profile": False, "item_description": False},
+        )
 
 
 def test_sft_ablation_and_prompt_groups_compose_and_validate():
     def composed(overrides):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="annotate", overrides=["+sft=default", "+student_prompt=exp3rt_v1", *overrides])
+            return compose(
+                config_name="annotate", overrides=["+sft=default", "+student_prompt=exp3rt_v1", *overrides]
+            )
 
     cfg = validate(composed(["+ablation=no_reasoning"]))
-    assert cfg.sft.max_length == 2048 and cfg.ablation.reasoning is False and cfg.ablation.user_profile is True
+    assert (
+        cfg.sft.max_length == 2048 and cfg.ablation.reasoning is False and cfg.ablation.user_profile is True
+    )
     assert cfg.student_prompt.rating.answer_rating_only == "Predicted User Rating: {rating}"
     with pytest.raises(ConfigError, match=r"'sft.tasks': unknown or no tasks \['translate'\]"):
         validate(composed(["+ablation=full", "sft.tasks=[extract,translate]"]))
@@ -319,34 +389,73 @@ def test_section_order_and_instruction_first_reorder_the_same_prompt(world):
     from exp3rt.student.prompts import StudentPrompts, load_student_prompt
 
     base = load_student_prompt()
-    moved = OmegaConf.merge(base, {"rating": {"user": "{instruction}\n\n{context}", "section_order": [
-        "item_description", "item_profile", "item_reviews", "user_profile", "user_reviews"]}})
+    moved = OmegaConf.merge(
+        base,
+        {
+            "rating": {
+                "user": "{instruction}\n\n{context}",
+                "section_order": [
+                    "item_description",
+                    "item_profile",
+                    "item_reviews",
+                    "user_profile",
+                    "user_reviews",
+                ],
+            }
+        },
+    )
     cfg = OmegaConf.merge(OmegaConf.structured(StudentDataConf), {"tasks": ["rating", "rating_direct"]})
     ab = load_ablation("no_item_description")
-    a = build_examples(world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab, prompt=base)
-    b = build_examples(world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab, prompt=moved)
+    a = build_examples(
+        world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab, prompt=base
+    )
+    b = build_examples(
+        world["dir"], world["split"], world["items"], "movie", ScaleConf(), cfg, ab, prompt=moved
+    )
     assert len(a["train"]) == len(b["train"]) > 0 and len(a["test"]) == len(b["test"]) > 0
     for x, y in zip(a["train"] + a["test"], b["train"] + b["test"], strict=True):
-        assert (x.meta["user_id"], x.meta["item_id"], x.answer, x.system) == (y.meta["user_id"], y.meta["item_id"], y.answer, y.system)
+        assert (x.meta["user_id"], x.meta["item_id"], x.answer, x.system) == (
+            y.meta["user_id"],
+            y.meta["item_id"],
+            y.answer,
+            y.system,
+        )
         context, _, instruction = x.user.rpartition("\n\n")
         user_part, _, item_part = context.partition("\n\nMovie profile")
         assert y.user == f"{instruction}\n\nMovie profile{item_part}\n\n{user_part}"
         assert y.user.rstrip().endswith(user_part.rstrip()) and "[Average Rating]" in user_part
     ratings = RatingTokens.from_config(ScaleConf(), 0.0)
     assert StudentPrompts(moved, "movie", ratings).version != StudentPrompts(base, "movie", ratings).version
-    assert a.report["prompt_version"] == "exp3rt-student-v1:73121e30c0"  # an empty section_order changes no cache key
-    for order, message in ((["item_profile", "user_profile"], r"missing \['item_description', 'user_reviews', 'item_reviews'\]"),
-                           (["user_profile", "user_profile", "item_profile", "item_description", "user_reviews", "item_reviews"],
-                            r"named twice \['user_profile'\]"),
-                           (["user_profile", "item_profil", "item_description", "user_reviews", "item_reviews"],
-                            r"unknown \['item_profil'\]; missing \['item_profile'\]")):
+    assert (
+        a.report["prompt_version"] == "exp3rt-student-v1:73121e30c0"
+    )  # an empty section_order changes no cache key
+    for order, message in (
+        (["item_profile", "user_profile"], r"missing \['item_description', 'user_reviews', 'item_reviews'\]"),
+        (
+            [
+                "user_profile",
+                "user_profile",
+                "item_profile",
+                "item_description",
+                "user_reviews",
+                "item_reviews",
+            ],
+            r"named twice \['user_profile'\]",
+        ),
+        (
+            ["user_profile", "item_profil", "item_description", "user_reviews", "item_reviews"],
+            r"unknown \['item_profil'\]; missing \['item_profile'\]",
+        ),
+    ):
         with pytest.raises(ConfigError, match=r"section_order must name each of .* once: " + message):
             StudentPrompts(OmegaConf.merge(base, {"rating": {"section_order": order}}), "movie", ratings)
 
 
 def test_a_bad_section_order_is_refused_at_config_time():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="pipeline", overrides=["student_prompt.rating.section_order=[user_profile]"])
+        cfg = compose(
+            config_name="pipeline", overrides=["student_prompt.rating.section_order=[user_profile]"]
+        )
     with pytest.raises(ConfigError, match=r"student_prompt.rating.section_order must name each"):
         validate(cfg)
 
@@ -357,7 +466,10 @@ def test_a_bad_section_order_is_refused_at_config_time():
 def test_chat_rendering_and_plain_fallback(world, tok):
     ex = examples(world, tasks=["rating"])["test"][0]
     prompt, answer = render(tok, ex)
-    assert prompt == f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\n{ex.user}<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt
+        == f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\n{ex.user}<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert answer == ex.answer + "<|im_end|>"
     assert render(tok, ex, add_answer=False) == (prompt, "")
     template = tok.chat_template
@@ -396,8 +508,13 @@ def test_truncation_shortens_the_inputs_and_never_the_answer(world, tok):
     assert prompt_text.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert ELLIPSIS in prompt_text
     # the instruction around the cut inputs is kept word for word
-    assert prompt_text.startswith(f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\nLikes and dislikes")
-    assert "Summarise them as about five bullet points under [Like] and about five under [Dislike].<|im_end|>" in prompt_text
+    assert prompt_text.startswith(
+        f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\nLikes and dislikes"
+    )
+    assert (
+        "Summarise them as about five bullet points under [Like] and about five under [Dislike].<|im_end|>"
+        in prompt_text
+    )
     assert len(cut["input_ids"]) > limit - 30  # cut only as much as needed
     with pytest.raises(ExampleTooLong, match="answer needs .* tokens with its EOS, max_length is 20") as err:
         encode(tok, ex, 20)
@@ -405,7 +522,10 @@ def test_truncation_shortens_the_inputs_and_never_the_answer(world, tok):
 
 
 def test_dataset_is_cached_on_disk_and_skips_are_counted(world, tok, tmp_path):
-    exs = examples(world, tasks=["extract", "rating"])["train"][:60] + examples(world, tasks=["rating"])["train"][:5]
+    exs = (
+        examples(world, tasks=["extract", "rating"])["train"][:60]
+        + examples(world, tasks=["rating"])["train"][:5]
+    )
     first: dict = {}
     t0 = time.perf_counter()
     ds = build_dataset(exs, tok, 400, tmp_path / "cache", first)
@@ -418,8 +538,15 @@ def test_dataset_is_cached_on_disk_and_skips_are_counted(world, tok, tmp_path):
     assert again._fingerprint == ds._fingerprint and again["input_ids"] == ds["input_ids"]
     assert t_reload < t_build
     assert first["rows"] + sum(first["skipped"].values()) == len(exs) == 65
-    assert set(first["skipped"]) == {"rating:prompt_too_long"}  # a 400-token window cannot hold profiles + reasoning
-    assert len(ds) == first["rows"] and set(ds.column_names) >= {"input_ids", "attention_mask", "labels", "task"}
+    assert set(first["skipped"]) == {
+        "rating:prompt_too_long"
+    }  # a 400-token window cannot hold profiles + reasoning
+    assert len(ds) == first["rows"] and set(ds.column_names) >= {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "task",
+    }
     assert max(len(x) for x in ds["input_ids"]) <= 400
     assert sum(first["truncated"].values()) == sum(ds["truncated"]) > 0
     other: dict = {}
@@ -433,7 +560,9 @@ def test_collate_right_pads(world, tok):
     rows = [encode(tok, e, 512) for e in exs]
     batch = collate(rows, tok.pad_token_id)
     width = max(len(r["input_ids"]) for r in rows)
-    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (3, width) for k in ("input_ids", "attention_mask", "labels", "rating_mask")}
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {
+        k: (3, width) for k in ("input_ids", "attention_mask", "labels", "rating_mask")
+    }
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
         assert batch["input_ids"][i, :n].tolist() == r["input_ids"]
@@ -448,19 +577,30 @@ def test_real_smollm2_tokenizer(world):
 
     from transformers import AutoTokenizer
 
-    folder = Path(os.environ.get("EXP3RT_SMOLLM2_DIR", CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"))
+    folder = Path(
+        os.environ.get(
+            "EXP3RT_SMOLLM2_DIR", CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"
+        )
+    )
     if not (folder / "tokenizer.json").is_file():
         pytest.skip(f"no SmolLM2 folder at {folder} (python -m exp3rt.models.smollm2)")
     tok = AutoTokenizer.from_pretrained(str(folder))
     five, ten = RatingTokens(1, 5), RatingTokens(1, 10)
-    assert five.token_ids(tok) == [tok.encode(str(d), add_special_tokens=False) for d in range(1, 6)] and five.single_token
+    assert (
+        five.token_ids(tok) == [tok.encode(str(d), add_special_tokens=False) for d in range(1, 6)]
+        and five.single_token
+    )
     ten.token_ids(tok)
-    assert not ten.single_token and RatingTokens(1, 10, offset=-1).token_ids(tok)[-1] == tok.encode("9", add_special_tokens=False)
+    assert not ten.single_token and RatingTokens(1, 10, offset=-1).token_ids(tok)[-1] == tok.encode(
+        "9", add_special_tokens=False
+    )
     ex = examples(world, tasks=["rating"])["train"][0]
     enc = encode(tok, ex, 300)
     n = sum(x == -100 for x in enc["labels"])
     assert tok.decode(enc["labels"][n:]) == ex.answer + tok.eos_token
-    assert tok.decode(enc["input_ids"][:n]).endswith("<|im_start|>assistant\n") and len(enc["input_ids"]) <= 300
+    assert (
+        tok.decode(enc["input_ids"][:n]).endswith("<|im_start|>assistant\n") and len(enc["input_ids"]) <= 300
+    )
     assert enc["labels"][-2:-1] == five.token_ids(tok)[int(ex.meta["rating"]) - 1]
 
 
@@ -475,7 +615,9 @@ def test_rating_mask_marks_exactly_the_rating_tokens_and_weight_one_is_the_plain
 
     folder = build_tiny_llama(tmp_path / "m", vocab="bpe", hidden=32, layers=1)
     tok = AutoTokenizer.from_pretrained(str(folder))
-    ten = SFTExample("rating", "sys", "Rate it.", "Reasoning: fine.\nPredicted User Rating: 10", {"rating_text": "10"})
+    ten = SFTExample(
+        "rating", "sys", "Rate it.", "Reasoning: fine.\nPredicted User Rating: 10", {"rating_text": "10"}
+    )
     other = SFTExample("extract", "sys", "List.", "[Like]\n- 10 songs", {})
     rows = [encode(tok, ten, 256), encode(tok, other, 256)]
     marked = [i for i, m in zip(rows[0]["input_ids"], rows[0]["rating_mask"], strict=True) if m]
@@ -485,14 +627,22 @@ def test_rating_mask_marks_exactly_the_rating_tokens_and_weight_one_is_the_plain
     assert batch["rating_mask"].shape == batch["input_ids"].shape
     model = AutoModelForCausalLM.from_pretrained(str(folder))
     with torch.no_grad():
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
         plain = weighted_answer_loss(out.logits, batch["labels"], batch["rating_mask"], 1.0)
         heavy = weighted_answer_loss(out.logits, batch["labels"], batch["rating_mask"], 10.0)
-        ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
-                                               batch["labels"][:, 1:].reshape(-1), reduction="none", ignore_index=-100)
+        ce = torch.nn.functional.cross_entropy(
+            out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
+            batch["labels"][:, 1:].reshape(-1),
+            reduction="none",
+            ignore_index=-100,
+        )
     labelled = batch["labels"][:, 1:].reshape(-1) != -100
     rating = batch["rating_mask"][:, 1:].reshape(-1).bool() & labelled
-    expected = (ce[labelled & ~rating].sum() + 10 * ce[rating].sum()) / ((labelled & ~rating).sum() + 10 * rating.sum())
+    expected = (ce[labelled & ~rating].sum() + 10 * ce[rating].sum()) / (
+        (labelled & ~rating).sum() + 10 * rating.sum()
+    )
     assert float(plain) == pytest.approx(float(out.loss), rel=1e-5)
     assert int(rating.sum()) == 2 and float(heavy) == pytest.approx(float(expected), rel=1e-5)
 
@@ -511,8 +661,12 @@ def test_answer_logits_skip_the_prompt_positions_and_keep_the_loss(tmp_path):
 
     folder = build_tiny_llama(tmp_path / "m", vocab="bpe", hidden=32, layers=1)
     tok = AutoTokenizer.from_pretrained(str(folder))
-    long_prompt = SFTExample("rating", "sys", "Rate it. " * 40, "Predicted User Rating: 4", {"rating_text": "4"})
-    short_prompt = SFTExample("rating", "sys", "Rate it. " * 30, "Reasoning: fine.\nPredicted User Rating: 2", {"rating_text": "2"})
+    long_prompt = SFTExample(
+        "rating", "sys", "Rate it. " * 40, "Predicted User Rating: 4", {"rating_text": "4"}
+    )
+    short_prompt = SFTExample(
+        "rating", "sys", "Rate it. " * 30, "Reasoning: fine.\nPredicted User Rating: 2", {"rating_text": "2"}
+    )
     rows = [encode(tok, long_prompt, 512), encode(tok, short_prompt, 512)]
     batch = collate(rows, tok.pad_token_id)
     width = batch["input_ids"].shape[1]
@@ -520,14 +674,16 @@ def test_answer_logits_skip_the_prompt_positions_and_keep_the_loss(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(str(folder))
     assert forward_accepts(model, "logits_to_keep")
     with torch.no_grad():
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        full = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
         logits, labels, mask = answer_logits(model, batch)
         every, labels_all, _ = answer_logits(model, batch, keep_all=True)
     assert logits.shape[1] == width - (first - 1) < width / 3  # both prompts' positions are skipped
     assert every.shape[1] == width and labels_all.shape == batch["labels"].shape
     assert labels.shape[1] == logits.shape[1] and int(mask.sum()) == 2
     assert float(weighted_answer_loss(logits, labels, mask, 1.0)) == pytest.approx(float(full.loss), rel=1e-5)
-    assert torch.allclose(logits, full.logits[:, first - 1:], atol=1e-5)
+    assert torch.allclose(logits, full.logits[:, first - 1 :], atol=1e-5)
 
 
 def test_rating_direct_adds_each_training_pair_in_the_rating_only_form(world, tok):
@@ -536,18 +692,31 @@ def test_rating_direct_adds_each_training_pair_in_the_rating_only_form(world, to
     both = examples(world, tasks=["rating", "rating_direct"], task_weights={"rating_direct": 2})
     reasoning = [e for e in both["train"] if e.task == "rating"]
     direct = [e for e in both["train"] if e.task == "rating_direct"]
-    assert len(reasoning) == len(world["split"].train) == both.report["counts_before_weights"]["train"]["rating_direct"]
+    assert (
+        len(reasoning)
+        == len(world["split"].train)
+        == both.report["counts_before_weights"]["train"]["rating_direct"]
+    )
     assert len(direct) == 2 * len(reasoning)  # the weight repeats the direct form
-    assert all(e.meta["has_reasoning"] for e in reasoning) and not any(e.meta["has_reasoning"] for e in direct)
+    assert all(e.meta["has_reasoning"] for e in reasoning) and not any(
+        e.meta["has_reasoning"] for e in direct
+    )
     assert all(e.answer.startswith("Predicted User Rating: ") for e in direct)
     assert all("Reasoning:" in e.answer for e in reasoning)
     # the same pair's prompt differs only in its instruction; valid/test hold the reasoning form only
     one = direct[0]
-    twin = next(e for e in examples(world, tasks=["rating"], ablation="no_reasoning")["train"]
-                if (e.meta["user_id"], e.meta["item_id"]) == (one.meta["user_id"], one.meta["item_id"]))
+    twin = next(
+        e
+        for e in examples(world, tasks=["rating"], ablation="no_reasoning")["train"]
+        if (e.meta["user_id"], e.meta["item_id"]) == (one.meta["user_id"], one.meta["item_id"])
+    )
     assert (one.system, one.user, one.answer) == (twin.system, twin.user, twin.answer)
     assert {e.task for p in ("valid", "test") for e in both[p]} == {"rating"}
-    assert sum(encode(tok, one, 2048)["rating_mask"]) == 1  # the rating token is marked for rating_loss_weight
+    assert (
+        sum(encode(tok, one, 2048)["rating_mask"]) == 1
+    )  # the rating token is marked for rating_loss_weight
     # without reasoning the rating task is the direct form already: rating_direct adds nothing
-    plain = examples(world, tasks=["rating", "rating_direct"], ablation="no_reasoning", task_weights={"rating_direct": 2})
+    plain = examples(
+        world, tasks=["rating", "rating_direct"], ablation="no_reasoning", task_weights={"rating_direct": 2}
+    )
     assert {e.task for e in plain["train"]} == {"rating"} and len(plain["train"]) == len(reasoning)

@@ -34,8 +34,14 @@ from exp3rt.config import ConfigError, validate
 REPO = CONF_DIR.parent
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 # a pipeline run small enough for a test (about 30 s on 2 CPU cores)
-TINY = ["debug=default", "trainer.max_steps=10", "eval.max_pairs=5", "eval.rerank=false", "eval.mode=fast",
-        "progress=false"]
+TINY = [
+    "debug=default",
+    "trainer.max_steps=10",
+    "eval.max_pairs=5",
+    "eval.rerank=false",
+    "eval.mode=fast",
+    "progress=false",
+]
 
 
 def _has(module: str) -> bool:
@@ -45,10 +51,14 @@ def _has(module: str) -> bool:
         return False
 
 
-needs_submitit = pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"),
-                                    reason="hydra-submitit-launcher is not installed (the `slurm` extra)")
-needs_optuna = pytest.mark.skipif(not _has("hydra_plugins.hydra_optuna_sweeper"),
-                                  reason="hydra-optuna-sweeper is not installed (the `optuna` extra)")
+needs_submitit = pytest.mark.skipif(
+    not _has("hydra_plugins.hydra_submitit_launcher"),
+    reason="hydra-submitit-launcher is not installed (the `slurm` extra)",
+)
+needs_optuna = pytest.mark.skipif(
+    not _has("hydra_plugins.hydra_optuna_sweeper"),
+    reason="hydra-optuna-sweeper is not installed (the `optuna` extra)",
+)
 
 
 def compose_pipeline(overrides: list[str], hydra_cfg: bool = True):
@@ -69,13 +79,18 @@ def logged_metric_names() -> frozenset[str]:
     from exp3rt.inference.rerank import rerank_metrics
     from exp3rt.pipeline import flat_metrics as pipeline_flat
 
-    preds = [Prediction("u1", "i1", 4.0, True, "r", rating_argmax=4.0, rating_expected=3.8),
-             Prediction("u2", "i2", 2.0, False, "", rating_argmax=None, rating_expected=None)]
-    means = fallback_models(pd.DataFrame({"user_id": ["u1", "u3"], "item_id": ["i1", "i3"], "rating": [4.0, 2.0]}))
+    preds = [
+        Prediction("u1", "i1", 4.0, True, "r", rating_argmax=4.0, rating_expected=3.8),
+        Prediction("u2", "i2", 2.0, False, "", rating_argmax=None, rating_expected=None),
+    ]
+    means = fallback_models(
+        pd.DataFrame({"user_id": ["u1", "u3"], "item_id": ["i1", "i3"], "rating": [4.0, 2.0]})
+    )
     readouts = [f.name.removeprefix("rating_") for f in fields(Prediction) if f.name.startswith("rating_")]
     rating = {f"student_{r}": error_table(preds, r, "user_mean", means) for r in readouts}
-    rerank = rerank_metrics({"u1": ["a", "b", "c"]}, {"u1": ["b", "a", "c"]}, {"u1": {"b"}}, ks=(1, 5, 10),
-                            seconds_per_user=0.1)
+    rerank = rerank_metrics(
+        {"u1": ["a", "b", "c"]}, {"u1": ["b", "a", "c"]}, {"u1": {"b"}}, ks=(1, 5, 10), seconds_per_user=0.1
+    )
     metrics = {"rating": rating, "rerank": rerank}
     names = set(eval_flat(metrics)) | set(pipeline_flat({**metrics, "efficiency": {"train_seconds": 1.0}}))
     src = (REPO / "exp3rt" / "student" / "lightning.py").read_text()
@@ -119,7 +134,9 @@ def agent_args(params: dict) -> list[str]:
         from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
     except ImportError:  # the agent's format: key=value with Python's str() of the value
         return [f"{k}={v}" for k, v in params.items()]
-    return create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})["args_no_hyphens"]
+    return create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})[
+        "args_no_hyphens"
+    ]
 
 
 def pipeline_defaults() -> dict:
@@ -127,7 +144,7 @@ def pipeline_defaults() -> dict:
     out = {}
     for entry in yaml.safe_load((CONF_DIR / "pipeline.yaml").read_text())["defaults"]:
         if isinstance(entry, dict):
-            (group, choice), = entry.items()
+            ((group, choice),) = entry.items()
             out[group.removeprefix("optional ").removeprefix("override ")] = choice
     return out
 
@@ -164,7 +181,9 @@ def test_every_sweep_value_composes_validates_and_lands(path, monkeypatch):
     defaults = pipeline_defaults()
     groups = {k for k in sweep["parameters"] if "." not in k and (CONF_DIR / k).is_dir()}
     for group in groups:  # a sweep never needs a `+`: the group is in the defaults list with a value
-        assert defaults.get(group) is not None, f"swept group '{group}' needs a non-null default in conf/pipeline.yaml"
+        assert defaults.get(group) is not None, (
+            f"swept group '{group}' needs a non-null default in conf/pipeline.yaml"
+        )
     runs = runs_covering(sweep["parameters"])
     for params in runs:
         cfg = compose_pipeline(agent_args(params))
@@ -183,7 +202,9 @@ def test_every_sweep_value_composes_validates_and_lands(path, monkeypatch):
             assert typed.logger.wandb and typed.logger.mode == "online" and typed.eval.wandb
             assert {"train", "evaluate"} <= set(typed.force)
     if "ablation" in sweep["parameters"]:  # the grid covers every ablation config there is
-        assert set(sweep["parameters"]["ablation"]["values"]) == {p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")}
+        assert set(sweep["parameters"]["ablation"]["values"]) == {
+            p.stem for p in (CONF_DIR / "ablation").glob("*.yaml")
+        }
 
 
 # ---------------------------------------------------------------- Optuna
@@ -227,7 +248,9 @@ def test_optuna_sqlite_storage_works(tmp_path):
 
     if optuna.__version__.startswith("2."):
         assert int(sqlalchemy.__version__.split(".")[0]) < 2
-    study = optuna.create_study(study_name="t", storage=f"sqlite:///{tmp_path}/o.sqlite", direction="minimize")
+    study = optuna.create_study(
+        study_name="t", storage=f"sqlite:///{tmp_path}/o.sqlite", direction="minimize"
+    )
     study.optimize(lambda t: t.suggest_float("x", -1.0, 1.0) ** 2, n_trials=2)
     again = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/o.sqlite")
     assert len(again.trials) == 2 and again.best_value >= 0
@@ -237,11 +260,14 @@ def test_optuna_sqlite_storage_works(tmp_path):
 
 
 @needs_submitit
-@pytest.mark.parametrize(("overrides", "devices", "nodes"), [
-    (["trainer=deepspeed_zero2"], 8, 1),
-    (["trainer=ddp", "trainer.devices=4"], 4, 1),
-    (["trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2"], 2, 2),
-])
+@pytest.mark.parametrize(
+    ("overrides", "devices", "nodes"),
+    [
+        (["trainer=deepspeed_zero2"], 8, 1),
+        (["trainer=ddp", "trainer.devices=4"], 4, 1),
+        (["trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2"], 2, 2),
+    ],
+)
 def test_slurm_gpu_preset_gives_one_task_per_device(overrides, devices, nodes):
     cfg = compose_pipeline(["hydra/launcher=slurm_gpu", *overrides])
     launcher = cfg.hydra.launcher
@@ -265,8 +291,9 @@ def sbatch_text(cfg, tmp_path: Path, monkeypatch) -> str:
     monkeypatch.setenv("PATH", f"{stub}{os.pathsep}{os.environ['PATH']}")
     params = dict(instantiate(cfg.hydra.launcher).params)
     params.pop("submitit_folder")
-    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "submitit",
-                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=tmp_path / "submitit", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())  # the launcher's own mapping of keys
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     return executor._executor._make_submission_file_text("python -m exp3rt", "uid")
@@ -276,9 +303,17 @@ def sbatch_text(cfg, tmp_path: Path, monkeypatch) -> str:
 def test_slurm_gpu_sbatch_script(tmp_path, monkeypatch):
     monkeypatch.setenv("SBATCH_PARTITION", "gpu")
     monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
-    text = sbatch_text(compose_pipeline(["hydra/launcher=slurm_gpu", "trainer=deepspeed_zero2"]), tmp_path, monkeypatch)
-    for line in ("--ntasks-per-node=8", "--gpus-per-node=8", "--nodes=1", "--partition=gpu", "--cpus-per-task=8",
-                 "--mem-per-gpu=64G"):
+    text = sbatch_text(
+        compose_pipeline(["hydra/launcher=slurm_gpu", "trainer=deepspeed_zero2"]), tmp_path, monkeypatch
+    )
+    for line in (
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--nodes=1",
+        "--partition=gpu",
+        "--cpus-per-task=8",
+        "--mem-per-gpu=64G",
+    ):
         assert f"#SBATCH {line}\n" in text, line
     assert "--account" not in text and "srun" in text
 
@@ -399,14 +434,30 @@ def test_file_lock_lets_one_holder_in_at_a_time(tmp_path):
 # ---------------------------------------------------------------- real runs (slow)
 
 
-def cli(args: list[str], tmp: Path, extra_env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], tmp: Path, extra_env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SWEEP", "WANDB_RUN", "SLURM_"))}
-    env.update({"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "EXP3RT_ARTIFACTS": str(tmp / "artifacts"),
-                "EXP3RT_OUTPUTS": str(tmp / "outputs"), "EXP3RT_MULTIRUN": str(tmp / "multirun"), **(extra_env or {})})
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "WANDB_MODE": "offline",
+            "HF_HUB_OFFLINE": "1",
+            "EXP3RT_ARTIFACTS": str(tmp / "artifacts"),
+            "EXP3RT_OUTPUTS": str(tmp / "outputs"),
+            "EXP3RT_MULTIRUN": str(tmp / "multirun"),
+            **(extra_env or {}),
+        }
+    )
     (tmp / "multirun").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "exp3rt", *args], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "exp3rt", *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def job_dirs(tmp: Path) -> list[Path]:
@@ -446,7 +497,9 @@ def test_two_trial_optuna_study_of_the_pipeline(tmp_path):
 
     proc = cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    study = optuna.load_study(study_name="pipeline-demo", storage=f"sqlite:///{tmp_path}/multirun/optuna.sqlite")
+    study = optuna.load_study(
+        study_name="pipeline-demo", storage=f"sqlite:///{tmp_path}/multirun/optuna.sqlite"
+    )
     trials = sorted(study.trials, key=lambda t: t.number)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for trial, job in zip(trials, job_dirs(tmp_path), strict=True):
@@ -454,7 +507,9 @@ def test_two_trial_optuna_study_of_the_pipeline(tmp_path):
         flat = metrics["flat"]
         assert trial.value == pytest.approx(flat["rating/student_expected/rmse"])  # what main() returned
         ran = OmegaConf.load(job / "config.yaml")
-        assert ran.train.lr == pytest.approx(trial.params["train.lr"]) and ran.peft.r == trial.params["peft.r"]
+        assert (
+            ran.train.lr == pytest.approx(trial.params["train.lr"]) and ran.peft.r == trial.params["peft.r"]
+        )
         # the objective read validation pairs only, never a test pair
         split_dir = Path(metrics["stages"]["data"]["split_dir"])
         parts = {p: pd.read_parquet(split_dir / f"{p}.parquet") for p in ("valid", "test")}
@@ -466,7 +521,10 @@ def test_two_trial_optuna_study_of_the_pipeline(tmp_path):
     assert trials[0].params != trials[1].params
     # the chosen trial, reported once on test: its student is reused, only the evaluation runs
     best = min(trials, key=lambda t: t.value)
-    proc = cli([*TINY, *(f"{k}={v}" for k, v in best.params.items()), "split.valid_ratio=0.1", "eval.split=test"], tmp_path)
+    proc = cli(
+        [*TINY, *(f"{k}={v}" for k, v in best.params.items()), "split.valid_ratio=0.1", "eval.split=test"],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "pairs from the test split" in proc.stdout and "VALIDATION" not in proc.stdout
     assert re.search(r"train skipped", proc.stdout) and re.search(r"evaluate ran", proc.stdout)
@@ -478,8 +536,11 @@ def test_a_run_as_the_wandb_agent_starts_it_logs_into_the_agents_run(tmp_path):
     evaluation both log into the agent's run id, and the run has its own run dir."""
     sweep = load_sweep(REPO / "sweeps" / "ablation_grid.yaml")
     args = agent_args({k: param_values(s)[0] for k, s in sweep["parameters"].items()})
-    proc = cli([*args, *TINY, "logger.mode=offline"], tmp_path,
-               extra_env={"WANDB_SWEEP_ID": "sw0", "WANDB_RUN_ID": "agentrun0"})
+    proc = cli(
+        [*args, *TINY, "logger.mode=offline"],
+        tmp_path,
+        extra_env={"WANDB_SWEEP_ID": "sw0", "WANDB_RUN_ID": "agentrun0"},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     run_dir = tmp_path / "outputs" / "sweeps" / "sw0" / "agentrun0"
     stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]

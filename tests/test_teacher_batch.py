@@ -63,24 +63,33 @@ def test_batch_mode_matches_sync_mode_and_processes_every_request_once(server, t
     assert all(r["collected"] == 1 and r["status"] == "completed" for r in rows)
     assert sum(r["answered"] for r in rows) == sync_calls
     usage = json.loads((d_batch / "extract.usage.json").read_text())["usage"]
-    assert usage["mode"] == "batch" and usage["failed"] == 0 and usage["batch_submitted_lines"] == usage["calls"]
+    assert (
+        usage["mode"] == "batch" and usage["failed"] == 0 and usage["batch_submitted_lines"] == usage["calls"]
+    )
 
 
 def test_a_stage_is_split_into_batches_within_the_limits_and_polls_are_logged(server, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="exp3rt.teacher.batch")
-    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_requests=40"))
+    result = annotate(
+        tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_requests=40")
+    )
     n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
     assert max(server.batches.created_lines) <= 40
     assert sum(server.batches.created_lines) == n == server.batches.lines_processed
     assert len(server.batches.created) == -(-n // 40)
     for batch_id, lines in zip(server.batches.created, server.batches.created_lines, strict=True):
-        assert f"teacher batch {batch_id} (stage extract): completed, {lines} of {lines} requests done, 0 failed" \
+        assert (
+            f"teacher batch {batch_id} (stage extract): completed, {lines} of {lines} requests done, 0 failed"
             in caplog.text
+        )
     # a byte limit splits too: every uploaded input file stays within it
     server.batches.__init__(server)
     args = overrides(server, tmp_path / "bytes", "stage=extract", *BATCH, "teacher.batch.max_bytes=20000")
     annotate(tmp_path / "bytes", args)
-    sizes = [len(server.batches.files[server.batches.batches[b]["input_file_id"]][0]) for b in server.batches.created]
+    sizes = [
+        len(server.batches.files[server.batches.batches[b]["input_file_id"]][0])
+        for b in server.batches.created
+    ]
     assert len(sizes) > 1 and max(sizes) <= 20000
     assert sum(server.batches.created_lines) == n == server.batches.lines_processed
 
@@ -97,12 +106,20 @@ def test_batch_mode_needs_the_openai_backend(tmp_path):
 def test_a_rerun_after_a_kill_resumes_the_pending_batch_and_pays_nothing_twice(server, tmp_path):
     server.batches.complete_after_polls = 10**9  # the batch stays in progress until the test says so
     args = overrides(server, tmp_path, "stage=extract", *BATCH)
-    proc = subprocess.Popen([sys.executable, "-m", "exp3rt.cli.annotate", *args], env=cli_env(tmp_path),
-                            cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exp3rt.cli.annotate", *args],
+        env=cli_env(tmp_path),
+        cwd=CONF_DIR.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not (
-                server.batches.created and server.batches.polls[server.batches.created[0]] >= 2):
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and not (server.batches.created and server.batches.polls[server.batches.created[0]] >= 2)
+        ):
             time.sleep(0.02)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
     finally:
@@ -144,8 +161,11 @@ def pick(first: int, count: int):
 def test_failed_lines_go_to_a_follow_up_batch_then_are_recorded_as_failures(server, tmp_path):
     always, once = pick(0, 3), pick(3, 3)
     server.batches.fail_line = lambda body, cid, n: (
-        "error_file" if always(body, cid) else "500" if once(body, cid) and n == 1 else None)
-    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_failed_rounds=2"))
+        "error_file" if always(body, cid) else "500" if once(body, cid) and n == 1 else None
+    )
+    result = annotate(
+        tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_failed_rounds=2")
+    )
     d = Path(result["directory"])
     prefs = pd.read_parquet(d / "extract.parquet")
     n = len(prefs)
@@ -155,7 +175,9 @@ def test_failed_lines_go_to_a_follow_up_batch_then_are_recorded_as_failures(serv
     assert (prefs["status"] == "failed").sum() == 3 and (prefs["status"] == "ok").sum() == n - 3
     failures = [json.loads(x) for x in (d / "extract.failures.jsonl").read_text().splitlines()]
     assert len(failures) == 3
-    assert all("injected line failure" in f["problem"] and "asked in 3 batches" in f["problem"] for f in failures)
+    assert all(
+        "injected line failure" in f["problem"] and "asked in 3 batches" in f["problem"] for f in failures
+    )
     usage = json.loads((d / "extract.usage.json").read_text())["usage"]
     assert usage["failed"] == 3 and usage["batch_failed_lines"] == 3 * 3 + 3
 
@@ -177,7 +199,9 @@ def test_an_expired_batch_resubmits_only_the_requests_without_an_answer(server, 
 def test_malformed_output_lines_are_counted_failures_not_crashes(server, tmp_path):
     always, once = pick(0, 1), pick(1, 3)
     server.batches.malformed_line = lambda body, cid, n: always(body, cid) or (once(body, cid) and n == 1)
-    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_failed_rounds=1"))
+    result = annotate(
+        tmp_path, overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.max_failed_rounds=1")
+    )
     d = Path(result["directory"])
     prefs = pd.read_parquet(d / "extract.parquet")
     n = len(prefs)
@@ -195,12 +219,17 @@ def test_malformed_output_lines_are_counted_failures_not_crashes(server, tmp_pat
 
 
 def test_dry_run_prices_both_modes_and_batch_mode_budgets_at_batch_prices(server, tmp_path, capsys):
-    est = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", "dry_run=true", PRICES, *BATCH))["estimate"]
+    est = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", "dry_run=true", PRICES, *BATCH))[
+        "estimate"
+    ]
     e = est["extract"]
     assert e["price_mode"] == "batch" and e["cost_usd"] == pytest.approx(e["cost_usd_batch"])
     assert e["cost_usd_batch"] == pytest.approx(0.5 * e["cost_usd_sync"]) and e["cost_usd_sync"] > 0
     out = capsys.readouterr().out
-    assert "teacher.mode=batch; the budget check uses batch prices" in out and "max cost USD batch (within 24 h)" in out
+    assert (
+        "teacher.mode=batch; the budget check uses batch prices" in out
+        and "max cost USD batch (within 24 h)" in out
+    )
     assert server.total == 0 and not server.batches.created
 
 
@@ -233,20 +262,29 @@ def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path
     d = Path(first["directory"])
     assert len(server.batches.created) == 1 and server.batches.lines_processed == 0
     pending = first["batch_pending"]
-    assert pending["batch_ids"] == server.batches.created and pending["requests"] == server.batches.created_lines[0]
+    assert (
+        pending["batch_ids"] == server.batches.created
+        and pending["requests"] == server.batches.created_lines[0]
+    )
     out = capsys.readouterr().out
     assert "submitted 1 batch(es)" in out and "A later run collects them" in out
     assert not (d / "extract.parquet").exists()
     # with submit_only again: one look collects the finished batch, then the next stage is submitted
     second = annotate(tmp_path, [*args, "teacher.batch.submit_only=true"], "second")
     assert statuses(d, "extract").get("ok", 0) > 0 and not (d / "user_profile.parquet").exists()
-    assert len(server.batches.created) == 2 and second["batch_pending"]["batch_ids"] == server.batches.created[1:]
+    assert (
+        len(server.batches.created) == 2
+        and second["batch_pending"]["batch_ids"] == server.batches.created[1:]
+    )
     assert server.batches.lines_processed == server.batches.created_lines[0]
     result = annotate(tmp_path, args, "collect")
     assert "batch_pending" not in result
     for stage in STAGE_ORDER:
         assert (statuses(d, stage).get("ok", 0)) > 0
-    assert server.batches.created[0] == pending["batch_ids"][0] and server.batches.polls[pending["batch_ids"][0]] == 1
+    assert (
+        server.batches.created[0] == pending["batch_ids"][0]
+        and server.batches.polls[pending["batch_ids"][0]] == 1
+    )
     assert server.batches.lines_processed == sum(server.batches.created_lines)
     assert max(server.batches.per_custom_id.values()) == 1 and server.total == 0
     # the key went over the wire and into no file
@@ -264,7 +302,9 @@ def test_a_create_whose_answer_was_lost_is_found_not_submitted_twice(server, tmp
     args = overrides(server, tmp_path, "stage=extract", *BATCH)
     result = annotate(tmp_path, args)
     n = len(pd.read_parquet(Path(result["directory"]) / "extract.parquet"))
-    assert len(server.batches.created) == 1 and server.batches.lists == 1  # looked it up instead of creating again
+    assert (
+        len(server.batches.created) == 1 and server.batches.lists == 1
+    )  # looked it up instead of creating again
     assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
 
 
@@ -273,7 +313,9 @@ def test_a_run_that_dies_around_the_create_is_resumed_by_its_input_file(server, 
 
     server.batches.create_error_next, server.batches.list_fail_next = 1, 1  # and the look-up fails too
     args = overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.max_retries=0")
-    with pytest.raises(TransientError, match="Rerun the same command: it looks for the batch made from file-"):
+    with pytest.raises(
+        TransientError, match="Rerun the same command: it looks for the batch made from file-"
+    ):
         annotate(tmp_path, args)
     directory = next((tmp_path / "artifacts" / "annotations").glob("*/*"))
     [row] = ledger_rows(directory)
@@ -293,9 +335,13 @@ def test_a_recorded_batch_the_server_does_not_know_stops_with_a_sentence(server,
     annotate(tmp_path, [*args, "teacher.batch.submit_only=true"])
     [batch_id] = server.batches.created
     server.batches.batches.clear()  # as if the run pointed at another account or server
-    with pytest.raises(PermanentError, match=f"checking batch {batch_id}: .* does not know it \\(HTTP 404\\)"):
+    with pytest.raises(
+        PermanentError, match=f"checking batch {batch_id}: .* does not know it \\(HTTP 404\\)"
+    ):
         annotate(tmp_path, args, "again")
-    assert len(server.batches.created) == 1 and server.batches.lines_processed == 0  # nothing submitted instead
+    assert (
+        len(server.batches.created) == 1 and server.batches.lines_processed == 0
+    )  # nothing submitted instead
 
 
 def test_the_pipeline_stops_after_annotate_while_batches_are_pending(server, tmp_path):
@@ -308,12 +354,18 @@ def test_the_pipeline_stops_after_annotate_while_batches_are_pending(server, tmp
     with pytest.raises(BatchPending, match="The pipeline stops after its annotate stage"):
         run_pipeline(cfg, tmp_path / "pipe")
     assert len(server.batches.created) == 1 and server.batches.lines_processed == 0
-    record = json.loads((tmp_path / "pipe" / "pipeline.json").read_text()) if (tmp_path / "pipe" / "pipeline.json").is_file() else {}
+    record = (
+        json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+        if (tmp_path / "pipe" / "pipeline.json").is_file()
+        else {}
+    )
     assert "annotate" not in record.get("stages", {}) and "train" not in record.get("stages", {})
 
 
 def test_submit_only_from_the_command_line_exits_0_and_says_what_was_submitted(server, tmp_path):
-    proc = cli(overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.submit_only=true"), tmp_path)
+    proc = cli(
+        overrides(server, tmp_path, "stage=extract", *BATCH, "teacher.batch.submit_only=true"), tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     [batch_id] = server.batches.created
     assert f"submitted 1 batch(es) with {server.batches.created_lines[0]} requests" in proc.stdout
@@ -325,7 +377,10 @@ def test_a_badly_formatted_answer_is_repaired_through_the_next_batch(server, tmp
     bad = pick(0, 5)
 
     def answer(body):
-        if bad(body, body["messages"][-1]["content"]) and "could not be used" not in body["messages"][-1]["content"]:
+        if (
+            bad(body, body["messages"][-1]["content"])
+            and "could not be used" not in body["messages"][-1]["content"]
+        ):
             return "Likes: the story. Dislikes: none."
         return teacher_answer(body)
 

@@ -27,7 +27,9 @@ def test_preference_set_roundtrip_and_none_sides():
     text = "[Like]\n- Gorgeous soundtrack\n- Sharp dialogue\n\n[Dislike]\n- None."
     assert parse_preference_set(text) == (["Gorgeous soundtrack", "Sharp dialogue"], [])
     assert parse_preference_set(render_preference_set(["a"], ["b", "c"])) == (["a"], ["b", "c"])
-    assert render_profile(["a"], [], 4.25).endswith("[Average Rating]\n4.2") or render_profile(["a"], [], 4.25).endswith("[Average Rating]\n4.3")
+    assert render_profile(["a"], [], 4.25).endswith("[Average Rating]\n4.2") or render_profile(
+        ["a"], [], 4.25
+    ).endswith("[Average Rating]\n4.3")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +43,9 @@ def test_preference_set_roundtrip_and_none_sides():
     ],
 )
 def test_preference_set_problems_are_named(text, problem):
-    with pytest.raises(FormatProblem, match=problem.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+    with pytest.raises(
+        FormatProblem, match=problem.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")
+    ):
         parse_preference_set(text)
 
 
@@ -60,8 +64,10 @@ def test_rationale_that_states_the_rating_is_rejected(leak):
 
 
 def test_rationale_with_other_numbers_passes():
-    text = ("The user loves twisty plots and this film's plot has several turns. They dislike slow pacing, and "
-            "reviewers found the 2 hour runtime sluggish in places, which weighs against it.")
+    text = (
+        "The user loves twisty plots and this film's plot has several turns. They dislike slow pacing, and "
+        "reviewers found the 2 hour runtime sluggish in places, which weighs against it."
+    )
     assert check_rationale(text, 4.0, 5.0) == text
     with pytest.raises(FormatProblem, match="too short"):
         check_rationale("Good.", 4.0, 5.0)
@@ -78,18 +84,26 @@ def test_consistency_parse():
 
 def test_prompts_fill_domain_scale_and_inputs():
     prompts = Prompts(prompt_cfg(), "book", 1, 5)
-    (role_s, system), (role_u, user) = prompts.render("extract", review="Lovely prose {not a field}", summary="Nice", rating="4")
+    (role_s, system), (role_u, user) = prompts.render(
+        "extract", review="Lovely prose {not a field}", summary="Nice", rating="4"
+    )
     assert (role_s, role_u) == ("system", "user")
     assert "book" in system and "1-5 scale" in user and "Lovely prose {not a field}" in user
     assert prompts.version("extract").startswith("exp3rt-v1:")
     assert prompts.version("extract") != prompts.version("rationale")
-    repaired = prompts.repair((("system", "s"), ("user", "u")), "bad answer", "it must contain a [Like] section")
-    assert repaired[-2] == ("assistant", "bad answer") and "it must contain a [Like] section" in repaired[-1][1]
+    repaired = prompts.repair(
+        (("system", "s"), ("user", "u")), "bad answer", "it must contain a [Like] section"
+    )
+    assert (
+        repaired[-2] == ("assistant", "bad answer") and "it must contain a [Like] section" in repaired[-1][1]
+    )
 
 
 def test_prompt_version_changes_with_the_text():
     base = Prompts(prompt_cfg(), "movie", 1, 10).version("extract")
-    edited = Prompts(prompt_cfg(["prompt.extract.system='Be brief about the {domain}.'"]), "movie", 1, 10).version("extract")
+    edited = Prompts(
+        prompt_cfg(["prompt.extract.system='Be brief about the {domain}.'"]), "movie", 1, 10
+    ).version("extract")
     assert base != edited and base.split(":")[0] == edited.split(":")[0]
 
 

@@ -219,16 +219,28 @@ COMPACT_ITEM = """[Like]
 
 def test_compact_rationale_lists_the_overlaps_in_a_fixed_order_whatever_the_rating(ext):
     def compact(rating, user=COMPACT_USER, item=COMPACT_ITEM):
-        payload = {"rating": rating, "scale": [1, 5], "user_profile": user, "item_profile": item,
-                   "item_description": "", "domain": "movie", "form": "compact"}
+        payload = {
+            "rating": rating,
+            "scale": [1, 5],
+            "user_profile": user,
+            "item_profile": item,
+            "item_description": "",
+            "domain": "movie",
+            "form": "compact",
+        }
         return _run(ext.complete(_req("rationale", payload))).text
 
     text = compact(2)
-    assert text == ("Likes it meets: action. Likes it misses: romance. Dislikes it triggers: pacing. "
-                    "Dislikes it avoids: acting. Averages: user 4.0, movie 3.4.")
+    assert text == (
+        "Likes it meets: action. Likes it misses: romance. Dislikes it triggers: pacing. "
+        "Dislikes it avoids: acting. Averages: user 4.0, movie 3.4."
+    )
     assert compact(5) == text  # it follows from the profiles alone: the rating never shapes it
     empty = compact(3, user="[Like]\n- The soundtrack was lovely\n\n[Dislike]\n- None.", item=COMPACT_ITEM)
-    assert empty == "Likes it meets: none. Likes it misses: none. Dislikes it triggers: none. Dislikes it avoids: none. Averages: movie 3.4."
+    assert (
+        empty
+        == "Likes it meets: none. Likes it misses: none. Dislikes it triggers: none. Dislikes it avoids: none. Averages: movie 3.4."
+    )
 
 
 def test_the_compact_form_has_its_own_rationale_version_and_the_narrative_keeps_its_own():

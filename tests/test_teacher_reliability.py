@@ -39,13 +39,26 @@ def annotate(tmp_path: Path, args: list[str], name: str = "run") -> dict:
 
 
 def cli_env(tmp_path: Path) -> dict:
-    return {**os.environ, "OPENAI_API_KEY": SECRET, "EXP3RT_OUTPUTS": str(tmp_path / "outputs"),
-            "PYTHONPATH": str(CONF_DIR.parent), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "OPENAI_API_KEY": SECRET,
+        "EXP3RT_OUTPUTS": str(tmp_path / "outputs"),
+        "PYTHONPATH": str(CONF_DIR.parent),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
 
 
 def cli(args: list[str], tmp_path: Path, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exp3rt.cli.annotate", *args], env=cli_env(tmp_path),
-                          cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "exp3rt.cli.annotate", *args],
+        env=cli_env(tmp_path),
+        cwd=CONF_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
 
 
 def is_extract(body: dict) -> bool:
@@ -58,8 +71,10 @@ def is_extract(body: dict) -> bool:
 @pytest.mark.parametrize("kind", ["html_502", "html_200"])
 def test_an_html_error_page_is_kept_in_the_failure_record(server, tmp_path, kind):
     server.fail_when = lambda body, n: kind if n == 1 else None
-    result = annotate(tmp_path, overrides(server, tmp_path, "stage=extract", "teacher.max_retries=0",
-                                          "teacher.concurrency=1"))
+    result = annotate(
+        tmp_path,
+        overrides(server, tmp_path, "stage=extract", "teacher.max_retries=0", "teacher.concurrency=1"),
+    )
     d = Path(result["directory"])
     failures = [json.loads(line) for line in (d / "extract.failures.jsonl").read_text().splitlines()]
     assert len(failures) == 1
@@ -143,7 +158,9 @@ def test_a_model_name_no_override_can_hold_gets_a_yaml_line(tmp_path):
 
     advice = price_advice("llama3:8b")
     line = advice.split("as the line  ")[1].split(" (USD")[0]
-    assert yaml.safe_load(f"prices:\n  {line}\n") == {"prices": {"llama3:8b": {"input_per_1m": 1.0, "output_per_1m": 2.0}}}
+    assert yaml.safe_load(f"prices:\n  {line}\n") == {
+        "prices": {"llama3:8b": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
+    }
 
 
 # ------------------------------------------------------------------------ item 8: one process per directory
@@ -154,10 +171,20 @@ def test_two_processes_on_one_directory_send_each_request_once(tmp_path):
 
     fake = FakeOpenAI(teacher_answer, latency_s=0.08).start()
     try:
+
         def start(name: str, *extra: str) -> subprocess.Popen:
-            args = [*overrides(fake, tmp_path, "teacher.concurrency=2", *extra), f"hydra.run.dir={tmp_path / name}"]
-            return subprocess.Popen([sys.executable, "-m", "exp3rt.cli.annotate", *args], env=cli_env(tmp_path),
-                                    cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            args = [
+                *overrides(fake, tmp_path, "teacher.concurrency=2", *extra),
+                f"hydra.run.dir={tmp_path / name}",
+            ]
+            return subprocess.Popen(
+                [sys.executable, "-m", "exp3rt.cli.annotate", *args],
+                env=cli_env(tmp_path),
+                cwd=CONF_DIR.parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
 
         first = start("first")
         deadline = time.time() + 120
@@ -165,7 +192,9 @@ def test_two_processes_on_one_directory_send_each_request_once(tmp_path):
             time.sleep(0.01)
         assert first.poll() is None, first.stdout.read()[-2000:]
         second = start("second")
-        refused = cli([*overrides(fake, tmp_path, "lock_wait=false"), f"hydra.run.dir={tmp_path / 'third'}"], tmp_path)
+        refused = cli(
+            [*overrides(fake, tmp_path, "lock_wait=false"), f"hydra.run.dir={tmp_path / 'third'}"], tmp_path
+        )
         assert first.poll() is None  # the first still held the lock while the third was refused
         out_first, _ = first.communicate(timeout=300)
         out_second, _ = second.communicate(timeout=300)
@@ -191,7 +220,10 @@ def test_shards_lock_separately_and_run_in_parallel(tmp_path):
         assert "pid" in (d / "annotate.shard-0-of-2.lock").read_text()
         with file_lock(d / "annotate.shard-1-of-2.lock", what="exp3rt-annotate", wait=False):
             pass  # another shard's lock is free
-        with open(d / "annotate.shard-0-of-2.lock"), pytest.raises(LockHeld, match=f"held by pid {os.getpid()} on"):
+        with (
+            open(d / "annotate.shard-0-of-2.lock"),
+            pytest.raises(LockHeld, match=f"held by pid {os.getpid()} on"),
+        ):
             with file_lock(d / "annotate.shard-0-of-2.lock", what="exp3rt-annotate", wait=False):
                 pass
 
@@ -212,7 +244,9 @@ def test_a_user_whose_extracts_all_failed_is_failed_upstream_and_nothing_is_buil
     cfg = validate(compose_annotate(args))
     split = prepare_split(prepare_dataset(cfg.dataset, cfg.paths.data_dir), cfg.split)
     victim = sorted(split.train.user_id)[0]
-    texts = {t for t in split.train[split.train.user_id == victim].review if isinstance(t, str) and len(t) > 20}
+    texts = {
+        t for t in split.train[split.train.user_id == victim].review if isinstance(t, str) and len(t) > 20
+    }
     assert texts
 
     def answer(body):
@@ -228,7 +262,10 @@ def test_a_user_whose_extracts_all_failed_is_failed_upstream_and_nothing_is_buil
     assert all_failed[victim]
     users = pd.read_parquet(d / "user_profile.parquet").set_index("user_id")
     assert set(users.index[users.status == "failed_upstream"]) == set(all_failed.index[all_failed])
-    assert pd.isna(users.loc[victim, "profile"]) and "extractions of this user's reviews failed" in users.loc[victim, "problem"]
+    assert (
+        pd.isna(users.loc[victim, "profile"])
+        and "extractions of this user's reviews failed" in users.loc[victim, "problem"]
+    )
     # users with genuinely no training review keep their empty profile
     cold = set(users.index) - set(split.train.user_id)
     assert cold and (users.loc[sorted(cold), "status"] == "no_history").all()
@@ -239,14 +276,20 @@ def test_a_user_whose_extracts_all_failed_is_failed_upstream_and_nothing_is_buil
     summary = json.loads((d / "user_profile.usage.json").read_text())
     assert summary["status"]["failed_upstream"] == int(all_failed.sum())
     listed = [json.loads(line) for line in (d / "user_profile.failures.jsonl").read_text().splitlines()]
-    assert {r["user_id"] for r in listed if r["status"] == "failed_upstream"} == set(all_failed.index[all_failed])
+    assert {r["user_id"] for r in listed if r["status"] == "failed_upstream"} == set(
+        all_failed.index[all_failed]
+    )
     # no rationale request was built on a failed_upstream profile: the victim's pairs are not sent
     rationale = pd.read_parquet(d / "rationale.parquet")
     mine = rationale[rationale.user_id == victim]
     assert len(mine) and (mine.status == "failed_upstream").all()
     assert mine.problem.str.contains("the user profile is failed_upstream").all()
-    assert sum(1 for b in server.bodies if is_rationale(b)) == int((rationale.status != "failed_upstream").sum())
-    assert not any("- None." in b["messages"][-1]["content"] and victim in json.dumps(b) for b in server.bodies)
+    assert sum(1 for b in server.bodies if is_rationale(b)) == int(
+        (rationale.status != "failed_upstream").sum()
+    )
+    assert not any(
+        "- None." in b["messages"][-1]["content"] and victim in json.dumps(b) for b in server.bodies
+    )
 
 
 # ------------------------------------------------------------------------ item 5: retries and stale stages
@@ -294,7 +337,9 @@ def test_retry_failed_resends_exactly_the_failed_rows(server, tmp_path):
     assert (after.status == "ok").all() and len(after) == len(before)
     ok = before.status == "ok"
     cols = ["user_id", "item_id", "status", "preference_set", "raw", "attempts"]
-    assert after[ok][cols].reset_index(drop=True).equals(before[ok][cols].reset_index(drop=True))  # ok rows untouched
+    assert (
+        after[ok][cols].reset_index(drop=True).equals(before[ok][cols].reset_index(drop=True))
+    )  # ok rows untouched
     assert retried["report"]["extract"]["retried_failed"] == len(failed)
     assert json.loads((d / "extract.usage.json").read_text())["retried_failed"] == len(failed)
     # nothing failed any more: another retry sends nothing
@@ -325,7 +370,10 @@ def test_a_changed_upstream_stage_rebuilds_the_stages_built_from_it(server, tmp_
     assert report["user_profile"]["rebuilt"] == {"changed_inputs": ["extract.parquet"]}
     assert report["item_profile"]["rebuilt"] == {"changed_inputs": ["extract.parquet"]}
     assert "user_profile.parquet" in report["rationale"]["rebuilt"]["changed_inputs"]
-    assert "stage user_profile: rebuilding user_profile.parquet: extract.parquet changed since it was built" in caplog.text
+    assert (
+        "stage user_profile: rebuilding user_profile.parquet: extract.parquet changed since it was built"
+        in caplog.text
+    )
     users = pd.read_parquet(d / "user_profile.parquet")
     assert users.n_sets.sum() == len(extract)
     # the rebuild reused every cached answer: only the extractions refused with a 500 were ever sent twice
@@ -350,8 +398,10 @@ def test_a_single_stage_run_on_a_stale_input_stops_and_its_command_rebuilds_it(s
     # stage=rationale alone would build on user_profile/item_profile made from the old extract
     proc = cli([*args, "stage=rationale", f"hydra.run.dir={tmp_path / 'c'}"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert ("stage=rationale would read stale input: user_profile.parquet was built from extract.parquet, which "
-            "changed since; item_profile.parquet was built from extract.parquet, which changed since") in proc.stderr
+    assert (
+        "stage=rationale would read stale input: user_profile.parquet was built from extract.parquet, which "
+        "changed since; item_profile.parquet was built from extract.parquet, which changed since"
+    ) in proc.stderr
     assert (d / "rationale.parquet").read_bytes() == rationale_before  # nothing was rebuilt on stale input
     command = proc.stderr.split("reusing cached answers: ")[1].strip().splitlines()[0]
     assert command.startswith("exp3rt-annotate ") and command.endswith(" stage=all")
@@ -360,7 +410,11 @@ def test_a_single_stage_run_on_a_stale_input_stops_and_its_command_rebuilds_it(s
     done = cli(pasted, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     extract = pd.read_parquet(d / "extract.parquet")
-    assert pd.read_parquet(d / "user_profile.parquet").n_sets.sum() == len(extract) == (extract.status == "ok").sum()
+    assert (
+        pd.read_parquet(d / "user_profile.parquet").n_sets.sum()
+        == len(extract)
+        == (extract.status == "ok").sum()
+    )
     assert cli([*args, "stage=rationale", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path).returncode == 0
 
 
@@ -376,7 +430,9 @@ def test_the_pipeline_passes_retry_failed_to_its_annotate_stage(tmp_path, monkey
 
     monkeypatch.setattr(annotate_module, "annotate", fake_annotate)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="pipeline", overrides=["retry_failed=true", f"paths.artifacts_dir={tmp_path}"])
+        cfg = compose(
+            config_name="pipeline", overrides=["retry_failed=true", f"paths.artifacts_dir={tmp_path}"]
+        )
     pipeline._annotate(cfg, None, None, force=False)
     assert seen == {"retry_failed": True}
 
@@ -398,8 +454,13 @@ def test_parallel_shards_see_each_others_spend(tmp_path):
     mine = SpendLedger(path)
     mine.record(calls=1, prompt_tokens=1, completion_tokens=1, cost_usd=0.5)
     assert mine.others_usd() == pytest.approx(50 * 0.01 + 50 * 0.02)
-    assert mine.total() == {"runs": 3, "calls": 101, "prompt_tokens": 101, "completion_tokens": 101,
-                            "cost_usd": pytest.approx(50 * 0.01 + 50 * 0.02 + 0.5)}
+    assert mine.total() == {
+        "runs": 3,
+        "calls": 101,
+        "prompt_tokens": 101,
+        "completion_tokens": 101,
+        "cost_usd": pytest.approx(50 * 0.01 + 50 * 0.02 + 0.5),
+    }
 
 
 def _spend(path: str, each: float) -> None:

@@ -33,8 +33,15 @@ def fake_openai(monkeypatch):
 
 def make_cfg(fake: FakeOpenAI, **over) -> TeacherConf:
     base = dict(
-        backend="openai", name="fake", model=MODEL, base_url=fake.base_url, concurrency=4, max_retries=3,
-        backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5.0,
+        backend="openai",
+        name="fake",
+        model=MODEL,
+        base_url=fake.base_url,
+        concurrency=4,
+        max_retries=3,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        timeout_s=5.0,
         prices={MODEL: PriceConf(input_per_1m=1000.0, output_per_1m=2000.0)},
     )
     base.update(over)
@@ -43,7 +50,9 @@ def make_cfg(fake: FakeOpenAI, **over) -> TeacherConf:
 
 def requests_for(n: int, max_tokens: int = 20, prefix: str = "review") -> list[ChatRequest]:
     return [
-        ChatRequest("extract", (("system", "Extract likes."), ("user", f"{prefix} {i}")), "v1", max_tokens=max_tokens)
+        ChatRequest(
+            "extract", (("system", "Extract likes."), ("user", f"{prefix} {i}")), "v1", max_tokens=max_tokens
+        )
         for i in range(n)
     ]
 
@@ -70,8 +79,12 @@ def test_answers_come_back_in_request_order_with_usage(fake_openai, tmp_path):
     fake_openai.answer = slow_for_even
     reqs = requests_for(12)
     seen = []
-    client, results = run_client(make_cfg(fake_openai), reqs, AnswerCache(tmp_path / "c.sqlite"),
-                                 on_result=lambda r: seen.append(r.index))
+    client, results = run_client(
+        make_cfg(fake_openai),
+        reqs,
+        AnswerCache(tmp_path / "c.sqlite"),
+        on_result=lambda r: seen.append(r.index),
+    )
     assert [r.response.text for r in results] == [f"echo: review {i}" for i in range(12)]
     assert seen != sorted(seen)  # they did arrive out of order
     assert all(r.status == "answered" and r.attempts == 1 for r in results)
@@ -80,7 +93,8 @@ def test_answers_come_back_in_request_order_with_usage(fake_openai, tmp_path):
     assert usage["prompt_tokens"] == sum(r.response.prompt_tokens for r in results) > 0
     assert usage["cost_usd"] == pytest.approx(sum(r.response.cost_usd for r in results))
     assert usage["cost_usd"] == pytest.approx(
-        (usage["prompt_tokens"] * 1000 + usage["completion_tokens"] * 2000) / 1e6)
+        (usage["prompt_tokens"] * 1000 + usage["completion_tokens"] * 2000) / 1e6
+    )
     assert results[0].response.finish_reason == "stop"
 
 
@@ -155,8 +169,11 @@ def test_a_run_cancelled_with_requests_in_flight_resends_only_unanswered_ones(fa
         await backend.aclose()
 
     asyncio.run(killed())
-    cached_prompts = {f"review {i}" for i, r in enumerate(reqs)
-                      if AnswerCache(path).get(r.cache_key("openai", MODEL)) is not None}
+    cached_prompts = {
+        f"review {i}"
+        for i, r in enumerate(reqs)
+        if AnswerCache(path).get(r.cache_key("openai", MODEL)) is not None
+    }
     assert len(cached_prompts) >= 7
     before = fake_openai.total
     run_client(cfg, reqs, AnswerCache(path))
@@ -183,7 +200,9 @@ def test_429_is_retried_after_the_servers_retry_after(fake_openai, header):
 def test_retry_after_parsing():
     assert parse_retry_after({"retry-after": "2"}) == 2.0
     assert parse_retry_after({"retry-after-ms": "150", "retry-after": "9"}) == 0.15
-    assert parse_retry_after({"retry-after": formatdate(1000.0 + 30, usegmt=True)}, now=1000.0) == pytest.approx(30)
+    assert parse_retry_after(
+        {"retry-after": formatdate(1000.0 + 30, usegmt=True)}, now=1000.0
+    ) == pytest.approx(30)
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
 
@@ -245,7 +264,9 @@ def test_a_rejected_key_stops_the_run_at_once_with_a_sentence(fake_openai):
     assert len(not_sent) == 30 - fake_openai.total
 
 
-@pytest.mark.parametrize("kind,words", [("404", "not found"), ("400", "rejected the request"), ("403", "may not use")])
+@pytest.mark.parametrize(
+    "kind,words", [("404", "not found"), ("400", "rejected the request"), ("403", "may not use")]
+)
 def test_other_client_errors_are_permanent(fake_openai, kind, words):
     fake_openai.fail_next(kind)
     with pytest.raises(PermanentError, match=words):
@@ -290,9 +311,11 @@ def test_budget_stops_before_it_is_exceeded_and_reports_what_was_not_sent(fake_o
     assert err.calls == fake_openai.total > 0
     assert err.not_sent == 40 - fake_openai.total > 0
     assert sum(r.status == "not_sent" for r in err.results) == err.not_sent
-    assert str(err) == (f"teacher.max_cost_usd=0.50 reached: ${err.spent_usd:.2f} spent, ${err.spent_usd:.2f} of it on "
-                        f"{err.calls} calls in this run; {err.not_sent} requests not sent. Answered calls are cached; "
-                        f"to go on, raise the cap, e.g. rerun with teacher.max_cost_usd=1")
+    assert str(err) == (
+        f"teacher.max_cost_usd=0.50 reached: ${err.spent_usd:.2f} spent, ${err.spent_usd:.2f} of it on "
+        f"{err.calls} calls in this run; {err.not_sent} requests not sent. Answered calls are cached; "
+        f"to go on, raise the cap, e.g. rerun with teacher.max_cost_usd=1"
+    )
     # the rerun with a higher budget sends exactly what was not sent
     before = fake_openai.total
     client, results = run_client(make_cfg(fake_openai, max_cost_usd=5.0), reqs, AnswerCache(path))
@@ -344,7 +367,14 @@ def test_the_api_key_never_leaks(fake_openai, tmp_path, caplog):
         with pytest.raises(PermanentError) as e:
             await client.run(requests_for(3, prefix="other"))
         logging.getLogger("test").error("run failed: %s", e.value)
-        texts = [repr(backend), repr(client), repr(cache), str(e.value), repr(e.value), str(client.usage_summary())]
+        texts = [
+            repr(backend),
+            repr(client),
+            repr(cache),
+            str(e.value),
+            repr(e.value),
+            str(client.usage_summary()),
+        ]
         await backend.aclose()
         cache.close()
         return texts
@@ -364,8 +394,9 @@ def test_a_missing_key_is_a_config_error_naming_the_variable(monkeypatch):
     cfg = TeacherConf(backend="openai", model=MODEL, api_key_env="MY_TEACHER_KEY")
     with pytest.raises(ConfigError, match=r"\$MY_TEACHER_KEY"):
         OpenAIBackend(cfg)
-    local = TeacherConf(backend="openai", model=MODEL, api_key_env="MY_TEACHER_KEY",
-                        base_url="http://127.0.0.1:8000/v1")
+    local = TeacherConf(
+        backend="openai", model=MODEL, api_key_env="MY_TEACHER_KEY", base_url="http://127.0.0.1:8000/v1"
+    )
     assert "127.0.0.1" in repr(OpenAIBackend(local))  # a local server needs no key
 
 
@@ -384,7 +415,10 @@ class BatchBackend:
 
     async def complete_batch(self, requests):
         self.batches.append(len(requests))
-        return [ChatResponse(text=r.messages[-1][1].upper(), prompt_tokens=5, completion_tokens=2) for r in requests]
+        return [
+            ChatResponse(text=r.messages[-1][1].upper(), prompt_tokens=5, completion_tokens=2)
+            for r in requests
+        ]
 
     def count_tokens(self, text):
         return len(text.split())
@@ -419,8 +453,12 @@ for i in range(150):
 def test_several_processes_can_write_one_cache(tmp_path):
     path = tmp_path / "shared.sqlite"
     root = str(Path(__file__).resolve().parents[1])
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"shard{k}"], cwd=root,
-                              env={"PYTHONPATH": root}) for k in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), f"shard{k}"], cwd=root, env={"PYTHONPATH": root}
+        )
+        for k in range(3)
+    ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     assert AnswerCache(path).stats()["entries"] == 450
 
@@ -431,8 +469,13 @@ def test_when_another_shard_answered_first_its_answer_is_used(fake_openai, tmp_p
     req = requests_for(1)[0]
 
     def answer_after_the_other_shard(body):
-        other.put(req.cache_key("openai", MODEL), req, ChatResponse(text="theirs", prompt_tokens=1),
-                  backend="openai", model=MODEL)
+        other.put(
+            req.cache_key("openai", MODEL),
+            req,
+            ChatResponse(text="theirs", prompt_tokens=1),
+            backend="openai",
+            model=MODEL,
+        )
         return "ours"
 
     fake_openai.answer = answer_after_the_other_shard

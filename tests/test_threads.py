@@ -16,8 +16,14 @@ from exp3rt.config import ConfigError, validate
 from exp3rt.threads import apply_threads, auto_threads, parallel_jobs, resolve_threads
 
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
-LOCAL = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "tasks_per_node": 3}
-SLURM = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "tasks_per_node": 8}
+LOCAL = {
+    "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    "tasks_per_node": 3,
+}
+SLURM = {
+    "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "tasks_per_node": 8,
+}
 BASIC = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
 
 
@@ -30,23 +36,35 @@ def restore_threads(monkeypatch):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("cores", "jobs", "want"), [(16, 1, 16), (16, 2, 8), (16, 3, 5), (2, 4, 1), (1, 1, 1), (8, 0, 8)])
+@pytest.mark.parametrize(
+    ("cores", "jobs", "want"), [(16, 1, 16), (16, 2, 8), (16, 3, 5), (2, 4, 1), (1, 1, 1), (8, 0, 8)]
+)
 def test_auto_is_the_cores_shared_by_the_parallel_jobs_and_at_least_one(cores, jobs, want):
     assert auto_threads(cores, jobs) == want == max(1, cores // max(1, jobs))
 
 
 def test_auto_reads_slurm_the_affinity_and_the_launcher():
     assert resolve_threads("auto", environ={}, cores=8) == (8, "8 cores")
-    assert resolve_threads("auto", environ={}, cores=8, launcher=JOBLIB, multirun=True) == (4, "8 cores / 2 parallel jobs")
+    assert resolve_threads("auto", environ={}, cores=8, launcher=JOBLIB, multirun=True) == (
+        4,
+        "8 cores / 2 parallel jobs",
+    )
     assert resolve_threads("auto", environ={}, cores=9, launcher=LOCAL, multirun=True)[0] == 3
-    assert resolve_threads("auto", environ={}, cores=2, launcher={**JOBLIB, "n_jobs": 3}, multirun=True)[0] == 1
+    assert (
+        resolve_threads("auto", environ={}, cores=2, launcher={**JOBLIB, "n_jobs": 3}, multirun=True)[0] == 1
+    )
     # a launcher only counts in a multirun, and SLURM and the basic launcher run one job per allocation / at a time
     assert resolve_threads("auto", environ={}, cores=8, launcher=JOBLIB, multirun=False)[0] == 8
     assert resolve_threads("auto", environ={}, cores=8, launcher=SLURM, multirun=True)[0] == 8
     assert resolve_threads("auto", environ={}, cores=8, launcher=BASIC, multirun=True)[0] == 8
-    assert resolve_threads("auto", environ={"SLURM_CPUS_PER_TASK": "6"}, cores=64, launcher=SLURM, multirun=True) == (6, "SLURM_CPUS_PER_TASK")
+    assert resolve_threads(
+        "auto", environ={"SLURM_CPUS_PER_TASK": "6"}, cores=64, launcher=SLURM, multirun=True
+    ) == (6, "SLURM_CPUS_PER_TASK")
     # an OMP_NUM_THREADS the user exported is their choice; a number in the config is used as given
-    assert resolve_threads("auto", environ={"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "6"}, cores=8) == (3, "OMP_NUM_THREADS")
+    assert resolve_threads("auto", environ={"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "6"}, cores=8) == (
+        3,
+        "OMP_NUM_THREADS",
+    )
     assert resolve_threads(5, environ={"OMP_NUM_THREADS": "3"}, cores=8) == (5, "threads")
 
 
@@ -74,17 +92,26 @@ def test_apply_threads_sets_torch_and_the_environment_and_logs_once(restore_thre
     assert torch.get_num_threads() == 1
     assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("threads:")] == [
-        f"threads: 1 (threads; torch intra-op 1, inter-op {torch.get_num_interop_threads()})"]
+        f"threads: 1 (threads; torch intra-op 1, inter-op {torch.get_num_interop_threads()})"
+    ]
 
 
 def test_an_entry_point_applies_threads_before_its_work(restore_threads, tmp_path):
     from exp3rt.cli.baselines import run
 
     torch.set_num_threads(2)
-    world = ["dataset.world.n_users=12", "dataset.world.n_items=10", "dataset.world.min_per_user=4",
-             "dataset.world.max_per_user=5", "baselines.retrieval.models=[popularity]"]
+    world = [
+        "dataset.world.n_users=12",
+        "dataset.world.n_items=10",
+        "dataset.world.min_per_user=4",
+        "dataset.world.max_per_user=5",
+        "baselines.retrieval.models=[popularity]",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="baselines", overrides=[f"paths.artifacts_dir={tmp_path}/artifacts", "threads=1", *world])
+        cfg = compose(
+            config_name="baselines",
+            overrides=[f"paths.artifacts_dir={tmp_path}/artifacts", "threads=1", *world],
+        )
     run(cfg, tmp_path / "run")
     assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
 

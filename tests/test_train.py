@@ -22,8 +22,12 @@ from exp3rt.config import ConfigError, validate
 STUDENTS = sorted(p.stem for p in (CONF_DIR / "student").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF_DIR / "trainer").glob("*.yaml"))
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
-WORLD = ["dataset.world.n_users=12", "dataset.world.n_items=10", "dataset.world.min_per_user=4",
-         "dataset.world.max_per_user=5"]
+WORLD = [
+    "dataset.world.n_users=12",
+    "dataset.world.n_items=10",
+    "dataset.world.min_per_user=4",
+    "dataset.world.max_per_user=5",
+]
 
 
 def compose_cfg(name: str, overrides: list[str]):
@@ -36,12 +40,23 @@ def compose_cfg(name: str, overrides: list[str]):
 def test_every_student_trainer_ablation_combination_composes(student, trainer):
     for ablation in ABLATIONS:
         try:
-            cfg = validate(compose_cfg("train", [f"student={student}", f"trainer={trainer}", f"ablation={ablation}"]))
+            cfg = validate(
+                compose_cfg("train", [f"student={student}", f"trainer={trainer}", f"ablation={ablation}"])
+            )
         except ConfigError as e:
             # the only refusal among the presets: ZeRO-3 with in-training generation, said in a sentence
             assert trainer == "deepspeed_zero3" and "val_generate" in str(e), str(e)
-            cfg = validate(compose_cfg("train", [f"student={student}", f"trainer={trainer}", f"ablation={ablation}",
-                                                 "train.val_generate=false"]))
+            cfg = validate(
+                compose_cfg(
+                    "train",
+                    [
+                        f"student={student}",
+                        f"trainer={trainer}",
+                        f"ablation={ablation}",
+                        "train.val_generate=false",
+                    ],
+                )
+            )
         assert cfg.student.name == student and cfg.ablation.name == ablation
         assert cfg.trainer.strategy.value in {"auto", "ddp", "deepspeed"}
 
@@ -63,8 +78,15 @@ def annotated(tmp_path_factory):
 
 
 def train_overrides(root: Path, *extra: str) -> list[str]:
-    return [f"paths.artifacts_dir={root}/artifacts", "progress=false", *WORLD, "logger.mode=offline",
-            "train.val_generate_samples=2", "student.max_new_tokens=12", *extra]
+    return [
+        f"paths.artifacts_dir={root}/artifacts",
+        "progress=false",
+        *WORLD,
+        "logger.mode=offline",
+        "train.val_generate_samples=2",
+        "student.max_new_tokens=12",
+        *extra,
+    ]
 
 
 def run_train(root: Path, run_dir: Path, *extra: str) -> dict:
@@ -81,16 +103,29 @@ def losses(run_dir: Path) -> list[float]:
 
 def test_tiny_student_overfits_rating_examples(annotated, tmp_path):
     run_dir = tmp_path / "overfit"
-    result = run_train(annotated, run_dir, "sft.tasks=[rating]", "trainer.max_steps=80", "trainer.max_epochs=1000", "train.lr=3e-3",
-                       "train.warmup_steps=0", "train.scheduler=constant", "train.micro_batch_size=4",
-                       "trainer.log_every_n_steps=1", "train.val_generate=false", "peft=none")
+    result = run_train(
+        annotated,
+        run_dir,
+        "sft.tasks=[rating]",
+        "trainer.max_steps=80",
+        "trainer.max_epochs=1000",
+        "train.lr=3e-3",
+        "train.warmup_steps=0",
+        "train.scheduler=constant",
+        "train.micro_batch_size=4",
+        "trainer.log_every_n_steps=1",
+        "train.val_generate=false",
+        "peft=none",
+    )
     seen = losses(run_dir)
     assert result["global_step"] == 80 and len(seen) >= 70
     first, last = sum(seen[:5]) / 5, sum(seen[-5:]) / 5
     assert last < 0.5 * first, (first, last)  # measured ≈ 6.3 → ≈ 1.5
 
 
-def test_every_module_trains_in_train_mode_without_lightnings_eval_mode_warning(annotated, tmp_path, monkeypatch):
+def test_every_module_trains_in_train_mode_without_lightnings_eval_mode_warning(
+    annotated, tmp_path, monkeypatch
+):
     """from_pretrained hands back modules in eval mode (LoRA dropout off); configure_model switches them
     to train mode before Lightning's check, so no warning and every training step runs in train mode."""
     import warnings
@@ -107,23 +142,42 @@ def test_every_module_trains_in_train_mode_without_lightnings_eval_mode_warning(
     monkeypatch.setattr(StudentModule, "training_step", spy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_train(annotated, tmp_path / "modes", "sft.tasks=[rating]", "trainer.max_steps=3", "train.val_generate=false",
-                  "peft=lora")
+        run_train(
+            annotated,
+            tmp_path / "modes",
+            "sft.tasks=[rating]",
+            "trainer.max_steps=3",
+            "train.val_generate=false",
+            "peft=lora",
+        )
     assert modes == [0, 0, 0]
     assert not [w for w in caught if "eval mode at the start of training" in str(w.message)]
 
 
 def test_resume_continues_step_data_position_and_wandb_run(annotated, tmp_path):
     run_dir = tmp_path / "resume"
-    first = run_train(annotated, run_dir, "trainer.max_steps=6", "trainer.max_epochs=100", "trainer.log_every_n_steps=1",
-                      "train.val_generate=false")
+    first = run_train(
+        annotated,
+        run_dir,
+        "trainer.max_steps=6",
+        "trainer.max_epochs=100",
+        "trainer.log_every_n_steps=1",
+        "train.val_generate=false",
+    )
     run_id = (run_dir / "wandb_run_id.txt").read_text()
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6 and first["global_step"] == 6
     dm_state = next(v for k, v in ckpt.items() if "DataModule" in k)
     assert dm_state["consumed"] == 6  # micro batch 1: six examples of this epoch consumed
-    second = run_train(annotated, run_dir, "trainer.max_steps=10", "trainer.max_epochs=100", "trainer.log_every_n_steps=1",
-                       "train.val_generate=false", "ckpt_path=last")
+    second = run_train(
+        annotated,
+        run_dir,
+        "trainer.max_steps=10",
+        "trainer.max_epochs=100",
+        "trainer.log_every_n_steps=1",
+        "train.val_generate=false",
+        "ckpt_path=last",
+    )
     assert second["global_step"] == 10
     assert (run_dir / "wandb_run_id.txt").read_text() == run_id
     import re
@@ -156,8 +210,16 @@ def test_adapter_reload_and_merge_give_identical_logits(annotated, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     with torch.no_grad():
         plain = base(ids).logits
-        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter)).eval()(ids).logits
-        again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter)).eval()(ids).logits
+        tuned = (
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter))
+            .eval()(ids)
+            .logits
+        )
+        again = (
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter))
+            .eval()(ids)
+            .logits
+        )
     assert not torch.allclose(plain, tuned)  # training changed the model
     assert torch.equal(tuned, again)  # reloading the adapter is exact
     merged_dir = merge_adapter(adapter, tmp_path / "merged")
@@ -168,21 +230,42 @@ def test_adapter_reload_and_merge_give_identical_logits(annotated, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,precision", [("zero2", "32-true"), ("zero3", "32-true"), ("zero3", "bf16-mixed")])
+@pytest.mark.parametrize(
+    "stage,precision", [("zero2", "32-true"), ("zero3", "32-true"), ("zero3", "bf16-mixed")]
+)
 def test_deepspeed_on_two_cpu_processes(annotated, tmp_path, stage, precision):
     # zero3 + bf16 + LoRA: the adapters used to be created inside zero.Init and came out empty (seen on
     # an H200 with SmolLM2: the ZeRO-3 optimizer found no trainable parameter and asserted)
     run_dir = tmp_path / stage
-    args = [sys.executable, "-m", "exp3rt.cli.train", *train_overrides(annotated), f"hydra.run.dir={run_dir}",
-            "trainer=deepspeed_cpu", f"deepspeed={stage}", "trainer.max_steps=4", "trainer.val_check_interval=4",
-            "logger=csv", "deepspeed.gather_for_generation=true", f"trainer.precision={precision}", "peft=lora"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(CONF_DIR.parent), "WANDB_MODE": "offline"})
+    args = [
+        sys.executable,
+        "-m",
+        "exp3rt.cli.train",
+        *train_overrides(annotated),
+        f"hydra.run.dir={run_dir}",
+        "trainer=deepspeed_cpu",
+        f"deepspeed={stage}",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "logger=csv",
+        "deepspeed.gather_for_generation=true",
+        f"trainer.precision={precision}",
+        "peft=lora",
+    ]
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(CONF_DIR.parent), "WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((run_dir / "train.json").read_text())
     assert result["global_step"] == 4
     assert "val/gen_parse_rate" in result["metrics"]  # in-training generation ran (gathered under ZeRO-3)
-    assert (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size > 10_000  # full weights, not shards
+    assert (
+        run_dir / "adapter" / "adapter_model.safetensors"
+    ).stat().st_size > 10_000  # full weights, not shards
     assert proc.stdout.count("trained 4 steps") == 1  # only rank zero reports
     from safetensors.torch import load_file
 
@@ -197,14 +280,26 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(annotated, tmp_p
     import time
 
     run_dir = tmp_path / "killed"
-    args = [sys.executable, "-m", "exp3rt.cli.train", *train_overrides(annotated), f"hydra.run.dir={run_dir}",
-            "trainer.max_steps=400", "trainer.max_epochs=100", "trainer.checkpoint_every_n_steps=5",
-            "train.val_generate=false", "trainer.log_every_n_steps=1", "logger=csv"]
+    args = [
+        sys.executable,
+        "-m",
+        "exp3rt.cli.train",
+        *train_overrides(annotated),
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=400",
+        "trainer.max_epochs=100",
+        "trainer.checkpoint_every_n_steps=5",
+        "train.val_generate=false",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+    ]
     # CSV logging here: W&B's service daemon outlives a killed test process and holds the run id; the
     # W&B run-id continuity across a resume is asserted in test_resume_continues_step_data_position_and_wandb_run
     env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent), "WANDB_MODE": "offline"}
     # a session of its own, so the kill takes the whole job (W&B's service process too), as SLURM does
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -223,13 +318,20 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(annotated, tmp_p
     assert f"Restoring states from the checkpoint path at {last}" in done.stderr + done.stdout
 
 
-def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resumable_loader(annotated, tmp_path):
+def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resumable_loader(
+    annotated, tmp_path
+):
     """The sampler skips what the interrupted epoch consumed; the epoch still counts its full length (Lightning
     restores how many batches of it were done), so the resumed epoch ends where an uninterrupted one does.
     The loader is stateful, so Lightning's "dataloader is not resumable" warning does not appear."""
     import warnings
 
-    common = ["trainer.max_epochs=1", "train.val_generate=false", "logger=csv", "trainer.checkpoint_every_n_steps=2"]
+    common = [
+        "trainer.max_epochs=1",
+        "train.val_generate=false",
+        "logger=csv",
+        "trainer.checkpoint_every_n_steps=2",
+    ]
     whole = run_train(annotated, tmp_path / "whole", "trainer.max_steps=-1", *common)
     per_epoch = whole["global_step"]
     assert per_epoch == whole["examples"]["train"] > 8  # micro batch 1, no accumulation
@@ -247,7 +349,11 @@ def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resu
     # the loader's own state, saved by Lightning's fit loop, and the DataModule's agree with the step
     assert ckpt["global_step"] >= per_epoch - 1  # the last multiple of 2
     position = {"epoch": 0, "consumed": ckpt["global_step"]}
-    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [position] == [ckpt["StudentDataModule"]]
+    assert (
+        ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        == [position]
+        == [ckpt["StudentDataModule"]]
+    )
 
 
 def test_resume_takes_the_newest_checkpoint_after_the_checkpoint_interval_changed(annotated, tmp_path):
@@ -260,9 +366,21 @@ def test_resume_takes_the_newest_checkpoint_after_the_checkpoint_interval_change
     run_dir = tmp_path / "interval"
     common = ["trainer.max_epochs=100", "train.val_generate=false", "logger=csv"]
     run_train(annotated, run_dir, "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2", *common)
-    run_train(annotated, run_dir, "trainer.max_steps=9", "trainer.checkpoint_every_n_steps=3", "ckpt_path=last", *common)
+    run_train(
+        annotated,
+        run_dir,
+        "trainer.max_steps=9",
+        "trainer.checkpoint_every_n_steps=3",
+        "ckpt_path=last",
+        *common,
+    )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 9
+    assert (
+        torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+            "global_step"
+        ]
+        == 9
+    )
     assert resolve_ckpt("last", run_dir) == str(run_dir / "checkpoints" / "last.ckpt")
 
     # a run dir written before the fix: a stale last.ckpt (step 4) beside the newer last-v1.ckpt (step 7)
@@ -309,12 +427,18 @@ def test_a_distributed_trainer_keeps_the_rank_aware_sampler():
 
     from exp3rt.student.lightning import ResumableLoader, ResumableSampler
 
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False
+    )
     assert trainer._accelerator_connector.is_distributed
     seen = []
     for rank in (0, 1):
-        loader = ResumableLoader(list(range(10)), batch_size=1, sampler=ResumableSampler(10, 42, True, rank, 2))
-        prepared = trainer._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
+        loader = ResumableLoader(
+            list(range(10)), batch_size=1, sampler=ResumableSampler(10, 42, True, rank, 2)
+        )
+        prepared = trainer._data_connector._prepare_dataloader(
+            loader, shuffle=True, mode=RunningStage.TRAINING
+        )
         assert prepared is loader
         seen.append(list(prepared.sampler))
     assert len(seen[0]) == len(seen[1]) == 5 and sorted(seen[0] + seen[1]) == list(range(10))
@@ -329,14 +453,22 @@ def _loss_by_step(run_dir: Path) -> dict[int, list[float]]:
     return out
 
 
-def test_a_crashed_run_resumes_with_the_same_losses_and_keeps_its_loss_history(annotated, tmp_path, monkeypatch):
+def test_a_crashed_run_resumes_with_the_same_losses_and_keeps_its_loss_history(
+    annotated, tmp_path, monkeypatch
+):
     """Issue: every checkpoint was one micro-batch behind (the resumed step N matched the uninterrupted
     step N-1), and CSVLogger(version=0) deleted metrics.csv on the resume. Now each step's loss after a
     crash and a resume equals the uninterrupted run's (1e-4), and metrics.csv holds every step once."""
     from exp3rt.student.lightning import StudentModule
 
-    common = ["trainer.max_steps=10", "trainer.max_epochs=100", "trainer.log_every_n_steps=1",
-              "trainer.checkpoint_every_n_steps=4", "train.val_generate=false", "logger=csv"]
+    common = [
+        "trainer.max_steps=10",
+        "trainer.max_epochs=100",
+        "trainer.log_every_n_steps=1",
+        "trainer.checkpoint_every_n_steps=4",
+        "train.val_generate=false",
+        "logger=csv",
+    ]
     run_train(annotated, tmp_path / "whole", *common)
     whole = _loss_by_step(tmp_path / "whole")
     assert sorted(whole) == list(range(10)) and all(len(v) == 1 for v in whole.values())
@@ -369,13 +501,26 @@ def test_two_trainings_never_share_a_run_dir(annotated, tmp_path):
     from exp3rt.locks import file_lock
 
     run_dir = tmp_path / "shared_run"
-    args = [sys.executable, "-m", "exp3rt.cli.train", *train_overrides(annotated), f"hydra.run.dir={run_dir}",
-            "trainer.max_steps=2", "train.val_generate=false", "logger=csv"]
+    args = [
+        sys.executable,
+        "-m",
+        "exp3rt.cli.train",
+        *train_overrides(annotated),
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=2",
+        "train.val_generate=false",
+        "logger=csv",
+    ]
     env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent), "WANDB_MODE": "offline"}
     with file_lock(run_dir / "train.lock", what="another training"):
-        refused = subprocess.run([*args, "lock_wait=false"], env=env, capture_output=True, text=True, timeout=300)
+        refused = subprocess.run(
+            [*args, "lock_wait=false"], env=env, capture_output=True, text=True, timeout=300
+        )
         assert refused.returncode == 2, refused.stderr[-2000:]
-        assert f"is held by pid {os.getpid()}" in refused.stderr and "rerun with lock_wait=true" in refused.stderr
+        assert (
+            f"is held by pid {os.getpid()}" in refused.stderr
+            and "rerun with lock_wait=true" in refused.stderr
+        )
         assert not (run_dir / "train.json").exists()
         waiting = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(8)
@@ -407,6 +552,8 @@ def test_a_missing_local_student_folder_is_one_sentence_whose_command_builds_it(
     assert [str(p) for p in built] == [str(folder)]  # the module's command line builds exactly that folder
     # a hub id is left to transformers
     assert not is_local_path("HuggingFaceTB/SmolLM2-135M-Instruct") and is_local_path(str(folder))
-    other = OmegaConf.create({"name": "llama3_8b_instruct", "model_path": str(tmp_path / "none"), "build_tiny": False})
+    other = OmegaConf.create(
+        {"name": "llama3_8b_instruct", "model_path": str(tmp_path / "none"), "build_tiny": False}
+    )
     with pytest.raises(ConfigError, match="student.model_path to another folder"):
         ensure_model_folder(other)

@@ -25,7 +25,9 @@ def test_the_ranges_are_pyprojects_and_bound_every_reached_into_library():
 def test_the_installed_versions_are_inside_and_an_upgrade_past_the_range_is_named():
     assert untested_versions() == []
     found = untested_versions(installed=lambda name: Version("6.1.0") if name == "transformers" else None)
-    assert len(found) == 1 and found[0].startswith("transformers 6.1.0 is outside the range exp3rt was tested with")
+    assert len(found) == 1 and found[0].startswith(
+        "transformers 6.1.0 is outside the range exp3rt was tested with"
+    )
     assert "KV cache" in found[0] and found[0].endswith("pip install 'transformers<6,>=5.0'")
 
 

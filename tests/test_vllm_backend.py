@@ -67,8 +67,14 @@ def _student(path, tok) -> VllmStudent:
 
 
 def _prompts(tok, sizes=(1, 4, 9, 2)):
-    return [tok.apply_chat_template([{"role": "user", "content": "The acting was great but the plot was slow. " * k}],
-                                    add_generation_prompt=True, tokenize=False) for k in sizes]
+    return [
+        tok.apply_chat_template(
+            [{"role": "user", "content": "The acting was great but the plot was slow. " * k}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for k in sizes
+    ]
 
 
 def _ids(tok, text):
@@ -98,8 +104,12 @@ def test_fast_readout_equals_hf(tiny, vllm, scale):
     seqs = ratings.token_ids(tok, RATING_PREFIX)
     prompts = _prompts(tok)
     student = _student(path, tok)
-    _assert_same_readouts(readout_only(model, tok, prompts, ratings, batch_size=3),
-                          student.readout_only(prompts, ratings), vllm, ratings.single_token)
+    _assert_same_readouts(
+        readout_only(model, tok, prompts, ratings, batch_size=3),
+        student.readout_only(prompts, ratings),
+        vllm,
+        ratings.single_token,
+    )
     # the first call: one step after prompt + prefix, restricted to the ratings' first tokens, all of them returned
     firsts = sorted({s[0] for s in seqs})
     root = student.llm.calls[0]
@@ -111,12 +121,20 @@ def test_fast_readout_equals_hf(tiny, vllm, scale):
         one, zero = seqs[-1]
         assert seqs[0] == [one]
         if vllm == "raw_logprobs":  # one more cached step per prompt after "1"
-            steps = [(p, sp) for c in student.llm.calls for p, sp in zip(c.prompts, c.params, strict=True)
-                     if sp.allowed_token_ids == [zero]]
+            steps = [
+                (p, sp)
+                for c in student.llm.calls
+                for p, sp in zip(c.prompts, c.params, strict=True)
+                if sp.allowed_token_ids == [zero]
+            ]
             assert len(steps) == len(prompts) and all(p[-1] == one for p, _ in steps)
         else:  # prompt log-probabilities on the full candidate string
-            scored = [p for c in student.llm.calls for p, sp in zip(c.prompts, c.params, strict=True)
-                      if sp.prompt_logprobs is not None]
+            scored = [
+                p
+                for c in student.llm.calls
+                for p, sp in zip(c.prompts, c.params, strict=True)
+                if sp.prompt_logprobs is not None
+            ]
             assert len(scored) == len(prompts) and all(p[-2:] == [one, zero] for p in scored)
     else:
         assert all(sp.prompt_logprobs is None for c in student.llm.calls for sp in c.params)
@@ -131,7 +149,9 @@ def test_reasoning_then_readout_equals_hf(tiny, vllm, scale_max):
     hf = generate_and_read(model, tok, prompts, ratings, max_new_tokens=8, batch_size=3)
     vl = student.generate_and_read(prompts, ratings, max_new_tokens=8)
     for (ga, _), (gb, _) in zip(hf, vl, strict=True):
-        assert gb.new_token_ids == ga.new_token_ids and gb.text == ga.text and gb.stop_reason == ga.stop_reason
+        assert (
+            gb.new_token_ids == ga.new_token_ids and gb.text == ga.text and gb.stop_reason == ga.stop_reason
+        )
         assert gb.prompt_ids == ga.prompt_ids
     assert {g.stop_reason for g, _ in hf} == {"eos", "length"}  # rows end both ways
     _assert_same_readouts([r for _, r in hf], [r for _, r in vl], vllm, ratings.single_token)
@@ -176,9 +196,11 @@ def _user_prompts(tok, ratings, n=4):
     prompts = StudentPrompts(load_student_prompt("exp3rt_v1"), "movie", ratings)
     out = []
     for j in range(n):
-        sections = {"user_profile": "[Like]\n- Tense plots.\n- Strong acting.\n[Dislike]\n- Slow pacing.",
-                    "item_description": f"Movie {j}: " + "a heist story with twists. " * (j + 1),
-                    "item_profile": "[Like]\n- The score.\n" + "- The cast.\n" * j + "[Dislike]\n- The ending."}
+        sections = {
+            "user_profile": "[Like]\n- Tense plots.\n- Strong acting.\n[Dislike]\n- Slow pacing.",
+            "item_description": f"Movie {j}: " + "a heist story with twists. " * (j + 1),
+            "item_profile": "[Like]\n- The score.\n" + "- The cast.\n" * j + "[Dislike]\n- The ending.",
+        }
         system, user = prompts.rating_messages(sections, reasoning=True)
         out.append((f"item{j}", render_prompt(tok, system, user.text)))
     return out
@@ -192,8 +214,10 @@ def test_rerank_scores_equal_hf(tiny, vllm, hf_memo, mode, scale_max):
     vl_stats = {}
     if ("rerank", mode, scale_max) not in hf_memo:
         hf_stats = {}
-        hf_memo["rerank", mode, scale_max] = score_candidates(model, tok, by_user, ratings, mode=mode, max_new_tokens=6,
-                                                              stats=hf_stats), hf_stats
+        hf_memo["rerank", mode, scale_max] = (
+            score_candidates(model, tok, by_user, ratings, mode=mode, max_new_tokens=6, stats=hf_stats),
+            hf_stats,
+        )
     hf, hf_stats = hf_memo["rerank", mode, scale_max]
     student = _student(path, tok)
     vl = student.score_candidates(by_user, ratings, mode=mode, max_new_tokens=6, stats=vl_stats)
@@ -201,7 +225,9 @@ def test_rerank_scores_equal_hf(tiny, vllm, hf_memo, mode, scale_max):
     for user in hf:
         for (ia, ea, pa), (ib, eb, pb) in zip(hf[user], vl[user], strict=True):
             assert ia == ib and abs(ea - eb) < TOL
-            assert max(abs(x - y) for x, y in zip(pa, pb, strict=True)) < TOL and math.isclose(sum(pb), 1.0, abs_tol=1e-9)
+            assert max(abs(x - y) for x, y in zip(pa, pb, strict=True)) < TOL and math.isclose(
+                sum(pb), 1.0, abs_tol=1e-9
+            )
     for user in ("u1", "u2"):
         assert vl_stats[user]["prefix_tokens"] > 0 and vl_stats[user]["seconds"] > 0
         if mode == "full":
@@ -228,8 +254,12 @@ def adapter(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     base = transformers.AutoModelForCausalLM.from_pretrained(path)
     torch.manual_seed(0)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                 init_lora_weights=False))
+    peft_model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+        ),
+    )
     peft_model.save_pretrained(root / "adapter")
     tok.save_pretrained(root / "adapter")
     peft_model.merge_and_unload().save_pretrained(root / "merged")
@@ -246,7 +276,9 @@ def test_lora_adapter_and_merged_folder(tiny, adapter, vllm):
     ratings = RatingTokens(1, 10)
     kw, lora = engine_kwargs(tcfg, adapter_dir, ev, max_logprobs=21)
     assert lora == str(adapter_dir)
-    assert kw["model"] == str(path) and kw["tokenizer"] == str(adapter_dir)  # base weights + the adapter's tokenizer
+    assert kw["model"] == str(path) and kw["tokenizer"] == str(
+        adapter_dir
+    )  # base weights + the adapter's tokenizer
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 8 and kw["max_loras"] == 1  # r=4 rounded up
     assert kw["enable_prefix_caching"] is True and kw["gpu_memory_utilization"] == 0.9 and kw["seed"] == 3
     assert kw["tensor_parallel_size"] == 1 and "max_model_len" not in kw and kw["max_logprobs"] == 21
@@ -259,11 +291,20 @@ def test_lora_adapter_and_merged_folder(tiny, adapter, vllm):
     vl = student.readout_only(prompts, ratings)
     _assert_same_readouts(hf, vl, vllm, single_token=False)
     base = readout_only(base_model, tok, prompts, ratings)
-    assert max(abs(x - y) for a, b in zip(base, vl, strict=True) for x, y in zip(a.probs, b.probs, strict=True)) > 1e-3
-    assert all(c.lora_request is not None and c.lora_request.lora_path == str(adapter_dir)
-               and c.lora_request.lora_int_id == 1 for c in student.llm.calls)
+    assert (
+        max(abs(x - y) for a, b in zip(base, vl, strict=True) for x, y in zip(a.probs, b.probs, strict=True))
+        > 1e-3
+    )
+    assert all(
+        c.lora_request is not None
+        and c.lora_request.lora_path == str(adapter_dir)
+        and c.lora_request.lora_int_id == 1
+        for c in student.llm.calls
+    )
 
-    merged = load_vllm_student(tcfg, merged_dir, ev, ratings)  # exp3rt-merge's folder: the model itself, no LoRA
+    merged = load_vllm_student(
+        tcfg, merged_dir, ev, ratings
+    )  # exp3rt-merge's folder: the model itself, no LoRA
     assert merged is not student and merged.llm.kwargs["model"] == str(merged_dir)
     assert merged.llm.kwargs["enable_lora"] is False and merged.lora_request is None
     _assert_same_readouts(hf, merged.readout_only(prompts, ratings), vllm, single_token=False)
@@ -281,16 +322,30 @@ def test_lora_adapter_and_merged_folder(tiny, adapter, vllm):
 
 def _train_cfg(path, scale_max=5):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"student.model_path={path}", "student.build_tiny=false",
-                                                       f"dataset.scale.max={scale_max}"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                f"student.model_path={path}",
+                "student.build_tiny=false",
+                f"dataset.scale.max={scale_max}",
+            ],
+        )
     return validate(cfg)
 
 
 def _examples(n=3):
     from exp3rt.student.examples import SFTExample
 
-    return [SFTExample("rating", "You predict ratings.", "User liked tense plots. " * (k + 1) + "Rate the movie.", "",
-                       {"user_id": f"u{k}", "item_id": f"i{k}", "rating": 3.0, "warm": k % 2 == 0}) for k in range(n)]
+    return [
+        SFTExample(
+            "rating",
+            "You predict ratings.",
+            "User liked tense plots. " * (k + 1) + "Rate the movie.",
+            "",
+            {"user_id": f"u{k}", "item_id": f"i{k}", "rating": 3.0, "warm": k % 2 == 0},
+        )
+        for k in range(n)
+    ]
 
 
 @pytest.mark.parametrize("mode", ["fast", "full"])
@@ -300,11 +355,20 @@ def test_predict_gives_the_same_predictions_on_either_backend(tiny, vllm, mode):
     path = tiny[0]
     tcfg = _train_cfg(path, scale_max=10)
     examples = _examples()
-    ev = {b: OmegaConf.structured(EvalConf(backend=b, mode=mode, max_new_tokens=6, batch_size=2)) for b in ("hf", "vllm")}
+    ev = {
+        b: OmegaConf.structured(EvalConf(backend=b, mode=mode, max_new_tokens=6, batch_size=2))
+        for b in ("hf", "vllm")
+    }
     hf, vl = predict(tcfg, path, examples, ev["hf"]), predict(tcfg, path, examples, ev["vllm"])
     assert fake_vllm.LLM.instances and fake_vllm.LLM.instances[-1].kwargs["model"] == str(path)
     for a, b in zip(hf, vl, strict=True):
-        assert (b.user_id, b.item_id, b.truth, b.warm, b.reasoning) == (a.user_id, a.item_id, a.truth, a.warm, a.reasoning)
+        assert (b.user_id, b.item_id, b.truth, b.warm, b.reasoning) == (
+            a.user_id,
+            a.item_id,
+            a.truth,
+            a.warm,
+            a.reasoning,
+        )
         assert list(b.probs) == list(a.probs) and max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < TOL
         assert b.rating_argmax == a.rating_argmax and abs(b.rating_expected - a.rating_expected) < TOL
     if mode == "full":
@@ -328,10 +392,18 @@ def test_backend_config_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed (as on this machine)
     with pytest.raises(ConfigError) as err:
         validate(_eval_cfg(["eval.backend=vllm"]))
-    assert "eval.backend" in str(err.value) and 'pip install -e ".[vllm]"' in str(err.value) and "GPU" in str(err.value)
+    assert (
+        "eval.backend" in str(err.value)
+        and 'pip install -e ".[vllm]"' in str(err.value)
+        and "GPU" in str(err.value)
+    )
     fake_vllm.install(monkeypatch)
     assert validate(_eval_cfg(["eval.backend=vllm"])).eval.backend == "vllm"
-    for key, value in (("vllm_gpu_memory_utilization", 1.5), ("vllm_tensor_parallel_size", 0), ("vllm_max_model_len", 0)):
+    for key, value in (
+        ("vllm_gpu_memory_utilization", 1.5),
+        ("vllm_tensor_parallel_size", 0),
+        ("vllm_max_model_len", 0),
+    ):
         with pytest.raises(ConfigError, match=f"config key 'eval.{key}'"):
             validate(_eval_cfg(["eval.backend=vllm", f"eval.{key}={value}"]))
 

@@ -120,7 +120,9 @@ def main(model_dir: str, out_dir: str, overrides: list[str]) -> None:
     )
     steps = cfg.trainer.max_steps
     world = cfg.trainer.devices * cfg.trainer.num_nodes
-    data = torch.utils.data.DataLoader(_Repeat(batch, steps * world * cfg.trainer.accumulate_grad_batches), batch_size=None)
+    data = torch.utils.data.DataLoader(
+        _Repeat(batch, steps * world * cfg.trainer.accumulate_grad_batches), batch_size=None
+    )
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=data)
     fit_s = time.perf_counter() - t0
@@ -130,8 +132,10 @@ def main(model_dir: str, out_dir: str, overrides: list[str]) -> None:
     with torch.no_grad(), generation_context(lm):
         logits = lm(batch)
         generated = lm.model.generate(
-            input_ids=batch["input_ids"][:1, :8], attention_mask=batch["attention_mask"][:1, :8],
-            max_new_tokens=6, do_sample=False,
+            input_ids=batch["input_ids"][:1, :8],
+            attention_mask=batch["attention_mask"][:1, :8],
+            max_new_tokens=6,
+            do_sample=False,
         )
     t1 = time.perf_counter()
     trainer.save_checkpoint(out / "ckpt")

@@ -344,7 +344,11 @@ def build_retrievers(cfg, seed: int | None = None) -> dict[str, Retriever]:
         elif name == "lightgcn":
             own_lr = {"lr": cfg.lightgcn_lr} if getattr(cfg, "lightgcn_lr", None) is not None else {}
             out[name] = LightGCN(
-                **common, **{**emb, **own_lr}, epochs=cfg.lightgcn_epochs, reg=cfg.lightgcn_reg, layers=cfg.lightgcn_layers
+                **common,
+                **{**emb, **own_lr},
+                epochs=cfg.lightgcn_epochs,
+                reg=cfg.lightgcn_reg,
+                layers=cfg.lightgcn_layers,
             )
         else:
             raise ValueError(f"unknown retriever '{name}'; allowed: {sorted(RETRIEVERS)}")
@@ -404,8 +408,13 @@ RELEVANT_FILE = "relevant.parquet"
 CANDIDATES_META = "meta.json"
 
 
-def write_relevant(relevant: Mapping[str, set], directory: str | Path, split=None,
-                   positive_threshold: float | None = None, num_candidates: int | None = None) -> Path:
+def write_relevant(
+    relevant: Mapping[str, set],
+    directory: str | Path,
+    split=None,
+    positive_threshold: float | None = None,
+    num_candidates: int | None = None,
+) -> Path:
     """Write the relevance the candidate files were evaluated against beside them: ``relevant.parquet``
     (``user_id, item_id``: each test user's relevant items; a test user without any has one row with a
     null item) and ``meta.json`` (the split directory and fingerprint, the threshold). The reranker
@@ -414,14 +423,19 @@ def write_relevant(relevant: Mapping[str, set], directory: str | Path, split=Non
     that run's test split."""
     rows = [(u, i) for u, items in relevant.items() for i in sorted(items)]
     rows += [(u, None) for u, items in relevant.items() if not items]
-    df = pd.DataFrame({"user_id": pd.Series([r[0] for r in rows], dtype="string"),
-                       "item_id": pd.Series([r[1] for r in rows], dtype="string")})
+    df = pd.DataFrame(
+        {
+            "user_id": pd.Series([r[0] for r in rows], dtype="string"),
+            "item_id": pd.Series([r[1] for r in rows], dtype="string"),
+        }
+    )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(df, directory / RELEVANT_FILE)
     meta = {
         "relevant": RELEVANT_FILE,
-        "relevant_is": "test items" + ("" if positive_threshold is None else f" rated >= {positive_threshold}"),
+        "relevant_is": "test items"
+        + ("" if positive_threshold is None else f" rated >= {positive_threshold}"),
         "positive_threshold": positive_threshold,
         "num_candidates": num_candidates,
         "split_dir": None if split is None else str(split.directory),

@@ -46,7 +46,8 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
     if len(values) <= 1 and rating_models:  # e.g. a LightGCN folder: every interaction is rating 1
         results["rating_skipped"] = (
             f"every training and test rating is {values[0]:g} (implicit feedback): nothing to predict"
-            if len(values) else "no ratings"
+            if len(values)
+            else "no ratings"
         )
         log.info("rating baselines skipped: %s", results["rating_skipped"])
         rating_models = {}
@@ -73,7 +74,9 @@ def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path
             trimmed = {u: items[: int(cfg.retrieval.num_candidates)] for u, items in recs.items()}
             write_candidates(trimmed, Path(out_dir) / "candidates" / f"{name}.parquet")
     if out_dir is not None and results["retrieval"]:
-        write_relevant(relevant, Path(out_dir) / "candidates", split, threshold, int(cfg.retrieval.num_candidates))
+        write_relevant(
+            relevant, Path(out_dir) / "candidates", split, threshold, int(cfg.retrieval.num_candidates)
+        )
     results["protocol"] = {
         "rating": f"RMSE/MAE over {len(test)} test pairs; predictions clipped to [{scale.min}, {scale.max}]; "
         "warm = test user has >= split.warm_min_train training ratings",
@@ -117,5 +120,7 @@ def baselines_stage(prepared, split: Split, cfg, eval_cfg, out_dir: Path, config
         **results,
     }
     write_text_atomic(out_dir / "report.md", "# exp3rt baselines\n\n" + baselines_report(metrics) + "\n")
-    write_json_atomic(out_dir / "metrics.json", metrics, default=None)  # last: the pipeline's "finished" marker
+    write_json_atomic(
+        out_dir / "metrics.json", metrics, default=None
+    )  # last: the pipeline's "finished" marker
     return metrics

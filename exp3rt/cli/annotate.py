@@ -1,11 +1,11 @@
 """``exp3rt-annotate``: the teacher stages extract → user_profile → item_profile → rationale.
 
-    exp3rt-annotate                                        # synthetic world, extractive teacher
-    exp3rt-annotate teacher=gpt35_turbo dry_run=true       # calls, tokens and cost per stage; no calls
-    exp3rt-annotate teacher=vllm_local teacher.base_url=http://gpu01:8000/v1 teacher.concurrency=64
-    exp3rt-annotate -m stage=extract shard=0,1,2,3 num_shards=4   # then: stage=extract merge=true num_shards=4
-    exp3rt-annotate teacher=gpt35_turbo retry_failed=true  # re-send only the rows that failed (see docs/teacher.md)
-    exp3rt-annotate dataset=release_imdb split=predefined teacher=release   # import published annotations
+exp3rt-annotate                                        # synthetic world, extractive teacher
+exp3rt-annotate teacher=gpt35_turbo dry_run=true       # calls, tokens and cost per stage; no calls
+exp3rt-annotate teacher=vllm_local teacher.base_url=http://gpu01:8000/v1 teacher.concurrency=64
+exp3rt-annotate -m stage=extract shard=0,1,2,3 num_shards=4   # then: stage=extract merge=true num_shards=4
+exp3rt-annotate teacher=gpt35_turbo retry_failed=true  # re-send only the rows that failed (see docs/teacher.md)
+exp3rt-annotate dataset=release_imdb split=predefined teacher=release   # import published annotations
 """
 
 from __future__ import annotations
@@ -31,23 +31,70 @@ def annotation_table(result: dict) -> str:
         modes = set()
         for stage, e in result["estimate"].items():
             modes.add(e.get("price_mode", "sync"))
-            rows.append([stage, e.get("calls"), e.get("cached"), e.get("prompt_tokens"), e.get("completion_tokens"),
-                         e.get("cost_usd_sync"), e.get("cost_usd_batch"), "estimate" if e.get("estimated") else "exact prompts"])
+            rows.append(
+                [
+                    stage,
+                    e.get("calls"),
+                    e.get("cached"),
+                    e.get("prompt_tokens"),
+                    e.get("completion_tokens"),
+                    e.get("cost_usd_sync"),
+                    e.get("cost_usd_batch"),
+                    "estimate" if e.get("estimated") else "exact prompts",
+                ]
+            )
         mode = "/".join(sorted(modes)) or "sync"
-        return (f"Dry run — nothing was sent (teacher.mode={mode}; the budget check uses {mode} prices)\n" + markdown_table(
-            ["stage", "calls to send", "cached", "prompt tokens", "max completion tokens", "max cost USD sync",
-             "max cost USD batch (within 24 h)", "basis"], rows))
+        return (
+            f"Dry run — nothing was sent (teacher.mode={mode}; the budget check uses {mode} prices)\n"
+            + markdown_table(
+                [
+                    "stage",
+                    "calls to send",
+                    "cached",
+                    "prompt tokens",
+                    "max completion tokens",
+                    "max cost USD sync",
+                    "max cost USD batch (within 24 h)",
+                    "basis",
+                ],
+                rows,
+            )
+        )
     if "merged" in result:
         return f"merged shards into {result['merged']}"
     rows = []
     for stage, r in result.get("report", {}).items():
         u = r.get("usage", {})
         st = r.get("status", {})
-        rows.append([stage, r.get("rows"), st.get("ok", r.get("rows") if r.get("imported") else 0), st.get("failed", 0),
-                     st.get("failed_upstream", 0) + st.get("missing_input", 0),
-                     "skipped (exists)" if r.get("skipped") else ("imported" if r.get("imported") else u.get("calls")),
-                     u.get("cached"), u.get("cost_usd"), r.get("seconds")])
-    return markdown_table(["stage", "rows", "ok", "failed", "failed upstream", "calls sent", "cache hits", "cost USD", "seconds"], rows)
+        rows.append(
+            [
+                stage,
+                r.get("rows"),
+                st.get("ok", r.get("rows") if r.get("imported") else 0),
+                st.get("failed", 0),
+                st.get("failed_upstream", 0) + st.get("missing_input", 0),
+                "skipped (exists)"
+                if r.get("skipped")
+                else ("imported" if r.get("imported") else u.get("calls")),
+                u.get("cached"),
+                u.get("cost_usd"),
+                r.get("seconds"),
+            ]
+        )
+    return markdown_table(
+        [
+            "stage",
+            "rows",
+            "ok",
+            "failed",
+            "failed upstream",
+            "calls sent",
+            "cache hits",
+            "cost USD",
+            "seconds",
+        ],
+        rows,
+    )
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

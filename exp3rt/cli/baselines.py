@@ -1,8 +1,8 @@
 """``exp3rt-baselines``: prepare data, split, fit rating baselines and retrievers, print one table.
 
-    exp3rt-baselines                                  # synthetic world
-    exp3rt-baselines dataset=ml100k dataset.path=/data/ml-100k.inter
-    exp3rt-baselines -m split=random,per_user         # multirun → multirun/baselines/<time>/<n>/
+exp3rt-baselines                                  # synthetic world
+exp3rt-baselines dataset=ml100k dataset.path=/data/ml-100k.inter
+exp3rt-baselines -m split=random,per_user         # multirun → multirun/baselines/<time>/<n>/
 """
 
 from __future__ import annotations

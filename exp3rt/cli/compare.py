@@ -23,19 +23,33 @@ log = logging.getLogger("exp3rt.compare")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="exp3rt-compare", description="Compare exp3rt runs: one markdown table, compare.json and a PNG.",
+        prog="exp3rt-compare",
+        description="Compare exp3rt runs: one markdown table, compare.json and a PNG.",
         epilog="Metric names are the flat names of metrics.json (its 'flat' key): rating/<model>/<key>, "
-               "rerank/<before|after>/<metric>, retrieval/<model>/<metric>, efficiency/<key>, plus "
-               "rating/best_baseline/<key>.")
-    p.add_argument("paths", nargs="*", help="a multirun dir, run dirs, or folders of them (searched for metrics.json)")
-    p.add_argument("--metrics", help="comma-separated flat metric names or glob patterns (default: student RMSE/MAE, "
-                                     "parse rate, global-mean and best baseline RMSE, rerank nDCG@10 before/after)")
-    p.add_argument("--by", help="comma-separated keys to label runs by (a group like ablation, an override key, or a "
-                                "dotted config key); default: whatever differs between the runs")
-    p.add_argument("--out", type=Path, help="where compare.md/.json/.png go (default: the multirun dir, else the cwd)")
+        "rerank/<before|after>/<metric>, retrieval/<model>/<metric>, efficiency/<key>, plus "
+        "rating/best_baseline/<key>.",
+    )
+    p.add_argument(
+        "paths", nargs="*", help="a multirun dir, run dirs, or folders of them (searched for metrics.json)"
+    )
+    p.add_argument(
+        "--metrics",
+        help="comma-separated flat metric names or glob patterns (default: student RMSE/MAE, "
+        "parse rate, global-mean and best baseline RMSE, rerank nDCG@10 before/after)",
+    )
+    p.add_argument(
+        "--by",
+        help="comma-separated keys to label runs by (a group like ablation, an override key, or a "
+        "dotted config key); default: whatever differs between the runs",
+    )
+    p.add_argument(
+        "--out", type=Path, help="where compare.md/.json/.png go (default: the multirun dir, else the cwd)"
+    )
     p.add_argument("--plot", type=Path, help="the PNG path (default: <out>/compare.png)")
     p.add_argument("--title", help="the heading of compare.md and the plot")
-    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B (online) instead of directories")
+    p.add_argument(
+        "--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B (online) instead of directories"
+    )
     p.add_argument("--group", help="with --wandb: only runs of this W&B group (experiment_name)")
     return p
 

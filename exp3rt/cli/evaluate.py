@@ -1,7 +1,7 @@
 """``exp3rt-evaluate``: reasoning then rating on the test pairs of a trained student's dataset.
 
-    exp3rt-evaluate run_dir=outputs/train/<run>
-    exp3rt-evaluate run_dir=outputs/train/<run> eval.mode=fast eval.failure_policy=exclude
+exp3rt-evaluate run_dir=outputs/train/<run>
+exp3rt-evaluate run_dir=outputs/train/<run> eval.mode=fast eval.failure_policy=exclude
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
     metrics = evaluate(cfg, out_dir, predict_fn=predict)
-    rows = [[name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"), r.get("parse_rate", 1.0)]
-            for name, r in metrics["rating"].items()]
+    rows = [
+        [name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"), r.get("parse_rate", 1.0)]
+        for name, r in metrics["rating"].items()
+    ]
     print(markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate"], rows))
     print(f"\nreport: {out_dir / 'report.md'}")
     return metrics

@@ -1,10 +1,10 @@
 """``exp3rt-train``: fine-tune the student (LoRA) on the teacher's annotations with Lightning.
 
-    exp3rt-train                                             # tiny student on CPU, synthetic world
-    exp3rt-train student=smollm2_135m trainer.max_steps=50
-    exp3rt-train ablation=no_reasoning                       # answer is the rating alone
-    exp3rt-train trainer=deepspeed_zero2 deepspeed=zero2 student=llama3_8b_instruct peft=lora_paper
-    exp3rt-train hydra.run.dir=outputs/train/<run> ckpt_path=last   # resume (same W&B run id)
+exp3rt-train                                             # tiny student on CPU, synthetic world
+exp3rt-train student=smollm2_135m trainer.max_steps=50
+exp3rt-train ablation=no_reasoning                       # answer is the rating alone
+exp3rt-train trainer=deepspeed_zero2 deepspeed=zero2 student=llama3_8b_instruct peft=lora_paper
+exp3rt-train hydra.run.dir=outputs/train/<run> ckpt_path=last   # resume (same W&B run id)
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if not result.get("is_global_zero", True):
         return result
     m = result["metrics"]
-    print(f"trained {result['global_step']} steps in {result['seconds']} s on {result['examples']['train']} examples")
+    print(
+        f"trained {result['global_step']} steps in {result['seconds']} s on {result['examples']['train']} examples"
+    )
     for key in ("train/loss", "val/loss", "val/gen_rmse", "val/gen_mae", "val/gen_parse_rate"):
         if key in m:
             print(f"  {key}: {m[key]:.4f}")

@@ -133,7 +133,9 @@ def read_reviews(
     n_sep = n_blank = n_summary = n_copies = n_exact = n_read = 0
     keep_one = VariantPolicy(variants) == VariantPolicy.keep_one
     first_of: dict[int, int] = {}  # hash(user, time, text) -> global row index of the first copy
-    variant_items: dict[int, set] = {}  # first copy's row index -> (asin, rating) of its dropped variant copies
+    variant_items: dict[
+        int, set
+    ] = {}  # first copy's row index -> (asin, rating) of its dropped variant copies
     n_rows = 0  # rows kept so far (global index of the next row)
 
     def row_values(idx: int) -> tuple:

@@ -14,8 +14,8 @@ def require_file(path, key: str, cfg) -> Path:
     if path.is_dir():
         files = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         hint = (
-            f"pass {key}={path / files[0]}" + (f" (the folder holds {', '.join(files[:5])}"
-                                               + (", …" if len(files) > 5 else "") + ")")
+            f"pass {key}={path / files[0]}"
+            + (f" (the folder holds {', '.join(files[:5])}" + (", …" if len(files) > 5 else "") + ")")
             if files
             else f"pass {key}=/path/to/the/file (the folder holds no files)"
         )

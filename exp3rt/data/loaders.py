@@ -44,7 +44,9 @@ def no_usable_interactions(cfg, problems: InputProblems) -> NoUsableData:
     why it was skipped."""
     if Loader(cfg.loader) == Loader.exp3rt_release:  # the rating files, not the profile files
         base = Path(str(cfg.path))
-        files = [str(base / str(name)) for key, name in cfg.release.items() if key.startswith("rating_") and name]
+        files = [
+            str(base / str(name)) for key, name in cfg.release.items() if key.startswith("rating_") and name
+        ]
     else:
         meta = str(cfg.meta_path) if cfg.meta_path else None
         files = [f for f in problems.inputs if f != meta] or [str(cfg.path)]
@@ -66,7 +68,9 @@ def load_dataset(cfg, problems: InputProblems | None = None) -> tuple[Dataset, I
     dataset.interactions = None  # the filters below own the frame now, so they can release columns
     if "_line" not in inter.columns:
         inter = inter.assign(_line=np.arange(1, len(inter) + 1))
-    inter = apply_duplicate_policy(inter, DuplicatePolicy(cfg.duplicates), problems, source=str(cfg.path or cfg.name))
+    inter = apply_duplicate_policy(
+        inter, DuplicatePolicy(cfg.duplicates), problems, source=str(cfg.path or cfg.name)
+    )
     before = len(inter)
     inter = kcore_filter(inter, int(cfg.kcore.user), int(cfg.kcore.item), problems)
     if len(inter) == 0:
@@ -149,5 +153,7 @@ def kcore_filter(inter: pd.DataFrame, user_k: int, item_k: int, problems: InputP
             inter = filter_rows(inter, (counts >= item_k).to_numpy())
         if len(inter) == n:
             break
-    problems.note(f"interactions removed by k-core filter (user>={user_k}, item>={item_k})", before - len(inter))
+    problems.note(
+        f"interactions removed by k-core filter (user>={user_k}, item>={item_k})", before - len(inter)
+    )
     return inter

@@ -66,7 +66,6 @@ def input_digests(cfg) -> dict[str, str]:
                     out[f"release.{key}"] = path_digest(p)
         else:
             if Loader(cfg.loader) in (Loader.amazon2018, Loader.tabular):  # the loaders that read one file
-
                 require_file(root, "dataset.path", cfg)  # a folder: say so before digesting all of it
             out["path"] = path_digest(root)
     if cfg.meta_path:
@@ -91,7 +90,9 @@ def prepare_dataset(cfg, data_root: str | Path, force: bool = False) -> Prepared
     directory = Path(data_root) / f"{cfg.name}-{fp[:12]}"
     meta = read_meta(directory)
     if meta is not None and meta.get("fingerprint") == fp and not force:
-        if folder_intact(directory, ("interactions.parquet", "items.parquet"), f"the prepared dataset {directory.name}"):
+        if folder_intact(
+            directory, ("interactions.parquet", "items.parquet"), f"the prepared dataset {directory.name}"
+        ):
             log.info("reusing prepared dataset %s", directory)
             return PreparedData(directory, fp, _reload(cfg, directory, meta), meta.get("report", {}), True)
     if directory.exists() and not force and (meta is None or meta.get("fingerprint") == fp):
@@ -110,11 +111,20 @@ def prepare_dataset(cfg, data_root: str | Path, force: bool = False) -> Prepared
         problems.write(tmp, summary)
         save_config(cfg, tmp / "dataset.yaml")
         report = {"summary": summary, **problems.to_dict()}
-        write_meta(tmp, "data", cfg, inputs, fp, report={k: report[k] for k in ("summary", "skipped_total", "skipped", "notes", "inputs")})
+        write_meta(
+            tmp,
+            "data",
+            cfg,
+            inputs,
+            fp,
+            report={k: report[k] for k in ("summary", "skipped_total", "skipped", "notes", "inputs")},
+        )
     if problems.total_skipped:
         log.warning(
             "dataset %s: %d record(s) skipped (lenient mode); see %s/data_report.md",
-            cfg.name, problems.total_skipped, directory,
+            cfg.name,
+            problems.total_skipped,
+            directory,
         )
     return PreparedData(directory, fp, dataset, read_meta(directory)["report"], False)
 

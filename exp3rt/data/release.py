@@ -347,7 +347,9 @@ def _record(path: Path, index: int, line: int, record, problems: InputProblems) 
     return None
 
 
-def _text_field(path: Path, index: int, line: int, record: dict, name: str, problems: InputProblems, ids: bool = False):
+def _text_field(
+    path: Path, index: int, line: int, record: dict, name: str, problems: InputProblems, ids: bool = False
+):
     """A required non-empty string field (ids may also be JSON integers); None after a reported problem."""
     if name not in record or record[name] is None:
         problems.bad(path, line, name, f"record {index}: missing field", kind=f"{name}: missing")
@@ -370,7 +372,9 @@ def _text_field(path: Path, index: int, line: int, record: dict, name: str, prob
     return value
 
 
-def _check_profile(path: Path, index: int, line: int, name: str, text: str, problems: InputProblems) -> list[str] | None:
+def _check_profile(
+    path: Path, index: int, line: int, name: str, text: str, problems: InputProblems
+) -> list[str] | None:
     """Check a profile text; None after a reported problem, else the quirks to note if the record is kept.
 
     Only an ``[Average Rating]`` section that is not one number is a problem. A text without any
@@ -398,7 +402,9 @@ def _check_profile(path: Path, index: int, line: int, name: str, text: str, prob
     return notes
 
 
-def _score(path: Path, index: int, line: int, record: dict, scale: RatingScale, problems: InputProblems) -> float | None:
+def _score(
+    path: Path, index: int, line: int, record: dict, scale: RatingScale, problems: InputProblems
+) -> float | None:
     if "score" not in record or record["score"] is None:
         problems.bad(path, line, "score", f"record {index}: missing field", kind="score: missing")
         return None
@@ -542,7 +548,9 @@ def read_profiles(path: str | Path, kind: str, problems: InputProblems) -> pd.Da
         pid = _text_field(path, index, line, rec, id_field, problems, ids=True)
         text = pid and _text_field(path, index, line, rec, text_field, problems)
         quirks = (
-            None if pid is None or text is None else _check_profile(path, index, line, text_field, text, problems)
+            None
+            if pid is None or text is None
+            else _check_profile(path, index, line, text_field, text, problems)
         )
         if quirks is None:
             continue
@@ -725,8 +733,10 @@ def read_topk(directory: str | Path, problems: InputProblems) -> TopK:
 
 def no_release_folder(cfg) -> str:
     """The sentence for a ``dataset.path`` that is not a release folder."""
-    return (f"dataset.path={cfg.path} is not a folder: dataset '{cfg.name}' reads the EXP3RT release's published "
-            f"files; pass dataset.path=/path/to/EXP3RT/data/<imdb|amazon-book> (or set EXP3RT_RELEASE=/path/to/EXP3RT/data)")
+    return (
+        f"dataset.path={cfg.path} is not a folder: dataset '{cfg.name}' reads the EXP3RT release's published "
+        f"files; pass dataset.path=/path/to/EXP3RT/data/<imdb|amazon-book> (or set EXP3RT_RELEASE=/path/to/EXP3RT/data)"
+    )
 
 
 def _configured(cfg) -> dict[str, Path]:

@@ -174,7 +174,9 @@ def _conform(df: pd.DataFrame, schema: pa.Schema, fill: dict) -> pd.DataFrame:
             values = col.to_numpy(dtype=object, na_value=None) if f.type == pa.int64() else col
             arr = pa.array(values, type=f.type, from_pandas=True)
         else:
-            arr = pa.array([fill[f.name]() for _ in range(len(df))] if f.name in fill else [None] * len(df), type=f.type)
+            arr = pa.array(
+                [fill[f.name]() for _ in range(len(df))] if f.name in fill else [None] * len(df), type=f.type
+            )
         out[f.name] = arrow_to_pandas(pa.table({f.name: arr}))[f.name]
     return pd.DataFrame(out, copy=False)
 

@@ -84,8 +84,11 @@ def split_codes(inter: pd.DataFrame, cfg, extras: dict[str, pd.DataFrame] | None
     if strategy == SplitStrategy.random:
         _tail(rng.permutation(n), int(round(cfg.test_ratio * n)), int(round(cfg.valid_ratio * n)), codes)
     elif strategy == SplitStrategy.temporal:
-        ts = _timestamps(inter, "split.strategy=temporal needs a timestamp on every interaction",
-                         "use split.strategy=random or per_user")
+        ts = _timestamps(
+            inter,
+            "split.strategy=temporal needs a timestamp on every interaction",
+            "use split.strategy=random or per_user",
+        )
         order = np.lexsort((np.arange(n), ts))  # by time, file order breaks ties
         _tail(order, int(round(cfg.test_ratio * n)), int(round(cfg.valid_ratio * n)), codes)
     elif strategy == SplitStrategy.per_user:
@@ -94,7 +97,12 @@ def split_codes(inter: pd.DataFrame, cfg, extras: dict[str, pd.DataFrame] | None
         user_codes, users = pd.factorize(inter["user_id"], sort=True)
         n_users = len(users)
         chosen = np.full(n_users, TRAIN, dtype=np.int8)
-        _tail(rng.permutation(n_users), int(round(cfg.test_ratio * n_users)), int(round(cfg.valid_ratio * n_users)), chosen)
+        _tail(
+            rng.permutation(n_users),
+            int(round(cfg.test_ratio * n_users)),
+            int(round(cfg.valid_ratio * n_users)),
+            chosen,
+        )
         codes = chosen[user_codes]
     elif strategy == SplitStrategy.predefined:
         given = (extras or {}).get("split_labels")
@@ -125,7 +133,9 @@ def _per_user(inter: pd.DataFrame, cfg, rng: np.random.Generator) -> np.ndarray:
     n = len(inter)
     users, _ = pd.factorize(inter["user_id"])
     if HoldoutOrder(cfg.order) == HoldoutOrder.time:
-        key = _timestamps(inter, "split.order=time needs a timestamp on every interaction", "use split.order=random")
+        key = _timestamps(
+            inter, "split.order=time needs a timestamp on every interaction", "use split.order=random"
+        )
     else:
         key = rng.random(n)
     # position of each interaction within its user, latest / highest key last (file order breaks ties)
@@ -196,7 +206,11 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
             )
         for name, frame in parts.items():
             if len(frame) == 0:
-                log.warning("split predefined of dataset '%s': the source has no %s pairs", prepared.dataset.name, name)
+                log.warning(
+                    "split predefined of dataset '%s': the source has no %s pairs",
+                    prepared.dataset.name,
+                    name,
+                )
     elif len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ConfigError(
             f"split {SplitStrategy(cfg.strategy).value} of dataset '{prepared.dataset.name}' left "
@@ -216,6 +230,14 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
         for name, frame in parts.items():
             write_parquet_atomic(frame, tmp / f"{name}.parquet")
         save_config(cfg, tmp / "split.yaml")
-        write_meta(tmp, "split", cfg, {"data": prepared.fingerprint}, fp, stats=stats, dataset_dir=str(prepared.directory))
+        write_meta(
+            tmp,
+            "split",
+            cfg,
+            {"data": prepared.fingerprint},
+            fp,
+            stats=stats,
+            dataset_dir=str(prepared.directory),
+        )
     meta = read_meta(directory)
     return Split(directory, fp, parts["train"], parts["valid"], parts["test"], meta, False)

@@ -271,7 +271,7 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
         perm = rng.permutation(n_a)
         likes_m[u, perm[:n_like]] = 1
         dislikes_m[u, perm[n_like : n_like + n_dis]] = 1
-    user_bias = rng.normal(0.0, float(getattr(world_cfg, 'user_bias_std', USER_BIAS_STD)), n_u)
+    user_bias = rng.normal(0.0, float(getattr(world_cfg, "user_bias_std", USER_BIAS_STD)), n_u)
 
     # items: genres, strong aspects (genre-tilted), weak aspects, bias, Zipf popularity
     n_strong, n_weak = int(world_cfg.strong_per_item), int(world_cfg.weak_per_item)
@@ -291,7 +291,7 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
         strong_m[i, s_idx] = 1
         rest = np.setdiff1d(np.arange(n_a), s_idx)
         weak_m[i, rng.choice(rest, size=n_weak, replace=False)] = 1
-    item_bias = rng.normal(0.0, float(getattr(world_cfg, 'item_bias_std', ITEM_BIAS_STD)), n_i)
+    item_bias = rng.normal(0.0, float(getattr(world_cfg, "item_bias_std", ITEM_BIAS_STD)), n_i)
     ranks = rng.permutation(n_i) + 1
     popularity = 1.0 / ranks ** float(world_cfg.popularity_skew)
     popularity /= popularity.sum()
@@ -314,7 +314,13 @@ def generate_world(world_cfg, domain: str, scale: RatingScale, name: str = "synt
         rows_i.append(chosen)
     uu, ii = np.concatenate(rows_u), np.concatenate(rows_i)
     n = len(uu)
-    stars = float(getattr(world_cfg, 'base', BASE)) + user_bias[uu] + item_bias[ii] + match[uu, ii] + rng.normal(0.0, float(world_cfg.noise), n)
+    stars = (
+        float(getattr(world_cfg, "base", BASE))
+        + user_bias[uu]
+        + item_bias[ii]
+        + match[uu, ii]
+        + rng.normal(0.0, float(world_cfg.noise), n)
+    )
     ratings = _to_scale(stars, scale)
     frac = (ratings - scale.min) / (scale.max - scale.min)
 

@@ -199,6 +199,7 @@ class _Source:
         quoting = csv.QUOTE_MINIMAL if self.fmt == "csv" else csv.QUOTE_NONE
         feed = _Feed(self.path, self.encoding, self.problems)
         self.feed = feed
+
         def make_reader():  # a fresh reader after a runaway record (its line generator may have ended)
             return csv.reader(iter(feed), delimiter=sep, quoting=quoting)
 

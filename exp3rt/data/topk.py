@@ -37,11 +37,13 @@ from exp3rt.data.schema import Dataset, scale_of
 IMPLICIT_RATING = 1.0
 
 
-def _resolve_cross_file(train: pd.DataFrame, test: pd.DataFrame, policy: DuplicatePolicy, directory: Path,
-                        problems: InputProblems) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _resolve_cross_file(
+    train: pd.DataFrame, test: pd.DataFrame, policy: DuplicatePolicy, directory: Path, problems: InputProblems
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pairs in both files: keep them in one split only, as ``policy`` says (counted or reported)."""
-    both = test.reset_index().merge(train[["user_id", "item_id", "_line"]], on=["user_id", "item_id"],
-                                    suffixes=("", "_train"))
+    both = test.reset_index().merge(
+        train[["user_id", "item_id", "_line"]], on=["user_id", "item_id"], suffixes=("", "_train")
+    )
     if both.empty:
         return train, test
     n = len(both)
@@ -55,7 +57,9 @@ def _resolve_cross_file(train: pd.DataFrame, test: pd.DataFrame, policy: Duplica
         return train[~in_test].reset_index(drop=True), test
     for row in both.sort_values("_line").to_dict("records"):
         problems.bad(
-            directory / "test.txt", int(row["_line"]), "item_remap",
+            directory / "test.txt",
+            int(row["_line"]),
+            "item_remap",
             f"pair (user {row['user_id']!r}, item {row['item_id']!r}) is also in train.txt "
             f"(line {int(row['_line_train'])}); "
             "set dataset.duplicates=keep_first to drop such pairs from test or keep_latest to drop them from training",
@@ -93,7 +97,9 @@ def load_topk(cfg, problems: InputProblems) -> Dataset:
             "set dataset.require_review=false"
         )
     topk = read_topk(directory, problems)
-    train, test = _resolve_cross_file(topk.train, topk.test, DuplicatePolicy(cfg.duplicates), directory, problems)
+    train, test = _resolve_cross_file(
+        topk.train, topk.test, DuplicatePolicy(cfg.duplicates), directory, problems
+    )
     pairs = pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)
     n = len(pairs)
     interactions = pd.DataFrame(

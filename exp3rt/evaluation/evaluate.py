@@ -39,9 +39,13 @@ def find_train_run(run_dir: str | None, adapter: str | None) -> tuple[Path, Path
         run = Path(run_dir)
         adapter_dir = run / "adapter"
     else:
-        raise ConfigError("exp3rt-evaluate needs run_dir=<an exp3rt-train run dir> or adapter=<adapter folder>")
+        raise ConfigError(
+            "exp3rt-evaluate needs run_dir=<an exp3rt-train run dir> or adapter=<adapter folder>"
+        )
     if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run}/config.yaml is missing: run_dir must be an exp3rt-train run directory")
+        raise FileNotFoundError(
+            f"{run}/config.yaml is missing: run_dir must be an exp3rt-train run directory"
+        )
     if not (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} holds neither a peft adapter nor a model")
     return run, adapter_dir
@@ -63,7 +67,9 @@ def fallback_models(train: pd.DataFrame, scale=None) -> dict:
     return {m.name: m(scale).fit(train) for m in (UserMean, ItemMean, GlobalMean)}
 
 
-def apply_fallback(value: float | None, policy: str, user_id: str, item_id: str, models: dict) -> tuple[float | None, bool]:
+def apply_fallback(
+    value: float | None, policy: str, user_id: str, item_id: str, models: dict
+) -> tuple[float | None, bool]:
     """The rating to score and whether the failure policy supplied it: the policy's baseline
     (:func:`fallback_models`) predicts the pair. ``exclude`` returns None: the pair is left out of the
     error metrics and counted, never scored as zero error."""
@@ -95,8 +101,13 @@ def error_table(preds: list[Prediction], which: str, policy: str, models: dict) 
         pred.append(value)
         warm.append(p.warm)
     truth_a, pred_a, warm_a = np.array(truth), np.array(pred), np.array(warm, dtype=bool)
-    out = {"n": len(preds), "scored": int(len(truth_a)), "failures": failures, "failure_policy": policy,
-           "parse_rate": 1.0 - failures / max(1, len(preds))}
+    out = {
+        "n": len(preds),
+        "scored": int(len(truth_a)),
+        "failures": failures,
+        "failure_policy": policy,
+        "parse_rate": 1.0 - failures / max(1, len(preds)),
+    }
     out["rmse"] = rmse(truth_a, pred_a) if len(truth_a) else None
     out["mae"] = mae(truth_a, pred_a) if len(truth_a) else None
     for tag, mask in (("warm", warm_a), ("cold", ~warm_a)):
@@ -121,7 +132,9 @@ def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating)
     warm = pairs["warm"].to_numpy(dtype=bool)
     for name, model in build_rating_baselines(cfg_rating, scale).items():
         model.fit(train)
-        pred = np.asarray(model.predict(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), dtype=float)
+        pred = np.asarray(
+            model.predict(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), dtype=float
+        )
         out[name] = rating_errors(truth, pred, warm)
     return out
 
@@ -131,35 +144,74 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
 
     ds = metrics["dataset"]
     tag = " — SYNTHETIC data (exp3rt synthetic world)" if ds.get("synthetic") else ""
-    lines = [f"# exp3rt evaluation: {ds['name']}{tag}", "",
-             f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} pairs scored from the "
-             f"{metrics['protocol'].get('source', 'test split')}; readout mode {metrics['protocol']['mode']}; failure policy "
-             f"{metrics['protocol']['failure_policy']}.", ""]
+    lines = [
+        f"# exp3rt evaluation: {ds['name']}{tag}",
+        "",
+        f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} pairs scored from the "
+        f"{metrics['protocol'].get('source', 'test split')}; readout mode {metrics['protocol']['mode']}; failure policy "
+        f"{metrics['protocol']['failure_policy']}.",
+        "",
+    ]
     lines += scored_pairs_lines(metrics["protocol"])
     rows = []
     for name, r in metrics["rating"].items():
-        rows.append([name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"),
-                     r.get("parse_rate", 1.0), r.get("failures", 0)])
+        rows.append(
+            [
+                name,
+                r.get("rmse"),
+                r.get("mae"),
+                r.get("rmse_warm"),
+                r.get("rmse_cold"),
+                r.get("parse_rate", 1.0),
+                r.get("failures", 0),
+            ]
+        )
     gen = metrics.get("generation") or {}
     if gen.get("finish"):
-        lines += [f"Reasoning budget {gen['max_new_tokens']} tokens ({gen['source']}); reasonings ended: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(gen["finish"].items())) + ".", ""]
+        lines += [
+            f"Reasoning budget {gen['max_new_tokens']} tokens ({gen['source']}); reasonings ended: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(gen["finish"].items()))
+            + ".",
+            "",
+        ]
         if gen.get("warning"):
             lines += [f"**Warning:** {gen['warning']}.", ""]
     lines += reasoning_lines(metrics.get("reasoning"))
-    lines += ["## Rating prediction", "", markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows), ""]
+    lines += [
+        "## Rating prediction",
+        "",
+        markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows),
+        "",
+    ]
     if metrics.get("rerank"):
         rr = metrics["rerank"]
         keys = sorted(k.split("/", 1)[1] for k in rr if k.startswith("before/"))
         rows = [[k, rr.get(f"before/{k}"), rr.get(f"after/{k}")] for k in keys]
-        lines += [f"## Top-{rr.get('num_candidates')} reranking ({rr.get('retriever')}, {rr.get('users')} users, "
-                  f"{rr.get('seconds_per_user', 0):.3f} s/user)", "", markdown_table(["metric", "first stage", "reranked"], rows), ""]
+        lines += [
+            f"## Top-{rr.get('num_candidates')} reranking ({rr.get('retriever')}, {rr.get('users')} users, "
+            f"{rr.get('seconds_per_user', 0):.3f} s/user)",
+            "",
+            markdown_table(["metric", "first stage", "reranked"], rows),
+            "",
+        ]
     if example is not None:
-        lines += ["## Example explanation", "", f"User `{example.user_id}`, item `{example.item_id}`, true rating "
-                  f"{example.truth:g}, expected {example.rating_expected if example.rating_expected is None else round(example.rating_expected, 2)}:",
-                  "", "> " + (example.reasoning or "(no reasoning)").replace("\n", "\n> "), ""]
-    lines += ["![rating distributions](rating_distributions.png)", "", "![confusion](confusion.png)", "",
-              "![calibration](calibration.png)", ""]
+        lines += [
+            "## Example explanation",
+            "",
+            f"User `{example.user_id}`, item `{example.item_id}`, true rating "
+            f"{example.truth:g}, expected {example.rating_expected if example.rating_expected is None else round(example.rating_expected, 2)}:",
+            "",
+            "> " + (example.reasoning or "(no reasoning)").replace("\n", "\n> "),
+            "",
+        ]
+    lines += [
+        "![rating distributions](rating_distributions.png)",
+        "",
+        "![confusion](confusion.png)",
+        "",
+        "![calibration](calibration.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -171,12 +223,16 @@ def reasoning_lines(about: dict | None) -> list[str]:
     def pct(v):
         return "–" if v is None else f"{100 * v:.0f}%"
 
-    text = (f"Reasoning about the pair (synthetic ground truth): of the aspects the reasonings name, {pct(about['aspect_precision'])} "
-            f"are where this user's and this item's profiles meet (precision); of those meeting points, "
-            f"{pct(about['aspect_recall'])} are named (recall); {pct(about['distinct_share'])} of the reasonings are distinct texts.")
+    text = (
+        f"Reasoning about the pair (synthetic ground truth): of the aspects the reasonings name, {pct(about['aspect_precision'])} "
+        f"are where this user's and this item's profiles meet (precision); of those meeting points, "
+        f"{pct(about['aspect_recall'])} are named (recall); {pct(about['distinct_share'])} of the reasonings are distinct texts."
+    )
     if about.get("teacher_aspect_precision") is not None:
-        text += (f" The teacher's own rationales: precision {pct(about['teacher_aspect_precision'])}, "
-                 f"recall {pct(about['teacher_aspect_recall'])}.")
+        text += (
+            f" The teacher's own rationales: precision {pct(about['teacher_aspect_precision'])}, "
+            f"recall {pct(about['teacher_aspect_recall'])}."
+        )
     return [text, ""]
 
 
@@ -186,16 +242,22 @@ def scored_pairs_lines(protocol: dict) -> list[str]:
     lines = []
     warm = protocol.get("warm") or {}
     if warm:
-        lines.append(f"No scored pair was in the student's or the baselines' training data. {warm['users_cold']} of "
-                     f"{warm['users']} users ({warm['pairs_cold']} pairs) are cold: fewer than {warm['warm_min_train']} "
-                     "training ratings.")
+        lines.append(
+            f"No scored pair was in the student's or the baselines' training data. {warm['users_cold']} of "
+            f"{warm['users']} users ({warm['pairs_cold']} pairs) are cold: fewer than {warm['warm_min_train']} "
+            "training ratings."
+        )
     if protocol.get("scored_split") == "valid":
-        lines.append("These are VALIDATION pairs (eval.split=valid, what a search optimises): report test figures "
-                     "from a run with eval.split=test.")
+        lines.append(
+            "These are VALIDATION pairs (eval.split=valid, what a search optimises): report test figures "
+            "from a run with eval.split=test."
+        )
     overlap = protocol.get("overlap") or {}
     if overlap.get("dropped"):
-        lines.append(f"Dropped {overlap['dropped']} of the file's {overlap['file_pairs']} pairs that the student trained "
-                     f"on ({overlap['in_train']} training, {overlap['in_valid']} validation; eval.test_file_overlap=drop).")
+        lines.append(
+            f"Dropped {overlap['dropped']} of the file's {overlap['file_pairs']} pairs that the student trained "
+            f"on ({overlap['in_train']} training, {overlap['in_valid']} validation; eval.test_file_overlap=drop)."
+        )
     return [" ".join(lines), ""] if lines else []
 
 
@@ -232,23 +294,49 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
             from exp3rt.student.examples import rating_file_examples
 
-            exs, file_report = rating_file_examples(ev.test_file, str(tcfg.dataset.domain), prepared.dataset.scale,
-                                                    tcfg.sft, ablation, tcfg.student_prompt,
-                                                    strict=bool(ev.test_file_strict))
+            exs, file_report = rating_file_examples(
+                ev.test_file,
+                str(tcfg.dataset.domain),
+                prepared.dataset.scale,
+                tcfg.sft,
+                ablation,
+                tcfg.student_prompt,
+                strict=bool(ev.test_file_strict),
+            )
             exs, overlap = unseen_file_pairs(exs, split, str(ev.test_file_overlap), str(ev.test_file))
-            return exs, {"source": f"test file {ev.test_file}", "scored_split": "test file", "file": file_report,
-                         "overlap": overlap}
-        examples = build_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain),
-                                  prepared.dataset.scale, sft, ablation=ablation, prompt=tcfg.student_prompt)
-        return ([e for e in examples.get(part, []) if e.task == "rating"],
-                {"source": f"{part} split ({tcfg.split.strategy})", "scored_split": part,
-                 "split_pairs": int(len(split.part(part))), "skipped": examples.report.get("skipped", {})})
+            return exs, {
+                "source": f"test file {ev.test_file}",
+                "scored_split": "test file",
+                "file": file_report,
+                "overlap": overlap,
+            }
+        examples = build_examples(
+            ann_dir,
+            split,
+            prepared.dataset.items,
+            str(tcfg.dataset.domain),
+            prepared.dataset.scale,
+            sft,
+            ablation=ablation,
+            prompt=tcfg.student_prompt,
+        )
+        return (
+            [e for e in examples.get(part, []) if e.task == "rating"],
+            {
+                "source": f"{part} split ({tcfg.split.strategy})",
+                "scored_split": part,
+                "split_pairs": int(len(split.part(part))),
+                "skipped": examples.report.get("skipped", {}),
+            },
+        )
 
     test_examples, source = test_set(readout_ablation(tcfg, str(ev.mode)))
     if ev.get("max_pairs"):
         test_examples = test_examples[: int(ev.max_pairs)]
     if not test_examples:
-        raise ConfigError(f"no {part} rating examples for dataset '{tcfg.dataset.name}' (split {tcfg.split.strategy})")
+        raise ConfigError(
+            f"no {part} rating examples for dataset '{tcfg.dataset.name}' (split {tcfg.split.strategy})"
+        )
     check_scored_pairs(test_examples, split, part if not ev.get("test_file") else "test file")
     budget = reasoning_budget(tcfg, ev, run)
     ev = OmegaConf.merge(ev, {"max_new_tokens": budget["max_new_tokens"]})
@@ -256,28 +344,60 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     preds = predict_fn(tcfg, adapter_dir, test_examples, ev)
     seconds = time.perf_counter() - t0
     direct_rows = {}
-    if trained_direct(tcfg) and str(ev.mode) != "fast":  # the same pairs read out once more, after the rating-only prompt
+    if (
+        trained_direct(tcfg) and str(ev.mode) != "fast"
+    ):  # the same pairs read out once more, after the rating-only prompt
         wanted = {(str(e.meta["user_id"]), str(e.meta["item_id"])) for e in test_examples}
-        direct_examples = [e for e in test_set(readout_ablation(tcfg, "fast"))[0]
-                           if (str(e.meta["user_id"]), str(e.meta["item_id"])) in wanted]
-        attach_direct(preds, predict_fn(tcfg, adapter_dir, direct_examples, OmegaConf.merge(ev, {"mode": "fast"})))
+        direct_examples = [
+            e
+            for e in test_set(readout_ablation(tcfg, "fast"))[0]
+            if (str(e.meta["user_id"]), str(e.meta["item_id"])) in wanted
+        ]
+        attach_direct(
+            preds, predict_fn(tcfg, adapter_dir, direct_examples, OmegaConf.merge(ev, {"mode": "fast"}))
+        )
         direct_rows = {"student_direct_expected": "direct_expected", "student_direct_argmax": "direct_argmax"}
     train = split.train
     source["warm"] = mark_warm(preds, train, int(tcfg.split.warm_min_train))
     means = fallback_models(train, prepared.dataset.scale)
     policy = str(ev.failure_policy)
-    pairs = pd.DataFrame({"user_id": [p.user_id for p in preds], "item_id": [p.item_id for p in preds],
-                          "rating": [p.truth for p in preds], "warm": [p.warm for p in preds]})
-    rating = {"student_expected": error_table(preds, "expected", policy, means),
-              "student_argmax": error_table(preds, "argmax", policy, means),
-              **{k: error_table(preds, v, policy, means) for k, v in direct_rows.items()},
-              **baseline_errors(train, pairs, prepared.dataset.scale, tcfg.get("baselines", {}).get("rating") or _default_rating_cfg())}
-    metrics = {"task": "evaluate", "train_run": str(run), "adapter": str(adapter_dir), "dataset": prepared.dataset.summary(),
-               "protocol": {"mode": str(ev.mode), "failure_policy": policy, "pairs": len(preds), **source,
-                            "backend": str(ev.get("backend") or "hf"), **inference_device(ev),
-                            "readout": "next-token distribution over the valid rating tokens after the reasoning",
-                            "seconds_per_pair": seconds / max(1, len(preds))},
-               "rating": rating, "generation": generation_summary(preds, budget)}
+    pairs = pd.DataFrame(
+        {
+            "user_id": [p.user_id for p in preds],
+            "item_id": [p.item_id for p in preds],
+            "rating": [p.truth for p in preds],
+            "warm": [p.warm for p in preds],
+        }
+    )
+    rating = {
+        "student_expected": error_table(preds, "expected", policy, means),
+        "student_argmax": error_table(preds, "argmax", policy, means),
+        **{k: error_table(preds, v, policy, means) for k, v in direct_rows.items()},
+        **baseline_errors(
+            train,
+            pairs,
+            prepared.dataset.scale,
+            tcfg.get("baselines", {}).get("rating") or _default_rating_cfg(),
+        ),
+    }
+    metrics = {
+        "task": "evaluate",
+        "train_run": str(run),
+        "adapter": str(adapter_dir),
+        "dataset": prepared.dataset.summary(),
+        "protocol": {
+            "mode": str(ev.mode),
+            "failure_policy": policy,
+            "pairs": len(preds),
+            **source,
+            "backend": str(ev.get("backend") or "hf"),
+            **inference_device(ev),
+            "readout": "next-token distribution over the valid rating tokens after the reasoning",
+            "seconds_per_pair": seconds / max(1, len(preds)),
+        },
+        "rating": rating,
+        "generation": generation_summary(preds, budget),
+    }
     if str(ev.mode) != "fast":  # on the synthetic world: is the reasoning about the pair?
         from exp3rt.evaluation.reasoning import reasoning_about_the_pair
 
@@ -285,7 +405,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         teacher = pd.read_parquet(rationale) if rationale.is_file() else None
         if teacher is not None and "status" in teacher:
             teacher = teacher[teacher["status"] == "ok"]
-        about = reasoning_about_the_pair(prepared.dataset, [(p.user_id, p.item_id, p.reasoning) for p in preds], teacher)
+        about = reasoning_about_the_pair(
+            prepared.dataset, [(p.user_id, p.item_id, p.reasoning) for p in preds], teacher
+        )
         if about is not None:
             metrics["reasoning"] = about
     if metrics["generation"]["cut"]:
@@ -295,7 +417,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     expected = np.array([p.rating_expected if p.rating_expected is not None else np.nan for p in preds])
     ok = ~np.isnan(expected)
     levels = prepared.dataset.scale.levels
-    plots.rating_distributions(truth[ok], expected[ok], levels, out_dir / "rating_distributions.png", "true vs predicted")
+    plots.rating_distributions(
+        truth[ok], expected[ok], levels, out_dir / "rating_distributions.png", "true vs predicted"
+    )
     plots.confusion(truth[ok], expected[ok], levels, out_dir / "confusion.png", "confusion (expected rating)")
     plots.calibration(truth[ok], expected[ok], out_dir / "calibration.png", "calibration")
     if ev.get("rerank"):
@@ -315,13 +439,16 @@ def scored_part(ev, split, tcfg) -> str:
     """The split part exp3rt-evaluate scores (``eval.split``), checked against what the split holds."""
     part = str(ev.get("split") or "test")
     if ev.get("test_file") and part != "test":
-        raise ConfigError(f"eval.test_file scores the pairs of {ev.test_file}; eval.split={part} does not apply to it: "
-                          "leave eval.split at test, or drop eval.test_file to score the split's own validation pairs")
+        raise ConfigError(
+            f"eval.test_file scores the pairs of {ev.test_file}; eval.split={part} does not apply to it: "
+            "leave eval.split at test, or drop eval.test_file to score the split's own validation pairs"
+        )
     if part == "valid" and len(split.valid) == 0:
         raise ConfigError(
             f"eval.split=valid, but split '{tcfg.split.strategy}' of dataset '{tcfg.dataset.name}' has no validation "
             f"pairs ({split.directory}): train on a split with a validation part, e.g. exp3rt-pipeline split.valid_ratio=0.1 "
-            f"eval.split=valid (the student is retrained on the new split)")
+            f"eval.split=valid (the student is retrained on the new split)"
+        )
     return part
 
 
@@ -343,18 +470,31 @@ def unseen_file_pairs(examples: list, split, policy: str, path: str) -> tuple[li
     in_valid = sum(_pair_of(e) in valid for e in examples)
     seen = train | valid
     kept = [e for e in examples if _pair_of(e) not in seen]
-    counts = {"file_pairs": len(examples), "in_train": int(in_train), "in_valid": int(in_valid),
-              "dropped": 0, "scored": len(kept)}
+    counts = {
+        "file_pairs": len(examples),
+        "in_train": int(in_train),
+        "in_valid": int(in_valid),
+        "dropped": 0,
+        "scored": len(kept),
+    }
     if in_train or in_valid:
         if policy == "error":
             raise ConfigError(
                 f"eval.test_file={path}: {in_train + in_valid} of {len(examples)} pairs are in the data the student and "
                 f"the baselines trained on ({in_train} training, {in_valid} validation pairs of its split), and scoring "
                 f"them would report memorised ratings. Score only the {len(kept)} unseen pairs with "
-                f"eval.test_file_overlap=drop, or evaluate on the split's own test pairs (leave eval.test_file unset)")
+                f"eval.test_file_overlap=drop, or evaluate on the split's own test pairs (leave eval.test_file unset)"
+            )
         counts["dropped"] = in_train + in_valid
-        log.warning("eval.test_file: dropped %d of %d pairs that the student trained on (%d training, %d validation); "
-                    "scoring the %d unseen ones", in_train + in_valid, len(examples), in_train, in_valid, len(kept))
+        log.warning(
+            "eval.test_file: dropped %d of %d pairs that the student trained on (%d training, %d validation); "
+            "scoring the %d unseen ones",
+            in_train + in_valid,
+            len(examples),
+            in_train,
+            in_valid,
+            len(kept),
+        )
     return kept, counts
 
 
@@ -368,8 +508,10 @@ def check_scored_pairs(examples: list, split, part: str) -> None:
     outside = scored - _pairs(split.part(part)) if part in ("train", "valid", "test") else set()
     if leaked or outside:
         example = sorted(leaked or outside)[0]
-        raise RuntimeError(f"refusing to score: {len(leaked)} pair(s) the student trained on and {len(outside)} outside "
-                           f"the {part} part, e.g. {example}")
+        raise RuntimeError(
+            f"refusing to score: {len(leaked)} pair(s) the student trained on and {len(outside)} outside "
+            f"the {part} part, e.g. {example}"
+        )
 
 
 def mark_warm(preds: list[Prediction], train: pd.DataFrame, warm_min_train: int) -> dict:
@@ -382,8 +524,13 @@ def mark_warm(preds: list[Prediction], train: pd.DataFrame, warm_min_train: int)
         if not p.warm:
             users_cold.add(p.user_id)
     users = {p.user_id for p in preds}
-    return {"warm_min_train": warm_min_train, "pairs_warm": sum(p.warm for p in preds),
-            "pairs_cold": sum(not p.warm for p in preds), "users": len(users), "users_cold": len(users_cold)}
+    return {
+        "warm_min_train": warm_min_train,
+        "pairs_warm": sum(p.warm for p in preds),
+        "pairs_cold": sum(not p.warm for p in preds),
+        "users": len(users),
+        "users_cold": len(users_cold),
+    }
 
 
 def inference_device(ev) -> dict:
@@ -392,7 +539,10 @@ def inference_device(ev) -> dict:
         return {}
     from exp3rt.devices import resolve_device
 
-    return {"device": str(resolve_device(ev.get("device", "auto"))), "merge_lora": bool(ev.get("merge_lora", True))}
+    return {
+        "device": str(resolve_device(ev.get("device", "auto"))),
+        "merge_lora": bool(ev.get("merge_lora", True)),
+    }
 
 
 def trained_direct(tcfg) -> bool:
@@ -415,7 +565,11 @@ def attach_direct(preds: list[Prediction], direct: list[Prediction]) -> None:
     for p in preds:
         d = by_pair.get((p.user_id, p.item_id))
         if d is not None:
-            p.direct_probs, p.rating_direct_argmax, p.rating_direct_expected = d.probs, d.rating_argmax, d.rating_expected
+            p.direct_probs, p.rating_direct_argmax, p.rating_direct_expected = (
+                d.probs,
+                d.rating_argmax,
+                d.rating_expected,
+            )
 
 
 REASONING_MARGIN = 16  # tokens beyond the longest training answer
@@ -434,10 +588,18 @@ def reasoning_budget(tcfg, ev, run: Path) -> dict:
     if ev.get("max_new_tokens"):
         value, source = int(ev.max_new_tokens), "eval.max_new_tokens"
         if longest and value < longest:
-            log.warning("eval.max_new_tokens=%d is below the longest answer the student trained on (%d tokens, "
-                        "p99 %d): reasonings will be cut before their conclusion", value, longest, trained["p99"])
+            log.warning(
+                "eval.max_new_tokens=%d is below the longest answer the student trained on (%d tokens, "
+                "p99 %d): reasonings will be cut before their conclusion",
+                value,
+                longest,
+                trained["p99"],
+            )
     elif longest:
-        value, source = longest + REASONING_MARGIN, f"longest training answer ({longest}) + {REASONING_MARGIN}"
+        value, source = (
+            longest + REASONING_MARGIN,
+            f"longest training answer ({longest}) + {REASONING_MARGIN}",
+        )
     else:
         value, source = int(tcfg.student.max_new_tokens), "student.max_new_tokens"
     return {"max_new_tokens": value, "source": source, "training_answer_tokens": trained}
@@ -447,19 +609,30 @@ def generation_summary(preds: list[Prediction], budget: dict) -> dict:
     """How the reasonings ended (``finish`` counts), and a warning when some hit the token budget."""
     finish = Counter(p.finish for p in preds if p.finish is not None)
     cut = int(finish.get("length", 0))
-    out = {"max_new_tokens": budget["max_new_tokens"], "source": budget["source"],
-           "training_answer_tokens": budget["training_answer_tokens"], "finish": dict(finish), "cut": cut,
-           "cut_rate": cut / max(1, sum(finish.values())) if finish else 0.0}
+    out = {
+        "max_new_tokens": budget["max_new_tokens"],
+        "source": budget["source"],
+        "training_answer_tokens": budget["training_answer_tokens"],
+        "finish": dict(finish),
+        "cut": cut,
+        "cut_rate": cut / max(1, sum(finish.values())) if finish else 0.0,
+    }
     if cut:
-        out["warning"] = (f"{cut} of {sum(finish.values())} reasonings hit max_new_tokens={budget['max_new_tokens']} "
-                          f"({budget['source']}) before the rating prefix: their readout follows an unfinished reasoning; "
-                          "raise eval.max_new_tokens")
+        out["warning"] = (
+            f"{cut} of {sum(finish.values())} reasonings hit max_new_tokens={budget['max_new_tokens']} "
+            f"({budget['source']}) before the rating prefix: their readout follows an unfinished reasoning; "
+            "raise eval.max_new_tokens"
+        )
     return out
 
 
 def numbers(prefix: str, values: dict) -> dict[str, float]:
     """``<prefix>/<key>`` for the numeric values of ``values`` (booleans and text left out)."""
-    return {f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        f"{prefix}/{k}": float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
@@ -474,7 +647,9 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def log_to_wandb(tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, rows: int, run_id: str | None = None) -> str:
+def log_to_wandb(
+    tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, rows: int, run_id: str | None = None
+) -> str:
     """The metrics and a table of explanations in W&B: a run of its own (job_type=evaluate, grouped with
     the training run), or, given ``run_id``, appended to the training run (the pipeline does this, so a
     sweep's run holds both the training curves and the test metrics). Offline unless the training
@@ -483,12 +658,18 @@ def log_to_wandb(tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, ro
 
     from exp3rt.artifacts import scrub_secrets, to_container
 
-    run = wandb.init(project=tcfg.logger.project, entity=tcfg.logger.entity, dir=str(out_dir), job_type="evaluate",
-                     group=tcfg.logger.group or tcfg.get("experiment_name") or "default",
-                     mode="offline" if tcfg.logger.mode == "offline" else "online",
-                     config=scrub_secrets({"train": to_container(tcfg), "protocol": metrics["protocol"]}),
-                     tags=[f"dataset:{tcfg.dataset.name}", f"student:{tcfg.student.name}"], reinit="finish_previous",
-                     **({"id": run_id, "resume": "allow"} if run_id else {}))
+    run = wandb.init(
+        project=tcfg.logger.project,
+        entity=tcfg.logger.entity,
+        dir=str(out_dir),
+        job_type="evaluate",
+        group=tcfg.logger.group or tcfg.get("experiment_name") or "default",
+        mode="offline" if tcfg.logger.mode == "offline" else "online",
+        config=scrub_secrets({"train": to_container(tcfg), "protocol": metrics["protocol"]}),
+        tags=[f"dataset:{tcfg.dataset.name}", f"student:{tcfg.student.name}"],
+        reinit="finish_previous",
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
+    )
     try:
         table = wandb.Table(columns=["user_id", "item_id", "truth", "expected", "most_likely", "reasoning"])
         for p in preds[:rows]:
@@ -518,7 +699,9 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     relevant = relevant_sets(split.part(part))  # valid during a search
     users = sorted(u for u, s in relevant.items() if s)
     theirs = None
-    if ev.get("candidates_file"):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
+    if ev.get(
+        "candidates_file"
+    ):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
         from exp3rt.baselines.retrievers import read_candidates, read_relevant
 
         given = read_candidates(ev.candidates_file)
@@ -532,14 +715,26 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
         users = [u for u in users if u in given]
         source = str(ev.candidates_file)
     else:
-        rcfg = OmegaConf.merge(OmegaConf.structured(RetrieverBaselinesConf), {"models": [str(ev.rerank_retriever)], "num_candidates": n})
+        rcfg = OmegaConf.merge(
+            OmegaConf.structured(RetrieverBaselinesConf),
+            {"models": [str(ev.rerank_retriever)], "num_candidates": n},
+        )
         given = build_retrievers(rcfg)[str(ev.rerank_retriever)].fit(split.train).recommend(users, n)
         source = str(ev.rerank_retriever)
     if ev.get("rerank_max_users"):
         users = users[: int(ev.rerank_max_users)]
     first = {u: list(given[u])[:n] for u in users}
-    cands, skipped = candidate_examples(ann_dir, split, prepared.dataset.items, str(tcfg.dataset.domain), prepared.dataset.scale,
-                                        tcfg.sft, readout_ablation(tcfg, str(ev.rerank_mode)), tcfg.student_prompt, first)
+    cands, skipped = candidate_examples(
+        ann_dir,
+        split,
+        prepared.dataset.items,
+        str(tcfg.dataset.domain),
+        prepared.dataset.scale,
+        tcfg.sft,
+        readout_ablation(tcfg, str(ev.rerank_mode)),
+        tcfg.student_prompt,
+        first,
+    )
     scale = prepared.dataset.scale
     ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
     prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix
@@ -551,21 +746,42 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     else:
         model, tok = student_for(tcfg, adapter_dir, ev)
         score = partial(score_candidates, model, tok)
-    prompts_by_user = {u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
-                       for u, exs in cands.items()}
+    prompts_by_user = {
+        u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
+        for u, exs in cands.items()
+    }
     stats: dict = {}
-    sizes = {} if backend_of(ev) == "vllm" else {"batch_size": int(ev.batch_size)}  # vLLM schedules its own batches
-    scores = score(prompts_by_user, ratings, prefix, mode=str(ev.rerank_mode),
-                   max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens), stats=stats, **sizes)
+    sizes = (
+        {} if backend_of(ev) == "vllm" else {"batch_size": int(ev.batch_size)}
+    )  # vLLM schedules its own batches
+    scores = score(
+        prompts_by_user,
+        ratings,
+        prefix,
+        mode=str(ev.rerank_mode),
+        max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens),
+        stats=stats,
+        **sizes,
+    )
     ranked = rerank(scores)
     after = {u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first}
     seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
     out = rerank_metrics(first, after, {u: relevant[u] for u in first}, list(ev.ks), seconds_per_user=seconds)
     unscored = sum(len(first[u]) - len(cands.get(u, [])) for u in first)
-    out.update({"retriever": source, "num_candidates": n, "mode": str(ev.rerank_mode), "backend": backend_of(ev),
-                "relevant": f"this split's {part} pairs" if theirs is None else "the candidates' run (relevant.parquet beside the file)",
-                "candidates_unscored": int(unscored), "skipped": skipped,
-                "seconds_per_user": out.get("time_per_user_s", 0.0)})
+    out.update(
+        {
+            "retriever": source,
+            "num_candidates": n,
+            "mode": str(ev.rerank_mode),
+            "backend": backend_of(ev),
+            "relevant": f"this split's {part} pairs"
+            if theirs is None
+            else "the candidates' run (relevant.parquet beside the file)",
+            "candidates_unscored": int(unscored),
+            "skipped": skipped,
+            "seconds_per_user": out.get("time_per_user_s", 0.0),
+        }
+    )
     return out
 
 

@@ -31,12 +31,18 @@ def _finish(plt, fig, ax, path: Path, title: str, xlabel: str, ylabel: str, lege
     return path
 
 
-def rating_distributions(truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Path, title: str) -> Path:
+def rating_distributions(
+    truth: np.ndarray, pred: np.ndarray, levels: list[float], path: Path, title: str
+) -> Path:
     """Side-by-side bars: how often each rating is true and how often it is predicted (rounded)."""
     plt = _plt()
     levels = list(levels)
     t_counts = [int(np.sum(np.isclose(truth, lv))) for lv in levels]
-    snapped = np.array([levels[int(np.argmin([abs(p - lv) for lv in levels]))] for p in pred]) if len(pred) else np.array([])
+    snapped = (
+        np.array([levels[int(np.argmin([abs(p - lv) for lv in levels]))] for p in pred])
+        if len(pred)
+        else np.array([])
+    )
     p_counts = [int(np.sum(np.isclose(snapped, lv))) for lv in levels]
     x = np.arange(len(levels))
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -85,7 +91,9 @@ def calibration(truth: np.ndarray, expected: np.ndarray, path: Path, title: str,
     return _finish(plt, fig, ax, path, title, "expected rating (readout)", "true rating")
 
 
-def metric_bars(labels: list[str], metrics: list[str], values: list[list[float | None]], path: Path, title: str) -> Path:
+def metric_bars(
+    labels: list[str], metrics: list[str], values: list[list[float | None]], path: Path, title: str
+) -> Path:
     """One panel per metric (their scales differ: RMSE, nDCG, seconds), one horizontal bar per run;
     a missing value gets no bar and a "–" (never a zero-length bar that reads as 0)."""
     plt = _plt()
@@ -108,7 +116,9 @@ def metric_bars(labels: list[str], metrics: list[str], values: list[list[float |
                 bar.set_visible(False)
                 ax.text(0, bar.get_y() + bar.get_height() / 2, " –", va="center")
             else:
-                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.3g}", va="center", fontsize=8)
+                ax.text(
+                    bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.3g}", va="center", fontsize=8
+                )
         ax.set_yticks(y, labels if j % cols == 0 else [""] * len(labels), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(metrics[j], fontsize=9)

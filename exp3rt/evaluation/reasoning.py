@@ -40,7 +40,9 @@ def named_aspects(text: str | None, patterns: dict[str, re.Pattern]) -> set[str]
     return {name for name, p in patterns.items() if text and p.search(text)}
 
 
-def true_overlaps(user_truth: pd.DataFrame, item_truth: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> list[set[str]]:
+def true_overlaps(
+    user_truth: pd.DataFrame, item_truth: pd.DataFrame, pairs: Iterable[tuple[str, str]]
+) -> list[set[str]]:
     users = user_truth.set_index("user_id")
     items = item_truth.set_index("item_id")
     out = []
@@ -59,12 +61,17 @@ def aspect_scores(texts: list[str | None], truths: list[set[str]], patterns: dic
         hit += len(n & truth)
         named += len(n)
         relevant += len(truth)
-    return {"aspect_precision": hit / named if named else None, "aspect_recall": hit / relevant if relevant else None,
-            "aspects_named": named, "aspects_true": relevant}
+    return {
+        "aspect_precision": hit / named if named else None,
+        "aspect_recall": hit / relevant if relevant else None,
+        "aspects_named": named,
+        "aspects_true": relevant,
+    }
 
 
-def reasoning_about_the_pair(dataset, reasonings: list[tuple[str, str, str | None]],
-                             teacher: pd.DataFrame | None = None) -> dict | None:
+def reasoning_about_the_pair(
+    dataset, reasonings: list[tuple[str, str, str | None]], teacher: pd.DataFrame | None = None
+) -> dict | None:
     """The metrics above for ``reasonings`` (user, item, text) on a synthetic world; None elsewhere (no
     ground truth). ``teacher``: the teacher's rationale rows (``user_id, item_id, rationale``) for the
     reference figures."""
@@ -74,13 +81,27 @@ def reasoning_about_the_pair(dataset, reasonings: list[tuple[str, str, str | Non
     patterns = aspect_patterns(str(dataset.domain))
     texts = [t for _, _, t in reasonings]
     written = [t for t in texts if t]
-    out = {"n": len(texts), "with_reasoning": len(written),
-           "distinct_share": len(set(written)) / len(written) if written else None,
-           **aspect_scores(texts, true_overlaps(extras["user_truth"], extras["item_truth"], [(u, i) for u, i, _ in reasonings]),
-                           patterns)}
+    out = {
+        "n": len(texts),
+        "with_reasoning": len(written),
+        "distinct_share": len(set(written)) / len(written) if written else None,
+        **aspect_scores(
+            texts,
+            true_overlaps(extras["user_truth"], extras["item_truth"], [(u, i) for u, i, _ in reasonings]),
+            patterns,
+        ),
+    }
     if teacher is not None and len(teacher):
         ok = teacher.dropna(subset=["rationale"])
-        ref = aspect_scores(list(ok["rationale"]), true_overlaps(extras["user_truth"], extras["item_truth"],
-                                                                 zip(ok["user_id"], ok["item_id"], strict=True)), patterns)
-        out["teacher_aspect_precision"], out["teacher_aspect_recall"] = ref["aspect_precision"], ref["aspect_recall"]
+        ref = aspect_scores(
+            list(ok["rationale"]),
+            true_overlaps(
+                extras["user_truth"], extras["item_truth"], zip(ok["user_id"], ok["item_id"], strict=True)
+            ),
+            patterns,
+        )
+        out["teacher_aspect_precision"], out["teacher_aspect_recall"] = (
+            ref["aspect_precision"],
+            ref["aspect_recall"],
+        )
     return out

@@ -14,4 +14,11 @@ from exp3rt.inference.parse import (
     parse_rating,
 )
 
-__all__ = ["FALLBACK_POLICIES", "Fallback", "FallbackReport", "apply_fallback", "apply_fallbacks", "parse_rating"]
+__all__ = [
+    "FALLBACK_POLICIES",
+    "Fallback",
+    "FallbackReport",
+    "apply_fallback",
+    "apply_fallbacks",
+    "parse_rating",
+]

@@ -57,7 +57,10 @@ class GenOutput:
 
 def eos_ids(model, tokenizer) -> set[int]:
     ids = set()
-    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+    for source in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
         if source is None:
             continue
         ids.update([source] if isinstance(source, int) else list(source))
@@ -107,12 +110,20 @@ def _reserved_layer_class():
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            if self._kbuf is None or self.keys is not self._kview or self._kbuf.shape[0] != key_states.shape[0]:
+            if (
+                self._kbuf is None
+                or self.keys is not self._kview
+                or self._kbuf.shape[0] != key_states.shape[0]
+            ):
                 self._kbuf = None  # keys/values were replaced from outside: rebuild the buffer from them
                 self._filled = int(self.keys.shape[-2]) if self.keys.numel() else 0
             need = self._filled + int(key_states.shape[-2])
             if self._kbuf is None or need > self._kbuf.shape[-2]:
-                room = max(need, self.reserve) if self._kbuf is None else max(need, self._kbuf.shape[-2] * 3 // 2)
+                room = (
+                    max(need, self.reserve)
+                    if self._kbuf is None
+                    else max(need, self._kbuf.shape[-2] * 3 // 2)
+                )
                 kbuf = key_states.new_empty((*key_states.shape[:2], room, key_states.shape[-1]))
                 vbuf = value_states.new_empty((*value_states.shape[:2], room, value_states.shape[-1]))
                 if self._filled:
@@ -165,8 +176,14 @@ def _cache_kwarg(model) -> str:
     return "cache" if forward_accepts(model, "cache") else "past_key_values"
 
 
-def forward_step(model, cache, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 last_only: bool = False) -> torch.Tensor:
+def forward_step(
+    model,
+    cache,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    last_only: bool = False,
+) -> torch.Tensor:
     """One cached forward: ``mask`` covers cache + new tokens; returns logits (B, L, V) in float32.
 
     ``last_only``: only the last position is projected onto the vocabulary (``logits_to_keep=1``, where
@@ -174,8 +191,14 @@ def forward_step(model, cache, input_ids: torch.Tensor, mask: torch.Tensor, posi
     1.2 GB for 16 SmolLM2 prompts of 400 tokens, 10 GB for Llama-3's 128k vocabulary at 1,200 tokens."""
     device = next(model.parameters()).device
     extra = {"logits_to_keep": 1} if last_only and forward_accepts(model, "logits_to_keep") else {}
-    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                use_cache=True, **{_cache_kwarg(model): cache}, **extra)
+    out = model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+        **extra,
+    )
     return out.logits.float()
 
 
@@ -238,9 +261,13 @@ def _prefill(model, rows: list[list[int]], pad_id: int, width: int, reserve: int
 
     def run(members: list[int], w: int, room: int = 0):
         ids = torch.tensor([[pad_id] * (w - len(rows[i])) + rows[i] for i in members], dtype=torch.long)
-        mask = torch.tensor([[0] * (w - len(rows[i])) + [1] * len(rows[i]) for i in members], dtype=torch.long)
+        mask = torch.tensor(
+            [[0] * (w - len(rows[i])) + [1] * len(rows[i]) for i in members], dtype=torch.long
+        )
         cache = new_cache(model, room)
-        logits = forward_step(model, cache, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), last_only=True)[:, -1]
+        logits = forward_step(model, cache, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), last_only=True)[
+            :, -1
+        ]
         return cache, logits
 
     if len(groups) == 1:
@@ -267,8 +294,18 @@ def _prefill(model, rows: list[list[int]], pad_id: int, width: int, reserve: int
 
 
 @torch.no_grad()
-def _generate_one_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, do_sample: bool,
-                        temperature: float, generator, stop: Sequence[str], eos: set[int], keep_state: bool) -> list[GenOutput]:
+def _generate_one_batch(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    generator,
+    stop: Sequence[str],
+    eos: set[int],
+    keep_state: bool,
+) -> list[GenOutput]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     rows = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     width = max(len(r) for r in rows)
@@ -300,7 +337,10 @@ def _generate_one_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens
             gen[i].append(t)
             kept[i] = len(gen[i])
             if stop and any(s in tokenizer.decode(gen[i][-window:]) for s in stop):
-                first = min((s for s in stop if s in tokenizer.decode(gen[i])), key=lambda s: tokenizer.decode(gen[i]).find(s))
+                first = min(
+                    (s for s in stop if s in tokenizer.decode(gen[i])),
+                    key=lambda s: tokenizer.decode(gen[i]).find(s),
+                )
                 active[i], reason[i], kept[i] = False, "stop", _kept_prefix(tokenizer, gen[i], first)
         if not any(active) or step == max_new_tokens - 1:
             break
@@ -313,7 +353,9 @@ def _generate_one_batch(model, tokenizer, prompts: Sequence[str], max_new_tokens
     out = []
     for i in range(b):
         new = gen[i][: kept[i]]
-        out.append(GenOutput(tokenizer.decode(new, skip_special_tokens=True), new, rows[i], reason[i], state, i))
+        out.append(
+            GenOutput(tokenizer.decode(new, skip_special_tokens=True), new, rows[i], reason[i], state, i)
+        )
     return out
 
 
@@ -321,13 +363,26 @@ def length_order(tokenizer, prompts: Sequence[str]) -> list[int]:
     """Prompt indices by token length (stable): batches cut from this order hold prompts of similar
     length, so little of a batch is left padding (in the prompt pass and in every decoding step's
     attention)."""
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]] if prompts else []
+    lengths = (
+        [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+        if prompts
+        else []
+    )
     return sorted(range(len(prompts)), key=lambda i: lengths[i])
 
 
-def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, do_sample: bool = False,
-                   temperature: float = 1.0, seed: int | None = None, batch_size: int = 16,
-                   stop: Sequence[str] = (), keep_state: bool = False) -> list[GenOutput]:
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 16,
+    stop: Sequence[str] = (),
+    keep_state: bool = False,
+) -> list[GenOutput]:
     """Generate a continuation of each prompt (prompts are complete texts, e.g. from
     :func:`exp3rt.student.tokenize.render`; they are tokenised without adding special tokens).
 
@@ -342,7 +397,9 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, do
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     eos = eos_ids(model, tokenizer)
     if not eos:
-        raise ValueError("neither the model's generation_config nor the tokenizer names an EOS token: generation could not stop")
+        raise ValueError(
+            "neither the model's generation_config nor the tokenizer names an EOS token: generation could not stop"
+        )
     generator = None
     if do_sample:
         generator = torch.Generator()
@@ -355,8 +412,18 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int, do
     try:
         out: list[GenOutput] = []
         for start in range(0, len(prompts), batch_size):
-            out += _generate_one_batch(model, tokenizer, prompts[start : start + batch_size], int(max_new_tokens),
-                                       do_sample, temperature, generator, tuple(stop), eos, keep_state)
+            out += _generate_one_batch(
+                model,
+                tokenizer,
+                prompts[start : start + batch_size],
+                int(max_new_tokens),
+                do_sample,
+                temperature,
+                generator,
+                tuple(stop),
+                eos,
+                keep_state,
+            )
         return out
     finally:
         if was_training:

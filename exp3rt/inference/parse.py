@@ -46,11 +46,18 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def apply_fallback(pred: float | None, policy: str, user_mean: float | None = None, item_mean: float | None = None,
-                   global_mean: float | None = None) -> Fallback:
+def apply_fallback(
+    pred: float | None,
+    policy: str,
+    user_mean: float | None = None,
+    item_mean: float | None = None,
+    global_mean: float | None = None,
+) -> Fallback:
     """``pred`` when it is a number; otherwise the policy's value (``exclude`` gives None), flagged."""
     if policy not in FALLBACK_POLICIES:
-        raise ValueError(f"unknown rating fallback policy {policy!r}; choose one of {list(FALLBACK_POLICIES)}")
+        raise ValueError(
+            f"unknown rating fallback policy {policy!r}; choose one of {list(FALLBACK_POLICIES)}"
+        )
     if not _missing(pred):
         return Fallback(float(pred), False)
     if policy == "exclude":
@@ -59,7 +66,9 @@ def apply_fallback(pred: float | None, policy: str, user_mean: float | None = No
     if _missing(value):
         value = global_mean  # a cold-start user/item has no mean of its own
     if _missing(value):
-        raise ValueError(f"fallback policy {policy!r} needs a mean: pass global_mean for users/items without one")
+        raise ValueError(
+            f"fallback policy {policy!r} needs a mean: pass global_mean for users/items without one"
+        )
     return Fallback(float(value), True)
 
 
@@ -76,12 +85,22 @@ class FallbackReport:
         return self.failures / self.total if self.total else 0.0
 
     def as_dict(self) -> dict:
-        return {"policy": self.policy, "total": self.total, "failures": self.failures, "excluded": self.excluded,
-                "failure_rate": self.failure_rate}
+        return {
+            "policy": self.policy,
+            "total": self.total,
+            "failures": self.failures,
+            "excluded": self.excluded,
+            "failure_rate": self.failure_rate,
+        }
 
 
-def apply_fallbacks(preds: Sequence[float | None], policy: str, user_means: Sequence[float | None] | None = None,
-                    item_means: Sequence[float | None] | None = None, global_mean: float | None = None) -> FallbackReport:
+def apply_fallbacks(
+    preds: Sequence[float | None],
+    policy: str,
+    user_means: Sequence[float | None] | None = None,
+    item_means: Sequence[float | None] | None = None,
+    global_mean: float | None = None,
+) -> FallbackReport:
     """:func:`apply_fallback` over a list, counting failures (and exclusions) in the report."""
     n = len(preds)
     users = list(user_means) if user_means is not None else [None] * n

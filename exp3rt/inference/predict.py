@@ -36,7 +36,11 @@ def load_student(tcfg, adapter_dir: Path, device: str | None = "auto", merge_lor
 
         base = AutoModelForCausalLM.from_pretrained(str(ensure_model_folder(tcfg.student)), dtype=dtype)
         model = PeftModel.from_pretrained(base, str(adapter_dir))
-        if merge_lora and getattr(model, "peft_type", None) is not None and str(model.peft_type).endswith("LORA"):
+        if (
+            merge_lora
+            and getattr(model, "peft_type", None) is not None
+            and str(model.peft_type).endswith("LORA")
+        ):
             model = model.merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(str(adapter_dir), dtype=dtype)
@@ -94,19 +98,27 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
             reads = readout_only(model, tok, prompts, ratings, prefix, batch_size=int(ev.batch_size))
             pairs = [(None, r) for r in reads]
         else:
-            pairs = generate_and_read(model, tok, prompts, ratings, max_new, prefix, batch_size=int(ev.batch_size),
-                                      **sampling)
+            pairs = generate_and_read(
+                model, tok, prompts, ratings, max_new, prefix, batch_size=int(ev.batch_size), **sampling
+            )
     out: list[Prediction] = []
     for ex, (gen, read) in zip(examples, pairs, strict=True):
         text = gen.text if gen is not None else ""
         reasoning = text.split(prefix.rstrip())[0].strip()
         if reasoning.startswith("Reasoning:"):
-            reasoning = reasoning[len("Reasoning:"):].strip()
-        out.append(Prediction(
-            user_id=str(ex.meta["user_id"]), item_id=str(ex.meta["item_id"]), truth=float(ex.meta["rating"]),
-            warm=bool(ex.meta.get("warm", True)), reasoning=reasoning,
-            probs={f"{r:g}": float(p) for r, p in zip(read.ratings, read.probs, strict=True)},
-            rating_argmax=float(read.most_likely), rating_expected=float(read.expected), valid_mass=None if math.isnan(read.mass) else float(read.mass),
-            finish=gen.stop_reason if gen is not None else None,
-        ))
+            reasoning = reasoning[len("Reasoning:") :].strip()
+        out.append(
+            Prediction(
+                user_id=str(ex.meta["user_id"]),
+                item_id=str(ex.meta["item_id"]),
+                truth=float(ex.meta["rating"]),
+                warm=bool(ex.meta.get("warm", True)),
+                reasoning=reasoning,
+                probs={f"{r:g}": float(p) for r, p in zip(read.ratings, read.probs, strict=True)},
+                rating_argmax=float(read.most_likely),
+                rating_expected=float(read.expected),
+                valid_mass=None if math.isnan(read.mass) else float(read.mass),
+                finish=gen.stop_reason if gen is not None else None,
+            )
+        )
     return out

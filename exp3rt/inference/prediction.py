@@ -20,7 +20,9 @@ class Prediction:
     valid_mass: float | None = None
     fallback: bool = False  # the readout failed and the failure policy supplied the value
     fallback_value: float | None = None
-    finish: str | None = None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
+    finish: str | None = (
+        None  # how the reasoning ended: stop (rating prefix) | eos | length (cut) | None (fast mode)
+    )
     # a student trained with sft task rating_direct: its readout right after the rating-only prompt
     direct_probs: dict[str, float] | None = None
     rating_direct_argmax: float | None = None

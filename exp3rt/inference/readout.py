@@ -56,8 +56,12 @@ class RatingReadout:
     mass: float  # the probability the model put on valid ratings before renormalising
 
     def as_dict(self) -> dict:
-        return {"probs": dict(zip(self.ratings, self.probs, strict=True)), "most_likely": self.most_likely,
-                "expected": self.expected, "mass": self.mass}
+        return {
+            "probs": dict(zip(self.ratings, self.probs, strict=True)),
+            "most_likely": self.most_likely,
+            "expected": self.expected,
+            "mass": self.mass,
+        }
 
 
 class _Trie:
@@ -67,8 +71,10 @@ class _Trie:
         self.seqs = [tuple(s) for s in seqs]
         inner = {s[:k] for s in self.seqs for k in range(1, len(s))}
         self.inner = sorted(inner, key=lambda p: (len(p), p))
-        self.children = {p: sorted({s[len(p)] for s in self.seqs if len(s) > len(p) and s[: len(p)] == p})
-                         for p in [(), *self.inner]}
+        self.children = {
+            p: sorted({s[len(p)] for s in self.seqs if len(s) > len(p) and s[: len(p)] == p})
+            for p in [(), *self.inner]
+        }
 
     def scores(self, logprobs: dict[tuple, torch.Tensor]) -> torch.Tensor:
         """(B, R) unnormalised probabilities from each node's next-token log-probabilities (B, V)."""
@@ -93,14 +99,28 @@ def _summarise(ratings: RatingTokens, scores: torch.Tensor) -> list[RatingReadou
     probs = scores / mass.clamp(min=1e-300)[:, None]
     out = []
     for p, m in zip(probs, mass, strict=True):
-        out.append(RatingReadout(tuple(ratings.ratings), tuple(float(x) for x in p), float(values[int(p.argmax())]),
-                                 float((p * values).sum()), float(m)))
+        out.append(
+            RatingReadout(
+                tuple(ratings.ratings),
+                tuple(float(x) for x in p),
+                float(values[int(p.argmax())]),
+                float((p * values).sum()),
+                float(m),
+            )
+        )
     return out
 
 
 @torch.no_grad()
-def _score(model, cache, base_mask: torch.Tensor, next_pos: torch.Tensor, chunks: list[list[int]], pad_id: int,
-           trie: _Trie) -> torch.Tensor:
+def _score(
+    model,
+    cache,
+    base_mask: torch.Tensor,
+    next_pos: torch.Tensor,
+    chunks: list[list[int]],
+    pad_id: int,
+    trie: _Trie,
+) -> torch.Tensor:
     """Append each row's ``chunk`` to ``cache`` and score the ratings after it; the cache is cropped back
     to its length on entry. Chunks are left-padded (the padding masked out, positions continuing each
     row's own count), so every row's last token sits in the last column and only that column is
@@ -126,8 +146,9 @@ def _score(model, cache, base_mask: torch.Tensor, next_pos: torch.Tensor, chunks
             node_ids = torch.tensor([list(node)] * len(chunks), dtype=torch.long)
             node_mask = torch.cat([mask, torch.ones(len(chunks), d, dtype=torch.long)], dim=1)
             node_pos = (next_pos + lens)[:, None] + torch.arange(d)[None, :]
-            logprobs[node] = torch.log_softmax(forward_step(model, cache, node_ids, node_mask, node_pos, last_only=True)[:, -1],
-                                               dim=-1)
+            logprobs[node] = torch.log_softmax(
+                forward_step(model, cache, node_ids, node_mask, node_pos, last_only=True)[:, -1], dim=-1
+            )
         return trie.scores(logprobs)
     finally:
         crop_cache(cache, start)
@@ -138,8 +159,14 @@ def _prepare(ratings: RatingTokens, tokenizer, prefix: str) -> tuple[_Trie, list
     return trie, _tokens(tokenizer, prefix)
 
 
-def read_after(model, tokenizer, outputs: Sequence[GenOutput], ratings: RatingTokens, prefix: str = RATING_PREFIX,
-               separator: str = "\n") -> list[RatingReadout]:
+def read_after(
+    model,
+    tokenizer,
+    outputs: Sequence[GenOutput],
+    ratings: RatingTokens,
+    prefix: str = RATING_PREFIX,
+    separator: str = "\n",
+) -> list[RatingReadout]:
     """The readout after each output's kept reasoning, continuing from its batch's KV cache.
 
     Appended per row: the reasoning tokens not yet in the cache (at most the last one), ``separator``
@@ -152,7 +179,9 @@ def read_after(model, tokenizer, outputs: Sequence[GenOutput], ratings: RatingTo
     groups: dict[int, tuple[GenState, list[int]]] = {}
     for k, o in enumerate(outputs):
         if o.state is None:
-            raise ValueError("read_after needs the generation state: call generate_batch(..., keep_state=True)")
+            raise ValueError(
+                "read_after needs the generation state: call generate_batch(..., keep_state=True)"
+            )
         groups.setdefault(id(o.state), (o.state, []))[1].append(k)
     was_training = model.training
     model.eval()
@@ -174,9 +203,18 @@ def read_after(model, tokenizer, outputs: Sequence[GenOutput], ratings: RatingTo
                 chunks[i] = o.new_token_ids[fed:] + sep + prefix_ids
                 next_pos[i] = int(state.prompt_mask[i].sum()) + fed
                 row_mask[i] = True
-            scores = _score(model, state.cache, torch.cat([state.prompt_mask, gen_mask], dim=1), next_pos, chunks,
-                            state.pad_id, trie)
-            for k, r in zip(members, _summarise(ratings, scores[[outputs[k].row for k in members]]), strict=True):
+            scores = _score(
+                model,
+                state.cache,
+                torch.cat([state.prompt_mask, gen_mask], dim=1),
+                next_pos,
+                chunks,
+                state.pad_id,
+                trie,
+            )
+            for k, r in zip(
+                members, _summarise(ratings, scores[[outputs[k].row for k in members]]), strict=True
+            ):
                 results[k] = r
     finally:
         if was_training:
@@ -185,8 +223,15 @@ def read_after(model, tokenizer, outputs: Sequence[GenOutput], ratings: RatingTo
 
 
 @torch.no_grad()
-def readout_only(model, tokenizer, prompts: Sequence[str], ratings: RatingTokens, prefix: str = RATING_PREFIX,
-                 batch_size: int = 16, sort_by_length: bool = True) -> list[RatingReadout]:
+def readout_only(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    ratings: RatingTokens,
+    prefix: str = RATING_PREFIX,
+    batch_size: int = 16,
+    sort_by_length: bool = True,
+) -> list[RatingReadout]:
     """The fast mode: the readout right after ``prompt + prefix`` (no reasoning), batched (prompts of
     similar length together with ``sort_by_length``; results in the input order)."""
     trie, prefix_ids = _prepare(ratings, tokenizer, prefix)
@@ -201,8 +246,15 @@ def readout_only(model, tokenizer, prompts: Sequence[str], ratings: RatingTokens
             members = order[start : start + batch_size]
             chunks = [rows[i] for i in members]
             b = len(chunks)
-            scores = _score(model, new_cache(model), torch.zeros(b, 0, dtype=torch.long), torch.zeros(b, dtype=torch.long),
-                            chunks, pad_id, trie)
+            scores = _score(
+                model,
+                new_cache(model),
+                torch.zeros(b, 0, dtype=torch.long),
+                torch.zeros(b, dtype=torch.long),
+                chunks,
+                pad_id,
+                trie,
+            )
             for i, r in zip(members, _summarise(ratings, scores), strict=True):
                 out[i] = r
     finally:
@@ -211,10 +263,20 @@ def readout_only(model, tokenizer, prompts: Sequence[str], ratings: RatingTokens
     return out
 
 
-def generate_and_read(model, tokenizer, prompts: list[str], ratings: RatingTokens, max_new_tokens: int,
-                      prefix: str = RATING_PREFIX, separator: str = "\n", batch_size: int = 16, do_sample: bool = False,
-                      temperature: float = 1.0, seed: int | None = None,
-                      sort_by_length: bool = True) -> list[tuple[GenOutput, RatingReadout]]:
+def generate_and_read(
+    model,
+    tokenizer,
+    prompts: list[str],
+    ratings: RatingTokens,
+    max_new_tokens: int,
+    prefix: str = RATING_PREFIX,
+    separator: str = "\n",
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    sort_by_length: bool = True,
+) -> list[tuple[GenOutput, RatingReadout]]:
     """Reasoning then readout, batch by batch (each batch's cache is freed before the next); results in
     the input order.
 
@@ -228,8 +290,18 @@ def generate_and_read(model, tokenizer, prompts: list[str], ratings: RatingToken
     out: list[tuple[GenOutput, RatingReadout] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         members = order[start : start + batch_size]
-        gens = generate_batch(model, tokenizer, [prompts[i] for i in members], max_new_tokens, do_sample, temperature,
-                              generator_seed, batch_size, stop=stop, keep_state=True)
+        gens = generate_batch(
+            model,
+            tokenizer,
+            [prompts[i] for i in members],
+            max_new_tokens,
+            do_sample,
+            temperature,
+            generator_seed,
+            batch_size,
+            stop=stop,
+            keep_state=True,
+        )
         reads = read_after(model, tokenizer, gens, ratings, prefix, separator)
         for i, g, r in zip(members, gens, reads, strict=True):
             g.state = None  # free the cache

@@ -109,9 +109,15 @@ def _prefix_cache(model, prefix: list[int]):
     if not prefix:
         return None
     dev = _device(model)
-    extra = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}  # only the cache is needed
-    out = model(input_ids=torch.tensor([prefix], device=dev), attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=dev),
-                use_cache=True, **extra)
+    extra = (
+        {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
+    )  # only the cache is needed
+    out = model(
+        input_ids=torch.tensor([prefix], device=dev),
+        attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=dev),
+        use_cache=True,
+        **extra,
+    )
     return _out_cache(out)
 
 
@@ -131,15 +137,23 @@ def _last_logprobs(model, rows: list[list[int]], prefix_len: int, cache, pad_id:
     positions = torch.arange(prefix_len, prefix_len + width, device=dev).expand(len(rows), -1)
     last = torch.tensor(lengths, device=dev).unsqueeze(1) - 1  # (B, 1): each row's last real position
     kwargs = {_cache_kwarg(model): _expand(cache, len(rows))} if cache is not None else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
-                logits_to_keep=last, **kwargs)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=cache is not None,
+        logits_to_keep=last,
+        **kwargs,
+    )
     logits = out.logits
     if logits.dim() == 3:  # (B, 1, V)
         logits = logits[:, -1] if logits.shape[1] == 1 else logits[torch.arange(len(rows)), last.squeeze(1)]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _readout(model, tokenizer, texts: list[str], paths: _Paths, batch_size: int, reuse_prefix: bool, info: dict) -> list[list[float]]:
+def _readout(
+    model, tokenizer, texts: list[str], paths: _Paths, batch_size: int, reuse_prefix: bool, info: dict
+) -> list[list[float]]:
     """Rating probabilities for each full text (prompt … + rating prefix) of one user."""
     seqs = [_encode(tokenizer, t) for t in texts]
     if any(not s for s in seqs):
@@ -202,7 +216,10 @@ def score_candidates(
             raise ValueError(f"user {user!r} has duplicate candidate items")
 
     def scored(items, probs):
-        return [(item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr) for item, pr in zip(items, probs, strict=True)]
+        return [
+            (item, float(sum(p * v for p, v in zip(pr, values, strict=True))), pr)
+            for item, pr in zip(items, probs, strict=True)
+        ]
 
     try:
         if mode == "full":
@@ -211,8 +228,19 @@ def score_candidates(
             # continues its row's cache: exactly the predictions' full mode (generate_and_read)
             rows = [(user, item, prompt) for user, cands in cands_by_user.items() for item, prompt in cands]
             t0 = time.perf_counter()
-            pairs = generate_and_read(model, tokenizer, [p for _, _, p in rows], ratings, int(max_new_tokens), rating_prefix,
-                                      batch_size=max(1, int(batch_size))) if rows else []
+            pairs = (
+                generate_and_read(
+                    model,
+                    tokenizer,
+                    [p for _, _, p in rows],
+                    ratings,
+                    int(max_new_tokens),
+                    rating_prefix,
+                    batch_size=max(1, int(batch_size)),
+                )
+                if rows
+                else []
+            )
             share = (time.perf_counter() - t0) / max(1, sum(1 for c in cands_by_user.values() if c))
             by_user: dict = {user: [] for user in cands_by_user}
             for (user, item, _), (g, r) in zip(rows, pairs, strict=True):
@@ -220,9 +248,11 @@ def score_candidates(
             for user, got in by_user.items():
                 out[user] = scored([item for item, _, _ in got], [list(r.probs) for _, _, r in got])
                 if stats is not None:
-                    stats[user] = {"reasoning": {item: g.text for item, g, _ in got},
-                                   "finish": {item: g.stop_reason for item, g, _ in got},
-                                   "seconds": share if got else 0.0}
+                    stats[user] = {
+                        "reasoning": {item: g.text for item, g, _ in got},
+                        "finish": {item: g.stop_reason for item, g, _ in got},
+                        "seconds": share if got else 0.0,
+                    }
             return out
         for user, cands in cands_by_user.items():
             info: dict = {}
@@ -231,7 +261,9 @@ def score_candidates(
                 out[user] = []
                 continue
             items = [c[0] for c in cands]
-            probs = _readout(model, tokenizer, [c[1] + rating_prefix for c in cands], paths, batch_size, reuse_prefix, info)
+            probs = _readout(
+                model, tokenizer, [c[1] + rating_prefix for c in cands], paths, batch_size, reuse_prefix, info
+            )
             out[user] = scored(items, probs)
             info["seconds"] = time.perf_counter() - t0
             if stats is not None:
@@ -268,11 +300,16 @@ def rerank_metrics(
     for user, items in reranked.items():
         extra = set(items) - set(first_stage.get(user, ()))
         if extra:
-            raise ValueError(f"reranked list of user {user!r} holds items that were not its candidates: {sorted(map(str, extra))[:5]}")
+            raise ValueError(
+                f"reranked list of user {user!r} holds items that were not its candidates: {sorted(map(str, extra))[:5]}"
+            )
     metrics = ("ndcg", "recall", "hit")
     before = topk_metrics(first_stage, relevant, ks, metrics)
     after = topk_metrics(reranked, relevant, ks, metrics)
-    out: dict = {"users": before["users_evaluated"], "users_without_relevant": before["users_without_relevant"]}
+    out: dict = {
+        "users": before["users_evaluated"],
+        "users_without_relevant": before["users_without_relevant"],
+    }
     for name, res in (("before", before), ("after", after)):
         for key, value in res.items():
             if "@" in key:

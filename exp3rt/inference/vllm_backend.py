@@ -82,8 +82,10 @@ def vllm_lora_rank(r: int) -> int:
     for k in LORA_RANKS:
         if k >= r:
             return k
-    raise ValueError(f"LoRA rank {r} is above the largest rank vLLM serves ({LORA_RANKS[-1]}); merge the adapter "
-                     "(exp3rt-merge) and evaluate the merged folder")
+    raise ValueError(
+        f"LoRA rank {r} is above the largest rank vLLM serves ({LORA_RANKS[-1]}); merge the adapter "
+        "(exp3rt-merge) and evaluate the merged folder"
+    )
 
 
 def engine_kwargs(tcfg, adapter_dir: str | Path, ev, max_logprobs: int = 20) -> tuple[dict, str | None]:
@@ -112,7 +114,9 @@ def engine_kwargs(tcfg, adapter_dir: str | Path, ev, max_logprobs: int = 20) -> 
     if ev.vllm_max_lora_rank is not None:
         rank = int(ev.vllm_max_lora_rank)
         if rank < r:
-            raise ConfigError(f"config key 'eval.vllm_max_lora_rank' is {rank} but the adapter in {adapter_dir} has rank {r}")
+            raise ConfigError(
+                f"config key 'eval.vllm_max_lora_rank' is {rank} but the adapter in {adapter_dir} has rank {r}"
+            )
     else:
         rank = vllm_lora_rank(r)
     kw.update(model=str(ensure_model_folder(tcfg.student)), enable_lora=True, max_lora_rank=rank, max_loras=1)
@@ -173,7 +177,9 @@ class VllmStudent:
         if lora_path:
             from vllm.lora.request import LoRARequest
 
-            self.lora_request = LoRARequest(lora_name="exp3rt-student", lora_int_id=1, lora_path=str(lora_path))
+            self.lora_request = LoRARequest(
+                lora_name="exp3rt-student", lora_int_id=1, lora_path=str(lora_path)
+            )
         self.eos_ids = self._eos_ids(model_path)
 
     def _eos_ids(self, model_path: str | None) -> set[int]:
@@ -194,36 +200,56 @@ class VllmStudent:
     def _run(self, prompts: Sequence[Sequence[int]], params) -> list:
         if not prompts:
             return []
-        return self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False,
-                                 lora_request=self.lora_request)
+        return self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts],
+            params,
+            use_tqdm=False,
+            lora_request=self.lora_request,
+        )
 
-    def _step(self, prompts: Sequence[Sequence[int]], allowed: Sequence[Sequence[int]]) -> tuple[list[dict[int, float]], bool]:
+    def _step(
+        self, prompts: Sequence[Sequence[int]], allowed: Sequence[Sequence[int]]
+    ) -> tuple[list[dict[int, float]], bool]:
         """One greedy step per prompt restricted to ``allowed[i]`` with ``logprobs=len(allowed[i])``: the
         returned log-probabilities of the allowed tokens, and whether the answers prove them raw."""
         from vllm import SamplingParams
 
-        params = [SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=list(a), logprobs=len(a)) for a in allowed]
+        params = [
+            SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=list(a), logprobs=len(a))
+            for a in allowed
+        ]
         values, raw = [], False
         for out, a in zip(self._run(prompts, params), allowed, strict=True):
             got = out.outputs[0].logprobs[0]
             vals = {t: float(got[t].logprob) for t in a if t in got}
-            if any(t not in set(a) for t in got) or sum(math.exp(v) for v in vals.values()) < 1 - _PROCESSED_SUM_TOL:
+            if (
+                any(t not in set(a) for t in got)
+                or sum(math.exp(v) for v in vals.values()) < 1 - _PROCESSED_SUM_TOL
+            ):
                 raw = True
             values.append(vals)
         return values, raw
 
-    def _fill_raw(self, prompts: Sequence[Sequence[int]], allowed: Sequence[Sequence[int]], values: list[dict[int, float]]) -> None:
+    def _fill_raw(
+        self,
+        prompts: Sequence[Sequence[int]],
+        allowed: Sequence[Sequence[int]],
+        values: list[dict[int, float]],
+    ) -> None:
         """Raw logprobs only: read each allowed token left out of the top-k with a one-token request (its
         raw log-probability comes back as the sampled token's; the prompt is in the prefix cache)."""
         from vllm import SamplingParams
 
         todo = [(i, t) for i, a in enumerate(allowed) for t in a if t not in values[i]]
-        params = [SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=[t], logprobs=1) for _, t in todo]
+        params = [
+            SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=[t], logprobs=1) for _, t in todo
+        ]
         for (i, t), out in zip(todo, self._run([prompts[i] for i, _ in todo], params), strict=True):
             values[i][t] = float(out.outputs[0].logprobs[0][t].logprob)
 
-    def edge_logprobs(self, contexts: Sequence[Sequence[int]], seqs: Sequence[Sequence[int]]
-                      ) -> tuple[list[dict[tuple, dict[int, float]]], list[float | None]]:
+    def edge_logprobs(
+        self, contexts: Sequence[Sequence[int]], seqs: Sequence[Sequence[int]]
+    ) -> tuple[list[dict[tuple, dict[int, float]]], list[float | None]]:
         """For each context, ``{node: {token: log P(token | context + node)}}`` for every node of the trie of
         ``seqs`` that has children, and the log-factor that turns the root's values into the model's own
         (0 when vLLM returned them raw; ``None`` when it renormalised them and nothing else told)."""
@@ -233,8 +259,10 @@ class VllmStudent:
         root_vals, raw = self._step(contexts, [root] * n)
         missing = [(i, t) for i in range(n) for t in root if t not in root_vals[i]]
         if missing and not raw:
-            raise RuntimeError(f"vLLM returned no log-probability for rating token(s) {sorted({t for _, t in missing})} "
-                               f"with allowed_token_ids={root} and logprobs={len(root)}")
+            raise RuntimeError(
+                f"vLLM returned no log-probability for rating token(s) {sorted({t for _, t in missing})} "
+                f"with allowed_token_ids={root} and logprobs={len(root)}"
+            )
         if missing:
             self._fill_raw(contexts, [root] * n, root_vals)
         edges: list[dict[tuple, dict[int, float]]] = [{(): v} for v in root_vals]
@@ -271,7 +299,9 @@ class VllmStudent:
 
     # ------------------------------------------------------------------------------------- readout
 
-    def read(self, contexts: Sequence[Sequence[int]], ratings: RatingTokens, prefix: str = RATING_PREFIX) -> list[RatingReadout]:
+    def read(
+        self, contexts: Sequence[Sequence[int]], ratings: RatingTokens, prefix: str = RATING_PREFIX
+    ) -> list[RatingReadout]:
         """:mod:`exp3rt.inference.readout`'s readout after each context (token ids ending with the prefix)."""
         if not contexts:
             return []
@@ -289,17 +319,29 @@ class VllmStudent:
                     m[i, col[t]] = v
             logprobs[node] = m
         reads = _summarise(ratings, trie.scores(logprobs))
-        return [replace(r, mass=r.mass * math.exp(s) if s is not None else math.nan) for r, s in zip(reads, scale, strict=True)]
+        return [
+            replace(r, mass=r.mass * math.exp(s) if s is not None else math.nan)
+            for r, s in zip(reads, scale, strict=True)
+        ]
 
-    def readout_only(self, prompts: Sequence[str], ratings: RatingTokens, prefix: str = RATING_PREFIX) -> list[RatingReadout]:
+    def readout_only(
+        self, prompts: Sequence[str], ratings: RatingTokens, prefix: str = RATING_PREFIX
+    ) -> list[RatingReadout]:
         """The fast mode: the readout right after ``prompt + prefix`` (no reasoning)."""
         prefix_ids = _tokens(self.tokenizer, prefix)
         return self.read([_tokens(self.tokenizer, p) + prefix_ids for p in prompts], ratings, prefix)
 
     # ------------------------------------------------------------------------------------- generation
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
-                 seed: int | None = None, stop: Sequence[str] = ()) -> list[GenOutput]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> list[GenOutput]:
         """:func:`exp3rt.inference.generate.generate_batch`'s outputs (without a cache state)."""
         from vllm import SamplingParams
 
@@ -308,14 +350,26 @@ class VllmStudent:
         rows = [_tokens(self.tokenizer, p) for p in prompts]
         if any(not r for r in rows):
             raise ValueError("generate got an empty prompt: there is nothing to condition on")
-        common = {"max_tokens": int(max_new_tokens), "stop": list(stop) or None, "stop_token_ids": sorted(self.eos_ids),
-                  "include_stop_str_in_output": False, "skip_special_tokens": True}
+        common = {
+            "max_tokens": int(max_new_tokens),
+            "stop": list(stop) or None,
+            "stop_token_ids": sorted(self.eos_ids),
+            "include_stop_str_in_output": False,
+            "skip_special_tokens": True,
+        }
         if do_sample:
-            params = [SamplingParams(**common, temperature=float(temperature), seed=None if seed is None else int(seed) + i)
-                      for i in range(len(rows))]
+            params = [
+                SamplingParams(
+                    **common, temperature=float(temperature), seed=None if seed is None else int(seed) + i
+                )
+                for i in range(len(rows))
+            ]
         else:
             params = SamplingParams(**common, temperature=0.0)
-        return [self._gen_output(r, out.outputs[0].token_ids, stop) for r, out in zip(rows, self._run(rows, params), strict=True)]
+        return [
+            self._gen_output(r, out.outputs[0].token_ids, stop)
+            for r, out in zip(rows, self._run(rows, params), strict=True)
+        ]
 
     def _gen_output(self, prompt_ids: list[int], token_ids: Sequence[int], stop: Sequence[str]) -> GenOutput:
         """Cut vLLM's tokens as the HF loop does: before the first EOS, then wholly before the first stop string."""
@@ -330,24 +384,42 @@ class VllmStudent:
             ids, reason = ids[: _kept_prefix(self.tokenizer, ids, min(hits, key=text.find))], "stop"
         return GenOutput(self.tokenizer.decode(ids, skip_special_tokens=True), ids, prompt_ids, reason)
 
-    def generate_and_read(self, prompts: Sequence[str], ratings: RatingTokens, max_new_tokens: int,
-                          prefix: str = RATING_PREFIX, separator: str = "\n", do_sample: bool = False,
-                          temperature: float = 1.0, seed: int | None = None) -> list[tuple[GenOutput, RatingReadout]]:
+    def generate_and_read(
+        self,
+        prompts: Sequence[str],
+        ratings: RatingTokens,
+        max_new_tokens: int,
+        prefix: str = RATING_PREFIX,
+        separator: str = "\n",
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> list[tuple[GenOutput, RatingReadout]]:
         """Reasoning (stopping where the student writes the prefix itself), then the readout after
         ``prompt + reasoning + separator + prefix`` — :func:`exp3rt.inference.readout.generate_and_read`."""
         stop = (prefix.rstrip(),) if prefix.strip() else ()
         gens = self.generate(prompts, max_new_tokens, do_sample, temperature, seed, stop)
         sep_ids, prefix_ids = _tokens(self.tokenizer, separator), _tokens(self.tokenizer, prefix)
-        contexts = [g.prompt_ids + g.new_token_ids
-                    + (sep_ids if g.new_token_ids and separator and not g.text.endswith(separator) else []) + prefix_ids
-                    for g in gens]
+        contexts = [
+            g.prompt_ids
+            + g.new_token_ids
+            + (sep_ids if g.new_token_ids and separator and not g.text.endswith(separator) else [])
+            + prefix_ids
+            for g in gens
+        ]
         return list(zip(gens, self.read(contexts, ratings, prefix), strict=True))
 
     # ------------------------------------------------------------------------------------- reranking
 
-    def score_candidates(self, prompts_by_user: Mapping[Hashable, Sequence[tuple[Hashable, str]]], ratings: RatingTokens,
-                         rating_prefix: str = RATING_PREFIX, mode: str = "fast", max_new_tokens: int = 256,
-                         stats: dict | None = None) -> Scores:
+    def score_candidates(
+        self,
+        prompts_by_user: Mapping[Hashable, Sequence[tuple[Hashable, str]]],
+        ratings: RatingTokens,
+        rating_prefix: str = RATING_PREFIX,
+        mode: str = "fast",
+        max_new_tokens: int = 256,
+        stats: dict | None = None,
+    ) -> Scores:
         """:func:`exp3rt.inference.rerank.score_candidates` on vLLM: ``{user: [(item, expected, probs), ...]}``.
 
         Every user's candidates go to the engine in one call; the prefix cache computes a user's shared
@@ -392,7 +464,11 @@ class VllmStudent:
                     continue
                 seqs = [contexts[k] for k in idx]
                 plen = common_prefix_len(seqs)
-                info = {"seconds": seconds, "prefix_tokens": plen, "suffix_tokens": sum(len(s) - plen for s in seqs)}
+                info = {
+                    "seconds": seconds,
+                    "prefix_tokens": plen,
+                    "suffix_tokens": sum(len(s) - plen for s in seqs),
+                }
                 if mode == "full":
                     info["reasoning"] = {rows[k][1]: reasons[k] for k in idx}
                     info["finish"] = {rows[k][1]: finish[k] for k in idx}

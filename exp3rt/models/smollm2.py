@@ -115,7 +115,9 @@ def main() -> None:
     from exp3rt import CONF_DIR
 
     ap = argparse.ArgumentParser(prog="python -m exp3rt.models.smollm2")
-    ap.add_argument("out", nargs="?", default=str(CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct"))
+    ap.add_argument(
+        "out", nargs="?", default=str(CONF_DIR.parent / "artifacts" / "models" / "smollm2-135m-instruct")
+    )
     ap.add_argument("--gguf", help="convert this GGUF file instead of the wheel's")
     args = ap.parse_args()
     print(convert_gguf(args.gguf, args.out) if args.gguf else prepare_smollm2(args.out))

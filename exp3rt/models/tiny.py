@@ -53,14 +53,19 @@ def _corpus(rich: bool = False) -> list[str]:
             path = CONF_DIR / name
             if path.is_file():
                 lines += [ln for ln in path.read_text().splitlines() if ln.strip()]
-        lines += [f"{n} movie book product item reviewers user rating" for n in ("Title:", "Categories:", "Description:")]
+        lines += [
+            f"{n} movie book product item reviewers user rating"
+            for n in ("Title:", "Categories:", "Description:")
+        ]
         from exp3rt.teacher.backends import extractive as X
 
         for noun in ("movie", "book", "product"):
             lines += [lean.format(noun=noun) for lean in X.LEANS]
             lines += [X._pair_sentence("u", "i", tag, noun) for tag in ("match", "miss", "relief", "peeve")]
-        lines += ["This user has enjoyed it when, and has been put off when. That said, Admittedly,",
-                  "Reviewers also praise that. Reviewers also point out that. The description presents it as follows:"]
+        lines += [
+            "This user has enjoyed it when, and has been put off when. That said, Admittedly,",
+            "Reviewers also praise that. Reviewers also point out that. The description presents it as follows:",
+        ]
     for v in vars(W).values():
         if not isinstance(v, W.Vocab):
             continue

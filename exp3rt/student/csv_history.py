@@ -51,7 +51,11 @@ def csv_logger(run_dir: Path, resuming: bool, resume_step: int | None = None):
     elif resume_step is not None and resume_step >= 0:
         dropped = trim_history(metrics_csv, resume_step)
         if dropped:
-            log.info("metrics.csv: %d rows logged after step %d are trained again and were cut", dropped, resume_step)
+            log.info(
+                "metrics.csv: %d rows logged after step %d are trained again and were cut",
+                dropped,
+                resume_step,
+            )
     try:
         from pytorch_lightning.loggers.csv_logs import ExperimentWriter
         from pytorch_lightning.loggers.logger import rank_zero_experiment

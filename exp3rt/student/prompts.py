@@ -26,7 +26,9 @@ def load_student_prompt(name: str = "exp3rt_v1") -> DictConfig:
     """A prompt file from ``conf/student_prompt/`` merged onto its schema (outside a Hydra run)."""
     path = Path(CONF_DIR) / "student_prompt" / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"student prompt {path} does not exist; available: {sorted(p.stem for p in path.parent.glob('*.yaml'))}")
+        raise FileNotFoundError(
+            f"student prompt {path} does not exist; available: {sorted(p.stem for p in path.parent.glob('*.yaml'))}"
+        )
     node = OmegaConf.load(path)
     node.pop("defaults", None)
     return OmegaConf.merge(OmegaConf.structured(StudentPromptConf), node)
@@ -49,22 +51,36 @@ class StudentPrompts:
                 check_placeholders(prompt_cfg[task][part], f"student_prompt.{task}.{part}")
                 texts.append(prompt_cfg[task][part])
         rating = prompt_cfg.rating
-        for part in ("system", "user", "instruction", "instruction_rating_only", "raw_review", "answer", "answer_rating_only"):
+        for part in (
+            "system",
+            "user",
+            "instruction",
+            "instruction_rating_only",
+            "raw_review",
+            "answer",
+            "answer_rating_only",
+        ):
             check_placeholders(rating[part], f"student_prompt.rating.{part}")
             texts.append(rating[part])
         missing = [s for s in RATING_SECTIONS if s not in rating.sections]
         if missing:
-            raise ConfigError(f"student_prompt.rating.sections lacks {missing}; it needs one template each for {list(RATING_SECTIONS)}")
+            raise ConfigError(
+                f"student_prompt.rating.sections lacks {missing}; it needs one template each for {list(RATING_SECTIONS)}"
+            )
         for name in rating.sections:
             if name not in RATING_SECTIONS:
-                raise ConfigError(f"student_prompt.rating.sections.{name} is unknown; allowed: {list(RATING_SECTIONS)}")
+                raise ConfigError(
+                    f"student_prompt.rating.sections.{name} is unknown; allowed: {list(RATING_SECTIONS)}"
+                )
             check_placeholders(rating.sections[name], f"student_prompt.rating.sections.{name}")
             texts.append(f"{name}={rating.sections[name]}")
         self.section_order = section_order(rating)
         if rating.get("section_order"):  # an explicit order is part of the version (the default adds nothing)
             texts.append("section_order=" + ",".join(self.section_order))
         only = rating.answer_rating_only
-        if not only.endswith("{rating}") or check_placeholders(only, "student_prompt.rating.answer_rating_only") != ["rating"]:
+        if not only.endswith("{rating}") or check_placeholders(
+            only, "student_prompt.rating.answer_rating_only"
+        ) != ["rating"]:
             raise ConfigError(
                 "student_prompt.rating.answer_rating_only must end with {rating} and hold no other placeholder: "
                 "the text before it is where the rating is read from"
@@ -99,18 +115,34 @@ class StudentPrompts:
         if unknown:
             raise ValueError(f"unknown rating prompt sections {unknown}; allowed: {list(RATING_SECTIONS)}")
         values = self._values({})
-        parts = [render_spans(tpl.sections[name], {**values, name: sections[name]}, f"student_prompt.rating.sections.{name}", CUT_FIELDS)
-                 for name in self.section_order if name in sections]
+        parts = [
+            render_spans(
+                tpl.sections[name],
+                {**values, name: sections[name]},
+                f"student_prompt.rating.sections.{name}",
+                CUT_FIELDS,
+            )
+            for name in self.section_order
+            if name in sections
+        ]
         context = _join(parts, tpl.section_separator)
-        instruction = render_spans(tpl.instruction if reasoning else tpl.instruction_rating_only, values,
-                                   "student_prompt.rating.instruction").text
+        instruction = render_spans(
+            tpl.instruction if reasoning else tpl.instruction_rating_only,
+            values,
+            "student_prompt.rating.instruction",
+        ).text
         system = render_spans(tpl.system, values, "student_prompt.rating.system").text
-        user = render_spans(tpl.user, {**values, "context": context, "instruction": instruction}, "student_prompt.rating.user")
+        user = render_spans(
+            tpl.user, {**values, "context": context, "instruction": instruction}, "student_prompt.rating.user"
+        )
         return system, user
 
     def raw_review(self, summary: str, review: str) -> str:
-        return render_spans(self.cfg.rating.raw_review, self._values({"summary": summary, "review": review}),
-                            "student_prompt.rating.raw_review").text
+        return render_spans(
+            self.cfg.rating.raw_review,
+            self._values({"summary": summary, "review": review}),
+            "student_prompt.rating.raw_review",
+        ).text
 
     @property
     def no_reviews(self) -> str:
@@ -120,8 +152,12 @@ class StudentPrompts:
         """``Reasoning: <rationale>\\nPredicted User Rating: <r>``, or the rating line alone without a rationale."""
         values = self._values({"rating": self.ratings.to_text(rating)})
         if rationale is None:
-            return render_spans(self.cfg.rating.answer_rating_only, values, "student_prompt.rating.answer_rating_only").text
-        return render_spans(self.cfg.rating.answer, {**values, "rationale": rationale.strip()}, "student_prompt.rating.answer").text
+            return render_spans(
+                self.cfg.rating.answer_rating_only, values, "student_prompt.rating.answer_rating_only"
+            ).text
+        return render_spans(
+            self.cfg.rating.answer, {**values, "rationale": rationale.strip()}, "student_prompt.rating.answer"
+        ).text
 
 
 def _join(parts: list[Spanned], separator: str) -> Spanned:

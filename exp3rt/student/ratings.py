@@ -27,8 +27,15 @@ class RatingTokens:
             raise RatingTextError(f"rating scale step must be positive (got {step:g})")
         n = (scale_max - scale_min) / step
         if abs(n - round(n)) > 1e-9:
-            raise RatingTextError(f"rating scale {scale_min:g}-{scale_max:g} is not a whole number of steps of {step:g}")
-        self.scale_min, self.scale_max, self.step, self.offset = float(scale_min), float(scale_max), float(step), float(offset)
+            raise RatingTextError(
+                f"rating scale {scale_min:g}-{scale_max:g} is not a whole number of steps of {step:g}"
+            )
+        self.scale_min, self.scale_max, self.step, self.offset = (
+            float(scale_min),
+            float(scale_max),
+            float(step),
+            float(offset),
+        )
         self.ratings = [self._snap(self.scale_min + i * self.step) for i in range(int(round(n)) + 1)]
         self.texts = [fmt_rating(self._snap(r + self.offset)) for r in self.ratings]
         self._by_text = dict(zip(self.texts, self.ratings, strict=True))
@@ -72,11 +79,15 @@ class RatingTokens:
         try:
             written = float(t)
         except ValueError:
-            raise RatingTextError(f"{text!r} is not a rating; the student writes one of {self.texts}") from None
+            raise RatingTextError(
+                f"{text!r} is not a rating; the student writes one of {self.texts}"
+            ) from None
         try:
             return self.ratings[self.index(self._snap(written - self.offset))]
         except RatingTextError:
-            raise RatingTextError(f"{text!r} is not a rating; the student writes one of {self.texts}") from None
+            raise RatingTextError(
+                f"{text!r} is not a rating; the student writes one of {self.texts}"
+            ) from None
 
     def token_ids(self, tokenizer, prefix: str = RATING_PREFIX) -> list[list[int]]:
         """Each rating string's token ids as they follow ``prefix`` (in :attr:`texts` order).
@@ -96,11 +107,15 @@ class RatingTokens:
                 )
             rest = ids[len(head) :]
             if not rest or tokenizer.decode(rest).strip() != text:
-                raise RatingTextError(f"rating {text!r} after {prefix!r} does not tokenise into its own tokens: {rest}")
+                raise RatingTextError(
+                    f"rating {text!r} after {prefix!r} does not tokenise into its own tokens: {rest}"
+                )
             out.append(rest)
         firsts = [ids[0] for ids in out]
         if self._single(out) and len(set(firsts)) != len(firsts):
-            raise RatingTextError(f"two ratings share one token after {prefix!r}: {dict(zip(self.texts, firsts, strict=True))}")
+            raise RatingTextError(
+                f"two ratings share one token after {prefix!r}: {dict(zip(self.texts, firsts, strict=True))}"
+            )
         self._single_token = self._single(out)
         return out
 
@@ -113,5 +128,7 @@ class RatingTokens:
         """True when every rating was one token in the latest :meth:`token_ids` call (the readout then reads
         one next-token distribution; otherwise it scores each rating's token sequence)."""
         if not hasattr(self, "_single_token"):
-            raise RatingTextError("RatingTokens.single_token is known once token_ids(tokenizer) has been called")
+            raise RatingTextError(
+                "RatingTokens.single_token is known once token_ids(tokenizer) has been called"
+            )
         return self._single_token

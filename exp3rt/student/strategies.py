@@ -93,7 +93,9 @@ def deepspeed_config(deepspeed_cfg: Any, precision: str, micro_batch_size: int |
     ds = _plain(deepspeed_cfg)
     stage = ds.get("stage")
     if stage not in (1, 2, 3):
-        raise ConfigError(f"config key 'deepspeed.stage' must be 1, 2 or 3 for a DeepSpeed strategy (got {stage})")
+        raise ConfigError(
+            f"config key 'deepspeed.stage' must be 1, 2 or 3 for a DeepSpeed strategy (got {stage})"
+        )
     zero: dict[str, Any] = {
         "stage": stage,
         "contiguous_gradients": ds.get("contiguous_gradients", True),
@@ -166,7 +168,9 @@ def build_strategy(
     if name == "ddp":
         return DDPStrategy(process_group_backend=backend) if backend else "ddp"
     if name != "deepspeed":
-        raise ConfigError(f"config key 'trainer.strategy': unknown strategy '{name}'; allowed: [auto, ddp, deepspeed]")
+        raise ConfigError(
+            f"config key 'trainer.strategy': unknown strategy '{name}'; allowed: [auto, ddp, deepspeed]"
+        )
     ds = _plain(deepspeed_cfg)
     if not ds or ds.get("stage") is None:
         raise ConfigError(

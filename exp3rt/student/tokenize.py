@@ -30,8 +30,17 @@ log = logging.getLogger(__name__)
 TEMPLATE_VERSION = "sft-encode-v2"  # v2: rating_mask
 IGNORE_INDEX = -100
 ELLIPSIS = " [...] "
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 class ExampleTooLong(ValueError):
@@ -59,7 +68,9 @@ def render_prompt(tokenizer, system: str, user: str) -> str:
     return f"{bos}{head}User: {user}\nAssistant: "
 
 
-def render(tokenizer, example: SFTExample, add_answer: bool = True, user: str | None = None) -> tuple[str, str]:
+def render(
+    tokenizer, example: SFTExample, add_answer: bool = True, user: str | None = None
+) -> tuple[str, str]:
     """``(prompt_text, answer_text)``: the chat-formatted prompt ending with the generation prompt, and
     the answer followed by the EOS token (``""`` with ``add_answer=False``, e.g. for generation)."""
     prompt = render_prompt(tokenizer, example.system, example.user if user is None else user)
@@ -99,8 +110,11 @@ def encode(tokenizer, example: SFTExample, max_length: int, info: dict | None = 
     answer_ids = _ids(tokenizer, example.answer) + [tokenizer.eos_token_id]
     budget = int(max_length) - len(answer_ids)
     if budget < 1:
-        raise ExampleTooLong("answer_too_long", f"{example.task} answer needs {len(answer_ids)} tokens with its EOS, "
-                             f"max_length is {max_length}: raise sft.max_length (answers are never cut)")
+        raise ExampleTooLong(
+            "answer_too_long",
+            f"{example.task} answer needs {len(answer_ids)} tokens with its EOS, "
+            f"max_length is {max_length}: raise sft.max_length (answers are never cut)",
+        )
     prompt_ids = _ids(tokenizer, render(tokenizer, example, add_answer=False)[0])
     truncated = False
     if len(prompt_ids) > budget:
@@ -108,13 +122,18 @@ def encode(tokenizer, example: SFTExample, max_length: int, info: dict | None = 
         longest = max((b - a for a, b in spans), default=0)
 
         def attempt(cap: int) -> list[int]:
-            return _ids(tokenizer, render(tokenizer, example, False, user=cut_spans(example.user, spans, cap))[0])
+            return _ids(
+                tokenizer, render(tokenizer, example, False, user=cut_spans(example.user, spans, cap))[0]
+            )
 
         smallest = attempt(0)
         if len(smallest) > budget:
-            raise ExampleTooLong("prompt_too_long", f"{example.task} prompt needs {len(smallest)} tokens even with its "
-                                 f"reviews/profiles cut out; with a {len(answer_ids)}-token answer that exceeds "
-                                 f"max_length {max_length}")
+            raise ExampleTooLong(
+                "prompt_too_long",
+                f"{example.task} prompt needs {len(smallest)} tokens even with its "
+                f"reviews/profiles cut out; with a {len(answer_ids)}-token answer that exceeds "
+                f"max_length {max_length}",
+            )
         lo, hi, best = 0, longest, smallest  # the largest cap (characters kept per input) that fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -144,7 +163,9 @@ def rating_token_mask(tokenizer, example: SFTExample, n_answer: int) -> list[int
         return [0] * n_answer
     start = len(example.answer) - len(str(text))
     try:
-        offsets = tokenizer(example.answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenizer(example.answer, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
     except (NotImplementedError, KeyError, ValueError):  # a slow tokenizer: the rating's own token count
         k = len(_ids(tokenizer, str(text)))
         return [0] * (n_answer - k) + [1] * k
@@ -168,7 +189,12 @@ def tokenizer_digest(tokenizer) -> str:
         h.update(tokenizer.backend_tokenizer.to_str().encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    extra = [type(tokenizer).__name__, getattr(tokenizer, "chat_template", None), tokenizer.eos_token, tokenizer.bos_token]
+    extra = [
+        type(tokenizer).__name__,
+        getattr(tokenizer, "chat_template", None),
+        tokenizer.eos_token,
+        tokenizer.bos_token,
+    ]
     h.update(json.dumps(extra, default=str).encode())
     return h.hexdigest()
 
@@ -177,17 +203,27 @@ def dataset_key(examples: list[SFTExample], tokenizer, max_length: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([TEMPLATE_VERSION, int(max_length), tokenizer_digest(tokenizer)]).encode())
     for ex in examples:
-        h.update(json.dumps([ex.task, ex.system, ex.user, ex.answer, ex.meta], sort_keys=True, default=str).encode())
+        h.update(
+            json.dumps(
+                [ex.task, ex.system, ex.user, ex.answer, ex.meta], sort_keys=True, default=str
+            ).encode()
+        )
         h.update(b"\x00")
     return h.hexdigest()
 
 
 def cache_dir_for(sft_cfg, annotation_dir) -> Path:
     """``sft.cache_dir``, or ``<annotation dir>/sft_cache`` when it is null."""
-    return Path(sft_cfg.cache_dir) if sft_cfg.get("cache_dir") is not None else Path(annotation_dir) / "sft_cache"
+    return (
+        Path(sft_cfg.cache_dir)
+        if sft_cfg.get("cache_dir") is not None
+        else Path(annotation_dir) / "sft_cache"
+    )
 
 
-def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_dir, report: dict | None = None):
+def build_dataset(
+    examples: list[SFTExample], tokenizer, max_length: int, cache_dir, report: dict | None = None
+):
     """Encode ``examples`` into a ``datasets.Dataset`` (columns ``input_ids``, ``attention_mask``,
     ``labels``, ``task``, ``example_index``, ``truncated``), cached under ``cache_dir/sft-<hash>``.
 
@@ -204,8 +240,15 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
             report.update(json.loads((directory / "report.json").read_text()), cache="reused")
             return load_from_disk(str(directory))
         discard(directory)  # damaged (a warning named the file): encoded again below
-    columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "rating_mask": [], "task": [],
-                                "example_index": [], "truncated": []}
+    columns: dict[str, list] = {
+        "input_ids": [],
+        "attention_mask": [],
+        "labels": [],
+        "rating_mask": [],
+        "task": [],
+        "example_index": [],
+        "truncated": [],
+    }
     skipped: Counter = Counter()
     truncated = Counter()
     done: dict[int, tuple] = {}  # sft.task_weights repeats an example as the same object: encode it once
@@ -227,9 +270,17 @@ def build_dataset(examples: list[SFTExample], tokenizer, max_length: int, cache_
         columns["truncated"].append(bool(info["truncated"]))
         truncated[ex.task] += bool(info["truncated"])
     if skipped:
-        log.warning("SFT dataset: skipped examples that cannot fit max_length=%d: %s", max_length, dict(skipped))
-    summary = {"key": key, "examples": len(examples), "rows": len(columns["task"]), "max_length": int(max_length),
-               "skipped": dict(skipped), "truncated": {k: v for k, v in truncated.items() if v}}
+        log.warning(
+            "SFT dataset: skipped examples that cannot fit max_length=%d: %s", max_length, dict(skipped)
+        )
+    summary = {
+        "key": key,
+        "examples": len(examples),
+        "rows": len(columns["task"]),
+        "max_length": int(max_length),
+        "skipped": dict(skipped),
+        "truncated": {k: v for k, v in truncated.items() if v},
+    }
     data = Dataset.from_dict(columns)
     with StagingDir(directory) as tmp:
         data.save_to_disk(str(tmp))
@@ -243,13 +294,21 @@ def answer_token_stats(data, task: str = "rating") -> dict | None:
     """Length in tokens of the ``task`` answers (reasoning + rating line + EOS) the student trained on:
     the evaluation's reasoning budget (``eval.max_new_tokens``) must cover them, or every reasoning is
     cut before its conclusion and the readout follows an unfinished text."""
-    lengths = [sum(1 for t in labels if t != IGNORE_INDEX) for labels, kind in zip(data["labels"], data["task"], strict=True)
-               if kind == task]
+    lengths = [
+        sum(1 for t in labels if t != IGNORE_INDEX)
+        for labels, kind in zip(data["labels"], data["task"], strict=True)
+        if kind == task
+    ]
     if not lengths:
         return None
     ordered = sorted(lengths)
-    return {"task": task, "n": len(ordered), "mean": round(sum(ordered) / len(ordered), 1),
-            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "max": ordered[-1]}
+    return {
+        "task": task,
+        "n": len(ordered),
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "max": ordered[-1],
+    }
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:

@@ -34,9 +34,15 @@ def find_annotation_dir(cfg, prepared, split) -> Path:
     from exp3rt.teacher.annotate import annotation_dir
     from exp3rt.teacher.prompts import Prompts
 
-    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    prompts = Prompts(
+        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+    )
     path, _ = annotation_dir(cfg, split, prompts)
-    stages = ("user_profile", "item_profile", "rationale") if cfg.ablation.reasoning else ("user_profile", "item_profile")
+    stages = (
+        ("user_profile", "item_profile", "rationale")
+        if cfg.ablation.reasoning
+        else ("user_profile", "item_profile")
+    )
     needed = [s for s in stages if not (path / f"{s}.parquet").is_file()]
     if needed:
         raise FileNotFoundError(
@@ -85,7 +91,9 @@ def resolve_ckpt(ckpt_path, run_dir: Path) -> str | None:
     if ckpt_path == "last":
         newest = latest_checkpoint(run_dir)
         if newest is None:
-            log.warning("ckpt_path=last but %s holds no checkpoint: starting fresh", Path(run_dir) / "checkpoints")
+            log.warning(
+                "ckpt_path=last but %s holds no checkpoint: starting fresh", Path(run_dir) / "checkpoints"
+            )
             return None
         return str(newest)
     if not Path(ckpt_path).exists():
@@ -110,13 +118,22 @@ def wandb_logger(cfg, run_dir: Path, run_name: str):
         run_id = secrets.token_hex(4)  # any [a-z0-9] string is a valid W&B run id
         id_file.write_text(run_id)
     tags = [str(t) for t in cfg.logger.tags] + [
-        f"dataset:{cfg.dataset.name}", f"teacher:{cfg.teacher.name}", f"student:{cfg.student.name}",
+        f"dataset:{cfg.dataset.name}",
+        f"teacher:{cfg.teacher.name}",
+        f"student:{cfg.student.name}",
         f"ablation:{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}",
     ]
     return WandbLogger(
-        project=cfg.logger.project, entity=cfg.logger.entity, name=run_name, id=run_id, resume="allow",
-        group=cfg.logger.group or cfg.get("experiment_name") or "default", tags=tags, save_dir=str(run_dir),
-        offline=cfg.logger.mode == "offline", mode="disabled" if cfg.logger.mode == "disabled" else None,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        name=run_name,
+        id=run_id,
+        resume="allow",
+        group=cfg.logger.group or cfg.get("experiment_name") or "default",
+        tags=tags,
+        save_dir=str(run_dir),
+        offline=cfg.logger.mode == "offline",
+        mode="disabled" if cfg.logger.mode == "disabled" else None,
         log_model=False,
     )
 
@@ -139,8 +156,12 @@ def train(cfg, run_dir: Path) -> dict:
     from exp3rt.locks import file_lock
 
     wait = bool(cfg.get("lock_wait", True))
-    with file_lock(Path(run_dir) / "train.lock", what="exp3rt-train", wait=wait,
-                   hint=", or rerun with lock_wait=true to wait for it" if not wait else ""):
+    with file_lock(
+        Path(run_dir) / "train.lock",
+        what="exp3rt-train",
+        wait=wait,
+        hint=", or rerun with lock_wait=true to wait for it" if not wait else "",
+    ):
         return _train(cfg, run_dir)
 
 
@@ -165,8 +186,16 @@ def _train(cfg, run_dir: Path) -> dict:
     ann_dir = find_annotation_dir(cfg, prepared, split)
     scale = prepared.dataset.scale
     ratings = RatingTokens.from_config(scale, offset=float(cfg.sft.rating_offset))
-    examples = build_examples(ann_dir, split, prepared.dataset.items, str(cfg.dataset.domain), scale, cfg.sft,
-                              ablation=cfg.ablation, prompt=cfg.student_prompt)
+    examples = build_examples(
+        ann_dir,
+        split,
+        prepared.dataset.items,
+        str(cfg.dataset.domain),
+        scale,
+        cfg.sft,
+        ablation=cfg.ablation,
+        prompt=cfg.student_prompt,
+    )
     tokenizer = load_tokenizer(cfg.student)
     train_examples = list(examples["train"])
     if not train_examples:
@@ -177,45 +206,84 @@ def _train(cfg, run_dir: Path) -> dict:
     order = rng.permutation(len(train_examples))
     val_loss_examples = [train_examples[i] for i in order[:n_val]]
     fit_examples = [train_examples[i] for i in order[n_val:]]
-    gen_pool = [e for e in examples.get("valid", []) if e.task == "rating"] or [e for e in examples.get("test", []) if e.task == "rating"]
+    gen_pool = [e for e in examples.get("valid", []) if e.task == "rating"] or [
+        e for e in examples.get("test", []) if e.task == "rating"
+    ]
     gen_examples = gen_pool[: int(cfg.train.val_generate_samples)]
     cache_dir = Path(cfg.sft.cache_dir) if cfg.sft.get("cache_dir") else ann_dir / "sft_cache"
     report: dict = {}
     train_ds = build_dataset(fit_examples, tokenizer, int(cfg.sft.max_length), cache_dir, report=report)
-    val_ds = build_dataset(val_loss_examples, tokenizer, int(cfg.sft.max_length), cache_dir) if val_loss_examples else None
+    val_ds = (
+        build_dataset(val_loss_examples, tokenizer, int(cfg.sft.max_length), cache_dir)
+        if val_loss_examples
+        else None
+    )
 
     micro = int(cfg.train.micro_batch_size)
-    dm = StudentDataModule(train_ds, val_ds, lambda b: collate(b, tokenizer.pad_token_id), micro, int(cfg.train.seed))
-    module = StudentModule(cfg.student, cfg.peft, cfg.train, (scale.min, scale.max), gen_examples, tokenizer,
-                           rating_from_text=ratings.from_text)
+    dm = StudentDataModule(
+        train_ds, val_ds, lambda b: collate(b, tokenizer.pad_token_id), micro, int(cfg.train.seed)
+    )
+    module = StudentModule(
+        cfg.student,
+        cfg.peft,
+        cfg.train,
+        (scale.min, scale.max),
+        gen_examples,
+        tokenizer,
+        rating_from_text=ratings.from_text,
+    )
 
-    run_name = cfg.get("run_name") or f"{cfg.student.name}-{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}-{cfg.dataset.name}"
+    run_name = (
+        cfg.get("run_name")
+        or f"{cfg.student.name}-{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}-{cfg.dataset.name}"
+    )
     loggers = []
     ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
     if cfg.logger.csv:
         from exp3rt.student.csv_history import csv_logger
 
-        loggers.append(csv_logger(run_dir, resuming=ckpt_path is not None,
-                                  resume_step=checkpoint_step(Path(ckpt_path)) if ckpt_path else None))
+        loggers.append(
+            csv_logger(
+                run_dir,
+                resuming=ckpt_path is not None,
+                resume_step=checkpoint_step(Path(ckpt_path)) if ckpt_path else None,
+            )
+        )
     if cfg.logger.wandb and cfg.logger.mode != "disabled":
         wb = wandb_logger(cfg, run_dir, run_name)
         loggers.append(wb)
     tc = cfg.trainer
     trainer = pl.Trainer(
-        accelerator=str(tc.accelerator), devices=int(tc.devices), num_nodes=int(tc.num_nodes),
-        precision=str(tc.precision), strategy=build_strategy(tc, cfg.deepspeed, micro_batch_size=micro),
-        max_steps=int(tc.max_steps), max_epochs=tc.max_epochs,
+        accelerator=str(tc.accelerator),
+        devices=int(tc.devices),
+        num_nodes=int(tc.num_nodes),
+        precision=str(tc.precision),
+        strategy=build_strategy(tc, cfg.deepspeed, micro_batch_size=micro),
+        max_steps=int(tc.max_steps),
+        max_epochs=tc.max_epochs,
         accumulate_grad_batches=int(tc.accumulate_grad_batches or 1),
-        gradient_clip_val=tc.gradient_clip_val, val_check_interval=tc.val_check_interval,
-        log_every_n_steps=int(tc.log_every_n_steps), limit_val_batches=tc.limit_val_batches,
-        deterministic=bool(tc.deterministic), default_root_dir=str(run_dir), logger=loggers or False,
+        gradient_clip_val=tc.gradient_clip_val,
+        val_check_interval=tc.val_check_interval,
+        log_every_n_steps=int(tc.log_every_n_steps),
+        limit_val_batches=tc.limit_val_batches,
+        deterministic=bool(tc.deterministic),
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
         # enable_version_counter=False: a resumed run overwrites last.ckpt. Lightning recognises its own
         # last.ckpt by the callback's saved state, whose key holds every_n_train_steps; after
         # trainer.checkpoint_every_n_steps changed it wrote last-v1.ckpt beside the stale last.ckpt
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                   every_n_train_steps=tc.checkpoint_every_n_steps, enable_version_counter=False),
-                   LearningRateMonitor(logging_interval="step")],
-        enable_progress_bar=bool(cfg.get("progress", True)), num_sanity_val_steps=0,
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"),
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=tc.checkpoint_every_n_steps,
+                enable_version_counter=False,
+            ),
+            LearningRateMonitor(logging_interval="step"),
+        ],
+        enable_progress_bar=bool(cfg.get("progress", True)),
+        num_sanity_val_steps=0,
     )
     if loggers and trainer.is_global_zero:
         for lg in loggers:
@@ -232,9 +300,17 @@ def _train(cfg, run_dir: Path) -> dict:
                     pass
     seconds = time.perf_counter() - t0
     result = {
-        "run_dir": str(run_dir), "annotations_dir": str(ann_dir), "global_step": int(trainer.global_step),
-        "examples": {"train": len(fit_examples), "val_loss": len(val_loss_examples), "val_generate": len(gen_examples)},
-        "example_report": examples.report, "tokenize_report": report, "seconds": round(seconds, 2),
+        "run_dir": str(run_dir),
+        "annotations_dir": str(ann_dir),
+        "global_step": int(trainer.global_step),
+        "examples": {
+            "train": len(fit_examples),
+            "val_loss": len(val_loss_examples),
+            "val_generate": len(gen_examples),
+        },
+        "example_report": examples.report,
+        "tokenize_report": report,
+        "seconds": round(seconds, 2),
         "answer_tokens": answer_token_stats(train_ds),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
@@ -243,8 +319,12 @@ def _train(cfg, run_dir: Path) -> dict:
 
     with generation_context(module.model):  # ZeRO-3: all ranks gather the weights, rank zero writes them
         if trainer.is_global_zero:
-            with atomic_dir(run_dir / "adapter") as adapter:  # renamed into place whole, each file's .sha inside
-                module.model.save_pretrained(str(adapter))  # peft: the adapter only; full fine-tune: the model
+            with atomic_dir(
+                run_dir / "adapter"
+            ) as adapter:  # renamed into place whole, each file's .sha inside
+                module.model.save_pretrained(
+                    str(adapter)
+                )  # peft: the adapter only; full fine-tune: the model
                 tokenizer.save_pretrained(str(adapter))
                 record_folder(adapter)
             write_json_atomic(run_dir / "train.json", result)  # last: the file that says training finished

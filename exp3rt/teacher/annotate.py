@@ -51,7 +51,17 @@ from exp3rt.teacher.stages import (
 
 log = logging.getLogger(__name__)
 
-TEACHER_IDENTITY_KEYS = ("backend", "model", "base_url", "temperature", "max_tokens", "top_p", "seed", "model_path", "repair_retries")
+TEACHER_IDENTITY_KEYS = (
+    "backend",
+    "model",
+    "base_url",
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "seed",
+    "model_path",
+    "repair_retries",
+)
 
 
 @dataclass
@@ -70,7 +80,10 @@ def annotation_dir(cfg, split: Split, prompts: Prompts) -> tuple[Path, str]:
         "annotations",
         split.fingerprint,
         teacher_identity(cfg.teacher),
-        {s: prompts.version(s) for s in ("extract", "user_profile", "item_profile", "rationale", "consistency")},
+        {
+            s: prompts.version(s)
+            for s in ("extract", "user_profile", "item_profile", "rationale", "consistency")
+        },
         cfg.annotation,
     )
     root = Path(cfg.paths.artifacts_dir) / "annotations" / f"{cfg.dataset.name}-{split.fingerprint[:12]}"
@@ -90,7 +103,9 @@ def check_run_config(cfg) -> list[str]:
         raise ConfigError(f"config key 'stage': '{stage}' is not one of {list(allowed)}")
     n, i = int(cfg.num_shards), int(cfg.shard)
     if n < 1 or not 0 <= i < n:
-        raise ConfigError(f"config keys 'shard'/'num_shards': need 0 <= shard < num_shards (got shard={i}, num_shards={n})")
+        raise ConfigError(
+            f"config keys 'shard'/'num_shards': need 0 <= shard < num_shards (got shard={i}, num_shards={n})"
+        )
     if stage == "all" and n > 1:
         raise ConfigError(
             "stage=all runs the stages in order and each needs the whole previous stage; with num_shards > 1 "
@@ -125,8 +140,10 @@ def _read(directory: Path, stage: str) -> pd.DataFrame:
         hint = " and merge its shards (merge=true)" if shards else ""
         raise FileNotFoundError(f"{path} is missing: run stage={stage} first{hint}")
     if not intact(path, f"stage {stage} (rerun stage={stage}; answers still cached are reused)"):
-        raise ConfigError(f"{path} is damaged (see the warning above): rebuild it with stage={stage} "
-                          f"(or stage=all), which reuses the teacher's cached answers")
+        raise ConfigError(
+            f"{path} is damaged (see the warning above): rebuild it with stage={stage} "
+            f"(or stage=all), which reuses the teacher's cached answers"
+        )
     return pd.read_parquet(path)
 
 
@@ -138,36 +155,52 @@ def merge_shards(directory: Path, stage: str, num_shards: int) -> Path:
         raise FileNotFoundError(f"cannot merge {stage}: shard files missing in {directory}: {missing}")
     damaged = [p.name for p in paths if not intact(p, "its shard")]
     if damaged:
-        raise ConfigError(f"cannot merge {stage}: shard files damaged in {directory}: {damaged}; rerun those shards "
-                          f"(stage={stage} shard=<i> num_shards={num_shards}; cached answers are reused), then merge")
+        raise ConfigError(
+            f"cannot merge {stage}: shard files damaged in {directory}: {damaged}; rerun those shards "
+            f"(stage={stage} shard=<i> num_shards={num_shards}; cached answers are reused), then merge"
+        )
     frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-    records = [read_inputs(stage_file(directory, stage, i, num_shards, "inputs.json")) for i in range(num_shards)]
+    records = [
+        read_inputs(stage_file(directory, stage, i, num_shards, "inputs.json")) for i in range(num_shards)
+    ]
     if all(r is not None for r in records):
         digests = {json.dumps(r["inputs"], sort_keys=True) for r in records}
         if len(digests) > 1:
             raise ConfigError(
                 f"cannot merge {stage}: its shards were built from different versions of "
                 f"{sorted(records[0]['inputs'])} in {directory}; rerun every shard with force=true "
-                f"(stage={stage} shard=<i> num_shards={num_shards} force=true), then merge")
+                f"(stage={stage} shard=<i> num_shards={num_shards} force=true), then merge"
+            )
         bases: dict = {}
         for r in records:
             bases.update(r.get("attempt_base", {}))
     write_parquet_atomic(frame, directory / f"{stage}.parquet")
-    if all(r is not None for r in records):  # after the stage file: a crash between leaves it looking stale, not fresh
-        write_json_atomic(directory / f"{stage}.inputs.json",
-                          {"stage": stage, "inputs": records[0]["inputs"], "attempt_base": bases}, default=None)
+    if all(
+        r is not None for r in records
+    ):  # after the stage file: a crash between leaves it looking stale, not fresh
+        write_json_atomic(
+            directory / f"{stage}.inputs.json",
+            {"stage": stage, "inputs": records[0]["inputs"], "attempt_base": bases},
+            default=None,
+        )
     extra = directory / f"{stage}_pairs.shard-0-of-{num_shards}.parquet"
     if extra.is_file():  # the pair → item-profile map is the same in every shard
         write_parquet_atomic(pd.read_parquet(extra), directory / f"{stage}_pairs.parquet")
-    usages = [json.loads(stage_file(directory, stage, i, num_shards, "usage.json").read_text())
-              for i in range(num_shards) if stage_file(directory, stage, i, num_shards, "usage.json").is_file()]
+    usages = [
+        json.loads(stage_file(directory, stage, i, num_shards, "usage.json").read_text())
+        for i in range(num_shards)
+        if stage_file(directory, stage, i, num_shards, "usage.json").is_file()
+    ]
     summed: dict = {}
     for u in usages:
         for k, v in u.get("usage", {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 summed[k] = summed.get(k, 0) + v
-    write_json_atomic(directory / f"{stage}.usage.json",
-                      {"stage": stage, "merged_shards": num_shards, "usage": summed, "rows": len(frame)}, default=None)
+    write_json_atomic(
+        directory / f"{stage}.usage.json",
+        {"stage": stage, "merged_shards": num_shards, "usage": summed, "rows": len(frame)},
+        default=None,
+    )
     return directory / f"{stage}.parquet"
 
 
@@ -212,7 +245,9 @@ def stale_stages(cfg, directory: Path, stages: list[str]) -> dict[str, list[str]
     out = {}
     for stage in stages:
         if (directory / f"{stage}.parquet").is_file():
-            changed = changed_inputs(directory, read_inputs(directory / f"{stage}.inputs.json"), stage_inputs(cfg, stage))
+            changed = changed_inputs(
+                directory, read_inputs(directory / f"{stage}.inputs.json"), stage_inputs(cfg, stage)
+            )
             if changed:
                 out[stage] = changed
     return out
@@ -236,12 +271,25 @@ def _summary(frame: pd.DataFrame) -> dict:
     return {"rows": int(len(frame)), "status": {str(k): int(v) for k, v in counts.items()}}
 
 
-async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path) -> dict:
-    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+async def run_stages(
+    cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path
+) -> dict:
+    prompts = Prompts(
+        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+    )
     n, i = int(cfg.num_shards), int(cfg.shard)
     retry_failed = bool(cfg.get("retry_failed", False))
-    ctx = AnnotationContext(split.train, split.valid, split.test, prepared.dataset.items, prepared.dataset.scale,
-                            str(cfg.dataset.domain), cfg.annotation, shard=i, num_shards=n)
+    ctx = AnnotationContext(
+        split.train,
+        split.valid,
+        split.test,
+        prepared.dataset.items,
+        prepared.dataset.scale,
+        str(cfg.dataset.domain),
+        cfg.annotation,
+        shard=i,
+        num_shards=n,
+    )
     if cfg.dataset.get("require_review") is False and "extract" in stages:
         if split.train["review"].isna().all():
             raise ConfigError(
@@ -249,13 +297,25 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
                 "use teacher=release to import published annotations, or a dataset with reviews"
             )
     # a stage this run only reads must not be stale itself: it is not rebuilt here, so stop and say how
-    upstream = sorted({name.removesuffix(".parquet").removesuffix("_pairs") for st in stages for name in stage_inputs(cfg, st)}
-                      - set(stages), key=STAGE_ORDER.index)
+    upstream = sorted(
+        {
+            name.removesuffix(".parquet").removesuffix("_pairs")
+            for st in stages
+            for name in stage_inputs(cfg, st)
+        }
+        - set(stages),
+        key=STAGE_ORDER.index,
+    )
     stale = stale_stages(cfg, directory, upstream)
     if stale:
-        what = "; ".join(f"{st}.parquet was built from {', '.join(ch)}, which changed since" for st, ch in stale.items())
-        fix = ("stage=all rebuilds every stale stage in order, reusing cached answers: " + rerun_command("all")
-               if n == 1 else f"rebuild {next(iter(stale))} first (its shards, then merge=true)")
+        what = "; ".join(
+            f"{st}.parquet was built from {', '.join(ch)}, which changed since" for st, ch in stale.items()
+        )
+        fix = (
+            "stage=all rebuilds every stale stage in order, reusing cached answers: " + rerun_command("all")
+            if n == 1
+            else f"rebuild {next(iter(stale))} first (its shards, then merge=true)"
+        )
         raise ConfigError(f"stage={','.join(stages)} would read stale input: {what}. {fix}")
     report: dict = {}
     for stage in stages:
@@ -278,22 +338,36 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
             changed = changed_inputs(directory, recorded, stage_inputs(cfg, stage))
             failed_keys = failed_row_keys(stage, old) if retry_failed else []
             if changed:
-                log.warning("stage %s: rebuilding %s: %s changed since it was built (answers still cached are reused)",
-                            stage, out.name, ", ".join(changed))
+                log.warning(
+                    "stage %s: rebuilding %s: %s changed since it was built (answers still cached are reused)",
+                    stage,
+                    out.name,
+                    ", ".join(changed),
+                )
                 why["rebuilt"] = {"changed_inputs": changed}
             if failed_keys:
-                log.warning("stage %s: retry_failed=true: re-sending the %d failed rows of %s (ok rows come from the cache)",
-                            stage, len(failed_keys), out.name)
+                log.warning(
+                    "stage %s: retry_failed=true: re-sending the %d failed rows of %s (ok rows come from the cache)",
+                    stage,
+                    len(failed_keys),
+                    out.name,
+                )
                 why["retried_failed"] = len(failed_keys)
             if not changed and not failed_keys:
                 n_failed = int((old["status"] == "failed").sum())
-                more = f"; its {n_failed} failed rows are kept (retry_failed=true re-sends them)" if n_failed else ""
+                more = (
+                    f"; its {n_failed} failed rows are kept (retry_failed=true re-sends them)"
+                    if n_failed
+                    else ""
+                )
                 if recorded is None and stage_inputs(cfg, stage):
                     more += "; it records no input digests (made before they were kept), so it is not checked for staleness"
                 log.info("stage %s: %s exists, skipping (force=true to redo)%s", stage, out, more)
                 report[stage] = {"skipped": True, **_summary(old)}
                 continue
-            for key in failed_keys:  # asked afresh: a new attempt number, so a cached bad answer is not reused
+            for (
+                key
+            ) in failed_keys:  # asked afresh: a new attempt number, so a cached bad answer is not reused
                 bases[key] = bases.get(key, 0) + RETRY_STEP
         runner = StageRunner(client, prompts, cfg.teacher, attempt_base=bases, base_stage=stage)
         t0 = time.perf_counter()
@@ -307,35 +381,69 @@ async def run_stages(cfg, prepared: PreparedData, split: Split, client, backend,
             uprof = None
             if str(cfg.annotation.similarity) == "profile_embedding":
                 uprof = _read(directory, "user_profile")
-            frame, pair_map = await run_item_profiles(runner, ctx, _read(directory, "extract"), uprof, backend.count_tokens)
+            frame, pair_map = await run_item_profiles(
+                runner, ctx, _read(directory, "extract"), uprof, backend.count_tokens
+            )
         else:
-            frame = await run_rationales(runner, ctx, _read(directory, "user_profile"), _read(directory, "item_profile"),
-                                         _read(directory, "item_profile_pairs"))
+            frame = await run_rationales(
+                runner,
+                ctx,
+                _read(directory, "user_profile"),
+                _read(directory, "item_profile"),
+                _read(directory, "item_profile_pairs"),
+            )
         digests = {name: file_digest(directory / name) for name in stage_inputs(cfg, stage)}
         write_parquet_atomic(frame, out)
         if pair_map is not None:
             write_parquet_atomic(pair_map, stage_file(directory, "item_profile_pairs", i, n))
-        write_json_atomic(inputs_path, {"stage": stage, "inputs": digests, "attempt_base": bases}, default=None)
+        write_json_atomic(
+            inputs_path, {"stage": stage, "inputs": digests, "attempt_base": bases}, default=None
+        )
         failures = write_failures(frame, stage_file(directory, stage, i, n, "failures.jsonl"))
         after = client.usage_summary()
-        usage = {k: (after[k] - before.get(k, 0)) if isinstance(after[k], int | float) and not isinstance(after[k], bool) else after[k]
-                 for k in after}
-        summary = {"stage": stage, "shard": i, "num_shards": n, **why, **_summary(frame), "failures": failures,
-                   "seconds": round(time.perf_counter() - t0, 2), "usage": usage}
+        usage = {
+            k: (after[k] - before.get(k, 0))
+            if isinstance(after[k], int | float) and not isinstance(after[k], bool)
+            else after[k]
+            for k in after
+        }
+        summary = {
+            "stage": stage,
+            "shard": i,
+            "num_shards": n,
+            **why,
+            **_summary(frame),
+            "failures": failures,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "usage": usage,
+        }
         write_json_atomic(stage_file(directory, stage, i, n, "usage.json"), summary)
         report[stage] = summary
         log.info("stage %s: %s", stage, summary["status"])
     return report
 
 
-def estimate_stages(cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path) -> dict:
+def estimate_stages(
+    cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path
+) -> dict:
     """Dry run: calls, tokens and cost per stage, calling nothing. Extraction prompts are exact; later
     stages depend on earlier answers, so their prompts are estimated from typical preference-set sizes
     (or measured ones when the extract stage is already done)."""
-    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    prompts = Prompts(
+        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+    )
     runner = StageRunner(client, prompts, cfg.teacher)
-    ctx = AnnotationContext(split.train, split.valid, split.test, prepared.dataset.items, prepared.dataset.scale,
-                            str(cfg.dataset.domain), cfg.annotation, shard=int(cfg.shard), num_shards=int(cfg.num_shards))
+    ctx = AnnotationContext(
+        split.train,
+        split.valid,
+        split.test,
+        prepared.dataset.items,
+        prepared.dataset.scale,
+        str(cfg.dataset.domain),
+        cfg.annotation,
+        shard=int(cfg.shard),
+        num_shards=int(cfg.num_shards),
+    )
     out: dict = {}
     set_tokens = 60.0
     if (directory / "extract.parquet").is_file():
@@ -350,8 +458,15 @@ def estimate_stages(cfg, prepared: PreparedData, split: Split, client, backend, 
             continue
         if stage == "user_profile":
             sizes = ctx.train.groupby("user_id").size()
-            calls = int(sum(1 + (s > cfg.annotation.user_max_sets) * (-(-s // cfg.annotation.user_max_sets)) for s in sizes))
-            prompt_tokens = float(sizes.clip(upper=cfg.annotation.user_max_sets).sum() * set_tokens + 150 * calls)
+            calls = int(
+                sum(
+                    1 + (s > cfg.annotation.user_max_sets) * (-(-s // cfg.annotation.user_max_sets))
+                    for s in sizes
+                )
+            )
+            prompt_tokens = float(
+                sizes.clip(upper=cfg.annotation.user_max_sets).sum() * set_tokens + 150 * calls
+            )
         elif stage == "item_profile":
             sizes = ctx.train.groupby("item_id").size().clip(upper=cfg.annotation.item_max_reviews)
             pairs = len(ctx.rationale_pairs()) + len(ctx.eval_pairs())
@@ -363,8 +478,15 @@ def estimate_stages(cfg, prepared: PreparedData, split: Split, client, backend, 
             calls = len(ctx.rationale_pairs()) * (2 if cfg.annotation.consistency_check else 1)
             prompt_tokens = float(calls * (2 * 5 * 12 + 120 + 250))
         completion = float(calls * int(cfg.teacher.max_tokens))
-        out[stage] = {"calls": calls, "cached": None, "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion),
-                      "cost_usd": client.cost(prompt_tokens, completion), "price_mode": client.mode, "estimated": True}
+        out[stage] = {
+            "calls": calls,
+            "cached": None,
+            "prompt_tokens": int(prompt_tokens),
+            "completion_tokens": int(completion),
+            "cost_usd": client.cost(prompt_tokens, completion),
+            "price_mode": client.mode,
+            "estimated": True,
+        }
     # both modes side by side: one HTTP call per request, or the Batch API (sync price x price_factor, within 24 h)
     factor = float(cfg.teacher.batch.price_factor) if "batch" in cfg.teacher else 0.5
     for e in out.values():
@@ -380,41 +502,80 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
     none per review)."""
     extras = prepared.dataset.extras
     if "pair_profiles" not in extras:
-        raise ConfigError("teacher=release needs a dataset loaded with loader=exp3rt_release (e.g. dataset=release_imdb)")
+        raise ConfigError(
+            "teacher=release needs a dataset loaded with loader=exp3rt_release (e.g. dataset=release_imdb)"
+        )
     pp = extras["pair_profiles"]
     users = extras["user_profiles"].rename(columns={"id": "user_id"})
-    user_frame = pd.DataFrame({
-        "user_id": users["user_id"].astype(str), "status": "ok", "profile": users["profile"].astype(str),
-        "likes": users["likes"], "dislikes": users["dislikes"], "average": users["average"].astype("float64"),
-        "n_sets": pd.NA, "raw": None, "problem": None,
-    })
+    user_frame = pd.DataFrame(
+        {
+            "user_id": users["user_id"].astype(str),
+            "status": "ok",
+            "profile": users["profile"].astype(str),
+            "likes": users["likes"],
+            "dislikes": users["dislikes"],
+            "average": users["average"].astype("float64"),
+            "n_sets": pd.NA,
+            "raw": None,
+            "problem": None,
+        }
+    )
     # the release gives each record its own item synopsis (selected for that target user): one job per pair
     from exp3rt.data.release import split_profile
 
     parsed = [split_profile(t) for t in pp["item_profile"]]
-    item_frame = pd.DataFrame({
-        "item_id": pp["item_id"].astype(str), "target_user": pp["user_id"].astype(str), "status": "ok",
-        "profile": pp["item_profile"].astype(str), "likes": [p[0] for p in parsed], "dislikes": [p[1] for p in parsed],
-        "average": [p[2] for p in parsed], "n_sets": pd.NA, "raw": None, "problem": None,
-    }).drop_duplicates(["item_id", "target_user"])
-    pair_map = pd.DataFrame({"user_id": pp["user_id"].astype(str), "item_id": pp["item_id"].astype(str),
-                             "job_item": pp["item_id"].astype(str), "job_user": pp["user_id"].astype(str)})
+    item_frame = pd.DataFrame(
+        {
+            "item_id": pp["item_id"].astype(str),
+            "target_user": pp["user_id"].astype(str),
+            "status": "ok",
+            "profile": pp["item_profile"].astype(str),
+            "likes": [p[0] for p in parsed],
+            "dislikes": [p[1] for p in parsed],
+            "average": [p[2] for p in parsed],
+            "n_sets": pd.NA,
+            "raw": None,
+            "problem": None,
+        }
+    ).drop_duplicates(["item_id", "target_user"])
+    pair_map = pd.DataFrame(
+        {
+            "user_id": pp["user_id"].astype(str),
+            "item_id": pp["item_id"].astype(str),
+            "job_item": pp["item_id"].astype(str),
+            "job_user": pp["user_id"].astype(str),
+        }
+    )
     directory.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(user_frame, directory / "user_profile.parquet")
     write_parquet_atomic(item_frame, directory / "item_profile.parquet")
     write_parquet_atomic(pair_map, directory / "item_profile_pairs.parquet")
-    report = {"user_profile": {"rows": len(user_frame), "imported": True}, "item_profile": {"rows": len(item_frame), "imported": True}}
+    report = {
+        "user_profile": {"rows": len(user_frame), "imported": True},
+        "item_profile": {"rows": len(item_frame), "imported": True},
+    }
     if "rationales" in extras:
         # the release labels each rationale by the file it came from; this run's split decides the part
-        rat = extras["rationales"].merge(pp, on=["user_id", "item_id", "split"], how="left").drop(columns="split")
-        ratings = pd.concat([part[["user_id", "item_id", "rating"]].assign(split=name)
-                             for name, part in (("train", split.train), ("valid", split.valid), ("test", split.test))])
+        rat = (
+            extras["rationales"]
+            .merge(pp, on=["user_id", "item_id", "split"], how="left")
+            .drop(columns="split")
+        )
+        ratings = pd.concat(
+            [
+                part[["user_id", "item_id", "rating"]].assign(split=name)
+                for name, part in (("train", split.train), ("valid", split.valid), ("test", split.test))
+            ]
+        )
         rat = rat.merge(ratings, on=["user_id", "item_id"], how="inner")
         frame = rat.assign(status="ok", raw=None, problem=None, attempts=0)
         write_parquet_atomic(frame, directory / "rationale.parquet")
-        report["rationale"] = {"rows": len(frame), "imported": True,
-                               "per_split": {k: int(v) for k, v in frame["split"].value_counts().items()},
-                               "not_in_split": int(len(extras["rationales"]) - len(frame))}
+        report["rationale"] = {
+            "rows": len(frame),
+            "imported": True,
+            "per_split": {k: int(v) for k, v in frame["split"].value_counts().items()},
+            "not_in_split": int(len(extras["rationales"]) - len(frame)),
+        }
     return report
 
 
@@ -424,7 +585,9 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
     process waits for it, or with ``lock_wait=false`` stops naming the holder's pid."""
 
     stages = check_run_config(cfg)
-    prompts = Prompts(cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max))
+    prompts = Prompts(
+        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+    )
     directory, fp = annotation_dir(cfg, split, prompts)
     directory.mkdir(parents=True, exist_ok=True)
     if cfg.dry_run:  # sends nothing, writes no stage file: no lock needed
@@ -432,13 +595,18 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
     n, i = int(cfg.num_shards), int(cfg.shard)
     name = "annotate.lock" if n == 1 or cfg.merge else f"annotate.shard-{i}-of-{n}.lock"
     wait = bool(cfg.get("lock_wait", True))
-    with file_lock(directory / name, what="exp3rt-annotate", wait=wait,
-                   hint=", or rerun with lock_wait=true to wait for it" if not wait else ""):
+    with file_lock(
+        directory / name,
+        what="exp3rt-annotate",
+        wait=wait,
+        hint=", or rerun with lock_wait=true to wait for it" if not wait else "",
+    ):
         return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
 
 
-def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts, stages: list[str], directory: Path,
-                     fp: str) -> dict:
+def _annotate_locked(
+    cfg, prepared: PreparedData, split: Split, prompts: Prompts, stages: list[str], directory: Path, fp: str
+) -> dict:
     """:func:`annotate` while this process holds the directory's (or its shard's) lock: no other
     exp3rt-annotate sends this directory's requests at the same time."""
     from exp3rt.teacher.cache import AnswerCache
@@ -446,9 +614,19 @@ def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts
     from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
 
     save_config(cfg, directory / "config.yaml")
-    write_meta(directory, "annotations", {"teacher": teacher_identity(cfg.teacher), "annotation": cfg.annotation,
-                                          "prompt_versions": {s: prompts.version(s) for s in STAGE_ORDER}},
-               {"split": split.fingerprint}, fp, dataset_dir=str(prepared.directory), split_dir=str(split.directory))
+    write_meta(
+        directory,
+        "annotations",
+        {
+            "teacher": teacher_identity(cfg.teacher),
+            "annotation": cfg.annotation,
+            "prompt_versions": {s: prompts.version(s) for s in STAGE_ORDER},
+        },
+        {"split": split.fingerprint},
+        fp,
+        dataset_dir=str(prepared.directory),
+        split_dir=str(split.directory),
+    )
     result = {"directory": str(directory), "fingerprint": fp, "stages": stages, "dry_run": bool(cfg.dry_run)}
     if cfg.merge:
         result["merged"] = str(merge_shards(directory, stages[0], int(cfg.num_shards)))
@@ -458,14 +636,19 @@ def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts
         return result
     backend = build_backend(cfg.teacher, dry_run=bool(cfg.dry_run))
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
-    ledger = SpendLedger(directory / SPEND_FILE)  # the budget holds for the directory, across reruns and shards
+    ledger = SpendLedger(
+        directory / SPEND_FILE
+    )  # the budget holds for the directory, across reruns and shards
     batches = None
     if str(cfg.teacher.get("mode", "sync")) == "batch":
         from exp3rt.teacher.batch import BATCH_FILE, BatchLedger, BatchTeacherClient
 
-        batches = BatchLedger(directory / BATCH_FILE)  # every submitted batch id, committed before it is polled
-        client = BatchTeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger,
-                                    batches=batches)
+        batches = BatchLedger(
+            directory / BATCH_FILE
+        )  # every submitted batch id, committed before it is polled
+        client = BatchTeacherClient(
+            backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger, batches=batches
+        )
     else:
         client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger)
 
@@ -475,12 +658,18 @@ def _annotate_locked(cfg, prepared: PreparedData, split: Split, prompts: Prompts
                 result["estimate"] = estimate_stages(cfg, prepared, split, client, backend, stages, directory)
             else:
                 try:
-                    result["report"] = await run_stages(cfg, prepared, split, client, backend, stages, directory)
+                    result["report"] = await run_stages(
+                        cfg, prepared, split, client, backend, stages, directory
+                    )
                 except TeacherError as e:
                     if type(e).__name__ != "BatchPending":
                         raise
                     log.warning("%s", e)  # submit_only: not an error; a later run collects
-                    result["batch_pending"] = {"message": str(e), "batch_ids": e.batch_ids, "requests": e.requests}
+                    result["batch_pending"] = {
+                        "message": str(e),
+                        "batch_ids": e.batch_ids,
+                        "requests": e.requests,
+                    }
                 result["usage"] = client.usage_summary()
                 result["spent_total"] = ledger.total()
         finally:

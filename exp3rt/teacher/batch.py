@@ -75,15 +75,28 @@ def _now() -> str:
 
 def request_record(request: ChatRequest) -> str:
     """What a ledger line keeps of a request: enough to store its answer in the cache later."""
-    return json.dumps({"stage": request.stage, "prompt_version": request.prompt_version,
-                       **json.loads(request_json(request))}, ensure_ascii=False)
+    return json.dumps(
+        {
+            "stage": request.stage,
+            "prompt_version": request.prompt_version,
+            **json.loads(request_json(request)),
+        },
+        ensure_ascii=False,
+    )
 
 
 def request_from_record(raw: str) -> ChatRequest:
     r = json.loads(raw)
-    return ChatRequest(stage=r["stage"], messages=tuple((m["role"], m["content"]) for m in r["messages"]),
-                       prompt_version=r["prompt_version"], temperature=r["temperature"], max_tokens=r["max_tokens"],
-                       top_p=r["top_p"], seed=r["seed"], attempt=r["attempt"])
+    return ChatRequest(
+        stage=r["stage"],
+        messages=tuple((m["role"], m["content"]) for m in r["messages"]),
+        prompt_version=r["prompt_version"],
+        temperature=r["temperature"],
+        max_tokens=r["max_tokens"],
+        top_p=r["top_p"],
+        seed=r["seed"],
+        attempt=r["attempt"],
+    )
 
 
 SUBMITTING = "submitting:"  # the id of a row recorded before batches.create: "submitting:<input file id>"
@@ -109,7 +122,9 @@ class BatchLedger:
     def __init__(self, path: str | Path, busy_timeout_s: float = 60.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
@@ -121,15 +136,21 @@ class BatchLedger:
     def __repr__(self) -> str:
         return f"BatchLedger({str(self.path)!r})"
 
-    def add(self, batch_id: str, stage: str, input_file_id: str, requests: dict[str, ChatRequest], status: str) -> None:
+    def add(
+        self, batch_id: str, stage: str, input_file_id: str, requests: dict[str, ChatRequest], status: str
+    ) -> None:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
                     "INSERT INTO batches (id, stage, input_file_id, requests, status, submitted, updated)"
-                    " VALUES (?,?,?,?,?,?,?)", (batch_id, stage, input_file_id, len(requests), status, _now(), _now()))
-                self._conn.executemany("INSERT INTO lines (batch_id, custom_id, request) VALUES (?,?,?)",
-                                       [(batch_id, k, request_record(r)) for k, r in requests.items()])
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (batch_id, stage, input_file_id, len(requests), status, _now(), _now()),
+                )
+                self._conn.executemany(
+                    "INSERT INTO lines (batch_id, custom_id, request) VALUES (?,?,?)",
+                    [(batch_id, k, request_record(r)) for k, r in requests.items()],
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -138,13 +159,17 @@ class BatchLedger:
     def pending(self) -> list[PendingBatch]:
         """Submitted batches not collected yet (and ones about to be created), oldest first."""
         with self._lock:
-            rows = self._conn.execute("SELECT id, stage, input_file_id FROM batches WHERE collected = 0"
-                                      " ORDER BY rowid").fetchall()
+            rows = self._conn.execute(
+                "SELECT id, stage, input_file_id FROM batches WHERE collected = 0 ORDER BY rowid"
+            ).fetchall()
             out = []
             for batch_id, stage, file_id in rows:
-                lines = self._conn.execute("SELECT custom_id, request FROM lines WHERE batch_id = ?",
-                                           (batch_id,)).fetchall()
-                out.append(PendingBatch(batch_id, stage, {k: request_from_record(r) for k, r in lines}, file_id))
+                lines = self._conn.execute(
+                    "SELECT custom_id, request FROM lines WHERE batch_id = ?", (batch_id,)
+                ).fetchall()
+                out.append(
+                    PendingBatch(batch_id, stage, {k: request_from_record(r) for k, r in lines}, file_id)
+                )
         return out
 
     def confirm(self, placeholder: str, batch_id: str, status: str) -> None:
@@ -152,9 +177,13 @@ class BatchLedger:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute("UPDATE batches SET id = ?, status = ?, updated = ? WHERE id = ?",
-                                   (batch_id, status, _now(), placeholder))
-                self._conn.execute("UPDATE lines SET batch_id = ? WHERE batch_id = ?", (batch_id, placeholder))
+                self._conn.execute(
+                    "UPDATE batches SET id = ?, status = ?, updated = ? WHERE id = ?",
+                    (batch_id, status, _now(), placeholder),
+                )
+                self._conn.execute(
+                    "UPDATE lines SET batch_id = ? WHERE batch_id = ?", (batch_id, placeholder)
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -170,16 +199,34 @@ class BatchLedger:
 
     def set_status(self, batch_id: str, status: str) -> None:
         with self._lock:
-            self._conn.execute("UPDATE batches SET status = ?, updated = ? WHERE id = ?", (status, _now(), batch_id))
+            self._conn.execute(
+                "UPDATE batches SET status = ?, updated = ? WHERE id = ?", (status, _now(), batch_id)
+            )
 
-    def collected(self, batch_id: str, status: str, output_file_id: str | None, error_file_id: str | None,
-                  counts: dict[str, int]) -> None:
+    def collected(
+        self,
+        batch_id: str,
+        status: str,
+        output_file_id: str | None,
+        error_file_id: str | None,
+        counts: dict[str, int],
+    ) -> None:
         with self._lock:
             self._conn.execute(
                 "UPDATE batches SET status = ?, updated = ?, collected = 1, output_file_id = ?, error_file_id = ?,"
                 " answered = ?, failed = ?, malformed = ?, unanswered = ? WHERE id = ?",
-                (status, _now(), output_file_id, error_file_id, counts["answered"], counts["failed"],
-                 counts["malformed"], counts["unanswered"], batch_id))
+                (
+                    status,
+                    _now(),
+                    output_file_id,
+                    error_file_id,
+                    counts["answered"],
+                    counts["failed"],
+                    counts["malformed"],
+                    counts["unanswered"],
+                    batch_id,
+                ),
+            )
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -218,8 +265,17 @@ class BatchUsage:
 class BatchTeacherClient(TeacherClient):
     mode = "batch"
 
-    def __init__(self, backend, cfg, cache, progress: bool = False, rng=None, ledger=None,
-                 batches: BatchLedger | None = None, sleep: Callable[[float], Any] = asyncio.sleep):
+    def __init__(
+        self,
+        backend,
+        cfg,
+        cache,
+        progress: bool = False,
+        rng=None,
+        ledger=None,
+        batches: BatchLedger | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ):
         super().__init__(backend, cfg, cache, progress=progress, rng=rng, ledger=ledger)
         if cache is None or batches is None:
             raise ValueError("teacher.mode=batch needs an answer cache and a batch ledger")
@@ -237,12 +293,17 @@ class BatchTeacherClient(TeacherClient):
         self._oai = backend._client
 
     def usage_summary(self) -> dict[str, Any]:
-        return {**super().usage_summary(), "mode": "batch", "price_factor": self.price_factor,
-                **{f"batch_{k}": v for k, v in vars(self.batch_usage).items()}}
+        return {
+            **super().usage_summary(),
+            "mode": "batch",
+            "price_factor": self.price_factor,
+            **{f"batch_{k}": v for k, v in vars(self.batch_usage).items()},
+        }
 
     # -- the run -----------------------------------------------------------------------------------
-    async def run(self, requests: Iterable[ChatRequest],
-                  on_result: Callable[[Result], Any] | None = None) -> list[Result]:
+    async def run(
+        self, requests: Iterable[ChatRequest], on_result: Callable[[Result], Any] | None = None
+    ) -> list[Result]:
         t0 = time.monotonic()
         requests, keys, results = self._start(requests)
         todo: dict[str, ChatRequest] = {}
@@ -257,8 +318,11 @@ class BatchTeacherClient(TeacherClient):
             for pb in [b for b in resumed if b.submitting]:  # a run stopped around batches.create
                 found = await self._find_batch(pb.input_file_id)
                 if found is None:
-                    log.info("teacher batch: no batch was created from %s; its %d requests are asked again",
-                             pb.input_file_id, len(pb.requests))
+                    log.info(
+                        "teacher batch: no batch was created from %s; its %d requests are asked again",
+                        pb.input_file_id,
+                        len(pb.requests),
+                    )
                     self.batches.drop(pb.id)
                     resumed.remove(pb)
                 else:
@@ -266,8 +330,13 @@ class BatchTeacherClient(TeacherClient):
                     pb.id = found.id
             if resumed:
                 n = sum(len(b.requests) for b in resumed)
-                log.info("teacher batch: resuming %d submitted batch(es) (%d requests) recorded in %s: %s",
-                         len(resumed), n, self.batches.path, ", ".join(b.id for b in resumed))
+                log.info(
+                    "teacher batch: resuming %d submitted batch(es) (%d requests) recorded in %s: %s",
+                    len(resumed),
+                    n,
+                    self.batches.path,
+                    ", ".join(b.id for b in resumed),
+                )
                 self.batch_usage.resumed_batches += len(resumed)
                 await self._wait(resumed, answered, errors, rounds, once=self.submit_only)
             while True:
@@ -284,7 +353,9 @@ class BatchTeacherClient(TeacherClient):
                 for chunk in self._split(missing, todo):
                     reserve = sum(self.cost(*self._worst_tokens(todo[k])) for k in chunk)
                     if self.max_cost_usd is not None and (
-                            self._spent_elsewhere() + self.usage.cost_usd + self._reserved + reserve > self.max_cost_usd):
+                        self._spent_elsewhere() + self.usage.cost_usd + self._reserved + reserve
+                        > self.max_cost_usd
+                    ):
                         budget_stop = True
                         break
                     submitted.append(await self._submit(chunk, todo))
@@ -310,9 +381,13 @@ class BatchTeacherClient(TeacherClient):
                 result.response, result.from_cache = cached[key].to_response(), True
                 self.usage.cached += 1
             elif key in errors:  # asked, and no batch answered it: a failure, recorded like a sync one
-                result.sent, result.error = True, TransientError(
-                    f"batch: {errors.get(key, 'no answer')} (asked in {rounds.get(key, 0)} batches; "
-                    f"teacher.batch.max_failed_rounds={self.max_failed_rounds})")
+                result.sent, result.error = (
+                    True,
+                    TransientError(
+                        f"batch: {errors.get(key, 'no answer')} (asked in {rounds.get(key, 0)} batches; "
+                        f"teacher.batch.max_failed_rounds={self.max_failed_rounds})"
+                    ),
+                )
                 self.usage.failed += 1
             if on_result is not None and result.status != "not_sent":
                 out = on_result(result)
@@ -329,7 +404,11 @@ class BatchTeacherClient(TeacherClient):
                 f"prices: teacher.prices x teacher.batch.price_factor={self.price_factor:g}): ${usd(total)} spent on "
                 f"the annotation directory in total, {not_sent} requests not submitted. Answered calls are cached; "
                 f"to go on, raise the cap, e.g. rerun with teacher.max_cost_usd={raised_cap(self.max_cost_usd, total)}",
-                spent_usd=total, calls=self.usage.answered, not_sent=not_sent, results=results)
+                spent_usd=total,
+                calls=self.usage.answered,
+                not_sent=not_sent,
+                results=results,
+            )
         return results
 
     def _pending_stop(self, submitted: list[PendingBatch], waiting: int) -> BatchPending:
@@ -337,13 +416,18 @@ class BatchTeacherClient(TeacherClient):
         ids = [b.id for b in pending]
         n = sum(len(b.requests) for b in pending)
         stage = pending[0].stage if pending else "?"
-        new = (f"submitted {len(submitted)} batch(es) with {sum(len(b.requests) for b in submitted)} requests; "
-               if submitted else "")
+        new = (
+            f"submitted {len(submitted)} batch(es) with {sum(len(b.requests) for b in submitted)} requests; "
+            if submitted
+            else ""
+        )
         return BatchPending(
             f"teacher.batch.submit_only=true: {new}{len(ids)} batch(es) with {n} requests (stage {stage}) are with the "
             f"Batch API ({', '.join(ids)}), recorded in {self.batches.path}. A later run collects them: rerun the same "
             f"command without teacher.batch.submit_only=true (or with it, to submit the next stage once these are done)",
-            ids, n)
+            ids,
+            n,
+        )
 
     def _split(self, keys: list[str], todo: dict[str, ChatRequest]) -> list[list[str]]:
         chunks: list[list[str]] = [[]]
@@ -358,8 +442,10 @@ class BatchTeacherClient(TeacherClient):
         return [c for c in chunks if c]
 
     def _line(self, key: str, request: ChatRequest) -> bytes:
-        return json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT,
-                           "body": self.backend.request_body(request)}, ensure_ascii=False).encode()
+        return json.dumps(
+            {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": self.backend.request_body(request)},
+            ensure_ascii=False,
+        ).encode()
 
     async def _api(self, what: str, call: Callable[[], Any], retry: bool = True) -> Any:
         """One Batch/Files API call, errors mapped like a chat call's; transient ones retried with backoff."""
@@ -372,12 +458,16 @@ class BatchTeacherClient(TeacherClient):
             except openai.APITimeoutError:
                 err = TransientError(f"{what} at {self.backend._where()} timed out")
             except openai.APIConnectionError as e:
-                err = TransientError(f"{what}: could not reach {self.backend._where()}: {self.backend._scrub(str(e))}")
+                err = TransientError(
+                    f"{what}: could not reach {self.backend._where()}: {self.backend._scrub(str(e))}"
+                )
             if isinstance(err, PermanentError) and err.status == 404 and "batch" in what:
                 raise PermanentError(
                     f"{what}: {self.backend._where()} does not know it (HTTP 404). It is recorded in {self.batches.path}; "
                     f"a batch is only visible to the account and server it was submitted to: rerun with the "
-                    f"teacher.base_url and the key in ${self.backend.api_key_env} it was submitted with", 404) from None
+                    f"teacher.base_url and the key in ${self.backend.api_key_env} it was submitted with",
+                    404,
+                ) from None
             if isinstance(err, PermanentError):
                 raise PermanentError(f"{what}: {err}", err.status) from None
             failures += 1
@@ -390,9 +480,12 @@ class BatchTeacherClient(TeacherClient):
     async def _submit(self, chunk: list[str], todo: dict[str, ChatRequest]) -> PendingBatch:
         stage = todo[chunk[0]].stage
         data = b"".join(self._line(k, todo[k]) + b"\n" for k in chunk)
-        upload = await self._api("uploading a batch input file",
-                                 lambda: self._oai.files.create(file=(f"exp3rt-{stage}.jsonl", data, "application/jsonl"),
-                                                                purpose="batch"))
+        upload = await self._api(
+            "uploading a batch input file",
+            lambda: self._oai.files.create(
+                file=(f"exp3rt-{stage}.jsonl", data, "application/jsonl"), purpose="batch"
+            ),
+        )
         requests = {k: todo[k] for k in chunk}
         # Recorded before the create: a run killed around it finds the batch (or its absence) by its input file.
         placeholder = SUBMITTING + upload.id
@@ -400,9 +493,16 @@ class BatchTeacherClient(TeacherClient):
         failures = 0
         while True:
             try:
-                batch = await self._api("creating a batch", lambda: self._oai.batches.create(
-                    input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
-                    metadata={"exp3rt_stage": stage}), retry=False)
+                batch = await self._api(
+                    "creating a batch",
+                    lambda: self._oai.batches.create(
+                        input_file_id=upload.id,
+                        endpoint=ENDPOINT,
+                        completion_window="24h",
+                        metadata={"exp3rt_stage": stage},
+                    ),
+                    retry=False,
+                )
                 break
             except TransientError as e:
                 # The create may have made the batch all the same: look before asking again (never pay twice).
@@ -411,9 +511,13 @@ class BatchTeacherClient(TeacherClient):
                 except TeacherError as lookup:
                     raise TransientError(
                         f"{e}; whether the batch exists could not be checked ({lookup}). Rerun the same command: it "
-                        f"looks for the batch made from {upload.id} before submitting anything") from None
+                        f"looks for the batch made from {upload.id} before submitting anything"
+                    ) from None
                 if batch is not None:
-                    log.info("teacher batch: the create of %s answered with an error, but the batch exists", batch.id)
+                    log.info(
+                        "teacher batch: the create of %s answered with an error, but the batch exists",
+                        batch.id,
+                    )
                     break
                 failures += 1
                 if failures > self.max_retries:
@@ -423,12 +527,19 @@ class BatchTeacherClient(TeacherClient):
         self.batches.confirm(placeholder, batch.id, batch.status)  # before the first poll
         self.batch_usage.submitted_batches += 1
         self.batch_usage.submitted_lines += len(chunk)
-        log.info("teacher batch: submitted %s (stage %s, %d requests, %d bytes); recorded in %s",
-                 batch.id, stage, len(chunk), len(data), self.batches.path)
+        log.info(
+            "teacher batch: submitted %s (stage %s, %d requests, %d bytes); recorded in %s",
+            batch.id,
+            stage,
+            len(chunk),
+            len(data),
+            self.batches.path,
+        )
         return PendingBatch(batch.id, stage, requests)
 
     async def _find_batch(self, input_file_id: str) -> Any:
         """The batch created from ``input_file_id``, or None (the Batch API lists newest first)."""
+
         async def look() -> Any:
             async for batch in self._oai.batches.list(limit=100):
                 if batch.input_file_id == input_file_id:
@@ -437,8 +548,14 @@ class BatchTeacherClient(TeacherClient):
 
         return await self._api(f"looking for the batch made from {input_file_id}", look)
 
-    async def _wait(self, batches: list[PendingBatch], answered: dict[str, ChatResponse], errors: dict[str, str],
-                    rounds: dict[str, int], once: bool = False) -> None:
+    async def _wait(
+        self,
+        batches: list[PendingBatch],
+        answered: dict[str, ChatResponse],
+        errors: dict[str, str],
+        rounds: dict[str, int],
+        once: bool = False,
+    ) -> None:
         """Poll until every batch is finished (``once``: one look), collecting each as it finishes."""
         active = {b.id: b for b in batches}
         delay = self.poll_initial_s
@@ -446,15 +563,23 @@ class BatchTeacherClient(TeacherClient):
             for batch_id in list(active):
                 pb = active[batch_id]
                 try:
-                    batch = await self._api(f"checking batch {batch_id}", lambda i=batch_id: self._oai.batches.retrieve(i))
+                    batch = await self._api(
+                        f"checking batch {batch_id}", lambda i=batch_id: self._oai.batches.retrieve(i)
+                    )
                 except TransientError as e:
                     log.warning("teacher batch: %s; polling again later", e)
                     continue
                 self.batch_usage.polls += 1
                 c = batch.request_counts
-                log.info("teacher batch %s (stage %s): %s, %d of %d requests done, %d failed", batch_id, pb.stage,
-                         batch.status, getattr(c, "completed", 0) or 0, getattr(c, "total", 0) or len(pb.requests),
-                         getattr(c, "failed", 0) or 0)
+                log.info(
+                    "teacher batch %s (stage %s): %s, %d of %d requests done, %d failed",
+                    batch_id,
+                    pb.stage,
+                    batch.status,
+                    getattr(c, "completed", 0) or 0,
+                    getattr(c, "total", 0) or len(pb.requests),
+                    getattr(c, "failed", 0) or 0,
+                )
                 self.batches.set_status(batch_id, batch.status)
                 if batch.status in TERMINAL:
                     await self._collect(pb, batch, answered, errors, rounds)
@@ -466,11 +591,19 @@ class BatchTeacherClient(TeacherClient):
                 return
 
     async def _download(self, file_id: str) -> str:
-        content = await self._api(f"downloading batch file {file_id}", lambda: self._oai.files.content(file_id))
+        content = await self._api(
+            f"downloading batch file {file_id}", lambda: self._oai.files.content(file_id)
+        )
         return content.text
 
-    async def _collect(self, pb: PendingBatch, batch: Any, answered: dict[str, ChatResponse], errors: dict[str, str],
-                       rounds: dict[str, int]) -> None:
+    async def _collect(
+        self,
+        pb: PendingBatch,
+        batch: Any,
+        answered: dict[str, ChatResponse],
+        errors: dict[str, str],
+        rounds: dict[str, int],
+    ) -> None:
         counts = {"answered": 0, "failed": 0, "malformed": 0, "unanswered": 0}
         seen: set[str] = set()
         bu = self.batch_usage
@@ -487,20 +620,29 @@ class BatchTeacherClient(TeacherClient):
                 except (ValueError, KeyError, TypeError):
                     counts["malformed"] += 1
                     bu.malformed_lines += 1
-                    log.warning("teacher batch %s: an output line is not a readable answer (%d characters "
-                                "beginning %r); counted as malformed", pb.id, len(raw), self.backend._scrub(raw[:80]))
+                    log.warning(
+                        "teacher batch %s: an output line is not a readable answer (%d characters "
+                        "beginning %r); counted as malformed",
+                        pb.id,
+                        len(raw),
+                        self.backend._scrub(raw[:80]),
+                    )
                     continue
                 if key in seen:
                     continue
-                if isinstance(line.get("error"), dict) and line["error"].get("code") in ("batch_expired", "batch_cancelled"):
+                if isinstance(line.get("error"), dict) and line["error"].get("code") in (
+                    "batch_expired",
+                    "batch_cancelled",
+                ):
                     continue  # never run: counted below with the lines the batch left unanswered
                 seen.add(key)
                 response_part = line.get("response") or {}
                 error = line.get("error")
                 status = response_part.get("status_code") if isinstance(response_part, dict) else None
                 if error or status != 200:
-                    message = (error.get("message") if isinstance(error, dict) else None) or \
-                        _error_message(response_part.get("body") if isinstance(response_part, dict) else None)
+                    message = (error.get("message") if isinstance(error, dict) else None) or _error_message(
+                        response_part.get("body") if isinstance(response_part, dict) else None
+                    )
                     code = (error.get("code") if isinstance(error, dict) else None) or f"HTTP {status}"
                     errors[key] = f"the batch line failed ({code}): {self.backend._scrub(str(message))[:300]}"
                     rounds[key] = rounds.get(key, 0) + 1
@@ -518,9 +660,11 @@ class BatchTeacherClient(TeacherClient):
                     continue
                 self._store(key, request, response, answered)
                 counts["answered"] += 1
-        why = {"expired": "the batch expired (24 h) before answering it", "cancelled": "the batch was cancelled",
-               "failed": "the batch failed: " + _batch_errors(batch)}.get(
-            batch.status, "the batch output has no readable line for it")
+        why = {
+            "expired": "the batch expired (24 h) before answering it",
+            "cancelled": "the batch was cancelled",
+            "failed": "the batch failed: " + _batch_errors(batch),
+        }.get(batch.status, "the batch output has no readable line for it")
         for key in pb.requests.keys() - seen:
             errors[key] = why
             rounds[key] = rounds.get(key, 0) + 1
@@ -533,11 +677,20 @@ class BatchTeacherClient(TeacherClient):
         elif batch.status == "failed":
             bu.failed_batches += 1
         self.batches.collected(pb.id, batch.status, batch.output_file_id, batch.error_file_id, counts)
-        log.info("teacher batch %s (stage %s) collected: %s; %d answered, %d failed, %d malformed, %d unanswered",
-                 pb.id, pb.stage, batch.status, counts["answered"], counts["failed"], counts["malformed"],
-                 counts["unanswered"])
+        log.info(
+            "teacher batch %s (stage %s) collected: %s; %d answered, %d failed, %d malformed, %d unanswered",
+            pb.id,
+            pb.stage,
+            batch.status,
+            counts["answered"],
+            counts["failed"],
+            counts["malformed"],
+            counts["unanswered"],
+        )
 
-    def _store(self, key: str, request: ChatRequest, response: ChatResponse, answered: dict[str, ChatResponse]) -> None:
+    def _store(
+        self, key: str, request: ChatRequest, response: ChatResponse, answered: dict[str, ChatResponse]
+    ) -> None:
         self.usage.attempts += 1
         answered[key] = self._account_answer(key, request, response)
 

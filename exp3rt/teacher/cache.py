@@ -126,7 +126,9 @@ class AnswerCache:
                 out[row[0]] = CachedAnswer(*row)
         return out
 
-    def put(self, key: str, request: ChatRequest, response: ChatResponse, *, backend: str, model: str) -> bool:
+    def put(
+        self, key: str, request: ChatRequest, response: ChatResponse, *, backend: str, model: str
+    ) -> bool:
         """Store one answer and commit it now. Returns False when the key was already stored (the
         first answer wins, e.g. when two shards answered the same request)."""
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -160,7 +162,12 @@ class AnswerCache:
                 " FROM answers GROUP BY stage ORDER BY stage"
             ).fetchall()
         by_stage = {
-            stage: {"entries": n, "prompt_tokens": p or 0, "completion_tokens": c or 0, "cost_usd": cost or 0.0}
+            stage: {
+                "entries": n,
+                "prompt_tokens": p or 0,
+                "completion_tokens": c or 0,
+                "cost_usd": cost or 0.0,
+            }
             for stage, n, p, c, cost in rows
         }
         return {

@@ -86,16 +86,28 @@ def price_advice(model: str) -> str:
         ok = list(parsed.value()) == [model]
     except Exception:  # noqa: BLE001 - any parse failure: the YAML route
         ok = False
-    how = (f"add its price with the override {override}" if ok else
-           f"add its price to your teacher's YAML under 'prices:' as the line  {json.dumps(model)}: {entry}")
-    return how + " (USD per million input / output tokens: put your provider's prices in place of 1.0 and 2.0)"
+    how = (
+        f"add its price with the override {override}"
+        if ok
+        else f"add its price to your teacher's YAML under 'prices:' as the line  {json.dumps(model)}: {entry}"
+    )
+    return (
+        how + " (USD per million input / output tokens: put your provider's prices in place of 1.0 and 2.0)"
+    )
 
 
 class BudgetExceeded(TeacherError):
     """The run stopped before ``teacher.max_cost_usd`` was passed; ``results`` holds what was done."""
 
-    def __init__(self, message: str, *, spent_usd: float, calls: int, not_sent: int,
-                 results: list[Result] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent_usd: float,
+        calls: int,
+        not_sent: int,
+        results: list[Result] | None = None,
+    ):
         super().__init__(message)
         self.spent_usd = spent_usd
         self.calls = calls
@@ -202,8 +214,15 @@ class _RunState:
 
 
 class TeacherClient:
-    def __init__(self, backend: TeacherBackend, cfg: Any, cache: AnswerCache | None = None,
-                 progress: bool = False, rng: random.Random | None = None, ledger: SpendLedger | None = None):
+    def __init__(
+        self,
+        backend: TeacherBackend,
+        cfg: Any,
+        cache: AnswerCache | None = None,
+        progress: bool = False,
+        rng: random.Random | None = None,
+        ledger: SpendLedger | None = None,
+    ):
         self.backend = backend
         self.cfg = cfg
         self.cache = cache
@@ -235,8 +254,10 @@ class TeacherClient:
         self._prompt_scale = 1.0  # actual / estimated prompt tokens, the largest seen (>= 1)
 
     def __repr__(self) -> str:
-        return (f"TeacherClient(backend={self.backend!r}, concurrency={self.concurrency}, "
-                f"max_cost_usd={self.max_cost_usd}, cache={self.cache!r})")
+        return (
+            f"TeacherClient(backend={self.backend!r}, concurrency={self.concurrency}, "
+            f"max_cost_usd={self.max_cost_usd}, cache={self.cache!r})"
+        )
 
     # -- cost and token estimates ------------------------------------------------------------------
     def _price(self, model: str) -> tuple[float, float, bool]:
@@ -299,7 +320,9 @@ class TeacherClient:
             "price_known": self.price_known,
             "max_cost_usd": self.max_cost_usd,
             "spent_before_usd": self._spent_elsewhere(),
-            "fits_budget": None if self.max_cost_usd is None else self._spent_elsewhere() + cost <= self.max_cost_usd,
+            "fits_budget": None
+            if self.max_cost_usd is None
+            else self._spent_elsewhere() + cost <= self.max_cost_usd,
         }
 
     # -- accounting --------------------------------------------------------------------------------
@@ -337,8 +360,9 @@ class TeacherClient:
         self.usage.requests += len(requests)
         return requests, keys, [Result(i, r, k) for i, (r, k) in enumerate(zip(requests, keys, strict=True))]
 
-    async def run(self, requests: Iterable[ChatRequest],
-                  on_result: Callable[[Result], Any] | None = None) -> list[Result]:
+    async def run(
+        self, requests: Iterable[ChatRequest], on_result: Callable[[Result], Any] | None = None
+    ) -> list[Result]:
         """Answer ``requests``; one :class:`Result` each, in request order. ``on_result`` (sync or
         async) sees every result as it is settled (cached ones first), after the cache has it.
 
@@ -349,8 +373,14 @@ class TeacherClient:
         model = self.backend.model
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         pending: dict[str, list[int]] = {}
-        bar = tqdm(total=len(requests), unit="req", desc=f"teacher {model}", dynamic_ncols=True,
-                   disable=None if self.progress else True, leave=False)
+        bar = tqdm(
+            total=len(requests),
+            unit="req",
+            desc=f"teacher {model}",
+            dynamic_ncols=True,
+            disable=None if self.progress else True,
+            leave=False,
+        )
         state = _RunState(iter(()), pending, results, on_result, bar)
         try:
             for result in results:
@@ -392,14 +422,23 @@ class TeacherClient:
             assert self.max_cost_usd is not None
             before = self._spent_elsewhere()
             total = before + self.usage.cost_usd
-            where = (f" on the annotation directory in total (${usd(before)} by earlier or parallel runs, recorded "
-                     f"in {self.ledger.path})") if self.ledger is not None else ""
+            where = (
+                (
+                    f" on the annotation directory in total (${usd(before)} by earlier or parallel runs, recorded "
+                    f"in {self.ledger.path})"
+                )
+                if self.ledger is not None
+                else ""
+            )
             raise BudgetExceeded(
                 f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached: ${usd(total)} spent{where}, "
                 f"${usd(self.usage.cost_usd)} of it on {self.usage.answered} calls in this run; {not_sent} requests "
                 f"not sent. Answered calls are cached; to go on, raise the cap, e.g. rerun with "
                 f"teacher.max_cost_usd={raised_cap(self.max_cost_usd, total)}",
-                spent_usd=total, calls=self.usage.answered, not_sent=not_sent, results=results,
+                spent_usd=total,
+                calls=self.usage.answered,
+                not_sent=not_sent,
+                results=results,
             )
         return results
 
@@ -408,7 +447,8 @@ class TeacherClient:
         state.bar.update(1)
         if not state.bar.disable:
             state.bar.set_postfix_str(
-                f"tok {u.prompt_tokens}+{u.completion_tokens} ${u.cost_usd:.4f} retries {u.retries}", refresh=False
+                f"tok {u.prompt_tokens}+{u.completion_tokens} ${u.cost_usd:.4f} retries {u.retries}",
+                refresh=False,
             )
         if state.on_result is not None:
             out = state.on_result(result)
@@ -428,7 +468,8 @@ class TeacherClient:
             worst = [self._worst_tokens(r) for r in requests]
             reserve = sum(self.cost(p, c) for p, c in worst)
             if self.max_cost_usd is not None and (
-                    self._spent_elsewhere() + self.usage.cost_usd + self._reserved + reserve > self.max_cost_usd):
+                self._spent_elsewhere() + self.usage.cost_usd + self._reserved + reserve > self.max_cost_usd
+            ):
                 state.stop("budget")
                 return
             self._reserved += reserve
@@ -438,8 +479,9 @@ class TeacherClient:
                 self._reserved -= reserve
             await self._settle(state, unit, requests, responses, error)
 
-    async def _call(self, state: _RunState, unit: list[str], requests: list[ChatRequest],
-                    tokens: int) -> tuple[list[ChatResponse] | None, TeacherError | None]:
+    async def _call(
+        self, state: _RunState, unit: list[str], requests: list[ChatRequest], tokens: int
+    ) -> tuple[list[ChatResponse] | None, TeacherError | None]:
         """Send one unit (a request, or a batch) with retries."""
         firsts = [state.results[state.pending[k][0]] for k in unit]
         failures = 0
@@ -464,7 +506,8 @@ class TeacherClient:
                     responses = await self.backend.complete_batch(requests)
                     if len(responses) != len(requests):
                         raise TransientError(
-                            f"malformed response: {len(responses)} answers for a batch of {len(requests)}")
+                            f"malformed response: {len(responses)} answers for a batch of {len(requests)}"
+                        )
                 else:
                     responses = [await self.backend.complete(requests[0])]
                 return responses, None
@@ -505,21 +548,35 @@ class TeacherClient:
         u.completion_tokens += response.completion_tokens
         u.cost_usd += response.cost_usd
         if self.ledger is not None:  # before the cache: a crash after this line never under-counts
-            self.ledger.record(calls=u.answered, prompt_tokens=u.prompt_tokens,
-                               completion_tokens=u.completion_tokens, cost_usd=u.cost_usd)
+            self.ledger.record(
+                calls=u.answered,
+                prompt_tokens=u.prompt_tokens,
+                completion_tokens=u.completion_tokens,
+                cost_usd=u.cost_usd,
+            )
         estimate = self.estimate_prompt_tokens(request)
         if estimate and response.prompt_tokens > estimate * self._prompt_scale:
             self._prompt_scale = response.prompt_tokens / estimate
         if self.cache is not None:
-            stored = self.cache.put(key, request, response, backend=self.backend.name, model=self.backend.model)
+            stored = self.cache.put(
+                key, request, response, backend=self.backend.name, model=self.backend.model
+            )
             if not stored:  # another shard answered it first: use the answer everyone else sees
                 first = self.cache.get(key)
                 if first is not None:
-                    return ChatResponse(**{**vars(first.to_response()), "cached": False, "cost_usd": response.cost_usd})
+                    return ChatResponse(
+                        **{**vars(first.to_response()), "cached": False, "cost_usd": response.cost_usd}
+                    )
         return response
 
-    async def _settle(self, state: _RunState, unit: list[str], requests: list[ChatRequest],
-                      responses: list[ChatResponse] | None, error: TeacherError | None) -> None:
+    async def _settle(
+        self,
+        state: _RunState,
+        unit: list[str],
+        requests: list[ChatRequest],
+        responses: list[ChatResponse] | None,
+        error: TeacherError | None,
+    ) -> None:
         u = self.usage
         for pos, key in enumerate(unit):
             indices = state.pending[key]

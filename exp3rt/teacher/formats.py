@@ -57,7 +57,10 @@ def _rating_patterns(rating: float, scale_max: float) -> list[re.Pattern]:
     num = rf"(?<![\d.]){r}(?:\.0)?(?![\d])"
     return [
         re.compile(rf"{num}\s*(?:/|out of|of)\s*{m}\b", re.IGNORECASE),
-        re.compile(rf"\b(?:rat(?:ed|es|ing)|scor(?:ed|es|e)|gave(?: it)?|give(?: it)?)\b[^.\n]{{0,20}}?{num}", re.IGNORECASE),
+        re.compile(
+            rf"\b(?:rat(?:ed|es|ing)|scor(?:ed|es|e)|gave(?: it)?|give(?: it)?)\b[^.\n]{{0,20}}?{num}",
+            re.IGNORECASE,
+        ),
         re.compile(rf"{num}\s*(?:-\s*)?stars?\b", re.IGNORECASE),
     ]
 
@@ -70,7 +73,9 @@ def check_rationale(text: str, rating: float, scale_max: float, min_chars: int =
     for pattern in _rating_patterns(rating, scale_max):
         hit = pattern.search(text)
         if hit:
-            raise FormatProblem(f'it states the rating ("{hit.group(0)}"); explain the reasons without giving the rating')
+            raise FormatProblem(
+                f'it states the rating ("{hit.group(0)}"); explain the reasons without giving the rating'
+            )
     return text
 
 

@@ -28,7 +28,9 @@ class Prompts:
         for stage in STAGES:
             tpl = prompt_cfg[stage]
             self._versions[stage] = f"{prompt_cfg.version}:{template_digest(tpl.system, tpl.user)}"
-            if stage == "rationale" and self.rationale_form != "narrative":  # narrative keeps its old versions (and caches)
+            if (
+                stage == "rationale" and self.rationale_form != "narrative"
+            ):  # narrative keeps its old versions (and caches)
                 self._versions[stage] += f":{self.rationale_form}"
             # fail at start-up, not after an hour of calls, when a template names an unknown field
             for part in ("system", "user"):
@@ -44,7 +46,9 @@ class Prompts:
         user = tpl.user.format_map(_Strict(f"prompt.{stage}.user", values))
         return (("system", system), ("user", user))
 
-    def repair(self, messages: tuple[tuple[str, str], ...], answer: str, problem: str) -> tuple[tuple[str, str], ...]:
+    def repair(
+        self, messages: tuple[tuple[str, str], ...], answer: str, problem: str
+    ) -> tuple[tuple[str, str], ...]:
         """The original conversation, the bad answer, and a request to answer again in form."""
         note = self.cfg.repair.format_map(_Strict("prompt.repair.text", {"problem": problem}))
         return (*messages, ("assistant", answer), ("user", note))

@@ -62,13 +62,17 @@ _ROW_SHIFT = 41  # 2 * 10^12 < 2^41: (row << 41) | (10^12 - q) orders by row, th
 
 JobKey = tuple[str, str | None]  # (item_id, target_user or None for the item's shared job)
 Pair = tuple[str, str]  # (user_id, item_id)
-NeighbourGroup = tuple[str, Sequence[str], Sequence[str]]  # (item_id, target users, reviewers in helpful order)
+NeighbourGroup = tuple[
+    str, Sequence[str], Sequence[str]
+]  # (item_id, target users, reviewers in helpful order)
 
 
 def _require(train_df: pd.DataFrame, what: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in train_df.columns]
     if missing:
-        raise ValueError(f"{what} needs canonical interaction columns {list(REQUIRED_COLUMNS)}; missing {missing}")
+        raise ValueError(
+            f"{what} needs canonical interaction columns {list(REQUIRED_COLUMNS)}; missing {missing}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,7 +124,9 @@ class UserSimilarity(ABC):
         c_idx = self.users.get_indexer(pd.Index(list(candidates), dtype=object))
         return out, u_idx, c_idx, np.flatnonzero(u_idx >= 0), np.flatnonzero(c_idx >= 0)
 
-    def top_k(self, user: str, candidates: Sequence[str], k: int, exclude_item: str | None = None) -> list[str]:
+    def top_k(
+        self, user: str, candidates: Sequence[str], k: int, exclude_item: str | None = None
+    ) -> list[str]:
         """The ``k`` most similar distinct candidates, ties broken by user id (ascending).
 
         The user is not their own neighbour: ``user`` is dropped from ``candidates``."""
@@ -156,7 +162,9 @@ class UserSimilarity(ABC):
             step = max(1, self.neighbour_block_entries // n)
             for start in range(0, len(targets), step):
                 block = np.asarray(list(targets[start : start + step]), dtype=object)
-                sims = np.round(self.similarity_matrix(list(block), list(cands), exclude_item=item_id), _TIE_DECIMALS)
+                sims = np.round(
+                    self.similarity_matrix(list(block), list(cands), exclude_item=item_id), _TIE_DECIMALS
+                )
                 sims[cands[None, :] == block[:, None]] = -np.inf
                 lists.extend(_dense_top_k(sims, k))
             out.append(lists)
@@ -338,16 +346,41 @@ class RatingCosine(UserSimilarity):
             for r_lo in range(int(t_off[g]), int(t_off[h]), step):
                 r_hi = min(r_lo + step, int(t_off[h]))
                 self._neighbours_block(
-                    targets[r_lo:r_hi], t_norms[r_lo:r_hi], cands_t, known, c_norms[c_lo:c_hi],
-                    t_group[r_lo:r_hi], c_group[c_lo:c_hi], c_off[t_group[r_lo:r_hi]] - c_lo,
-                    n_c[t_group[r_lo:r_hi]], t_same[r_lo:r_hi], c_same[c_lo:c_hi], k, result, r_lo,
+                    targets[r_lo:r_hi],
+                    t_norms[r_lo:r_hi],
+                    cands_t,
+                    known,
+                    c_norms[c_lo:c_hi],
+                    t_group[r_lo:r_hi],
+                    c_group[c_lo:c_hi],
+                    c_off[t_group[r_lo:r_hi]] - c_lo,
+                    n_c[t_group[r_lo:r_hi]],
+                    t_same[r_lo:r_hi],
+                    c_same[c_lo:c_hi],
+                    k,
+                    result,
+                    r_lo,
                 )
             g = h
         return [result[int(t_off[j]) : int(t_off[j + 1])] for j in range(len(groups))]
 
     @staticmethod
-    def _neighbours_block(targets, t_norms, cands_t, known, c_norms, t_group, c_group, row_lo, row_n,
-                          t_same, c_same, k, result, r_base) -> None:
+    def _neighbours_block(
+        targets,
+        t_norms,
+        cands_t,
+        known,
+        c_norms,
+        t_group,
+        c_group,
+        row_lo,
+        row_n,
+        t_same,
+        c_same,
+        k,
+        result,
+        r_base,
+    ) -> None:
         """Top-k for a block of target rows against a batch's reviewers (columns = batch slots, in group
         order then most-helpful order). Writes ``result[r_base + r]`` as positions within the group."""
         n_rows, n_slots = targets.shape[0], len(c_group)
@@ -407,7 +440,9 @@ class RatingCosine(UserSimilarity):
         cc = np.concatenate([c[keep], fill_c])
         # one integer key per entry: row, then similarity descending; per row only the entries up to the
         # k-th smallest key can be among the k nearest, and only those are sorted with the slot as tie-break
-        key = (rr << _ROW_SHIFT) | (_TIE_SCALE - np.concatenate([q[keep], np.zeros(len(fill_r), dtype=np.int64)]))
+        key = (rr << _ROW_SHIFT) | (
+            _TIE_SCALE - np.concatenate([q[keep], np.zeros(len(fill_r), dtype=np.int64)])
+        )
         sorted_keys = np.sort(key)
         starts = np.searchsorted(sorted_keys >> _ROW_SHIFT, np.arange(n_rows + 1))
         counts = np.diff(starts)
@@ -503,8 +538,11 @@ class ProfileEmbedding(UserSimilarity):
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start : start + self.batch_size]
                 batch = tok(
-                    [by_key[k] for k in chunk], padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
+                    [by_key[k] for k in chunk],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
                 ).to(self.device)
                 with torch.no_grad():
                     hidden = model(**batch).last_hidden_state
@@ -629,7 +667,9 @@ class _ItemReviews:
         own review is never among them."""
         if policy != ItemReviewPolicy.similar_users:
             cap = max_reviews if policy == ItemReviewPolicy.all else k
-            return [self.positions[:cap] if t is None else self.positions[self.users != t][:cap] for t in targets]
+            return [
+                self.positions[:cap] if t is None else self.positions[self.users != t][:cap] for t in targets
+            ]
         if any(t is None for t in targets):
             raise ValueError("item_policy=similar_users selects reviews per target user: pass target_user=")
         if len(self.positions) == 0:
@@ -668,7 +708,9 @@ def select_reviews(
     return train_df.iloc[reviews.select(pol, k, max_reviews, [target_user], item_id, similarity)[0]]
 
 
-def make_similarity(conf, train_df: pd.DataFrame, profile_texts: Mapping[str, str] | None = None) -> UserSimilarity:
+def make_similarity(
+    conf, train_df: pd.DataFrame, profile_texts: Mapping[str, str] | None = None
+) -> UserSimilarity:
     """The fitted similarity that ``annotate.similarity`` names."""
     from exp3rt.config import Similarity
 
@@ -738,7 +780,9 @@ class ItemProfilePlan:
         if pol == ItemReviewPolicy.similar_users and similarity is None:
             raise ValueError("item_policy=similar_users needs a fitted UserSimilarity: pass similarity=")
         if isinstance(pairs, pd.DataFrame):
-            pair_list = list(zip(pairs["user_id"].astype(object), pairs["item_id"].astype(object), strict=True))
+            pair_list = list(
+                zip(pairs["user_id"].astype(object), pairs["item_id"].astype(object), strict=True)
+            )
         else:
             pair_list = [(u, i) for u, i in pairs]
         pair_list = sorted(set(pair_list), key=lambda p: (p[1], p[0]))
@@ -781,7 +825,9 @@ class ItemProfilePlan:
                 jobs[(item, None)] = shared
                 selected_users = set(users_all[shared])
                 own = [u for u in targets if u in selected_users]
-                for user, pos in zip(own, reviews.select(pol, k, max_reviews, own, item, similarity), strict=True):
+                for user, pos in zip(
+                    own, reviews.select(pol, k, max_reviews, own, item, similarity), strict=True
+                ):
                     jobs[(item, user)] = pos
                 for user in targets:
                     pair_to_job[(user, item)] = (item, user) if user in selected_users else (item, None)
@@ -847,7 +893,9 @@ def average_rating(train_df: pd.DataFrame, item_id: str, exclude_user: str | Non
     return _mean_rating(train_df.loc[mask.to_numpy(dtype=bool), "rating"])
 
 
-def user_average_rating(train_df: pd.DataFrame, user_id: str, exclude_item: str | None = None) -> float | None:
+def user_average_rating(
+    train_df: pd.DataFrame, user_id: str, exclude_item: str | None = None
+) -> float | None:
     """Mean training rating given by ``user_id`` (as :func:`average_rating`, for users); ``exclude_item``
     leaves out the target pair's own rating."""
     mask = train_df["user_id"].astype(object) == user_id

@@ -41,8 +41,9 @@ class SpendLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run = uuid.uuid4().hex
         self._started = _now()
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
@@ -71,8 +72,16 @@ class SpendLedger:
                 " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run) DO UPDATE SET updated=excluded.updated,"
                 " calls=excluded.calls, prompt_tokens=excluded.prompt_tokens,"
                 " completion_tokens=excluded.completion_tokens, cost_usd=excluded.cost_usd",
-                (self.run, os.getpid(), self._started, _now(), int(calls), int(prompt_tokens),
-                 int(completion_tokens), float(cost_usd)),
+                (
+                    self.run,
+                    os.getpid(),
+                    self._started,
+                    _now(),
+                    int(calls),
+                    int(prompt_tokens),
+                    int(completion_tokens),
+                    float(cost_usd),
+                ),
             )
 
     def others_usd(self) -> float:
@@ -83,10 +92,17 @@ class SpendLedger:
 
     def total(self) -> dict:
         with self._lock:
-            row = self._conn.execute("SELECT COUNT(*), SUM(calls), SUM(prompt_tokens), SUM(completion_tokens),"
-                                     " SUM(cost_usd) FROM spend").fetchone()
-        return {"runs": int(row[0]), "calls": int(row[1] or 0), "prompt_tokens": int(row[2] or 0),
-                "completion_tokens": int(row[3] or 0), "cost_usd": float(row[4] or 0.0)}
+            row = self._conn.execute(
+                "SELECT COUNT(*), SUM(calls), SUM(prompt_tokens), SUM(completion_tokens),"
+                " SUM(cost_usd) FROM spend"
+            ).fetchone()
+        return {
+            "runs": int(row[0]),
+            "calls": int(row[1] or 0),
+            "prompt_tokens": int(row[2] or 0),
+            "completion_tokens": int(row[3] or 0),
+            "cost_usd": float(row[4] or 0.0),
+        }
 
     def close(self) -> None:
         with self._lock:

@@ -106,7 +106,10 @@ def failed_row_keys(stage: str, frame: pd.DataFrame) -> list[str]:
     if stage == "user_profile":
         return [str(u) for u in bad["user_id"]]
     if stage == "item_profile":
-        return [f"{i}\t{t if isinstance(t, str) else ''}" for i, t in zip(bad["item_id"], bad["target_user"], strict=True)]
+        return [
+            f"{i}\t{t if isinstance(t, str) else ''}"
+            for i, t in zip(bad["item_id"], bad["target_user"], strict=True)
+        ]
     return [f"{u}\t{i}" for u, i in zip(bad["user_id"], bad["item_id"], strict=True)]
 
 
@@ -118,8 +121,14 @@ class StageRunner:
     so the retry is a new request (a cached bad answer is not reused) while every other row's requests,
     and rebuilds of the retried row later, stay the cached ones."""
 
-    def __init__(self, client, prompts: Prompts, teacher_cfg, attempt_base: dict[str, int] | None = None,
-                 base_stage: str | None = None):
+    def __init__(
+        self,
+        client,
+        prompts: Prompts,
+        teacher_cfg,
+        attempt_base: dict[str, int] | None = None,
+        base_stage: str | None = None,
+    ):
         self.client = client
         self.prompts = prompts
         self.cfg = teacher_cfg
@@ -157,7 +166,9 @@ class StageRunner:
             for (idx, w, msgs), res in zip(pending, results, strict=True):
                 if res.response is None:
                     why = f"teacher error: {res.error}" if res.error is not None else "not sent"
-                    body = getattr(res.error, "body", None)  # e.g. a proxy's HTML page: kept as the raw answer
+                    body = getattr(
+                        res.error, "body", None
+                    )  # e.g. a proxy's HTML page: kept as the raw answer
                     outcomes[idx] = Outcome(w, "failed", text=body, problem=why, attempts=attempt + 1)
                     continue
                 text = res.response.text
@@ -167,9 +178,13 @@ class StageRunner:
                     if attempt < int(self.cfg.repair_retries):
                         retry.append((idx, w, self.prompts.repair(msgs, text, str(problem))))
                     else:
-                        outcomes[idx] = Outcome(w, "failed", text=text, problem=str(problem), attempts=attempt + 1)
+                        outcomes[idx] = Outcome(
+                            w, "failed", text=text, problem=str(problem), attempts=attempt + 1
+                        )
                     continue
-                outcomes[idx] = Outcome(w, "ok", parsed, text, attempts=attempt + 1, from_cache=res.from_cache)
+                outcomes[idx] = Outcome(
+                    w, "ok", parsed, text, attempts=attempt + 1, from_cache=res.from_cache
+                )
             pending = retry
         return [outcomes[i] for i in range(len(works))]
 
@@ -216,7 +231,9 @@ class AnnotationContext:
     def rationale_pairs(self) -> pd.DataFrame:
         pairs = self.train[["user_id", "item_id", "rating"]].assign(split="train")
         if self.annotation.rationale_pairs == "train+valid":
-            pairs = pd.concat([pairs, self.valid[["user_id", "item_id", "rating"]].assign(split="valid")], ignore_index=True)
+            pairs = pd.concat(
+                [pairs, self.valid[["user_id", "item_id", "rating"]].assign(split="valid")], ignore_index=True
+            )
         elif self.annotation.rationale_pairs != "train":
             raise ConfigError(
                 f"annotation.rationale_pairs must be 'train' or 'train+valid' (got {self.annotation.rationale_pairs!r})"
@@ -237,7 +254,11 @@ def extract_works(ctx: AnnotationContext) -> list[Work]:
         if not ctx.mine(key):
             continue
         review = row.review if isinstance(row.review, str) else ""
-        fields = {"review": review, "summary": row.summary if isinstance(row.summary, str) else "", "rating": fmt_rating(row.rating)}
+        fields = {
+            "review": review,
+            "summary": row.summary if isinstance(row.summary, str) else "",
+            "rating": fmt_rating(row.rating),
+        }
         payload = {
             "review": review,
             "summary": row.summary if isinstance(row.summary, str) else None,
@@ -245,7 +266,9 @@ def extract_works(ctx: AnnotationContext) -> list[Work]:
             "scale": [ctx.scale.min, ctx.scale.max],
             "domain": ctx.domain,
         }
-        works.append(Work(key, fields, payload, parse_preference_set, {"user_id": row.user_id, "item_id": row.item_id}))
+        works.append(
+            Work(key, fields, payload, parse_preference_set, {"user_id": row.user_id, "item_id": row.item_id})
+        )
     return works
 
 
@@ -266,7 +289,20 @@ def extract_frame(outcomes: list[Outcome]) -> pd.DataFrame:
                 "attempts": o.attempts,
             }
         )
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "status", "preference_set", "likes", "dislikes", "raw", "problem", "attempts"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "user_id",
+            "item_id",
+            "status",
+            "preference_set",
+            "likes",
+            "dislikes",
+            "raw",
+            "problem",
+            "attempts",
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------ stage 2/3
@@ -301,7 +337,9 @@ async def summarise_groups(
             if too_big and len(chunks) == 1:  # a single group over budget: halve it
                 chunks = _chunks(sets, max(1, len(sets) // 2))
             for j, chunk in enumerate(chunks):
-                works.append(profile_work(stage, f"{key}#r{round_no}g{j}", chunk, ctx, {"key": key, "round": round_no}))
+                works.append(
+                    profile_work(stage, f"{key}#r{round_no}g{j}", chunk, ctx, {"key": key, "round": round_no})
+                )
                 owners.append((key, len(chunks) > 1))
         outcomes = await runner.run(stage, works)
         nxt: dict[str, list[str]] = {}
@@ -315,12 +353,20 @@ async def summarise_groups(
         current = {k: v for k, v in nxt.items() if k not in final}
         round_no += 1
         if round_no > 8:
-            raise RuntimeError(f"{stage}: hierarchical summary did not converge; lower annotation.user_max_sets")
+            raise RuntimeError(
+                f"{stage}: hierarchical summary did not converge; lower annotation.user_max_sets"
+            )
     return final
 
 
-def profile_rows(kind: str, keys: list[tuple], outcomes: dict[str, Outcome], sets_count: dict[str, int],
-                 averages: dict[str, float | None], failed_sets: dict[str, int] | None = None) -> pd.DataFrame:
+def profile_rows(
+    kind: str,
+    keys: list[tuple],
+    outcomes: dict[str, Outcome],
+    sets_count: dict[str, int],
+    averages: dict[str, float | None],
+    failed_sets: dict[str, int] | None = None,
+) -> pd.DataFrame:
     """One row per key. A key with no preference set is ``no_history`` (an empty profile, a real input)
     when it had no training review, but ``failed_upstream`` (no profile: nothing may be built on it)
     when it had reviews whose extractions all failed (``failed_sets`` counts those)."""
@@ -330,19 +376,51 @@ def profile_rows(kind: str, keys: list[tuple], outcomes: dict[str, Outcome], set
         avg = averages.get(key)
         n_sets = sets_count.get(key, 0)
         if n_sets == 0 and failed_sets.get(key, 0):
-            rows.append({**key_tuple, "status": "failed_upstream", "profile": None, "likes": [], "dislikes": [],
-                         "average": avg, "n_sets": 0, "raw": None,
-                         "problem": f"all {failed_sets[key]} preference-set extractions of this {kind}'s reviews failed "
-                                    "(see extract.failures.jsonl; retry_failed=true re-sends them)"})
+            rows.append(
+                {
+                    **key_tuple,
+                    "status": "failed_upstream",
+                    "profile": None,
+                    "likes": [],
+                    "dislikes": [],
+                    "average": avg,
+                    "n_sets": 0,
+                    "raw": None,
+                    "problem": f"all {failed_sets[key]} preference-set extractions of this {kind}'s reviews failed "
+                    "(see extract.failures.jsonl; retry_failed=true re-sends them)",
+                }
+            )
             continue
         if n_sets == 0:
-            rows.append({**key_tuple, "status": "no_history", "profile": render_profile([], [], avg), "likes": [], "dislikes": [],
-                         "average": avg, "n_sets": 0, "raw": None, "problem": None})
+            rows.append(
+                {
+                    **key_tuple,
+                    "status": "no_history",
+                    "profile": render_profile([], [], avg),
+                    "likes": [],
+                    "dislikes": [],
+                    "average": avg,
+                    "n_sets": 0,
+                    "raw": None,
+                    "problem": None,
+                }
+            )
             continue
         o = outcomes[key]
         likes, dislikes = o.parsed if o.status == "ok" else ([], [])
-        rows.append({**key_tuple, "status": o.status, "profile": render_profile(likes, dislikes, avg) if o.status == "ok" else None,
-                     "likes": likes, "dislikes": dislikes, "average": avg, "n_sets": n_sets, "raw": o.text, "problem": o.problem})
+        rows.append(
+            {
+                **key_tuple,
+                "status": o.status,
+                "profile": render_profile(likes, dislikes, avg) if o.status == "ok" else None,
+                "likes": likes,
+                "dislikes": dislikes,
+                "average": avg,
+                "n_sets": n_sets,
+                "raw": o.text,
+                "problem": o.problem,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -354,25 +432,37 @@ def failed_sets(preferences: pd.DataFrame) -> pd.DataFrame:
     return preferences[preferences["status"] != "ok"]
 
 
-async def run_user_profiles(runner: StageRunner, ctx: AnnotationContext, preferences: pd.DataFrame, count_tokens) -> pd.DataFrame:
+async def run_user_profiles(
+    runner: StageRunner, ctx: AnnotationContext, preferences: pd.DataFrame, count_tokens
+) -> pd.DataFrame:
     """One profile per user who appears anywhere in the split (cold users get an empty profile)."""
     users = sorted(set(ctx.train.user_id) | set(ctx.valid.user_id) | set(ctx.test.user_id))
     users = [u for u in users if ctx.mine(u)]
     good = ok_sets(preferences)
     # a user's sets in time order, so grouped summaries see coherent periods
     order = ctx.train[["user_id", "item_id", "timestamp"]]
-    good = good.merge(order, on=["user_id", "item_id"], how="left").sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    good = good.merge(order, on=["user_id", "item_id"], how="left").sort_values(
+        ["user_id", "timestamp", "item_id"], kind="stable"
+    )
     by_user = {u: g["preference_set"].tolist() for u, g in good.groupby("user_id", sort=False)}
     groups = {u: by_user[u] for u in users if u in by_user}
     outcomes = await summarise_groups(runner, "user_profile", groups, ctx, count_tokens)
-    averages = {u: round_rating(Fraction(float(s)) / int(c)) for u, s, c in
-                ctx.train.groupby("user_id")["rating"].agg(["sum", "count"]).itertuples()}
+    averages = {
+        u: round_rating(Fraction(float(s)) / int(c))
+        for u, s, c in ctx.train.groupby("user_id")["rating"].agg(["sum", "count"]).itertuples()
+    }
     keys = [({"user_id": u}, u) for u in users]
     failed = failed_sets(preferences).groupby("user_id").size().to_dict()
     return profile_rows("user", keys, outcomes, {u: len(s) for u, s in groups.items()}, averages, failed)
 
 
-async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, preferences: pd.DataFrame, user_profiles: pd.DataFrame | None, count_tokens) -> tuple[pd.DataFrame, pd.DataFrame]:
+async def run_item_profiles(
+    runner: StageRunner,
+    ctx: AnnotationContext,
+    preferences: pd.DataFrame,
+    user_profiles: pd.DataFrame | None,
+    count_tokens,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Item profiles for every pair that needs one (rationale pairs + valid/test pairs) under the
     configured review-selection policy; returns (profiles, pair → profile map)."""
     from exp3rt.teacher.selection import ItemProfilePlan, make_similarity
@@ -382,10 +472,15 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
         texts = None
         if Similarity(ctx.annotation.similarity) == Similarity.profile_embedding:
             if user_profiles is None:
-                raise ConfigError("annotation.similarity=profile_embedding needs the user_profile stage to run first")
+                raise ConfigError(
+                    "annotation.similarity=profile_embedding needs the user_profile stage to run first"
+                )
             texts = dict(zip(user_profiles.user_id, user_profiles.profile.fillna(""), strict=True))
         similarity = make_similarity(ctx.annotation, ctx.train, texts)
-    pairs = pd.concat([ctx.rationale_pairs()[["user_id", "item_id"]], ctx.eval_pairs()[["user_id", "item_id"]]], ignore_index=True)
+    pairs = pd.concat(
+        [ctx.rationale_pairs()[["user_id", "item_id"]], ctx.eval_pairs()[["user_id", "item_id"]]],
+        ignore_index=True,
+    )
     plan = ItemProfilePlan.from_conf(ctx.train, pairs, ctx.annotation, similarity)
     jobs = plan.jobs
     pair_map = pd.DataFrame(
@@ -430,13 +525,28 @@ async def run_item_profiles(runner: StageRunner, ctx: AnnotationContext, prefere
 # ------------------------------------------------------------------------------------------ stage 4
 
 
-async def run_rationales(runner: StageRunner, ctx: AnnotationContext, user_profiles: pd.DataFrame, item_profiles: pd.DataFrame, pair_map: pd.DataFrame) -> pd.DataFrame:
+async def run_rationales(
+    runner: StageRunner,
+    ctx: AnnotationContext,
+    user_profiles: pd.DataFrame,
+    item_profiles: pd.DataFrame,
+    pair_map: pd.DataFrame,
+) -> pd.DataFrame:
     pairs = ctx.rationale_pairs()
     uprof = dict(zip(user_profiles.user_id, user_profiles.profile, strict=True))
     ustat = dict(zip(user_profiles.user_id, user_profiles.status, strict=True))
-    iprof = {(r.item_id, r.target_user if isinstance(r.target_user, str) else None): r.profile for r in item_profiles.itertuples(index=False)}
-    istat = {(r.item_id, r.target_user if isinstance(r.target_user, str) else None): r.status for r in item_profiles.itertuples(index=False)}
-    job_of = {(r.user_id, r.item_id): (r.job_item, r.job_user if isinstance(r.job_user, str) else None) for r in pair_map.itertuples(index=False)}
+    iprof = {
+        (r.item_id, r.target_user if isinstance(r.target_user, str) else None): r.profile
+        for r in item_profiles.itertuples(index=False)
+    }
+    istat = {
+        (r.item_id, r.target_user if isinstance(r.target_user, str) else None): r.status
+        for r in item_profiles.itertuples(index=False)
+    }
+    job_of = {
+        (r.user_id, r.item_id): (r.job_item, r.job_user if isinstance(r.job_user, str) else None)
+        for r in pair_map.itertuples(index=False)
+    }
     works, skipped = [], []
     for row in pairs.itertuples(index=False):
         key = f"{row.user_id}\t{row.item_id}"
@@ -444,25 +554,67 @@ async def run_rationales(runner: StageRunner, ctx: AnnotationContext, user_profi
             continue
         job = job_of.get((row.user_id, row.item_id))
         up, ip = uprof.get(row.user_id), iprof.get(job)
-        meta = {"user_id": row.user_id, "item_id": row.item_id, "rating": float(row.rating), "split": row.split}
+        meta = {
+            "user_id": row.user_id,
+            "item_id": row.item_id,
+            "rating": float(row.rating),
+            "split": row.split,
+        }
         if not isinstance(up, str) or not isinstance(ip, str):  # never a request built on a missing profile
-            why = [f"the user profile is {ustat.get(row.user_id, 'missing')}"] if not isinstance(up, str) else []
+            why = (
+                [f"the user profile is {ustat.get(row.user_id, 'missing')}"]
+                if not isinstance(up, str)
+                else []
+            )
             why += [f"the item profile is {istat.get(job, 'missing')}"] if not isinstance(ip, str) else []
-            skipped.append({**meta, "status": "failed_upstream", "problem": " and ".join(why) + " (see their failures files)"})
+            skipped.append(
+                {
+                    **meta,
+                    "status": "failed_upstream",
+                    "problem": " and ".join(why) + " (see their failures files)",
+                }
+            )
             continue
         desc = describe_item(ctx.item_rows.get(row.item_id), ctx.domain)
         rating = float(row.rating)
-        fields = {"rating": fmt_rating(rating), "user_profile": up, "item_profile": ip, "item_description": desc}
-        payload = {"rating": rating, "scale": [ctx.scale.min, ctx.scale.max], "user_profile": up, "item_profile": ip,
-                   "item_description": desc, "domain": ctx.domain, "form": runner.prompts.rationale_form}
-        check = (lambda r: (lambda text: check_rationale(text, r, ctx.scale.max)))(rating)
-        works.append(Work(key, fields, payload, check, {**meta, "user_profile": up, "item_profile": ip, "item_description": desc}))
+        fields = {
+            "rating": fmt_rating(rating),
+            "user_profile": up,
+            "item_profile": ip,
+            "item_description": desc,
+        }
+        payload = {
+            "rating": rating,
+            "scale": [ctx.scale.min, ctx.scale.max],
+            "user_profile": up,
+            "item_profile": ip,
+            "item_description": desc,
+            "domain": ctx.domain,
+            "form": runner.prompts.rationale_form,
+        }
+        check = (lambda r: lambda text: check_rationale(text, r, ctx.scale.max))(rating)
+        works.append(
+            Work(
+                key,
+                fields,
+                payload,
+                check,
+                {**meta, "user_profile": up, "item_profile": ip, "item_description": desc},
+            )
+        )
     outcomes = await runner.run("rationale", works)
     rows = [
-        {**{k: o.work.meta[k] for k in ("user_id", "item_id", "rating", "split")}, "status": o.status,
-         "rationale": o.parsed if o.status == "ok" else None, "raw": o.text, "problem": o.problem, "attempts": o.attempts,
-         "user_profile": o.work.meta["user_profile"], "item_profile": o.work.meta["item_profile"],
-         "item_description": o.work.meta["item_description"]}
+        {
+            **{k: o.work.meta[k] for k in ("user_id", "item_id", "rating", "split")},
+            "status": o.status,
+            "rationale": o.parsed if o.status == "ok" else None,
+            "raw": o.text,
+            "problem": o.problem,
+            "attempts": o.attempts,
+            "user_profile": o.work.meta["user_profile"],
+            "item_profile": o.work.meta["item_profile"],
+            "item_description": o.work.meta["item_description"],
+        }
         for o in outcomes
     ]
     frame = pd.DataFrame(rows + skipped)
@@ -471,7 +623,9 @@ async def run_rationales(runner: StageRunner, ctx: AnnotationContext, user_profi
     return frame
 
 
-async def consistency(runner: StageRunner, ctx: AnnotationContext, frame: pd.DataFrame, works: list[Work]) -> pd.DataFrame:
+async def consistency(
+    runner: StageRunner, ctx: AnnotationContext, frame: pd.DataFrame, works: list[Work]
+) -> pd.DataFrame:
     """A second call predicts the rating from the rationale alone; pairs off by more than the margin
     are flagged, or regenerated once (``annotation.consistency_action=regenerate``) and re-checked."""
     margin = float(ctx.annotation.consistency_margin)
@@ -482,9 +636,15 @@ async def consistency(runner: StageRunner, ctx: AnnotationContext, frame: pd.Dat
     def check_works(rows: pd.DataFrame) -> list[Work]:
         out = []
         for r in rows.itertuples(index=False):
-            out.append(Work(f"{r.user_id}\t{r.item_id}", {"rationale": r.rationale},
-                            {"rationale": r.rationale, "scale": [ctx.scale.min, ctx.scale.max]},
-                            lambda t: parse_consistency(t, ctx.scale.min, ctx.scale.max), {}))
+            out.append(
+                Work(
+                    f"{r.user_id}\t{r.item_id}",
+                    {"rationale": r.rationale},
+                    {"rationale": r.rationale, "scale": [ctx.scale.min, ctx.scale.max]},
+                    lambda t: parse_consistency(t, ctx.scale.min, ctx.scale.max),
+                    {},
+                )
+            )
         return out
 
     ok = frame["status"] == "ok"
@@ -495,9 +655,15 @@ async def consistency(runner: StageRunner, ctx: AnnotationContext, frame: pd.Dat
     off = ok & ((frame["implied_rating"] - frame["rating"]).abs() > margin)
     if action == "regenerate" and off.any():
         by_key = {w.key: w for w in works}
-        redo = [by_key[f"{u}\t{i}"] for u, i in zip(frame.loc[off, "user_id"], frame.loc[off, "item_id"], strict=True)]
+        redo = [
+            by_key[f"{u}\t{i}"]
+            for u, i in zip(frame.loc[off, "user_id"], frame.loc[off, "item_id"], strict=True)
+        ]
         # a fresh sample: a different attempt number gives a new cache entry for the same prompt
-        requests = [runner.request("rationale", w, runner.prompts.render("rationale", **w.fields), attempt=100) for w in redo]
+        requests = [
+            runner.request("rationale", w, runner.prompts.render("rationale", **w.fields), attempt=100)
+            for w in redo
+        ]
         results = await runner.client.run(requests)
         for w, res in zip(redo, results, strict=True):
             idx = frame.index[(frame.user_id == w.meta["user_id"]) & (frame.item_id == w.meta["item_id"])][0]
@@ -518,5 +684,15 @@ def write_failures(frame: pd.DataFrame, path: Path) -> int:
     failed = frame[frame["status"].isin(FAILED_STATUSES)]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         for rec in failed.to_dict("records"):
-            f.write(json.dumps({k: v for k, v in rec.items() if k in ("user_id", "item_id", "target_user", "status", "raw", "problem")}, default=str) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in rec.items()
+                        if k in ("user_id", "item_id", "target_user", "status", "raw", "problem")
+                    },
+                    default=str,
+                )
+                + "\n"
+            )
     return len(failed)

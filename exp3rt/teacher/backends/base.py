@@ -79,8 +79,13 @@ BODY_CHARS = 500
 class TransientError(TeacherError):
     """Worth retrying; ``retry_after`` (seconds) when the server said how long to wait."""
 
-    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None,
-                 body: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+        body: str | None = None,
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status

@@ -341,7 +341,11 @@ class ExtractiveBackend:
                 ("Dislikes it avoids", u_dis, i_like),
             )
         ]
-        averages = [f"{who} {a}" for who, a in (("user", _average(user_profile)), (domain or "item", _average(item_profile))) if a]
+        averages = [
+            f"{who} {a}"
+            for who, a in (("user", _average(user_profile)), (domain or "item", _average(item_profile)))
+            if a
+        ]
         if averages:
             parts.append(f"Averages: {', '.join(averages)}.")
         return " ".join(parts)

@@ -135,7 +135,9 @@ class OpenAIBackend:
             raise TransientError(f"could not reach {self._where()}: {self._scrub(str(e))}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError, KeyError) as e:
             # e.g. a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
-            raise TransientError(f"malformed response from {self._where()}: {self._scrub(str(e))[:200]}") from None
+            raise TransientError(
+                f"malformed response from {self._where()}: {self._scrub(str(e))[:200]}"
+            ) from None
         return self._parse(resp, request)
 
     async def complete_batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
@@ -162,10 +164,15 @@ class OpenAIBackend:
         return text
 
     def _parse(self, resp: Any, request: ChatRequest) -> ChatResponse:
-        if isinstance(resp, str | bytes):  # the SDK hands back the text of a 200 that was not JSON (a proxy's page)
+        if isinstance(
+            resp, str | bytes
+        ):  # the SDK hands back the text of a 200 that was not JSON (a proxy's page)
             body = self._scrub(resp.decode(errors="replace") if isinstance(resp, bytes) else resp).strip()
-            raise TransientError(f"malformed response from {self._where()}: the body is not a chat completion "
-                                 f"but {len(body)} characters of text beginning {body[:120]!r}", body=body)
+            raise TransientError(
+                f"malformed response from {self._where()}: the body is not a chat completion "
+                f"but {len(body)} characters of text beginning {body[:120]!r}",
+                body=body,
+            )
         choices = getattr(resp, "choices", None)
         if not choices:
             raise TransientError(f"malformed response from {self._where()}: no choices")
@@ -219,20 +226,32 @@ class OpenAIBackend:
         if status == 429 or status == 408 or status == 409 or status >= 500:
             retry_after = parse_retry_after(e.response.headers) if e.response is not None else None
             label = "rate limited" if status == 429 else "server error"
-            return TransientError(f"{label} (HTTP {status}) from {where}{said_part}", retry_after, status,
-                                  body=self._raw_body(e))
+            return TransientError(
+                f"{label} (HTTP {status}) from {where}{said_part}",
+                retry_after,
+                status,
+                body=self._raw_body(e),
+            )
         if status == 401:
             return PermanentError(
                 f"the API key in ${self.api_key_env} was rejected by {where} (HTTP 401){said_part}; "
-                f"set a valid key in ${self.api_key_env}", status)
+                f"set a valid key in ${self.api_key_env}",
+                status,
+            )
         if status == 403:
             return PermanentError(
                 f"the API key in ${self.api_key_env} may not use model '{self.model}' at {where} (HTTP 403)"
-                f"{said_part}; check teacher.model, teacher.organization and the key's project", status)
+                f"{said_part}; check teacher.model, teacher.organization and the key's project",
+                status,
+            )
         if status == 404:
             return PermanentError(
                 f"model '{self.model}' or the chat endpoint was not found at {where} (HTTP 404){said_part}; "
-                f"check teacher.model and teacher.base_url (it usually ends in /v1)", status)
+                f"check teacher.model and teacher.base_url (it usually ends in /v1)",
+                status,
+            )
         return PermanentError(
             f"{where} rejected the request (HTTP {status}){said_part}; check the prompt length and "
-            f"teacher.max_tokens / temperature / top_p for model '{self.model}'", status)
+            f"teacher.max_tokens / temperature / top_p for model '{self.model}'",
+            status,
+        )
