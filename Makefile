@@ -31,7 +31,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" -x
 
 lint: setup
-	$(BIN)/ruff check exp3rt tests benchmarks
+	$(BIN)/ruff check exp3rt tests benchmarks experiments
+	$(BIN)/ruff format --check exp3rt tests benchmarks experiments
 
 bench: setup
 	$(BIN)/python benchmarks/bench_ingest.py

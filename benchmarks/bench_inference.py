@@ -34,8 +34,8 @@ SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads; random weights, the offlin
 positions for 2,931 prompt tokens; the length groups compute about 3,100. What bounds the ratio now is
 decoding: every step of the batch reads the whole left-padded KV cache (a memory-bound attention).
 
-    python benchmarks/bench_inference.py                        # the tiny student, 1 thread, 64 new tokens, 5 repeats
-    python benchmarks/bench_inference.py --preset tiny             # 4x wider, 2x deeper
+    python benchmarks/bench_inference.py                # the tiny student, 1 thread, 64 new tokens, 5 repeats
+    python benchmarks/bench_inference.py --preset tiny  # 4x wider, 2x deeper
     python benchmarks/bench_inference.py --preset smollm2 --repeats 3
     python benchmarks/bench_inference.py --model artifacts/models/smollm2-135m-instruct --json
 """
@@ -252,30 +252,39 @@ def main(argv=None) -> dict:
         dec, dec_cpu = res["decode_batched_over_single"], res["decode_batched_over_single_cpu"]
         print(
             f"{label} ({res['model']['params'] / 1e6:.1f} M params), {res['torch_threads']} torch thread(s); "
-            f"{b} prompts of {min(lengths)}-{max(lengths)} tokens, {n_new} new tokens each; {args.repeats} repeats, arms interleaved"
+            f"{b} prompts of {min(lengths)}-{max(lengths)} tokens, {n_new} new tokens each; "
+            f"{args.repeats} repeats, arms interleaved"
         )
         print(
-            f"batched / one-by-one, end to end: {e2e['median']:.2f}x wall (range {e2e['min']:.2f}-{e2e['max']:.2f}), "
+            f"batched / one-by-one, end to end: {e2e['median']:.2f}x wall (range "
+            f"{e2e['min']:.2f}-{e2e['max']:.2f}), "
             f"{e2e_cpu['median']:.2f}x CPU (range {e2e_cpu['min']:.2f}-{e2e_cpu['max']:.2f})   goal >= 4"
         )
         print(
-            f"batched / one-by-one, decoding:   {dec['median']:.2f}x wall (range {dec['min']:.2f}-{dec['max']:.2f}), "
+            f"batched / one-by-one, decoding:   {dec['median']:.2f}x wall (range "
+            f"{dec['min']:.2f}-{dec['max']:.2f}), "
             f"{dec_cpu['median']:.2f}x CPU (range {dec_cpu['min']:.2f}-{dec_cpu['max']:.2f})"
         )
         print(
-            f"  tokens/s batched {res['batched_tokens_per_s']:.0f}, one-by-one {res['single_tokens_per_s']:.0f}; decode step "
-            f"{res['single_step_ms']:.1f} ms one-by-one, {res['batched_step_ms']:.1f} ms for the batch of {b}; prompt pass "
-            f"{res['prompt_pass_s']['single']:.2f} s one-by-one, {res['prompt_pass_s']['batched']:.2f} s batched "
-            f"({res['prompt_tokens']['computed']} positions computed for {res['prompt_tokens']['sum']} tokens; "
+            f"  tokens/s batched {res['batched_tokens_per_s']:.0f}, one-by-one "
+            f"{res['single_tokens_per_s']:.0f}; decode step "
+            f"{res['single_step_ms']:.1f} ms one-by-one, {res['batched_step_ms']:.1f} ms for the batch "
+            f"of {b}; prompt pass "
+            f"{res['prompt_pass_s']['single']:.2f} s one-by-one, {res['prompt_pass_s']['batched']:.2f} "
+            "s batched "
+            f"({res['prompt_tokens']['computed']} positions computed for {res['prompt_tokens']['sum']} "
+            "tokens; "
             f"{res['prompt_tokens']['padded']} as one padded batch)"
         )
         pl = res["plain_over_batched"]
         print(
-            f"batch of {b} as before (one padded prompt pass, concatenating KV cache) / now: {pl['median']:.2f}x wall "
+            f"batch of {b} as before (one padded prompt pass, concatenating KV cache) / now: "
+            f"{pl['median']:.2f}x wall "
             f"(range {pl['min']:.2f}-{pl['max']:.2f})"
         )
         print(
-            f"readout / generation: {res['readout_over_gen_1to5']:.4f} (1-5), {res['readout_over_gen_1to10']:.4f} (1-10)   goal <= 0.10; "
+            f"readout / generation: {res['readout_over_gen_1to5']:.4f} (1-5), "
+            f"{res['readout_over_gen_1to10']:.4f} (1-10)   goal <= 0.10; "
             f"re-encoding instead: {res['reencode_readout_over_gen_1to5']:.3f}"
         )
     return res

@@ -128,7 +128,8 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         size_mb = review_path.stat().st_size / 1e6
         print(
-            f"generated {gen['lines']:,} lines ({size_mb:.0f} MB, {gen['variant_copies']:,} variant copies) in {gen_s:.1f} s"
+            f"generated {gen['lines']:,} lines ({size_mb:.0f} MB, {gen['variant_copies']:,} variant "
+            f"copies) in {gen_s:.1f} s"
         )
         t0 = time.perf_counter()
         out = subprocess.run(
@@ -148,7 +149,8 @@ def main() -> None:
     )
     print(f"split (per_user 70/10/20) → parquet: {res['split_s']:.1f} s")
     print(
-        f"ingest + split: {total:.1f} s (goal <= 60 s: {total / 60:.2f} of budget); child wall {wall:.1f} s incl. imports"
+        f"ingest + split: {total:.1f} s (goal <= 60 s: {total / 60:.2f} of budget); child wall "
+        f"{wall:.1f} s incl. imports"
     )
     print(
         f"peak RSS: {gb:.2f} GiB (goal <= 2 GiB: {gb / 2:.2f} of budget); "

@@ -18,7 +18,7 @@ lists against a brute-force reference written here from the definitions (pure Py
   synthetic profile texts and *extrapolated* linearly to ``--users`` (labelled as such), when the
   ``embed`` extra is installed.
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_neighbours.py               # 100k users, 1M ratings
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_neighbours.py  # 100k users, 1M ratings
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_neighbours.py --scale 0.05  # a quick look
 
 (``PYTHONPATH=.``: a script's own folder, not the working directory, heads ``sys.path``, so without it an
@@ -252,7 +252,8 @@ def main() -> None:
                 t_emb = time.perf_counter() - t0
                 per = t_emb / len(texts)
                 print(
-                    f"embedding: MiniLM on {len(texts)} profiles (measured) {t_emb:.1f} s = {per * 1000:.1f} ms each; "
+                    f"embedding: MiniLM on {len(texts)} profiles (measured) {t_emb:.1f} s = "
+                    f"{per * 1000:.1f} ms each; "
                     f"{n_users} profiles EXTRAPOLATED linearly: {per * n_users / 60:.0f} min; "
                     f"peak RSS {maxrss_mb():.0f} MB"
                 )

@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     train, test, notes = load_split(args.folder)
     print(
-        f"{args.folder}: train {len(train):,} pairs, test {len(test):,} pairs, {test['user_id'].nunique():,} test users, "
+        f"{args.folder}: train {len(train):,} pairs, test {len(test):,} pairs, "
+        f"{test['user_id'].nunique():,} test users, "
         f"{train['item_id'].nunique():,} training items"
     )
     for kind, n in notes.items():
@@ -241,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"| {name} | {r['recall']:.4f} | {r['ndcg']:.4f} | {r['train_s']:.1f} |")
     else:
         print(
-            f"\n| model | Recall@{k} ours | RecBole | ratio | nDCG@{k} ours | RecBole | ratio | train s ours | RecBole | ratio |"
+            f"\n| model | Recall@{k} ours | RecBole | ratio | nDCG@{k} ours | RecBole | ratio | train "
+            "s ours | RecBole | ratio |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for name, rb_name in OURS.items():

@@ -77,7 +77,8 @@ def make_prompts(
         text = " ".join(likes[(j + w) % len(likes)] for w in range(words))
         return {
             "item_description": f"Movie {j}: {text}.",
-            "item_profile": f"[Like]\n- {likes[j % len(likes)]}.\n[Dislike]\n- {dislikes[j % len(dislikes)]}.",
+            "item_profile": f"[Like]\n- {likes[j % len(likes)]}.\n[Dislike]\n"
+            f"- {dislikes[j % len(dislikes)]}.",
         }
 
     def build(words_user: int, words_item: int) -> list[tuple[str, str]]:
@@ -88,7 +89,10 @@ def make_prompts(
                 system, user = prompts.rating_messages(sections, reasoning=False)
                 text = user.text
             else:
-                system = "You predict how a user will rate a movie from the user's profile and the movie's description."
+                system = (
+                    "You predict how a user will rate a movie from the user's profile and the "
+                    "movie's description."
+                )
                 text = f"User profile:\n{sections['user_profile']}\n\n{sections['item_description']}"
             out.append((f"item{j}", render_prompt(tokenizer, system, text)))
         return out
@@ -129,7 +133,8 @@ def main(argv=None) -> dict:
         "--mode",
         choices=("fast", "full"),
         default="fast",
-        help="full: each candidate's reasoning (--new-tokens, greedy, the user's candidates as one batch) then the readout",
+        help="full: each candidate's reasoning (--new-tokens, greedy, the user's candidates as one "
+        "batch) then the readout",
     )
     ap.add_argument("--new-tokens", type=int, default=48, help="reasoning tokens per candidate in full mode")
     ap.add_argument(
@@ -197,14 +202,16 @@ def main(argv=None) -> dict:
         return result
     print(
         f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; "
-        f"shared prefix {shared} tokens, item part {per_item:.0f} tokens (mean), {args.layout} layout, fast mode, median of {args.repeats}"
+        f"shared prefix {shared} tokens, item part {per_item:.0f} tokens (mean), {args.layout} layout, "
+        f"fast mode, median of {args.repeats}"
     )
     print(f"{'arm':<10} {'t(1) ms':>10} {f't({n}) ms':>10} {f't({n})/t(1)':>12}")
     for name in ("reuse", "no_reuse"):
         r = result[name]
         print(f"{name:<10} {r['t1_ms']:>10.1f} {r[f't{n}_ms']:>10.1f} {r['ratio']:>12.2f}")
     print(
-        f"reuse vs no reuse at {n} candidates: {result['speedup_at_n']:.2f}x faster; goal t({n})/t(1) <= 10 with reuse: "
+        f"reuse vs no reuse at {n} candidates: {result['speedup_at_n']:.2f}x faster; goal t({n})/t(1) "
+        "<= 10 with reuse: "
         f"{'met' if result['goal_ratio_le_10'] else 'NOT met'}"
     )
     return result
@@ -338,18 +345,22 @@ def main_full(args, model, tok, ratings, cands) -> dict:
         print(json.dumps(result, indent=2))
         return result
     print(
-        f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; full mode, "
+        f"tiny Llama hidden {args.hidden} x {args.layers} layers, CPU {result['threads']} threads; "
+        "full mode, "
         f"{args.new_tokens} reasoning tokens per candidate, median of {args.repeats}"
     )
     print(
-        f"t(1) {result['t1_ms']:.0f} ms, t({n}) {result[f't{n}_ms']:.0f} ms, t({n})/t(1) {result['ratio']:.2f} "
-        f"(goal <= 10: {'met' if result['goal_ratio_le_10'] else 'NOT met'}); reasonings ended: {result['finish']}"
+        f"t(1) {result['t1_ms']:.0f} ms, t({n}) {result[f't{n}_ms']:.0f} ms, t({n})/t(1) "
+        f"{result['ratio']:.2f} "
+        f"(goal <= 10: {'met' if result['goal_ratio_le_10'] else 'NOT met'}); reasonings ended: "
+        f"{result['finish']}"
     )
     if "users" in result:
         u = result["users"]
         print(
             f"{u['n']} users x {n} candidates: {u['together_s_per_user']:.2f} s per user reasoning together "
-            f"(batches of {u['batch_size']}), {u['apart_s_per_user']:.2f} s one user at a time: {u['apart_over_together']:.2f}x"
+            f"(batches of {u['batch_size']}), {u['apart_s_per_user']:.2f} s one user at a time: "
+            f"{u['apart_over_together']:.2f}x"
         )
     return result
 

@@ -234,8 +234,10 @@ def bench_overhead(args) -> dict:
                 runs[arm].append(res)
                 print(
                     f"  round {rep + 1} {arm:9s}: {res['tokens_per_s']:8,.0f} tokens/s, "
-                    f"{res['s_per_step'] * 1e3:6.1f} ms/step (median step {res['median_step_s'] * 1e3:.1f} ms), "
-                    f"{res['page_faults_per_step']:,.0f} page faults/step, final loss {res['final_loss']:.4f}",
+                    f"{res['s_per_step'] * 1e3:6.1f} ms/step (median step "
+                    f"{res['median_step_s'] * 1e3:.1f} ms), "
+                    f"{res['page_faults_per_step']:,.0f} page faults/step, final loss "
+                    f"{res['final_loss']:.4f}",
                     flush=True,
                 )
     med = {arm: statistics.median(r["tokens_per_s"] for r in rs) for arm, rs in runs.items()}
@@ -323,7 +325,8 @@ def bench_smollm2(args) -> dict:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         capped = " (capped by --smollm2-budget-s)" if res["timed_steps"] < args.smollm2_steps else ""
         print(
-            f"  micro batch {mb}: {res['median_step_s']:.2f} s/optimizer step (median of {res['timed_steps']} "
+            f"  micro batch {mb}: {res['median_step_s']:.2f} s/optimizer step (median of "
+            f"{res['timed_steps']} "
             f"after {args.smollm2_warmup} warm-up{capped}; first step {res['first_step_s']:.2f} s), "
             f"{mb * args.smollm2_seq / res['median_step_s']:,.0f} tokens/s, peak RSS so far {rss:.1f} GiB",
             flush=True,
@@ -412,7 +415,8 @@ def main() -> None:
     result: dict = {"torch": torch.__version__, "threads": args.threads, "keep_memory": args.keep_memory}
     if not args.skip_overhead:
         print(
-            f"Lightning vs plain torch: tiny Llama hidden {args.hidden} x {args.layers} layers, LoRA r=8 all-linear, "
+            f"Lightning vs plain torch: tiny Llama hidden {args.hidden} x {args.layers} layers, LoRA "
+            "r=8 all-linear, "
             f"{args.rows} x {args.seq} tokens, micro batch {args.micro_batch}, {args.warmup} warm-up + "
             f"{args.steps} timed steps, {args.repeats} rounds, {args.threads} thread(s)",
             flush=True,

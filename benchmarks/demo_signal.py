@@ -116,7 +116,8 @@ def main(overrides: list[str]) -> None:
     test = [e for e in examples["test"] if e.task == "rating"][: int(cfg.eval.max_pairs or 10**9)]
     if not train or not test:
         raise SystemExit(
-            f"no rating examples (train {len(train)}, test {len(test)}): run the pipeline's annotate stage first"
+            f"no rating examples (train {len(train)}, test {len(test)}): run the pipeline's annotate "
+            "stage first"
         )
     vocab = vocab_for(str(cfg.dataset.domain))
     nouns = sorted(((n, a.name) for a in vocab.aspects for n, _ in a.nouns), key=lambda p: -len(p[0]))

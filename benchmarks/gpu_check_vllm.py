@@ -251,7 +251,8 @@ def main(argv=None) -> int:
     else:
         where = res["gpu"] or ("CPU, fake vLLM (dry run)" if args.dry_run else device)
         print(
-            f"{model_dir.name}{' + ' + served.name if args.adapter else ''} {args.dtype} on {where}: {n} prompts, "
+            f"{model_dir.name}{' + ' + served.name if args.adapter else ''} {args.dtype} on {where}: "
+            f"{n} prompts, "
             f"{args.new_tokens} new tokens; vLLM engine start {t_load:.1f} s"
         )
         print(f"{'check':<14}{'max|dp|':>10}{'argmax=':>9}{'mean|dE|':>10}{'HF /s':>9}{'vLLM /s':>9}  notes")
@@ -260,14 +261,18 @@ def main(argv=None) -> int:
             hf_rate = r.get("hf_pairs_per_s", r.get("hf_candidates_per_s"))
             vl_rate = r.get("vllm_pairs_per_s", r.get("vllm_candidates_per_s"))
             note = (
-                f"reasoning identical {r['reasoning_identical']:.0%}; gen tok/s HF {r['hf_gen_tokens_per_s']:.0f}, "
-                f"vLLM {r['vllm_gen_tokens_per_s']:.0f}; end-to-end max|dp| {r['end_to_end']['max_abs_dp']:.1e}"
+                f"reasoning identical {r['reasoning_identical']:.0%}; gen tok/s HF "
+                f"{r['hf_gen_tokens_per_s']:.0f}, "
+                f"vLLM {r['vllm_gen_tokens_per_s']:.0f}; end-to-end max|dp| "
+                f"{r['end_to_end']['max_abs_dp']:.1e}"
                 if key.startswith("full/")
                 else ""
             )
             argmax = f"{r['argmax_agree']:.0%}" if "argmax_agree" in r else "-"
             print(
-                f"{key:<14}{r['max_abs_dp']:>10.1e}{argmax:>9}{r['mean_abs_d_expected']:>10.1e}{hf_rate:>9.1f}{vl_rate:>9.1f}  {note}"
+                f"{key:<14}{r['max_abs_dp']:>10.1e}{argmax:>9}{r['mean_abs_d_expected']:>10.1e}"
+                f"{hf_rate:>9.1f}{vl_rate:>9.1f}  "
+                f"{note}"
             )
         print(f"{'PASS' if res['pass'] else 'FAIL'}: largest |dp| {worst:.2e} (tolerance {args.tol:g})")
     return 0 if res["pass"] else 1

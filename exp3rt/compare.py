@@ -160,7 +160,8 @@ def _natural(path: Path) -> list:
 
 
 def derived(flat: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
-    """``rating/best_baseline/<key>``: the non-student rating model with the lowest RMSE on the run's pairs."""
+    """``rating/best_baseline/<key>``: the non-student rating model with the lowest RMSE on the run's
+    pairs."""
     rmse = {
         k.split("/")[1]: v
         for k, v in flat.items()

@@ -371,10 +371,12 @@ class PromptTemplate:
 
 
 class RationaleForm(StrEnum):
-    """How a rationale is written (the extractive teacher writes either; an LLM teacher is asked by its prompt)."""
+    """How a rationale is written (the extractive teacher writes either; an LLM teacher is asked by its
+    prompt)."""
 
     narrative = "narrative"  # a few sentences weighing the pair, ending in an overall lean
-    compact = "compact"  # the profile overlaps in a fixed order (met / missed / triggered / avoided) and the averages
+    # the profile overlaps in a fixed order (met / missed / triggered / avoided) and the averages
+    compact = "compact"
 
 
 @dataclass
@@ -419,7 +421,9 @@ class StudentConf:
     dtype: Dtype = Dtype.float32  # float32 | bfloat16 | float16: weights as loaded
     quantization: str | None = None  # null | 4bit (QLoRA through the `qlora` extra: bitsandbytes, GPU)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
-    max_new_tokens: int = 160  # reasoning length for in-training validation generation (and evaluation of runs without train.json answer_tokens)
+    # reasoning length for in-training validation generation (and evaluation of runs without train.json
+    # answer_tokens)
+    max_new_tokens: int = 160
 
 
 @dataclass
@@ -742,7 +746,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     if ds is not None:
         if not ds.scale.min < ds.scale.max:
             raise ConfigError(
-                f"config key 'dataset.scale': min must be below max (got min={ds.scale.min}, max={ds.scale.max})"
+                f"config key 'dataset.scale': min must be below max (got min={ds.scale.min}, "
+                f"max={ds.scale.max})"
             )
         if ds.scale.step <= 0:
             raise ConfigError(f"config key 'dataset.scale.step' must be positive (got {ds.scale.step})")
@@ -778,12 +783,14 @@ def validate(cfg: DictConfig) -> DictConfig:
         for name in bl.rating.models:
             if name not in known_rating:
                 raise ConfigError(
-                    f"config key 'baselines.rating.models': unknown model '{name}'; allowed: {sorted(known_rating)}"
+                    f"config key 'baselines.rating.models': unknown model '{name}'; allowed: "
+                    f"{sorted(known_rating)}"
                 )
         for name in bl.retrieval.models:
             if name not in known_retr:
                 raise ConfigError(
-                    f"config key 'baselines.retrieval.models': unknown retriever '{name}'; allowed: {sorted(known_retr)}"
+                    f"config key 'baselines.retrieval.models': unknown retriever '{name}'; allowed: "
+                    f"{sorted(known_retr)}"
                 )
     ev = typed.get("eval")
     if ev is not None:
@@ -859,7 +866,8 @@ def _validate_training(typed: DictConfig) -> None:
     if tr is not None:
         if tr.precision not in PRECISIONS:
             raise ConfigError(
-                f"config key 'trainer.precision': unknown precision '{tr.precision}'; allowed: {list(PRECISIONS)}"
+                f"config key 'trainer.precision': unknown precision '{tr.precision}'; allowed: "
+                f"{list(PRECISIONS)}"
             )
         if tr.precision.startswith("16-") and tr.accelerator == Accelerator.cpu:
             raise ConfigError(
@@ -871,7 +879,8 @@ def _validate_training(typed: DictConfig) -> None:
                 raise ConfigError(f"config key 'trainer.{key}' must be >= 1 (got {tr[key]})")
         if tr.accumulate_grad_batches is not None and tr.accumulate_grad_batches < 1:
             raise ConfigError(
-                f"config key 'trainer.accumulate_grad_batches' must be >= 1 (got {tr.accumulate_grad_batches})"
+                "config key 'trainer.accumulate_grad_batches' must be >= 1 (got "
+                f"{tr.accumulate_grad_batches})"
             )
         if tr.slurm_tasks_per_node is not None and tr.slurm_tasks_per_node != tr.devices:
             raise ConfigError(
@@ -939,7 +948,8 @@ def _validate_training(typed: DictConfig) -> None:
             raise ConfigError(
                 "config key 'train.val_generate': in-training generation is incompatible with DeepSpeed "
                 "ZeRO-3 (each rank holds a shard of every weight); set train.val_generate=false, or "
-                "deepspeed.gather_for_generation=true to gather the full weights on each rank while generating"
+                "deepspeed.gather_for_generation=true to gather the full weights on each rank while "
+                "generating"
             )
     if loop is not None:
         if loop.micro_batch_size < 1:
@@ -960,15 +970,19 @@ def _validate_training(typed: DictConfig) -> None:
             if loop.batch_size % per_step or loop.batch_size < per_step:
                 raise ConfigError(
                     f"config key 'train.batch_size': {loop.batch_size} is not a multiple of "
-                    f"train.micro_batch_size × trainer.devices × trainer.num_nodes = {loop.micro_batch_size} × "
+                    "train.micro_batch_size × trainer.devices × trainer.num_nodes = "
+                    f"{loop.micro_batch_size} × "
                     f"{tr.devices} × {tr.num_nodes} = {per_step}"
                 )
             tr.accumulate_grad_batches = loop.batch_size // per_step
         elif loop.batch_size != per_step * accum:
             raise ConfigError(
-                f"config key 'train.batch_size': {loop.batch_size} != train.micro_batch_size × trainer.devices × "
-                f"trainer.num_nodes × trainer.accumulate_grad_batches = {loop.micro_batch_size} × {tr.devices} × "
-                f"{tr.num_nodes} × {accum} = {per_step * accum}; set trainer.accumulate_grad_batches=null to derive it"
+                f"config key 'train.batch_size': {loop.batch_size} != train.micro_batch_size × "
+                "trainer.devices × "
+                f"trainer.num_nodes × trainer.accumulate_grad_batches = {loop.micro_batch_size} × "
+                f"{tr.devices} × "
+                f"{tr.num_nodes} × {accum} = {per_step * accum}; set "
+                "trainer.accumulate_grad_batches=null to derive it"
             )
 
 
@@ -997,7 +1011,8 @@ def check_eval_backend(ev) -> None:
         )
     if not 0.0 < ev.vllm_gpu_memory_utilization <= 1.0:
         raise ConfigError(
-            f"config key 'eval.vllm_gpu_memory_utilization' must be in (0, 1] (got {ev.vllm_gpu_memory_utilization})"
+            "config key 'eval.vllm_gpu_memory_utilization' must be in (0, 1] (got "
+            f"{ev.vllm_gpu_memory_utilization})"
         )
     if ev.vllm_tensor_parallel_size < 1:
         raise ConfigError(

@@ -60,9 +60,12 @@ def check_machine(cfg) -> None:
     tr = cfg.get("trainer")
     if tr is not None and str(tr.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"trainer.accelerator={tr.accelerator} (trainer=gpu, ddp or a deepspeed_zero* preset) trains on CUDA GPUs, "
-            f"but torch {torch.__version__} sees none on this machine: train here with trainer=cpu, or trainer=deepspeed_cpu "
-            "for DeepSpeed ZeRO on CPU; to check a GPU preset without training, add dry_run=true (exp3rt-pipeline)"
+            f"trainer.accelerator={tr.accelerator} (trainer=gpu, ddp or a deepspeed_zero* preset) "
+            "trains on CUDA GPUs, "
+            f"but torch {torch.__version__} sees none on this machine: train here with trainer=cpu, or "
+            "trainer=deepspeed_cpu "
+            "for DeepSpeed ZeRO on CPU; to check a GPU preset without training, add dry_run=true "
+            "(exp3rt-pipeline)"
         )
     student = cfg.get("student")
     if (
@@ -72,5 +75,6 @@ def check_machine(cfg) -> None:
     ):
         raise ConfigError(
             "student.quantization=4bit (QLoRA) needs the bitsandbytes package, which is not installed: "
-            "pip install -e '.[qlora]' on a CUDA machine, or train without quantization: student.quantization=null"
+            "pip install -e '.[qlora]' on a CUDA machine, or train without quantization: "
+            "student.quantization=null"
         )

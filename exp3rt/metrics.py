@@ -36,7 +36,8 @@ def _check_pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("cannot compute a rating metric on zero predictions")
     if np.isnan(t).any() or np.isnan(p).any():
         raise ValueError(
-            f"rating metrics got NaN ({int(np.isnan(t).sum())} in y_true, {int(np.isnan(p).sum())} in y_pred); "
+            f"rating metrics got NaN ({int(np.isnan(t).sum())} in y_true, {int(np.isnan(p).sum())} in "
+            "y_pred); "
             "count parse failures and apply a fallback before scoring"
         )
     return t, p

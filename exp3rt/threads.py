@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what subprocesses (DataLoader workers, a teacher) inherit
 _LOGGED: set[tuple[int, str]] = set()
-# the user's OMP_NUM_THREADS, read before apply_threads writes its own (a later call must not take that for theirs)
+# the user's OMP_NUM_THREADS, read before apply_threads writes its own (a later call must not take that for
+# theirs)
 _INHERITED_OMP = os.environ.get("OMP_NUM_THREADS")
 
 

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 REACHED_INTO = {
     "transformers": "the in-place KV cache (exp3rt/inference/generate.py) subclasses its cache layers",
     "peft": "LoRA adapters are built, saved, merged and reloaded through it",
-    "deepspeed": "the CPU DeepSpeed strategy and ZeRO-3 LoRA init (exp3rt/student/strategies.py, lightning.py)",
-    "pytorch-lightning": "the DeepSpeed strategy hooks and the CSV history (exp3rt/student/strategies.py, csv_history.py)",
+    "deepspeed": "the CPU DeepSpeed strategy and ZeRO-3 LoRA init (exp3rt/student/strategies.py, "
+    "lightning.py)",
+    "pytorch-lightning": "the DeepSpeed strategy hooks and the CSV history "
+    "(exp3rt/student/strategies.py, csv_history.py)",
     "vllm": "the vLLM backend's log-probability readout (exp3rt/inference/vllm_backend.py)",
 }
 
@@ -61,7 +63,8 @@ def untested_versions(installed=_installed) -> list[str]:
 
         if not SpecifierSet(spec).contains(version, prereleases=True):
             out.append(
-                f"{name} {version} is outside the range exp3rt was tested with ({spec}): {REACHED_INTO[name]}; "
+                f"{name} {version} is outside the range exp3rt was tested with ({spec}): "
+                f"{REACHED_INTO[name]}; "
                 f"pip install '{name}{spec}'"
             )
     return out

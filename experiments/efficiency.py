@@ -6,7 +6,8 @@ top-20 run reranks the first 20 of the same list. ALL (default 1000) is more tha
 150 items, so that run scores every unseen item; on a real dataset pass --all-items with its item count.
 
     python experiments/efficiency.py                                 # CPU demo (synthetic world)
-    python experiments/efficiency.py --all-items 50000 --preset paper experiment=paper_imdb eval.rerank_max_users=100
+    python experiments/efficiency.py --all-items 50000 --preset paper experiment=paper_imdb \\
+        eval.rerank_max_users=100
 """
 
 import os
@@ -51,12 +52,15 @@ def view(cmp):
         data["seconds_per_user_ratio"] = ratio
         lines.append(
             f"Scoring all unseen items takes {ratio:.1f}× the time per user of reranking the top-20 "
-            f"({large.value('rerank/seconds_per_user'):.3f} s vs {small.value('rerank/seconds_per_user'):.3f} s); "
-            f"the paper: {PAPER['all_seconds_per_user']:g} s vs {PAPER['top20_seconds_per_user']:g} s = {paper_ratio:.1f}×."
+            f"({large.value('rerank/seconds_per_user'):.3f} s vs "
+            f"{small.value('rerank/seconds_per_user'):.3f} s); "
+            f"the paper: {PAPER['all_seconds_per_user']:g} s vs {PAPER['top20_seconds_per_user']:g} s "
+            f"= {paper_ratio:.1f}×."
         )
         modes = sorted({str(r.info.get("rerank_mode")) for r in ok})
         lines.append(
-            f"Rerank mode: {', '.join(modes)} (fast: the rating readout only, each user's prompt prefix run once; "
+            f"Rerank mode: {', '.join(modes)} (fast: the rating readout only, each user's prompt "
+            "prefix run once; "
             "full: reasoning generated per candidate — eval.rerank_mode=full)."
         )
     else:

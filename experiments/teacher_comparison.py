@@ -7,7 +7,8 @@ with a note: gpt35_turbo without $OPENAI_API_KEY, hf_local without its model fol
 
     python experiments/teacher_comparison.py                         # CPU demo on the small debug world
     OPENAI_API_KEY=... python experiments/teacher_comparison.py teacher.max_cost_usd=5
-    python experiments/teacher_comparison.py --preset paper experiment=paper_imdb teacher=gpt35_turbo,vllm_local
+    python experiments/teacher_comparison.py --preset paper experiment=paper_imdb \\
+        teacher=gpt35_turbo,vllm_local
 """
 
 import os

@@ -11,7 +11,8 @@ Kinds: ``"429"`` (with ``Retry-After`` seconds, or ``retry-after-ms`` when ``ret
 given), ``"500"``, ``"503"``, ``"400"``, ``"401"`` (its message echoes the key it saw, as careless
 servers do), ``"403"``, ``"404"``, ``"malformed"`` (a non-JSON body with status 200), ``"no_choices"``,
 ``"null_content"``, ``"html_502"`` / ``"html_200"`` (an HTML
-page from a proxy, as status 502 or 200), ``"hang"`` (sleeps ``hang_s`` before answering, to provoke client timeouts).
+page from a proxy, as status 502 or 200), ``"hang"`` (sleeps ``hang_s`` before answering, to provoke client
+timeouts).
 
 It counts requests (``total``, ``per_prompt`` keyed by the last message's content), the most requests
 it held at once (``max_in_flight``), their arrival times, and the ``Authorization`` headers it saw.

@@ -376,7 +376,8 @@ DEFAULT_LOGPROBS_MODE = "raw_logprobs"
 
 
 def install(monkeypatch, logprobs_mode: str = "raw_logprobs") -> types.ModuleType:
-    """Make ``import vllm`` (and ``vllm.lora.request``, ``vllm.outputs``) resolve to this fake for one test."""
+    """Make ``import vllm`` (and ``vllm.lora.request``, ``vllm.outputs``) resolve to this fake for one
+    test."""
     if logprobs_mode not in LOGPROBS_MODES:
         raise ValueError(logprobs_mode)
     monkeypatch.setattr(sys.modules[__name__], "DEFAULT_LOGPROBS_MODE", logprobs_mode)

@@ -1,7 +1,8 @@
 """A small made-up copy of the EXP3RT release's published layout (the authors' ``data/`` folder), for tests
 that must not depend on the real files:
 
-    imdb/rating_bias/test_helpful.json, test_similarity.json     rating pairs (same pairs, item profile differs)
+    imdb/rating_bias/test_helpful.json, test_similarity.json     rating pairs (same pairs, item profile
+                                                                 differs)
     imdb/user_profile/user_profile.json, user_valid.json, user_test.json
     imdb/item_profile/item_profile.json, item_valid.json, item_test.json
     amazon-book/rating_bias/unseen.json                          rating pairs with a teacher rationale (1-5)
@@ -44,7 +45,10 @@ def _profile(likes: list[str], dislikes: list[str], average: float | None, style
     elif style == "colon":
         text = f"Like:\n{like}\nDislike:\n{dislike}"
     elif style == "none":  # free text, as a few real personas are
-        text = f"This viewer enjoys {', '.join(likes) or 'little'} and dislikes {', '.join(dislikes) or 'little'}."
+        text = (
+            f"This viewer enjoys {', '.join(likes) or 'little'} and dislikes "
+            f"{', '.join(dislikes) or 'little'}."
+        )
     else:
         text = f"[Like]\n{like}\n[Dislike]\n{dislike}"
     if average is not None:
@@ -91,7 +95,8 @@ def write_release(
                     traits[i][:2], traits[i][2:], 6.5, "bold" if variants and n % 7 == 0 else "brackets"
                 ),
                 "item_description": f"Title: Movie {i} (19{int(i) % 100:02d})\nGenres: Drama, Comedy\n"
-                f"Directors: Director {int(i) % 9}\nCast: Actor A, Actor B\nPlot: A story about {traits[i][0]}.",
+                f"Directors: Director {int(i) % 9}\nCast: Actor A, Actor B\nPlot: A story about "
+                f"{traits[i][0]}.",
                 "score": str(score),
             }
             records.append(rec)
@@ -99,8 +104,10 @@ def write_release(
                 {
                     **rec,
                     "score": str(int(np.clip(round(score / 2), 1, 5))),
-                    "item_description": f"Title: Book {i}\nCategories: Fiction\nAuthor: Writer {int(i) % 5}\nPlot: About {traits[i][0]}.",
-                    "rationale": f"The user likes {likes[0]} and the book offers {traits[i][0]}, so the rating follows.",
+                    "item_description": f"Title: Book {i}\nCategories: Fiction\nAuthor: Writer "
+                    f"{int(i) % 5}\nPlot: About {traits[i][0]}.",
+                    "rationale": f"The user likes {likes[0]} and the book offers {traits[i][0]}, so "
+                    "the rating follows.",
                 }
             )
     imdb = root / "imdb"

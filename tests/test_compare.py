@@ -111,7 +111,8 @@ def write_job(
     config: dict | None = None,
     log_line: str | None = None,
 ) -> Path:
-    """A Hydra job dir: .hydra/{hydra,overrides,config}.yaml, config.yaml, and metrics.json unless it crashed."""
+    """A Hydra job dir: .hydra/{hydra,overrides,config}.yaml, config.yaml, and metrics.json unless it
+    crashed."""
     (d / ".hydra").mkdir(parents=True, exist_ok=True)
     (d / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"runtime": {"choices": choices}, "overrides": {"task": overrides}}})

@@ -481,7 +481,8 @@ def test_the_split_path_scores_exactly_the_test_pairs_with_warm_from_training(tr
 
 def test_a_test_file_with_training_pairs_is_refused_and_the_advice_runs(trained, tmp_path):
     """The EXP3RT release file scored after training on most of its pairs gave RMSE 0.04 on them with no
-    warning. Now the overlap stops the run; eval.test_file_overlap=drop (as the message says) scores the rest."""
+    warning. Now the overlap stops the run; eval.test_file_overlap=drop (as the message says) scores the
+    rest."""
     from exp3rt.cli.evaluate import run
     from exp3rt.config import ConfigError
 

@@ -162,7 +162,8 @@ def test_cached_readout_equals_from_scratch(tiny, scale_max):
 
 def test_only_the_last_position_reaches_the_vocabulary(tiny):
     """Prompt passes, decoding steps and readouts project one position per row onto the vocabulary
-    (logits_to_keep): never (B, prompt length, V) logits, which for Llama-3 at 1,200 tokens are 0.6 GB a row."""
+    (logits_to_keep): never (B, prompt length, V) logits, which for Llama-3 at 1,200 tokens are 0.6 GB a
+    row."""
     from exp3rt.inference.rerank import score_candidates
 
     model, tok = tiny

@@ -548,7 +548,8 @@ def test_demo_end_to_end_prints_the_table(env):
     student and the rating baselines on the same test pairs, reranking before/after, an explanation and
     the report path. The student's rating-only readout beats the global mean on the same 200 pairs by
     more than 0.03 RMSE (0.09 on this machine: see README "The demo"); its reasoning readout does not,
-    and the table says so in words (the method's verdict, the readout check, the reranking that lowered nDCG)."""
+    and the table says so in words (the method's verdict, the readout check, the reranking that lowered
+    nDCG)."""
     t0 = time.time()
     out = subprocess.run(
         [sys.executable, "-m", "exp3rt", f"hydra.run.dir={env / 'demo'}"],
@@ -562,8 +563,10 @@ def test_demo_end_to_end_prints_the_table(env):
     m = json.loads((env / "demo" / "metrics.json").read_text())
     student, glob = m["rating"]["student_direct_expected"], m["rating"]["global_mean"]
     print(
-        f"demo: {seconds:.0f} s; student (rating-only readout) RMSE {student['rmse']:.4f} vs global mean {glob['rmse']:.4f} "
-        f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> {m['rerank']['after/ndcg@10']:.4f}"
+        f"demo: {seconds:.0f} s; student (rating-only readout) RMSE {student['rmse']:.4f} vs global "
+        f"mean {glob['rmse']:.4f} "
+        f"on {student['n']} pairs; rerank nDCG@10 {m['rerank']['before/ndcg@10']:.4f} -> "
+        f"{m['rerank']['after/ndcg@10']:.4f}"
     )
     assert (
         student["n"] == glob["n"] == m["rating"]["student_expected"]["n"] == 200

@@ -41,7 +41,8 @@ IMDB_DESC = (
     "Plot: Madison Avenue advertising man Roger Thornhill is mistaken for a spy."
 )
 BOOK_DESC = (
-    "Title: The Light Pirate: GMA Book Club Selection\nCategories: Books, Literature & Fiction, Action & Adventure\n"
+    "Title: The Light Pirate: GMA Book Club Selection\nCategories: Books, Literature & Fiction, Action "
+    "& Adventure\n"
     "Author: Lily Brooks-Dalton\nPlot: Set in the future, Wanda grows up after a hurricane."
 )
 
@@ -453,7 +454,8 @@ def test_load_release_fixture(tmp_path):
     assert json.loads(items.loc["i2", "extra"]) == {"Author": "Lily Brooks-Dalton"}
     assert (
         p.notes[
-            "item descriptions that differ between records of one id (kept the first; per-pair texts in pair_profiles)"
+            "item descriptions that differ between records of one id (kept the first; per-pair texts "
+            "in pair_profiles)"
         ]
         == 1
     )
@@ -470,7 +472,8 @@ def test_load_release_fixture(tmp_path):
     assert pair.loc[("u2", "i1"), "item_description"] == "x"
     assert (
         p.notes[
-            "item profiles that differ between records of one id (kept the first; per-pair texts in pair_profiles)"
+            "item profiles that differ between records of one id (kept the first; per-pair texts in "
+            "pair_profiles)"
         ]
         == 1
     )

@@ -1,4 +1,5 @@
-"""Reranking by expected rating with the user's prefix shared: equal to plain forwards, rerank order and metrics."""
+"""Reranking by expected rating with the user's prefix shared: equal to plain forwards, rerank order and
+metrics."""
 
 from __future__ import annotations
 

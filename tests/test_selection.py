@@ -347,8 +347,10 @@ def test_profile_embedding_missing_package_names_the_extra(monkeypatch):
 
 
 PROFILES = {
-    "p1": "[Like]\n- Slow-burning space opera with political intrigue\n[Dislike]\n- Shaky handheld camera work",
-    "p2": "[Like]\n- Slow burning space operas full of political intrigue\n[Dislike]\n- Shaky hand-held camerawork",
+    "p1": "[Like]\n- Slow-burning space opera with political intrigue\n[Dislike]\n- Shaky handheld "
+    "camera work",
+    "p2": "[Like]\n- Slow burning space operas full of political intrigue\n[Dislike]\n- Shaky "
+    "hand-held camerawork",
     "p3": "[Like]\n- Cozy baking shows about sourdough bread\n[Dislike]\n- Loud reality-TV arguments",
     "p4": "[Like]\n- Upbeat jazz documentaries\n[Dislike]\n- Long silent stretches",
 }

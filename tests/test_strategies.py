@@ -132,11 +132,13 @@ def rejection(overrides: list[str]) -> str:
         ),
         (
             ["trainer=deepspeed_zero2", "+deepspeed.extra.gradient_accumulation_steps=4"],
-            "'deepspeed.extra.gradient_accumulation_steps' must not be set: Lightning sets it from trainer.accumulate_grad_batches",
+            "'deepspeed.extra.gradient_accumulation_steps' must not be set: Lightning sets it from "
+            "trainer.accumulate_grad_batches",
         ),
         (
             ["trainer=deepspeed_zero2", "+deepspeed.extra.optimizer.params.lr=auto"],
-            "'deepspeed.extra.optimizer.params.lr' is \"auto\": Lightning hands the dict to DeepSpeed unresolved",
+            "'deepspeed.extra.optimizer.params.lr' is \"auto\": Lightning hands the dict to DeepSpeed "
+            "unresolved",
         ),
         (["trainer=deepspeed_zero2", "deepspeed.reduce_bucket_size=auto"], "deepspeed.reduce_bucket_size"),
         (
@@ -154,11 +156,13 @@ def rejection(overrides: list[str]) -> str:
         (["trainer=deepspeed_zero2", "deepspeed.stage=4"], "'deepspeed.stage' must be 1, 2 or 3"),
         (
             ["trainer=ddp", "train.micro_batch_size=2", "train.batch_size=24"],
-            "'train.batch_size': 24 is not a multiple of train.micro_batch_size × trainer.devices × trainer.num_nodes = 2 × 8 × 1 = 16",
+            "'train.batch_size': 24 is not a multiple of train.micro_batch_size × trainer.devices × "
+            "trainer.num_nodes = 2 × 8 × 1 = 16",
         ),
         (
             ["trainer=ddp", "train.batch_size=64", "trainer.accumulate_grad_batches=4"],
-            "64 != train.micro_batch_size × trainer.devices × trainer.num_nodes × trainer.accumulate_grad_batches = 1 × 8 × 1 × 4 = 32",
+            "64 != train.micro_batch_size × trainer.devices × trainer.num_nodes × "
+            "trainer.accumulate_grad_batches = 1 × 8 × 1 × 4 = 32",
         ),
         (["trainer.strategy=fsdp"], "trainer.strategy"),
         (
@@ -290,7 +294,8 @@ def run_zero(model_dir: Path, out: Path, overrides: list[str]) -> dict:
     result = json.loads((out / "result.json").read_text())
     result["wall_s"] = wall
     print(
-        f"{overrides}: wall {wall:.1f} s, fit {result['fit_s']:.1f} s, loss {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}"
+        f"{overrides}: wall {wall:.1f} s, fit {result['fit_s']:.1f} s, loss {result['losses'][0]:.4f} "
+        f"-> {result['losses'][-1]:.4f}"
     )
     return result
 

@@ -467,8 +467,8 @@ def test_chat_rendering_and_plain_fallback(world, tok):
     ex = examples(world, tasks=["rating"])["test"][0]
     prompt, answer = render(tok, ex)
     assert (
-        prompt
-        == f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\n{ex.user}<|im_end|>\n<|im_start|>assistant\n"
+        prompt == f"<|im_start|>system\n{ex.system}<|im_end|>\n<|im_start|>user\n{ex.user}<|im_end|>\n"
+        "<|im_start|>assistant\n"
     )
     assert answer == ex.answer + "<|im_end|>"
     assert render(tok, ex, add_answer=False) == (prompt, "")

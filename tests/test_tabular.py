@@ -298,7 +298,8 @@ def test_items_jsonl_extra_and_bad_row(tmp_path):
     path = write(tmp_path / "r.csv", "user_id,item_id,rating\n1,a,3\n")
     meta = write(
         tmp_path / "items.jsonl",
-        '{"item_id": "a", "title": "Alpha", "categories": ["X", "Y"], "brand": "B", "price": null}\n{"title": "no id"}\n',
+        '{"item_id": "a", "title": "Alpha", "categories": ["X", "Y"], "brand": "B", "price": '
+        'null}\n{"title": "no id"}\n',
     )
     with pytest.raises(DataError, match=r"items.jsonl, line 2, field 'item_id': missing or empty item id"):
         load(path, meta_path=str(meta))

@@ -100,7 +100,7 @@ def test_batch_mode_needs_the_openai_backend(tmp_path):
     assert "teacher.mode=batch uses the OpenAI Batch API, so it needs teacher.backend=openai" in proc.stderr
 
 
-# ---------------------------------------------------------------------- (b) a kill while a batch is pending
+# ---------------------------------------------------------------- (b) a kill while a batch is pending
 
 
 def test_a_rerun_after_a_kill_resumes_the_pending_batch_and_pays_nothing_twice(server, tmp_path):
@@ -142,11 +142,12 @@ def test_a_rerun_after_a_kill_resumes_the_pending_batch_and_pays_nothing_twice(s
     assert row["collected"] == 1 and row["answered"] == n
 
 
-# ---------------------------------------------------------------------- (c) failed lines, (d) expiry, (e) malformed
+# ---------------------------------------------------------------- (c) failed lines, (d) expiry, (e) malformed
 
 
 def pick(first: int, count: int):
-    """A chooser of extraction lines by the order their custom_ids are first seen: the ones in [first, first+count)."""
+    """A chooser of extraction lines by the order their custom_ids are first seen: the ones in
+    [first, first+count)."""
     order: dict[str, int] = {}
 
     def chosen(body: dict, cid: str) -> bool:
@@ -215,7 +216,7 @@ def test_malformed_output_lines_are_counted_failures_not_crashes(server, tmp_pat
     assert [r["malformed"] for r in ledger_rows(d)] == [4, 1]
 
 
-# ---------------------------------------------------------------------- (f) budget, dry run
+# ---------------------------------------------------------------- (f) budget, dry run
 
 
 def test_dry_run_prices_both_modes_and_batch_mode_budgets_at_batch_prices(server, tmp_path, capsys):
@@ -253,7 +254,7 @@ def test_a_cap_reached_before_the_next_batch_stops_and_submits_nothing_more(serv
     assert server.batches.lines_processed == n and max(server.batches.per_custom_id.values()) == 1
 
 
-# ---------------------------------------------------------------------- (g) submit_only, then collect
+# ---------------------------------------------------------------- (g) submit_only, then collect
 
 
 def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path, capsys):
@@ -294,7 +295,7 @@ def test_submit_only_submits_and_exits_and_a_later_run_collects(server, tmp_path
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-# ---------------------------------------------------------------------- a create whose answer was lost
+# ---------------------------------------------------------------- a create whose answer was lost
 
 
 def test_a_create_whose_answer_was_lost_is_found_not_submitted_twice(server, tmp_path):

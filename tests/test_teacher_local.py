@@ -139,7 +139,8 @@ SETS = [
     "[Like]\n- The soundtrack was gorgeous\n- The acting was superb\n\n[Dislike]\n- The pacing dragged",
     "[Like]\n- The soundtrack was haunting and memorable\n\n[Dislike]\n- The pacing was all over the place",
     "[Like]\n- The soundtrack was gorgeous\n- The visuals were stunning\n\n[Dislike]\n- None.",
-    "[Like]\n- The acting was completely convincing\n\n[Dislike]\n- The pacing dragged\n- The ending was rushed",
+    "[Like]\n- The acting was completely convincing\n\n[Dislike]\n- The pacing dragged\n- The ending "
+    "was rushed",
 ]
 
 
@@ -238,8 +239,8 @@ def test_compact_rationale_lists_the_overlaps_in_a_fixed_order_whatever_the_rati
     assert compact(5) == text  # it follows from the profiles alone: the rating never shapes it
     empty = compact(3, user="[Like]\n- The soundtrack was lovely\n\n[Dislike]\n- None.", item=COMPACT_ITEM)
     assert (
-        empty
-        == "Likes it meets: none. Likes it misses: none. Dislikes it triggers: none. Dislikes it avoids: none. Averages: movie 3.4."
+        empty == "Likes it meets: none. Likes it misses: none. Dislikes it triggers: none. Dislikes it "
+        "avoids: none. Averages: movie 3.4."
     )
 
 

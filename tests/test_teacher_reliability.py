@@ -65,7 +65,7 @@ def is_extract(body: dict) -> bool:
     return "list what the reviewer liked" in body["messages"][0]["content"]
 
 
-# ------------------------------------------------------------------------ item 9: bodies and exit status
+# --------------------------------------------------------------- item 9: bodies and exit status
 
 
 @pytest.mark.parametrize("kind", ["html_502", "html_200"])
@@ -91,7 +91,7 @@ def test_a_clean_failure_exits_with_status_2_as_documented(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-# ------------------------------------------------------------------------ item 7: the budget holds per directory
+# --------------------------------------------------------------- item 7: the budget holds per directory
 
 
 def paid_usd(tmp_path: Path) -> float:
@@ -163,7 +163,7 @@ def test_a_model_name_no_override_can_hold_gets_a_yaml_line(tmp_path):
     }
 
 
-# ------------------------------------------------------------------------ item 8: one process per directory
+# --------------------------------------------------------------- item 8: one process per directory
 
 
 def test_two_processes_on_one_directory_send_each_request_once(tmp_path):
@@ -228,7 +228,7 @@ def test_shards_lock_separately_and_run_in_parallel(tmp_path):
                 pass
 
 
-# ------------------------------------------------------------------------ item 4: failed extracts are not "no history"
+# --------------------------------------------------------------- item 4: failed extracts are not "no history"
 
 
 def is_rationale(body: dict) -> bool:
@@ -292,7 +292,7 @@ def test_a_user_whose_extracts_all_failed_is_failed_upstream_and_nothing_is_buil
     )
 
 
-# ------------------------------------------------------------------------ item 5: retries and stale stages
+# --------------------------------------------------------------- item 5: retries and stale stages
 
 
 def flaky(kind_of):

@@ -439,15 +439,18 @@ def test_in_process_backends_get_batches(tmp_path):
     assert backend.batches == [4, 4, 2]  # all cached
 
 
-WRITER = """
+WRITER = (
+    """
 import sys
 from exp3rt.teacher.backends.base import ChatRequest, ChatResponse
 from exp3rt.teacher.cache import AnswerCache
 cache = AnswerCache(sys.argv[1])
 for i in range(150):
     r = ChatRequest("extract", (("user", f"{sys.argv[2]} {i}"),), "v1")
-    cache.put(r.cache_key("openai", "m"), r, ChatResponse(text="x", prompt_tokens=1), backend="openai", model="m")
+    cache.put(r.cache_key("openai", "m"), r, ChatResponse(text="x", prompt_tokens=1), """
+    """backend="openai", model="m")
 """
+)
 
 
 def test_several_processes_can_write_one_cache(tmp_path):

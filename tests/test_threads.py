@@ -53,7 +53,8 @@ def test_auto_reads_slurm_the_affinity_and_the_launcher():
     assert (
         resolve_threads("auto", environ={}, cores=2, launcher={**JOBLIB, "n_jobs": 3}, multirun=True)[0] == 1
     )
-    # a launcher only counts in a multirun, and SLURM and the basic launcher run one job per allocation / at a time
+    # a launcher only counts in a multirun, and SLURM and the basic launcher run one job per allocation / at a
+    # time
     assert resolve_threads("auto", environ={}, cores=8, launcher=JOBLIB, multirun=False)[0] == 8
     assert resolve_threads("auto", environ={}, cores=8, launcher=SLURM, multirun=True)[0] == 8
     assert resolve_threads("auto", environ={}, cores=8, launcher=BASIC, multirun=True)[0] == 8

@@ -294,7 +294,8 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(annotated, tmp_p
         "logger=csv",
     ]
     # CSV logging here: W&B's service daemon outlives a killed test process and holds the run id; the
-    # W&B run-id continuity across a resume is asserted in test_resume_continues_step_data_position_and_wandb_run
+    # W&B run-id continuity across a resume is asserted in
+    # test_resume_continues_step_data_position_and_wandb_run
     env = {**os.environ, "PYTHONPATH": str(CONF_DIR.parent), "WANDB_MODE": "offline"}
     # a session of its own, so the kill takes the whole job (W&B's service process too), as SLURM does
     proc = subprocess.Popen(
@@ -321,8 +322,9 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(annotated, tmp_p
 def test_a_mid_epoch_resume_finishes_the_epoch_exactly_and_lightning_sees_a_resumable_loader(
     annotated, tmp_path
 ):
-    """The sampler skips what the interrupted epoch consumed; the epoch still counts its full length (Lightning
-    restores how many batches of it were done), so the resumed epoch ends where an uninterrupted one does.
+    """The sampler skips what the interrupted epoch consumed; the epoch still counts its full length
+    (Lightning restores how many batches of it were done), so the resumed epoch ends where an uninterrupted
+    one does.
     The loader is stateful, so Lightning's "dataloader is not resumable" warning does not appear."""
     import warnings
 
@@ -421,7 +423,8 @@ def test_a_distributed_trainer_keeps_the_rank_aware_sampler():
     """ResumableSampler already gives each rank its own share. Lightning wraps any train sampler that is
     not a DistributedSampler in its DistributedSamplerWrapper when training on several processes, which
     split each rank's share again (each rank trained on 1/world of its share: half the data per epoch on
-    2 ranks) and reshuffled it past the resume skip. Checked on Lightning's own path, with no process started."""
+    2 ranks) and reshuffled it past the resume skip. Checked on Lightning's own path, with no process
+    started."""
     import pytorch_lightning as pl
     from pytorch_lightning.trainer.states import RunningStage
 

@@ -94,7 +94,7 @@ def _assert_same_readouts(hf, vl, mode, single_token):
             assert math.isclose(a.mass, b.mass, rel_tol=1e-4)
 
 
-# ------------------------------------------------------------------------------------------ readout
+# -------------------------------------------------------------------------------------- readout
 
 
 @pytest.mark.parametrize("scale", [(1, 5, 0), (1, 10, 0), (1, 10, -1)], ids=["1-5", "1-10", "0-9"])
@@ -110,7 +110,8 @@ def test_fast_readout_equals_hf(tiny, vllm, scale):
         vllm,
         ratings.single_token,
     )
-    # the first call: one step after prompt + prefix, restricted to the ratings' first tokens, all of them returned
+    # the first call: one step after prompt + prefix, restricted to the ratings' first tokens, all of them
+    # returned
     firsts = sorted({s[0] for s in seqs})
     root = student.llm.calls[0]
     assert root.prompts == [_ids(tok, p) + _ids(tok, RATING_PREFIX) for p in prompts]
@@ -186,7 +187,7 @@ def test_sampling_is_seeded_per_prompt(tiny, vllm):
     assert all(sp.temperature == 1.5 for sp in student.llm.calls[0].params)
 
 
-# ------------------------------------------------------------------------------------------ reranking
+# -------------------------------------------------------------------------------------- reranking
 
 
 def _user_prompts(tok, ratings, n=4):
@@ -238,7 +239,7 @@ def test_rerank_scores_equal_hf(tiny, vllm, hf_memo, mode, scale_max):
         student.score_candidates(by_user, ratings, mode="slow")
 
 
-# ------------------------------------------------------------------------------------------ engines: LoRA, merged
+# -------------------------------------------------------------------------------------- engines: LoRA, merged
 
 
 def _student_cfg(path):
@@ -317,7 +318,7 @@ def test_lora_adapter_and_merged_folder(tiny, adapter, vllm):
         vllm_lora_rank(1024)
 
 
-# ------------------------------------------------------------------------------------------ predict()
+# -------------------------------------------------------------------------------------- predict()
 
 
 def _train_cfg(path, scale_max=5):
@@ -375,7 +376,7 @@ def test_predict_gives_the_same_predictions_on_either_backend(tiny, vllm, mode):
         assert any(p.reasoning for p in vl)
 
 
-# ------------------------------------------------------------------------------------------ config
+# -------------------------------------------------------------------------------------- config
 
 
 def _eval_cfg(overrides):

@@ -11,15 +11,19 @@ def baselines_report(metrics: dict) -> str:
     tag = " — SYNTHETIC data (exp3rt synthetic world)" if ds.get("synthetic") else ""
     counts = sp["stats"]["counts"]
     out = [
-        f"Dataset {ds['name']}{tag}: {ds['interactions']:,} ratings, {ds['users']:,} users, {ds['items']:,} items, "
+        f"Dataset {ds['name']}{tag}: {ds['interactions']:,} ratings, {ds['users']:,} users, "
+        f"{ds['items']:,} items, "
         f"scale {ds['scale'][0]:g}–{ds['scale'][1]:g}",
-        f"Split {sp['strategy']} (seed {sp['seed']}): train {counts['train']:,} / valid {counts['valid']:,} / "
-        f"test {counts['test']:,}; test users warm {sp['stats']['test_users_warm']} / cold {sp['stats']['test_users_cold']}",
+        f"Split {sp['strategy']} (seed {sp['seed']}): train {counts['train']:,} / valid "
+        f"{counts['valid']:,} / "
+        f"test {counts['test']:,}; test users warm {sp['stats']['test_users_warm']} / cold "
+        f"{sp['stats']['test_users_cold']}",
     ]
     source = metrics.get("data_report") or {}
     if source.get("skipped_total"):
         out.append(
-            f"Records skipped (lenient mode): {source['skipped_total']:,} — see data_report.md in {metrics.get('data_dir')}"
+            f"Records skipped (lenient mode): {source['skipped_total']:,} — see data_report.md in "
+            f"{metrics.get('data_dir')}"
         )
     if source.get("notes"):
         out.append(
@@ -41,7 +45,8 @@ def baselines_report(metrics: dict) -> str:
     if retrieval:
         ks = metrics["protocol"]["topk"]["ks"]
         n = metrics["protocol"]["topk"]["num_candidates"]
-        # the candidate count tells how much the reranker can reach; each metric once, even when eval.ks has it
+        # the candidate count tells how much the reranker can reach; each metric once, even when eval.ks has
+        # it
         keys = list(
             dict.fromkeys(
                 [f"recall@{k}" for k in ks]
@@ -52,7 +57,8 @@ def baselines_report(metrics: dict) -> str:
         )
         rows = [[name] + [r.get(k) for k in keys] for name, r in retrieval.items()]
         out += [
-            f"First-stage retrieval ({metrics['protocol']['topk']['users']} test users; training items excluded; "
+            f"First-stage retrieval ({metrics['protocol']['topk']['users']} test users; training items "
+            "excluded; "
             f"relevant = {metrics['protocol']['topk']['relevant']})",
             markdown_table(["retriever", *keys], rows),
         ]

@@ -4,7 +4,7 @@ exp3rt-annotate                                        # synthetic world, extrac
 exp3rt-annotate teacher=gpt35_turbo dry_run=true       # calls, tokens and cost per stage; no calls
 exp3rt-annotate teacher=vllm_local teacher.base_url=http://gpu01:8000/v1 teacher.concurrency=64
 exp3rt-annotate -m stage=extract shard=0,1,2,3 num_shards=4   # then: stage=extract merge=true num_shards=4
-exp3rt-annotate teacher=gpt35_turbo retry_failed=true  # re-send only the rows that failed (see docs/teacher.md)
+exp3rt-annotate teacher=gpt35_turbo retry_failed=true  # re-send only the rows that failed (docs/teacher.md)
 exp3rt-annotate dataset=release_imdb split=predefined teacher=release   # import published annotations
 """
 

@@ -1,8 +1,10 @@
 """``exp3rt-compare``: one table over many runs.
 
     exp3rt-compare multirun/pipeline/2026-01-01_12-00-00            # a multirun: one row per job
-    exp3rt-compare outputs/pipeline/run_a outputs/pipeline/run_b    # any run dirs (pipeline, evaluate, baselines)
-    exp3rt-compare multirun/pipeline/<time> --metrics 'rating/student_expected/rmse,rerank/after/*@10' --by ablation
+    exp3rt-compare outputs/pipeline/run_a outputs/pipeline/run_b    # any run dirs (pipeline, evaluate,
+                                                                    # baselines)
+    exp3rt-compare multirun/pipeline/<time> --metrics 'rating/student_expected/rmse,rerank/after/*@10' \\
+        --by ablation
     exp3rt-compare --wandb my-team/exp3rt --group ablations         # the same table from W&B (online)
 
 Writes ``compare.md``, ``compare.json`` and ``compare.png`` into ``--out`` (default: the multirun dir

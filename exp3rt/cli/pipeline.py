@@ -1,6 +1,7 @@
 """``exp3rt-pipeline`` (also ``python -m exp3rt``): data → baselines → annotate → train → evaluate.
 
-exp3rt-pipeline                                   # the demo (synthetic world, extractive teacher, tiny student)
+exp3rt-pipeline                                   # the demo (synthetic world, extractive teacher,
+                                                  # tiny student)
 exp3rt-pipeline experiment=demo_smollm            # SmolLM2-135M-Instruct student
 exp3rt-pipeline experiment=paper_imdb dry_run=true   # compose + validate a cluster preset here
 exp3rt-pipeline stages=[evaluate] eval.rerank_mode=full   # only re-evaluate (the student is found by hash)
@@ -36,7 +37,8 @@ def summary(metrics: dict, out_dir: Path) -> str:
         if proto:
             where = f", student on {proto['device']}" if proto.get("device") else ""
             lines.append(
-                f"{ds.get('name')}{tag}: {proto.get('pairs')} pairs from the {proto.get('source', 'test split')}{where}"
+                f"{ds.get('name')}{tag}: {proto.get('pairs')} pairs from the "
+                f"{proto.get('source', 'test split')}{where}"
             )
             if proto.get("scored_split") == "valid":
                 lines.append(
@@ -196,8 +198,10 @@ def check_search_split(cfg: DictConfig) -> None:
     who = searching()
     if who and str(cfg.eval.get("split", "test")) != "valid":
         raise ConfigError(
-            f"{who} optimises the objective {cfg.objective}, which eval.split={cfg.eval.get('split', 'test')} measures on "
-            "test pairs; a search must not read the test set: pass eval.split=valid split.valid_ratio=0.1, then report "
+            f"{who} optimises the objective {cfg.objective}, which "
+            f"eval.split={cfg.eval.get('split', 'test')} measures on "
+            "test pairs; a search must not read the test set: pass eval.split=valid "
+            "split.valid_ratio=0.1, then report "
             "the chosen trial once with eval.split=test"
         )
     if who and float(cfg.split.valid_ratio) <= 0 and cfg.split.get("leave_n_out") is None:

@@ -34,7 +34,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         return result
     m = result["metrics"]
     print(
-        f"trained {result['global_step']} steps in {result['seconds']} s on {result['examples']['train']} examples"
+        f"trained {result['global_step']} steps in {result['seconds']} s on "
+        f"{result['examples']['train']} examples"
     )
     for key in ("train/loss", "val/loss", "val/gen_rmse", "val/gen_mae", "val/gen_parse_rate"):
         if key in m:

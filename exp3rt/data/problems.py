@@ -44,7 +44,8 @@ class DataError(ValueError):
         where = f"{file}" + (f", line {line}" if line is not None else "")
         what = f", field '{field}'" if field else ""
         super().__init__(
-            f"{where}{what}: {reason} (set {strict_key}=false to skip such records and count them in the data report)"
+            f"{where}{what}: {reason} (set {strict_key}=false to skip such records and count them in "
+            "the data report)"
         )
 
 

@@ -20,7 +20,8 @@ Formats (one record shown per file kind):
   ``\\n---\\n``.
 - top-k folder (LightGCN): ``train.txt`` / ``test.txt`` lines ``user_remap item_remap ...``;
   ``user_list.txt`` / ``item_list.txt`` with header ``org_id remap_id`` (the Amazon-Book ``org/``
-  lists have none). :func:`exp3rt.data.topk.load_topk` (loader ``lightgcn_topk``) loads such a folder as a dataset.
+  lists have none). :func:`exp3rt.data.topk.load_topk` (loader ``lightgcn_topk``) loads such a folder as a
+  dataset.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def strip_average_section(text: str) -> str:
 
 
 def _average(lines: list[str]) -> float:
-    """The one number of an ``[Average Rating]`` section: ``7.5``, ``**7.5**``, ``7.5/10``, ``7.5 out of 10``."""
+    """The one number of an ``[Average Rating]`` section: ``7.5``, ``**7.5**``, ``7.5/10``,
+    ``7.5 out of 10``."""
     match = None
     if len(lines) == 1:
         value = lines[0].strip()
@@ -735,7 +737,8 @@ def no_release_folder(cfg) -> str:
     """The sentence for a ``dataset.path`` that is not a release folder."""
     return (
         f"dataset.path={cfg.path} is not a folder: dataset '{cfg.name}' reads the EXP3RT release's published "
-        f"files; pass dataset.path=/path/to/EXP3RT/data/<imdb|amazon-book> (or set EXP3RT_RELEASE=/path/to/EXP3RT/data)"
+        "files; pass dataset.path=/path/to/EXP3RT/data/<imdb|amazon-book> (or set "
+        "EXP3RT_RELEASE=/path/to/EXP3RT/data)"
     )
 
 
@@ -783,7 +786,8 @@ def _merge_profiles(
     if len(from_ratings):
         both = from_file.merge(from_ratings[["id", "profile"]], on="id", suffixes=("", "_r"))
         problems.note(
-            f"{kind} profiles whose profile-file text differs from the rating-file text (kept the rating file's)",
+            f"{kind} profiles whose profile-file text differs from the rating-file text (kept the "
+            "rating file's)",
             int((both["profile"] != both["profile_r"]).sum()),
         )
     extra = from_file[~from_file["id"].isin(from_ratings["id"])].assign(source="profile_file")

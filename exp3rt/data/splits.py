@@ -109,7 +109,8 @@ def split_codes(inter: pd.DataFrame, cfg, extras: dict[str, pd.DataFrame] | None
         if given is None:
             raise ConfigError(
                 "split.strategy=predefined needs split labels from the dataset (the EXP3RT release "
-                "loader provides them); this dataset has none — choose random, per_user, temporal or unseen_user"
+                "loader provides them); this dataset has none — choose random, per_user, temporal or "
+                "unseen_user"
             )
         key = inter[["user_id", "item_id"]].merge(given, on=["user_id", "item_id"], how="left")
         if key["split"].isna().any():
@@ -200,8 +201,10 @@ def prepare_split(prepared: PreparedData, cfg) -> Split:
             labelled = ", ".join(f"{len(f)} {n}" for n, f in parts.items() if len(f))
             raise ConfigError(
                 f"split.strategy=predefined: dataset '{prepared.dataset.name}' labels no pair as training "
-                f"({labelled or 'no pairs at all'}), so neither a baseline nor the student has anything to learn from. "
-                f"Split these pairs with a seeded split instead: split=random split.test_ratio=0.2 split.valid_ratio=0.1 "
+                f"({labelled or 'no pairs at all'}), so neither a baseline nor the student has "
+                "anything to learn from. "
+                "Split these pairs with a seeded split instead: split=random split.test_ratio=0.2 "
+                "split.valid_ratio=0.1 "
                 f"(experiment=release_imdb does this)"
             )
         for name, frame in parts.items():

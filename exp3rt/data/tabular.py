@@ -129,7 +129,8 @@ class _Feed:
                 try:
                     text = raw.decode(enc)
                 except UnicodeDecodeError as ue:
-                    problems.bad(path, n, None, f"bad encoding: bytes at offset {ue.start} are not valid {enc}",
+                    problems.bad(path, n, None, f"bad encoding: bytes at offset {ue.start} are not "
+                                                f"valid {enc}",
                                  kind="bad encoding")  # fmt: skip
                     continue
                 yield n, text + "\n"

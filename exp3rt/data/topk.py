@@ -62,7 +62,8 @@ def _resolve_cross_file(
             "item_remap",
             f"pair (user {row['user_id']!r}, item {row['item_id']!r}) is also in train.txt "
             f"(line {int(row['_line_train'])}); "
-            "set dataset.duplicates=keep_first to drop such pairs from test or keep_latest to drop them from training",
+            "set dataset.duplicates=keep_first to drop such pairs from test or keep_latest to drop "
+            "them from training",
             kind="test.txt: pair also in train.txt",
         )
     return train, test.drop(index=both["index"]).reset_index(drop=True)  # lenient: skipped, counted

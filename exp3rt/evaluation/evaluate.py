@@ -147,8 +147,10 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
     lines = [
         f"# exp3rt evaluation: {ds['name']}{tag}",
         "",
-        f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} pairs scored from the "
-        f"{metrics['protocol'].get('source', 'test split')}; readout mode {metrics['protocol']['mode']}; failure policy "
+        f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} pairs "
+        "scored from the "
+        f"{metrics['protocol'].get('source', 'test split')}; readout mode "
+        f"{metrics['protocol']['mode']}; failure policy "
         f"{metrics['protocol']['failure_policy']}.",
         "",
     ]
@@ -195,11 +197,14 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
             "",
         ]
     if example is not None:
+        expected = example.rating_expected
+        if expected is not None:
+            expected = round(expected, 2)
         lines += [
             "## Example explanation",
             "",
             f"User `{example.user_id}`, item `{example.item_id}`, true rating "
-            f"{example.truth:g}, expected {example.rating_expected if example.rating_expected is None else round(example.rating_expected, 2)}:",
+            f"{example.truth:g}, expected {expected}:",
             "",
             "> " + (example.reasoning or "(no reasoning)").replace("\n", "\n> "),
             "",
@@ -224,9 +229,11 @@ def reasoning_lines(about: dict | None) -> list[str]:
         return "–" if v is None else f"{100 * v:.0f}%"
 
     text = (
-        f"Reasoning about the pair (synthetic ground truth): of the aspects the reasonings name, {pct(about['aspect_precision'])} "
+        "Reasoning about the pair (synthetic ground truth): of the aspects the reasonings name, "
+        f"{pct(about['aspect_precision'])} "
         f"are where this user's and this item's profiles meet (precision); of those meeting points, "
-        f"{pct(about['aspect_recall'])} are named (recall); {pct(about['distinct_share'])} of the reasonings are distinct texts."
+        f"{pct(about['aspect_recall'])} are named (recall); {pct(about['distinct_share'])} of the "
+        "reasonings are distinct texts."
     )
     if about.get("teacher_aspect_precision") is not None:
         text += (
@@ -244,7 +251,8 @@ def scored_pairs_lines(protocol: dict) -> list[str]:
     if warm:
         lines.append(
             f"No scored pair was in the student's or the baselines' training data. {warm['users_cold']} of "
-            f"{warm['users']} users ({warm['pairs_cold']} pairs) are cold: fewer than {warm['warm_min_train']} "
+            f"{warm['users']} users ({warm['pairs_cold']} pairs) are cold: fewer than "
+            f"{warm['warm_min_train']} "
             "training ratings."
         )
     if protocol.get("scored_split") == "valid":
@@ -255,8 +263,10 @@ def scored_pairs_lines(protocol: dict) -> list[str]:
     overlap = protocol.get("overlap") or {}
     if overlap.get("dropped"):
         lines.append(
-            f"Dropped {overlap['dropped']} of the file's {overlap['file_pairs']} pairs that the student trained "
-            f"on ({overlap['in_train']} training, {overlap['in_valid']} validation; eval.test_file_overlap=drop)."
+            f"Dropped {overlap['dropped']} of the file's {overlap['file_pairs']} pairs that the "
+            "student trained "
+            f"on ({overlap['in_train']} training, {overlap['in_valid']} validation; "
+            "eval.test_file_overlap=drop)."
         )
     return [" ".join(lines), ""] if lines else []
 
@@ -286,7 +296,8 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     split = prepare_split(prepared, tcfg.split)
     ann_dir = find_annotation_dir(tcfg, prepared, split)
     sft = OmegaConf.merge(tcfg.sft, {"tasks": ["rating"]})
-    sft.task_weights = {}  # the test examples are never resampled (merging {} would keep the training weights)
+    # the test examples are never resampled (merging {} would keep the training weights)
+    sft.task_weights = {}
 
     part = scored_part(ev, split, tcfg)
 
@@ -445,8 +456,10 @@ def scored_part(ev, split, tcfg) -> str:
         )
     if part == "valid" and len(split.valid) == 0:
         raise ConfigError(
-            f"eval.split=valid, but split '{tcfg.split.strategy}' of dataset '{tcfg.dataset.name}' has no validation "
-            f"pairs ({split.directory}): train on a split with a validation part, e.g. exp3rt-pipeline split.valid_ratio=0.1 "
+            f"eval.split=valid, but split '{tcfg.split.strategy}' of dataset '{tcfg.dataset.name}' has "
+            "no validation "
+            f"pairs ({split.directory}): train on a split with a validation part, e.g. exp3rt-pipeline "
+            "split.valid_ratio=0.1 "
             f"eval.split=valid (the student is retrained on the new split)"
         )
     return part
@@ -480,14 +493,18 @@ def unseen_file_pairs(examples: list, split, policy: str, path: str) -> tuple[li
     if in_train or in_valid:
         if policy == "error":
             raise ConfigError(
-                f"eval.test_file={path}: {in_train + in_valid} of {len(examples)} pairs are in the data the student and "
-                f"the baselines trained on ({in_train} training, {in_valid} validation pairs of its split), and scoring "
+                f"eval.test_file={path}: {in_train + in_valid} of {len(examples)} pairs are in the "
+                "data the student and "
+                f"the baselines trained on ({in_train} training, {in_valid} validation pairs of its "
+                "split), and scoring "
                 f"them would report memorised ratings. Score only the {len(kept)} unseen pairs with "
-                f"eval.test_file_overlap=drop, or evaluate on the split's own test pairs (leave eval.test_file unset)"
+                "eval.test_file_overlap=drop, or evaluate on the split's own test pairs (leave "
+                "eval.test_file unset)"
             )
         counts["dropped"] = in_train + in_valid
         log.warning(
-            "eval.test_file: dropped %d of %d pairs that the student trained on (%d training, %d validation); "
+            "eval.test_file: dropped %d of %d pairs that the student trained on (%d training, %d "
+            "validation); "
             "scoring the %d unseen ones",
             in_train + in_valid,
             len(examples),
@@ -707,7 +724,8 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
         given = read_candidates(ev.candidates_file)
         # judged by the test split of the run that wrote the candidates (relevant.parquet beside them),
         # which may be another dataset's (the release top-k split); a bare file: this split's test pairs.
-        # A search (eval.split=valid) never reads those test pairs: it is judged by this split's validation pairs
+        # A search (eval.split=valid) never reads those test pairs: it is judged by this split's validation
+        # pairs
         theirs = read_relevant(ev.candidates_file) if part == "test" else None
         if theirs is not None:
             relevant = theirs

@@ -398,7 +398,8 @@ def generate_batch(
     eos = eos_ids(model, tokenizer)
     if not eos:
         raise ValueError(
-            "neither the model's generation_config nor the tokenizer names an EOS token: generation could not stop"
+            "neither the model's generation_config nor the tokenizer names an EOS token: generation "
+            "could not stop"
         )
     generator = None
     if do_sample:

@@ -2,7 +2,8 @@
 
 :func:`parse_rating` reads the number after ``Predicted User Rating:`` in generated text: training's
 decoded validation (``val/gen_*``), which generates past the prefix. Evaluation reads the rating from
-the probabilities instead; its reasoning stops at the prefix, so there is no written rating to parse. :func:`apply_fallback` decides what a failed prediction
+the probabilities instead; its reasoning stops at the prefix, so there is no written rating to parse.
+:func:`apply_fallback` decides what a failed prediction
 becomes: the user's mean rating, the item's, the global mean, or ``exclude`` (left out of the metric
 and counted). A user or item with no mean (cold start) falls back to the global mean; the result is
 always flagged, so failures are never scored silently.

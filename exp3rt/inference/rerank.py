@@ -15,7 +15,8 @@ Modes:
   ``"1"``, ``"0"``) its probability is the chain of its tokens' probabilities, each read after the ones
   before it; a rating whose tokens are a proper prefix of another's must not continue into it
   (``p(1) = P("1")·(1 − P("0" | "1"))``) — the rule of :mod:`exp3rt.inference.readout`, so a candidate's
-  score equals the prediction readout on the same text. The expected rating is Σ p·r over :attr:`RatingTokens.ratings` (the text mapped back with
+  score equals the prediction readout on the same text. The expected rating is Σ p·r over
+  :attr:`RatingTokens.ratings` (the text mapped back with
   ``from_text``, i.e. with the rating offset undone).
 * ``"full"`` — the student first writes its reasoning, all users' candidates in greedy batches of similar
   prompt length (:func:`exp3rt.inference.readout.generate_and_read`: left padding, KV cache, stopped
@@ -301,7 +302,8 @@ def rerank_metrics(
         extra = set(items) - set(first_stage.get(user, ()))
         if extra:
             raise ValueError(
-                f"reranked list of user {user!r} holds items that were not its candidates: {sorted(map(str, extra))[:5]}"
+                f"reranked list of user {user!r} holds items that were not its candidates: "
+                f"{sorted(map(str, extra))[:5]}"
             )
     metrics = ("ndcg", "recall", "hit")
     before = topk_metrics(first_stage, relevant, ks, metrics)

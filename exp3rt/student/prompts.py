@@ -27,7 +27,8 @@ def load_student_prompt(name: str = "exp3rt_v1") -> DictConfig:
     path = Path(CONF_DIR) / "student_prompt" / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(
-            f"student prompt {path} does not exist; available: {sorted(p.stem for p in path.parent.glob('*.yaml'))}"
+            f"student prompt {path} does not exist; available: "
+            f"{sorted(p.stem for p in path.parent.glob('*.yaml'))}"
         )
     node = OmegaConf.load(path)
     node.pop("defaults", None)
@@ -65,7 +66,8 @@ class StudentPrompts:
         missing = [s for s in RATING_SECTIONS if s not in rating.sections]
         if missing:
             raise ConfigError(
-                f"student_prompt.rating.sections lacks {missing}; it needs one template each for {list(RATING_SECTIONS)}"
+                f"student_prompt.rating.sections lacks {missing}; it needs one template each for "
+                f"{list(RATING_SECTIONS)}"
             )
         for name in rating.sections:
             if name not in RATING_SECTIONS:
@@ -82,12 +84,14 @@ class StudentPrompts:
             only, "student_prompt.rating.answer_rating_only"
         ) != ["rating"]:
             raise ConfigError(
-                "student_prompt.rating.answer_rating_only must end with {rating} and hold no other placeholder: "
+                "student_prompt.rating.answer_rating_only must end with {rating} and hold no other "
+                "placeholder: "
                 "the text before it is where the rating is read from"
             )
         if not rating.answer.endswith(only):
             raise ConfigError(
-                f"student_prompt.rating.answer must end with answer_rating_only ({only!r}), so the readout finds the "
+                f"student_prompt.rating.answer must end with answer_rating_only ({only!r}), so the "
+                "readout finds the "
                 "rating after the same prefix with and without reasoning"
             )
         texts += [rating.section_separator, rating.no_reviews, prompt_cfg.set_separator]
@@ -149,7 +153,8 @@ class StudentPrompts:
         return self.cfg.rating.no_reviews
 
     def answer(self, rating: float, rationale: str | None = None) -> str:
-        """``Reasoning: <rationale>\\nPredicted User Rating: <r>``, or the rating line alone without a rationale."""
+        """``Reasoning: <rationale>\\nPredicted User Rating: <r>``, or the rating line alone without a
+        rationale."""
         values = self._values({"rating": self.ratings.to_text(rating)})
         if rationale is None:
             return render_spans(

@@ -42,7 +42,8 @@ class RatingTokens:
 
     @classmethod
     def from_config(cls, scale, offset: float = 0) -> RatingTokens:
-        """From a dataset scale (``ScaleConf`` / ``RatingScale``: min, max, step) and ``sft.rating_offset``."""
+        """From a dataset scale (``ScaleConf`` / ``RatingScale``: min, max, step) and
+        ``sft.rating_offset``."""
         return cls(float(scale.min), float(scale.max), float(getattr(scale, "step", 1) or 1), float(offset))
 
     @staticmethod
@@ -50,7 +51,10 @@ class RatingTokens:
         return round(value, 6) + 0.0  # 0.1 + 0.2 steps print as "0.3", and -0.0 as "0"
 
     def __repr__(self) -> str:
-        return f"RatingTokens({self.scale_min:g}-{self.scale_max:g} step {self.step:g}, written {self.texts[0]}-{self.texts[-1]})"
+        return (
+            f"RatingTokens({self.scale_min:g}-{self.scale_max:g} step {self.step:g}, written "
+            f"{self.texts[0]}-{self.texts[-1]})"
+        )
 
     def index(self, rating: float) -> int:
         """Position of ``rating`` in :attr:`ratings`; a value off the scale is an error with a sentence."""

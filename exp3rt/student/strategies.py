@@ -138,13 +138,15 @@ def deepspeed_config(deepspeed_cfg: Any, precision: str, micro_batch_size: int |
     cfg = _merge(cfg, ds.get("extra") or {})
     if "gradient_accumulation_steps" in cfg:
         raise ConfigError(
-            "config key 'deepspeed.extra.gradient_accumulation_steps' must not be set: Lightning sets it from "
+            "config key 'deepspeed.extra.gradient_accumulation_steps' must not be set: Lightning sets "
+            "it from "
             "trainer.accumulate_grad_batches and raises if the dict has it"
         )
     auto = find_auto(cfg, "deepspeed")
     if auto:
         raise ConfigError(
-            f"config key '{auto}' is \"auto\": Lightning hands the dict to DeepSpeed unresolved; give a number"
+            f"config key '{auto}' is \"auto\": Lightning hands the dict to DeepSpeed unresolved; give "
+            "a number"
         )
     return cfg
 
@@ -181,7 +183,8 @@ def build_strategy(
     cpu = str(tr.get("accelerator", "cpu")) == "cpu"
     if cpu and precision.startswith("16"):
         raise ConfigError(
-            f"config key 'trainer.precision': trainer.precision={precision} needs a GPU; use bf16-mixed or 32-true on CPU"
+            f"config key 'trainer.precision': trainer.precision={precision} needs a GPU; use "
+            "bf16-mixed or 32-true on CPU"
         )
     cls = CPUDeepSpeedStrategy if cpu else DeepSpeedStrategy
     return cls(

@@ -1,7 +1,8 @@
 """``exp3rt-train`` without Hydra: examples → tokenised datasets → Lightning fit → adapter.
 
 Run directory: ``config.yaml`` (resolved, secrets removed), ``checkpoints/last.ckpt`` (full state for
-resume: step, optimizer, scheduler, data position; ``ckpt_path=last`` takes the newest checkpoint there), ``adapter/`` (adapter-only weights + tokenizer for
+resume: step, optimizer, scheduler, data position; ``ckpt_path=last`` takes the newest checkpoint there),
+``adapter/`` (adapter-only weights + tokenizer for
 use), ``train.json`` (what was trained on and the final metrics), ``wandb/`` and ``csv/`` logs.
 Resume: rerun with the same run dir and ``ckpt_path=last``; W&B continues the same run id.
 """
@@ -46,7 +47,8 @@ def find_annotation_dir(cfg, prepared, split) -> Path:
     needed = [s for s in stages if not (path / f"{s}.parquet").is_file()]
     if needed:
         raise FileNotFoundError(
-            f"no teacher annotations for this dataset/split/teacher in {path} (missing: {', '.join(needed)}): "
+            f"no teacher annotations for this dataset/split/teacher in {path} (missing: "
+            f"{', '.join(needed)}): "
             f"run exp3rt-annotate with the same dataset, split and teacher first, or pass annotations_dir=..."
         )
     return path
@@ -235,7 +237,8 @@ def _train(cfg, run_dir: Path) -> dict:
 
     run_name = (
         cfg.get("run_name")
-        or f"{cfg.student.name}-{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}-{cfg.dataset.name}"
+        or f"{cfg.student.name}-{cfg.get('ablation_name') or cfg.ablation.get('name', 'full')}-"
+        f"{cfg.dataset.name}"
     )
     loggers = []
     ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), run_dir)

@@ -109,7 +109,8 @@ def check_run_config(cfg) -> list[str]:
     if stage == "all" and n > 1:
         raise ConfigError(
             "stage=all runs the stages in order and each needs the whole previous stage; with num_shards > 1 "
-            "run one stage at a time (stage=extract shard=0..n-1, then stage=extract merge=true, then the next stage)"
+            "run one stage at a time (stage=extract shard=0..n-1, then stage=extract merge=true, then "
+            "the next stage)"
         )
     if cfg.merge and stage == "all":
         raise ConfigError("merge=true needs a single stage, e.g. stage=extract merge=true num_shards=4")
@@ -326,7 +327,8 @@ async def run_stages(
         why: dict = {}
         usable = False
         if out.is_file() and not cfg.force:
-            # a damaged stage file, or a damaged record of what built it: rebuilt from the answer cache (a warning names it)
+            # a damaged stage file, or a damaged record of what built it: rebuilt from the answer cache (a
+            # warning names it)
             if inputs_path.is_file() and recorded is None:
                 why["rebuilt"] = {"damaged": inputs_path.name}
             elif intact(out, f"stage {stage} from the answer cache (nothing is sent twice)"):
@@ -339,7 +341,8 @@ async def run_stages(
             failed_keys = failed_row_keys(stage, old) if retry_failed else []
             if changed:
                 log.warning(
-                    "stage %s: rebuilding %s: %s changed since it was built (answers still cached are reused)",
+                    "stage %s: rebuilding %s: %s changed since it was built (answers still cached are "
+                    "reused)",
                     stage,
                     out.name,
                     ", ".join(changed),
@@ -347,7 +350,8 @@ async def run_stages(
                 why["rebuilt"] = {"changed_inputs": changed}
             if failed_keys:
                 log.warning(
-                    "stage %s: retry_failed=true: re-sending the %d failed rows of %s (ok rows come from the cache)",
+                    "stage %s: retry_failed=true: re-sending the %d failed rows of %s (ok rows come "
+                    "from the cache)",
                     stage,
                     len(failed_keys),
                     out.name,
@@ -361,7 +365,10 @@ async def run_stages(
                     else ""
                 )
                 if recorded is None and stage_inputs(cfg, stage):
-                    more += "; it records no input digests (made before they were kept), so it is not checked for staleness"
+                    more += (
+                        "; it records no input digests (made before they were kept), so it is "
+                        "not checked for staleness"
+                    )
                 log.info("stage %s: %s exists, skipping (force=true to redo)%s", stage, out, more)
                 report[stage] = {"skipped": True, **_summary(old)}
                 continue
@@ -487,7 +494,8 @@ def estimate_stages(
             "price_mode": client.mode,
             "estimated": True,
         }
-    # both modes side by side: one HTTP call per request, or the Batch API (sync price x price_factor, within 24 h)
+    # both modes side by side: one HTTP call per request, or the Batch API (sync price x price_factor, within
+    # 24 h)
     factor = float(cfg.teacher.batch.price_factor) if "batch" in cfg.teacher else 0.5
     for e in out.values():
         sync = client.sync_cost(e["prompt_tokens"], e["completion_tokens"])

@@ -61,11 +61,13 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS batches (
         id TEXT PRIMARY KEY, stage TEXT NOT NULL, input_file_id TEXT NOT NULL, requests INTEGER NOT NULL,
-        status TEXT NOT NULL, submitted TEXT NOT NULL, updated TEXT NOT NULL, collected INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL, submitted TEXT NOT NULL, updated TEXT NOT NULL, """
+    """collected INTEGER NOT NULL DEFAULT 0,
         output_file_id TEXT, error_file_id TEXT, answered INTEGER, failed INTEGER, malformed INTEGER,
         unanswered INTEGER)""",
     """CREATE TABLE IF NOT EXISTS lines (
-        batch_id TEXT NOT NULL, custom_id TEXT NOT NULL, request TEXT NOT NULL, PRIMARY KEY (batch_id, custom_id))""",
+        batch_id TEXT NOT NULL, custom_id TEXT NOT NULL, request TEXT NOT NULL, """
+    """PRIMARY KEY (batch_id, custom_id))""",
 )
 
 
@@ -213,7 +215,8 @@ class BatchLedger:
     ) -> None:
         with self._lock:
             self._conn.execute(
-                "UPDATE batches SET status = ?, updated = ?, collected = 1, output_file_id = ?, error_file_id = ?,"
+                "UPDATE batches SET status = ?, updated = ?, collected = 1, output_file_id = ?, "
+                "error_file_id = ?,"
                 " answered = ?, failed = ?, malformed = ?, unanswered = ? WHERE id = ?",
                 (
                     status,
@@ -400,10 +403,14 @@ class BatchTeacherClient(TeacherClient):
             assert self.max_cost_usd is not None
             total = self._spent_elsewhere() + self.usage.cost_usd
             raise BudgetExceeded(
-                f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached before submitting the next batch (batch "
-                f"prices: teacher.prices x teacher.batch.price_factor={self.price_factor:g}): ${usd(total)} spent on "
-                f"the annotation directory in total, {not_sent} requests not submitted. Answered calls are cached; "
-                f"to go on, raise the cap, e.g. rerun with teacher.max_cost_usd={raised_cap(self.max_cost_usd, total)}",
+                f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached before submitting the next "
+                "batch (batch "
+                f"prices: teacher.prices x teacher.batch.price_factor={self.price_factor:g}): "
+                f"${usd(total)} spent on "
+                f"the annotation directory in total, {not_sent} requests not submitted. Answered calls "
+                "are cached; "
+                "to go on, raise the cap, e.g. rerun with "
+                f"teacher.max_cost_usd={raised_cap(self.max_cost_usd, total)}",
                 spent_usd=total,
                 calls=self.usage.answered,
                 not_sent=not_sent,
@@ -422,9 +429,12 @@ class BatchTeacherClient(TeacherClient):
             else ""
         )
         return BatchPending(
-            f"teacher.batch.submit_only=true: {new}{len(ids)} batch(es) with {n} requests (stage {stage}) are with the "
-            f"Batch API ({', '.join(ids)}), recorded in {self.batches.path}. A later run collects them: rerun the same "
-            f"command without teacher.batch.submit_only=true (or with it, to submit the next stage once these are done)",
+            f"teacher.batch.submit_only=true: {new}{len(ids)} batch(es) with {n} requests (stage "
+            f"{stage}) are with the "
+            f"Batch API ({', '.join(ids)}), recorded in {self.batches.path}. A later run collects "
+            "them: rerun the same "
+            "command without teacher.batch.submit_only=true (or with it, to submit the next stage "
+            "once these are done)",
             ids,
             n,
         )
@@ -463,7 +473,8 @@ class BatchTeacherClient(TeacherClient):
                 )
             if isinstance(err, PermanentError) and err.status == 404 and "batch" in what:
                 raise PermanentError(
-                    f"{what}: {self.backend._where()} does not know it (HTTP 404). It is recorded in {self.batches.path}; "
+                    f"{what}: {self.backend._where()} does not know it (HTTP 404). It is recorded in "
+                    f"{self.batches.path}; "
                     f"a batch is only visible to the account and server it was submitted to: rerun with the "
                     f"teacher.base_url and the key in ${self.backend.api_key_env} it was submitted with",
                     404,
@@ -487,7 +498,8 @@ class BatchTeacherClient(TeacherClient):
             ),
         )
         requests = {k: todo[k] for k in chunk}
-        # Recorded before the create: a run killed around it finds the batch (or its absence) by its input file.
+        # Recorded before the create: a run killed around it finds the batch (or its absence) by its input
+        # file.
         placeholder = SUBMITTING + upload.id
         self.batches.add(placeholder, stage, upload.id, requests, "submitting")
         failures = 0
@@ -510,7 +522,8 @@ class BatchTeacherClient(TeacherClient):
                     batch = await self._find_batch(upload.id)
                 except TeacherError as lookup:
                     raise TransientError(
-                        f"{e}; whether the batch exists could not be checked ({lookup}). Rerun the same command: it "
+                        f"{e}; whether the batch exists could not be checked ({lookup}). Rerun the "
+                        "same command: it "
                         f"looks for the batch made from {upload.id} before submitting anything"
                     ) from None
                 if batch is not None:

@@ -119,7 +119,8 @@ class AnswerCache:
             with self._lock:
                 rows = self._conn.execute(
                     "SELECT key, stage, backend, model, prompt_version, answer, prompt_tokens,"
-                    f" completion_tokens, cost_usd, finish_reason, created FROM answers WHERE key IN ({marks})",
+                    " completion_tokens, cost_usd, finish_reason, created FROM answers WHERE key IN "
+                    f"({marks})",
                     chunk,
                 ).fetchall()
             for row in rows:
@@ -134,7 +135,8 @@ class AnswerCache:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._lock:
             cur = self._conn.execute(
-                "INSERT INTO answers (key, stage, backend, model, prompt_version, request, answer, prompt_tokens,"
+                "INSERT INTO answers (key, stage, backend, model, prompt_version, request, answer, "
+                "prompt_tokens,"
                 " completion_tokens, cost_usd, finish_reason, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(key) DO NOTHING",
                 (

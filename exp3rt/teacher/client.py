@@ -239,8 +239,10 @@ class TeacherClient:
         self.price_in, self.price_out, self.price_known = self._price(backend.model)
         if self.max_cost_usd is not None and not self.price_known:
             raise ConfigError(
-                f"teacher.max_cost_usd={self.max_cost_usd:g} is set but teacher.prices has no entry for model "
-                f"'{backend.model}': {price_advice(backend.model)}, or run without a cap: teacher.max_cost_usd=null"
+                f"teacher.max_cost_usd={self.max_cost_usd:g} is set but teacher.prices has no entry "
+                "for model "
+                f"'{backend.model}': {price_advice(backend.model)}, or run without a cap: "
+                "teacher.max_cost_usd=null"
             )
         rpm = _field(cfg, "requests_per_minute")
         tpm = _field(cfg, "tokens_per_minute")
@@ -275,7 +277,8 @@ class TeacherClient:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """The cost in this client's mode: sync prices, or batch prices (sync x ``teacher.batch.price_factor``)."""
+        """The cost in this client's mode: sync prices, or batch prices (sync x
+        ``teacher.batch.price_factor``)."""
         return self.sync_cost(prompt_tokens, completion_tokens) * self.price_factor
 
     def estimate_prompt_tokens(self, request: ChatRequest) -> int:
@@ -424,7 +427,8 @@ class TeacherClient:
             total = before + self.usage.cost_usd
             where = (
                 (
-                    f" on the annotation directory in total (${usd(before)} by earlier or parallel runs, recorded "
+                    f" on the annotation directory in total (${usd(before)} by earlier or parallel "
+                    "runs, recorded "
                     f"in {self.ledger.path})"
                 )
                 if self.ledger is not None
@@ -432,7 +436,8 @@ class TeacherClient:
             )
             raise BudgetExceeded(
                 f"teacher.max_cost_usd={usd(self.max_cost_usd)} reached: ${usd(total)} spent{where}, "
-                f"${usd(self.usage.cost_usd)} of it on {self.usage.answered} calls in this run; {not_sent} requests "
+                f"${usd(self.usage.cost_usd)} of it on {self.usage.answered} calls in this run; "
+                f"{not_sent} requests "
                 f"not sent. Answered calls are cached; to go on, raise the cap, e.g. rerun with "
                 f"teacher.max_cost_usd={raised_cap(self.max_cost_usd, total)}",
                 spent_usd=total,

@@ -719,7 +719,8 @@ def make_similarity(
         return RatingCosine().fit(train_df)
     if profile_texts is None:
         raise ConfigError(
-            "annotate.similarity=profile_embedding needs user profiles: build them first, or use rating_cosine"
+            "annotate.similarity=profile_embedding needs user profiles: build them first, or use "
+            "rating_cosine"
         )
     return ProfileEmbedding(profile_texts).fit(train_df)
 

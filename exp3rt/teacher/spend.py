@@ -68,7 +68,8 @@ class SpendLedger:
         """This run's totals so far (absolute, not increments), committed now."""
         with self._lock:
             self._conn.execute(
-                "INSERT INTO spend (run, pid, started, updated, calls, prompt_tokens, completion_tokens, cost_usd)"
+                "INSERT INTO spend (run, pid, started, updated, calls, prompt_tokens, "
+                "completion_tokens, cost_usd)"
                 " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run) DO UPDATE SET updated=excluded.updated,"
                 " calls=excluded.calls, prompt_tokens=excluded.prompt_tokens,"
                 " completion_tokens=excluded.completion_tokens, cost_usd=excluded.cost_usd",

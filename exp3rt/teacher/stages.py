@@ -236,7 +236,8 @@ class AnnotationContext:
             )
         elif self.annotation.rationale_pairs != "train":
             raise ConfigError(
-                f"annotation.rationale_pairs must be 'train' or 'train+valid' (got {self.annotation.rationale_pairs!r})"
+                "annotation.rationale_pairs must be 'train' or 'train+valid' (got "
+                f"{self.annotation.rationale_pairs!r})"
             )
         cap = self.annotation.max_rationale_pairs
         if cap is not None and len(pairs) > int(cap):
@@ -386,7 +387,8 @@ def profile_rows(
                     "average": avg,
                     "n_sets": 0,
                     "raw": None,
-                    "problem": f"all {failed_sets[key]} preference-set extractions of this {kind}'s reviews failed "
+                    "problem": f"all {failed_sets[key]} preference-set extractions of this {kind}'s "
+                    "reviews failed "
                     "(see extract.failures.jsonl; retry_failed=true re-sends them)",
                 }
             )

@@ -59,7 +59,8 @@ LEXICON_SUPPLEMENT: dict[str, float] = {
     "mediocre": -1.5, "overlong": -1.3, "tedious": -1.8, "confusing": -1.4, "broke": -1.6,
     "unnatural": -1.3, "meh": -1.0,
     # positive
-    "gripping": 1.8, "highlight": 1.8, "memorable": 1.6, "haunting": 1.2, "tight": 1.0, "blast": 1.8, "sharp": 1.2,
+    "gripping": 1.8, "highlight": 1.8, "memorable": 1.6, "haunting": 1.2, "tight": 1.0, "blast": 1.8,
+    "sharp": 1.2,
     "witty": 1.8, "immersive": 1.8, "lyrical": 1.5, "effortlessly": 1.4, "believable": 1.4,
     "unforgettable": 2.0, "detailed": 1.0, "page-turner": 1.8, "ingeniously": 2.0, "thought-provoking": 1.8,
     "profound": 1.8, "meticulous": 1.6, "authentic": 1.4, "top-notch": 2.2, "reasonable": 1.0,
@@ -138,7 +139,9 @@ GENERIC_TERMS = frozenset(
 # A clause opening with these speaks of the reviewer or the whole item, not an aspect:
 # "I was hoping for more", "It was okay overall", "A complete waste of time", "My friends had …".
 _NO_SUBJECT = frozenset(
-    "i i'm i've i'd we it it's this that a an not avoid one my here there nothing everything just quick".split()
+    (
+        "i i'm i've i'd we it it's this that a an not avoid one my here there nothing everything just quick"
+    ).split()
 )
 
 
@@ -370,11 +373,16 @@ class ExtractiveBackend:
 
 # Overall leans, from the bottom of the scale (0) to its top (4).
 LEANS = (
-    "Overall, the weaknesses dominate what this user cares about, so this {noun} is likely to leave them thoroughly disappointed.",
-    "Overall, the weaknesses outweigh the strengths for this user, so the {noun} should fall short of their taste.",
-    "Overall, the strengths and weaknesses roughly balance out, leaving a lukewarm, middling impression of the {noun}.",
-    "Overall, the strengths outweigh the weaknesses for this user, so the {noun} should please them despite some reservations.",
-    "Overall, the strengths line up almost perfectly with what this user values, so this {noun} should delight them.",
+    "Overall, the weaknesses dominate what this user cares about, so this {noun} is likely to leave "
+    "them thoroughly disappointed.",
+    "Overall, the weaknesses outweigh the strengths for this user, so the {noun} should fall short of "
+    "their taste.",
+    "Overall, the strengths and weaknesses roughly balance out, leaving a lukewarm, middling "
+    "impression of the {noun}.",
+    "Overall, the strengths outweigh the weaknesses for this user, so the {noun} should please them "
+    "despite some reservations.",
+    "Overall, the strengths line up almost perfectly with what this user values, so this {noun} should "
+    "delight them.",
 )
 
 
@@ -543,7 +551,10 @@ def _average(profile: str) -> str | None:
 def _pair_sentence(user_b: str, item_b: str, tag: str, noun: str, lower: bool = False) -> str:
     u, i = _lc1(user_b), _lc1(item_b)
     if tag == "match":
-        out = f"Reviewers of this {noun} say that {i}, which matches this user's taste, since they liked it when {u}."
+        out = (
+            f"Reviewers of this {noun} say that {i}, which matches this user's taste, since they "
+            f"liked it when {u}."
+        )
     elif tag == "miss":
         out = f"Reviewers complain that {i}, a letdown for a user who liked it when {u}."
     elif tag == "relief":

@@ -143,7 +143,8 @@ class HFBackend:
             if keep == 0:
                 raise PermanentError(
                     f"hf backend: the prompt without its user message is still {len(ids)} tokens, "
-                    f"over teacher.max_input_tokens={self.max_input_tokens}; raise it or shorten the system prompt"
+                    f"over teacher.max_input_tokens={self.max_input_tokens}; raise it or shorten the "
+                    "system prompt"
                 )
             excess += len(ids) - self.max_input_tokens
         self.truncated += 1

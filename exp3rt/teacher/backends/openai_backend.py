@@ -107,7 +107,10 @@ class OpenAIBackend:
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        return (
+            f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, "
+            f"api_key_env={self.api_key_env!r})"
+        )
 
     # -- the contract ------------------------------------------------------------------------------
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
