@@ -241,6 +241,10 @@ class EvalConf:
     num_candidates: int = 20  # the paper reranks top-20
     rerank_mode: ReadoutMode = ReadoutMode.fast  # fast: readout only; full: reasoning then readout
     rerank_max_users: int | None = 50  # test users reranked (null: all)
+    # null: order by the expected rating alone (the paper's); β >= 0: by β·(rating scaled onto [0, 1])
+    # minus the first-stage position / N (exp3rt.inference.rerank.rerank); rerank/rating_only/* then
+    # reports the plain rating order beside it
+    rerank_rating_weight: float | None = None
     candidates_file: str | None = (
         None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
     )
@@ -796,6 +800,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     if ev is not None:
         if any(k < 1 for k in ev.ks):
             raise ConfigError(f"config key 'eval.ks' must hold positive cut-offs (got {list(ev.ks)})")
+        if ev.rerank_rating_weight is not None and not ev.rerank_rating_weight >= 0:
+            raise ConfigError(
+                f"config key 'eval.rerank_rating_weight' must be >= 0 or null (got {ev.rerank_rating_weight})"
+            )
         check_eval_backend(ev)
     if typed.get("threads") is not None:
         check_threads(typed.threads)

@@ -77,6 +77,7 @@ def rejection(overrides: list[str]) -> str:
         (["split.test_ratio=0.6", "split.valid_ratio=0.5"], "split.valid_ratio", "must be below 1"),
         (["baselines.rating.models=[svdpp]"], "baselines.rating.models", "unknown model 'svdpp'; allowed:"),
         (["eval.ks=[0,5]"], "eval.ks", "must hold positive cut-offs"),
+        (["eval.rerank_rating_weight=-0.5"], "eval.rerank_rating_weight", "must be >= 0 or null"),
         (["eval.mode=slow"], "eval.mode", "Invalid value 'slow', expected one of [full, fast]"),
         (["eval.rerank_mode=half"], "eval.rerank_mode", "expected one of [full, fast]"),
         (

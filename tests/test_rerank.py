@@ -184,6 +184,18 @@ def test_rejects_unknown_mode(tiny):
         score_candidates(model, tok, {}, RatingTokens(1, 5), mode="slow")
 
 
+def test_a_rating_weight_blends_the_rating_with_the_first_stage_position_by_hand():
+    # four candidates in first-stage order, expected ratings on a 1-5 scale
+    scores = {"u": [("a", 2.0, []), ("b", 3.0, []), ("c", 5.0, []), ("d", 4.6, [])]}
+    # beta 1: 1*(r-1)/4 - p/4 -> a 0.25, b 0.25, c 0.5, d 0.15: c first; a and b tie, first-stage order kept
+    assert rerank(scores, rating_weight=1.0, scale=(1, 5))["u"] == ["c", "a", "b", "d"]
+    # beta 0: the first stage's order; a large beta: the rating order
+    assert rerank(scores, rating_weight=0.0, scale=(1, 5))["u"] == ["a", "b", "c", "d"]
+    assert rerank(scores, rating_weight=1e6, scale=(1, 5))["u"] == rerank(scores)["u"] == ["c", "d", "b", "a"]
+    with pytest.raises(ValueError, match="rating scale"):
+        rerank(scores, rating_weight=1.0)
+
+
 def test_rerank_order_and_metrics_by_hand():
     first = {"a": ["x", "y", "z"], "b": ["p", "q", "r", "s"], "c": ["m", "n"]}
     scores = {

@@ -713,7 +713,10 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
 
     n = int(ev.num_candidates)
     part = str(ev.get("split") or "test")
-    relevant = relevant_sets(split.part(part))  # valid during a search
+    # relevant: the part's pairs rated >= baselines.retrieval.positive_threshold (all when null), as the
+    # baselines stage judges its retrievers (its relevant.parquet, read below, was written the same way)
+    threshold = OmegaConf.select(tcfg, "baselines.retrieval.positive_threshold", default=None)
+    relevant = relevant_sets(split.part(part), threshold)  # valid during a search
     users = sorted(u for u, s in relevant.items() if s)
     theirs = None
     if ev.get(
@@ -735,7 +738,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     else:
         rcfg = OmegaConf.merge(
             OmegaConf.structured(RetrieverBaselinesConf),
-            {"models": [str(ev.rerank_retriever)], "num_candidates": n},
+            {"models": [str(ev.rerank_retriever)], "num_candidates": n, "positive_threshold": threshold},
         )
         given = build_retrievers(rcfg)[str(ev.rerank_retriever)].fit(split.train).recommend(users, n)
         source = str(ev.rerank_retriever)
@@ -781,18 +784,32 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
         stats=stats,
         **sizes,
     )
-    ranked = rerank(scores)
-    after = {u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first}
+    weight = ev.get("rerank_rating_weight")
+
+    def complete(ranked: dict) -> dict:  # unscored candidates keep their first-stage place after the scored
+        return {
+            u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first
+        }
+
+    after = complete(rerank(scores, rating_weight=weight, scale=(float(scale.min), float(scale.max))))
     seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
-    out = rerank_metrics(first, after, {u: relevant[u] for u in first}, list(ev.ks), seconds_per_user=seconds)
+    judged = {u: relevant[u] for u in first}
+    out = rerank_metrics(first, after, judged, list(ev.ks), seconds_per_user=seconds)
+    if weight is not None:  # the plain rating order beside the blend, on the same scores
+        plain = rerank_metrics(first, complete(rerank(scores)), judged, list(ev.ks))
+        out.update(
+            {f"rating_only/{k.split('/', 1)[1]}": v for k, v in plain.items() if k.startswith("after/")}
+        )
     unscored = sum(len(first[u]) - len(cands.get(u, [])) for u in first)
     out.update(
         {
             "retriever": source,
             "num_candidates": n,
             "mode": str(ev.rerank_mode),
+            "rating_weight": weight,
             "backend": backend_of(ev),
             "relevant": f"this split's {part} pairs"
+            + (f" rated >= {threshold:g}" if threshold is not None else "")
             if theirs is None
             else "the candidates' run (relevant.parquet beside the file)",
             "candidates_unscored": int(unscored),

@@ -277,12 +277,37 @@ def score_candidates(
 # ----------------------------------------------------------------------------------------- ranking
 
 
-def rerank(scores: Mapping[Hashable, Sequence[tuple]], k: int | None = None) -> dict[Hashable, list]:
-    """Each user's items by expected rating, highest first; ties keep the first-stage order (the order of
-    ``scores[user]``). ``k`` keeps the top ``k``."""
+def rerank(
+    scores: Mapping[Hashable, Sequence[tuple]],
+    k: int | None = None,
+    rating_weight: float | None = None,
+    scale: tuple[float, float] | None = None,
+) -> dict[Hashable, list]:
+    """Each user's items, best first; ``k`` keeps the top ``k``. ``scores[user]`` lists the candidates in
+    their first-stage order.
+
+    * ``rating_weight`` None: by expected rating, highest first; ties keep the first-stage order.
+    * ``rating_weight`` β: by ``β·(E[r] − lo)/(hi − lo) − p/n``, the expected rating scaled onto [0, 1] by
+      the rating ``scale`` (lo, hi) against the first-stage position ``p`` (0 first) of the ``n`` scored
+      candidates: β = 1 lets the whole rating scale move an item across the whole list; β → 0 keeps the
+      first stage's order, β → ∞ is the rating order. The retriever knows what a user is likely to pick, the
+      rating what they will like once they have: a blend can beat either where both matter.
+    """
+    if rating_weight is not None and scale is None:
+        raise ValueError("rerank: a rating_weight needs the rating scale (lo, hi)")
     out = {}
     for user, rows in scores.items():
-        order = sorted(range(len(rows)), key=lambda i: (-float(rows[i][1]), i))
+        n = max(1, len(rows))
+        if rating_weight is None:
+            keys = [(-float(rows[i][1]), i) for i in range(len(rows))]
+        else:
+            lo, hi = float(scale[0]), float(scale[1])
+            span = (hi - lo) or 1.0
+            keys = [
+                (-(float(rating_weight) * (float(rows[i][1]) - lo) / span - i / n), i)
+                for i in range(len(rows))
+            ]
+        order = [i for _, i in sorted(keys)]
         ranked = [rows[i][0] for i in order]
         out[user] = ranked if k is None else ranked[: int(k)]
     return out
