@@ -489,3 +489,15 @@ def test_when_another_shard_answered_first_its_answer_is_used(fake_openai, tmp_p
 
     _, results = run_client(make_cfg(fake_openai), [req], AnswerCache(path), on_result=on_result)
     assert results[0].response.text == "theirs" == seen[0] and not results[0].from_cache
+
+
+def test_a_partial_client_config_takes_the_schemas_defaults():
+    from exp3rt.config import TeacherConf
+    from exp3rt.teacher.backends.extractive import ExtractiveBackend
+
+    schema = TeacherConf()
+    for cfg in ({}, None):
+        client = TeacherClient(ExtractiveBackend(schema), cfg)
+        assert (client.concurrency, client.max_retries) == (schema.concurrency, schema.max_retries) == (8, 6)
+        assert (client.backoff_base_s, client.backoff_max_s) == (schema.backoff_base_s, schema.backoff_max_s)
+    assert TeacherClient(ExtractiveBackend(schema), {"concurrency": 2}).concurrency == 2

@@ -48,7 +48,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exp3rt.config import ConfigError
+from exp3rt.config import ConfigError, TeacherConf
 from exp3rt.teacher.backends.base import (
     ChatRequest,
     ChatResponse,
@@ -113,6 +113,15 @@ class BudgetExceeded(TeacherError):
         self.calls = calls
         self.not_sent = not_sent
         self.results = results or []
+
+
+_SCHEMA = TeacherConf()
+
+
+def setting(cfg: Any, name: str) -> Any:
+    """``teacher.<name>`` of ``cfg``; a key that a partial config (a dict, a test's object) leaves out
+    takes the schema's default, the value a composed run would have."""
+    return _field(cfg, name, getattr(_SCHEMA, name))
 
 
 @dataclass
@@ -228,13 +237,13 @@ class TeacherClient:
         self.cache = cache
         self.ledger = ledger
         self.progress = progress
-        self.concurrency = max(1, int(_field(cfg, "concurrency", 1)))
-        self.max_retries = max(0, int(_field(cfg, "max_retries", 0)))
-        self.backoff_base_s = float(_field(cfg, "backoff_base_s", 1.0))
-        self.backoff_max_s = float(_field(cfg, "backoff_max_s", 60.0))
-        self.batch_size = max(1, int(_field(cfg, "batch_size", 1) or 1))
+        self.concurrency = max(1, int(setting(cfg, "concurrency")))
+        self.max_retries = max(0, int(setting(cfg, "max_retries")))
+        self.backoff_base_s = float(setting(cfg, "backoff_base_s"))
+        self.backoff_max_s = float(setting(cfg, "backoff_max_s"))
+        self.batch_size = max(1, int(setting(cfg, "batch_size") or 1))
         self.batched = bool(getattr(backend, "batched", backend.name == "hf")) and self.batch_size > 1
-        max_cost = _field(cfg, "max_cost_usd")
+        max_cost = setting(cfg, "max_cost_usd")
         self.max_cost_usd: float | None = None if max_cost is None else float(max_cost)
         self.price_in, self.price_out, self.price_known = self._price(backend.model)
         if self.max_cost_usd is not None and not self.price_known:
@@ -244,8 +253,8 @@ class TeacherClient:
                 f"'{backend.model}': {price_advice(backend.model)}, or run without a cap: "
                 "teacher.max_cost_usd=null"
             )
-        rpm = _field(cfg, "requests_per_minute")
-        tpm = _field(cfg, "tokens_per_minute")
+        rpm = setting(cfg, "requests_per_minute")
+        tpm = setting(cfg, "tokens_per_minute")
         # Requests are paced evenly (a bucket of one); tokens may burst up to one second's worth.
         self._rpm = RateLimiter(float(rpm), capacity=1.0) if rpm else None
         self._tpm = RateLimiter(float(tpm)) if tpm else None
