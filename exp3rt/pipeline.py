@@ -365,9 +365,7 @@ def _shared_stage_lock(stage: str, cfg: DictConfig, dirs: dict, split):
         from exp3rt.teacher.annotate import annotation_dir
         from exp3rt.teacher.prompts import Prompts
 
-        prompts = Prompts(
-            cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
-        )
+        prompts = Prompts.for_run(cfg)
         target, _ = annotation_dir(cfg, split, prompts)
     else:
         return contextlib.nullcontext()

@@ -35,9 +35,7 @@ def find_annotation_dir(cfg, prepared, split) -> Path:
     from exp3rt.teacher.annotate import annotation_dir
     from exp3rt.teacher.prompts import Prompts
 
-    prompts = Prompts(
-        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
-    )
+    prompts = Prompts.for_run(cfg)
     path, _ = annotation_dir(cfg, split, prompts)
     stages = (
         ("user_profile", "item_profile", "rationale")

@@ -275,9 +275,7 @@ def _summary(frame: pd.DataFrame) -> dict:
 async def run_stages(
     cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path
 ) -> dict:
-    prompts = Prompts(
-        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
-    )
+    prompts = Prompts.for_run(cfg)
     n, i = int(cfg.num_shards), int(cfg.shard)
     retry_failed = bool(cfg.get("retry_failed", False))
     ctx = AnnotationContext(
@@ -436,9 +434,7 @@ def estimate_stages(
     """Dry run: calls, tokens and cost per stage, calling nothing. Extraction prompts are exact; later
     stages depend on earlier answers, so their prompts are estimated from typical preference-set sizes
     (or measured ones when the extract stage is already done)."""
-    prompts = Prompts(
-        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
-    )
+    prompts = Prompts.for_run(cfg)
     runner = StageRunner(client, prompts, cfg.teacher)
     ctx = AnnotationContext(
         split.train,
@@ -593,9 +589,7 @@ def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
     process waits for it, or with ``lock_wait=false`` stops naming the holder's pid."""
 
     stages = check_run_config(cfg)
-    prompts = Prompts(
-        cfg.prompt, cfg.dataset.domain, float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
-    )
+    prompts = Prompts.for_run(cfg)
     directory, fp = annotation_dir(cfg, split, prompts)
     directory.mkdir(parents=True, exist_ok=True)
     if cfg.dry_run:  # sends nothing, writes no stage file: no lock needed

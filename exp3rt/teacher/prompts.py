@@ -36,6 +36,14 @@ class Prompts:
             for part in ("system", "user"):
                 check_placeholders(tpl[part], f"prompt.{stage}.{part}")
 
+    @classmethod
+    def for_run(cls, cfg) -> Prompts:
+        """The prompts of a run's composed config (``prompt``, ``dataset.domain``, ``dataset.scale``): the
+        one place annotation, training and the pipeline build them."""
+        return cls(
+            cfg.prompt, str(cfg.dataset.domain), float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+        )
+
     def version(self, stage: str) -> str:
         return self._versions[stage]
 
