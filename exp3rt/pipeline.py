@@ -146,6 +146,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     stage artifacts a real run would write or reuse. For cluster presets checked on a laptop."""
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
+    from exp3rt.student.model import lora_config, quantization_config
     from exp3rt.student.strategies import adam_class, build_strategy
 
     out: dict = {"task": "pipeline", "dry_run": True, "experiment_name": cfg.get("experiment_name")}
@@ -221,34 +222,26 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
         "weights": "not loaded (dry run)",
     }
     if str(cfg.peft.method) == "lora":
-        from peft import LoraConfig
-
-        targets = cfg.peft.target_modules
-        lora = LoraConfig(
-            r=int(cfg.peft.r),
-            lora_alpha=int(cfg.peft.alpha),
-            lora_dropout=float(cfg.peft.dropout),
-            target_modules=targets if isinstance(targets, str) else list(targets),
-            task_type="CAUSAL_LM",
-        )
+        lora = lora_config(cfg.peft)
         out["peft"] = {
             "method": "lora",
             "r": lora.r,
             "alpha": lora.lora_alpha,
             "dropout": lora.lora_dropout,
+            "bias": lora.bias,
             "target_modules": lora.target_modules
             if isinstance(lora.target_modules, str)
             else sorted(lora.target_modules),
         }
     else:
         out["peft"] = {"method": str(cfg.peft.method)}
-    if cfg.student.get("quantization") == "4bit":
-        from transformers import BitsAndBytesConfig
-
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)
+    quantization = quantization_config(cfg.student)
+    if quantization is not None:
         out["student"]["quantization_config"] = {
-            "load_in_4bit": q.load_in_4bit,
-            "quant_type": q.bnb_4bit_quant_type,
+            "load_in_4bit": quantization.load_in_4bit,
+            "quant_type": quantization.bnb_4bit_quant_type,
+            "double_quant": quantization.bnb_4bit_use_double_quant,
+            "compute_dtype": str(quantization.bnb_4bit_compute_dtype).removeprefix("torch."),
         }
     out["eval"] = {
         k: to_container(cfg.eval.get(k))

@@ -343,6 +343,7 @@ def test_paper_imdb_dry_run_builds_everything_but_the_weights(env):
     }
     assert m["peft"]["r"] == 128 and m["peft"]["target_modules"] == "all-linear"
     assert m["student"]["quantization_config"]["load_in_4bit"] is True
+    assert m["peft"]["bias"] == "none" and m["student"]["quantization_config"]["compute_dtype"] == "bfloat16"
     assert m["student"]["weights"] == "not loaded (dry run)"
     est = m["teacher"]["estimate"]
     assert (

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
+from exp3rt.student.strategies import adam_class
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +220,11 @@ class StudentModule(pl.LightningModule):
         tokenizer=None,
         rating_from_text=None,
         total_steps: int | None = None,
+        deepspeed_cfg=None,
     ):
         super().__init__()
         self.student_cfg, self.peft_cfg, self.train_cfg = student_cfg, peft_cfg, train_cfg
+        self.deepspeed_cfg = deepspeed_cfg  # the deepspeed group: which Adam (strategies.adam_class)
         self.scale = scale
         self.gen_examples = list(gen_examples or [])
         self.tokenizer = tokenizer
@@ -362,15 +365,7 @@ class StudentModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        strategy = type(self.trainer.strategy).__name__ if self.trainer else ""
-        if "DeepSpeed" in strategy and getattr(self.trainer.strategy, "config", {}).get(
-            "zero_optimization", {}
-        ).get("offload_optimizer"):
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            opt = DeepSpeedCPUAdam(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
-        else:
-            opt = torch.optim.AdamW(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
+        opt = adam_class(self.deepspeed_cfg)(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
         total = self.total_steps or (self.trainer.estimated_stepping_batches if self.trainer else 1000)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(str(self.train_cfg.scheduler), int(self.train_cfg.warmup_steps), int(total))

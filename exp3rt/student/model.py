@@ -63,20 +63,43 @@ def load_base_model(student_cfg):
     kwargs = {"dtype": DTYPES[str(student_cfg.dtype)]}  # a value the schema checked (config.Dtype)
     if student_cfg.attn_implementation:
         kwargs["attn_implementation"] = student_cfg.attn_implementation
-    if student_cfg.quantization == "4bit":
-        try:
-            from transformers import BitsAndBytesConfig
-        except ImportError as e:  # pragma: no cover
-            raise ConfigError(
-                "student.quantization=4bit needs bitsandbytes: pip install -e '.[qlora]'"
-            ) from e
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+    quantization = quantization_config(student_cfg)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     return AutoModelForCausalLM.from_pretrained(str(ensure_model_folder(student_cfg)), **kwargs)
+
+
+def quantization_config(student_cfg):
+    """The ``BitsAndBytesConfig`` of ``student.quantization=4bit`` (NF4, double quantisation, bf16
+    compute), None without quantization: what training loads and what the dry run reports."""
+    if student_cfg.get("quantization") != "4bit":
+        return None
+    try:
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:  # pragma: no cover
+        raise ConfigError("student.quantization=4bit needs bitsandbytes: pip install -e '.[qlora]'") from e
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def lora_config(peft_cfg):
+    """The peft ``LoraConfig`` of ``peft.method=lora``: what training wraps the model with and what the
+    dry run reports."""
+    from peft import LoraConfig
+
+    targets = peft_cfg.target_modules
+    return LoraConfig(
+        r=int(peft_cfg.r),
+        lora_alpha=int(peft_cfg.alpha),
+        lora_dropout=float(peft_cfg.dropout),
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        bias=peft_cfg.bias,
+        task_type="CAUSAL_LM",
+    )
 
 
 def wrap_peft(model, peft_cfg, gradient_checkpointing: bool = False):
@@ -87,20 +110,11 @@ def wrap_peft(model, peft_cfg, gradient_checkpointing: bool = False):
         model.config.use_cache = False
     if str(peft_cfg.method) == "none":  # a value the schema checked (config.PeftMethod)
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    targets = peft_cfg.target_modules
-    targets = targets if isinstance(targets, str) else list(targets)
-    config = LoraConfig(
-        r=int(peft_cfg.r),
-        lora_alpha=int(peft_cfg.alpha),
-        lora_dropout=float(peft_cfg.dropout),
-        target_modules=targets,
-        bias=peft_cfg.bias,
-        task_type="CAUSAL_LM",
-    )
+    config = lora_config(peft_cfg)
     model = get_peft_model(model, config)
     if gradient_checkpointing:
         model.enable_input_require_grads()

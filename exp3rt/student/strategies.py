@@ -195,7 +195,9 @@ def build_strategy(
 
 
 #: ``trainer`` group keys that are not ``Trainer`` arguments.
-_NOT_TRAINER_ARGS = ("strategy", "process_group_backend", "slurm_tasks_per_node")
+# keys of the trainer group that are not Trainer arguments (the strategy is built from the first two; the
+# checkpoint cadence configures the run's ModelCheckpoint)
+_NOT_TRAINER_ARGS = ("strategy", "process_group_backend", "slurm_tasks_per_node", "checkpoint_every_n_steps")
 
 
 def trainer_kwargs(trainer_cfg: Any, deepspeed_cfg: Any = None, micro_batch_size: int | None = None) -> dict:

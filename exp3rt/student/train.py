@@ -175,7 +175,7 @@ def _train(cfg, run_dir: Path) -> dict:
     from exp3rt.student.lightning import StudentDataModule, StudentModule
     from exp3rt.student.model import load_tokenizer
     from exp3rt.student.ratings import RatingTokens
-    from exp3rt.student.strategies import build_strategy
+    from exp3rt.student.strategies import trainer_kwargs
     from exp3rt.student.tokenize import answer_token_stats, build_dataset, collate
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +231,7 @@ def _train(cfg, run_dir: Path) -> dict:
         gen_examples,
         tokenizer,
         rating_from_text=ratings.from_text,
+        deepspeed_cfg=cfg.deepspeed,
     )
 
     run_name = (
@@ -255,19 +256,7 @@ def _train(cfg, run_dir: Path) -> dict:
         loggers.append(wb)
     tc = cfg.trainer
     trainer = pl.Trainer(
-        accelerator=str(tc.accelerator),
-        devices=int(tc.devices),
-        num_nodes=int(tc.num_nodes),
-        precision=str(tc.precision),
-        strategy=build_strategy(tc, cfg.deepspeed, micro_batch_size=micro),
-        max_steps=int(tc.max_steps),
-        max_epochs=tc.max_epochs,
-        accumulate_grad_batches=int(tc.accumulate_grad_batches or 1),
-        gradient_clip_val=tc.gradient_clip_val,
-        val_check_interval=tc.val_check_interval,
-        log_every_n_steps=int(tc.log_every_n_steps),
-        limit_val_batches=tc.limit_val_batches,
-        deterministic=bool(tc.deterministic),
+        **trainer_kwargs(tc, cfg.deepspeed, micro_batch_size=micro),
         default_root_dir=str(run_dir),
         logger=loggers or False,
         # enable_version_counter=False: a resumed run overwrites last.ckpt. Lightning recognises its own
