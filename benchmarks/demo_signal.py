@@ -34,7 +34,7 @@ from exp3rt.data.prepare import prepare_dataset
 from exp3rt.data.splits import prepare_split
 from exp3rt.data.synthetic import vocab_for
 from exp3rt.student.examples import build_examples, direct_ablation
-from exp3rt.student.train import find_annotation_dir
+from exp3rt.teacher.annotate import find_annotation_dir
 
 SECTION = re.compile(r"^\[(Like|Dislike|Average Rating)\]\s*$")
 

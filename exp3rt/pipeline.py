@@ -322,7 +322,7 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
             from exp3rt.student.train import latest_checkpoint
 
             resume = latest_checkpoint(d) is not None  # a DeepSpeed last.ckpt is a folder
-            results[stage] = _train(cfg, d, resume)
+            results[stage] = _train(cfg, d, resume, prepared, split)
             finish(
                 stage, "resumed" if resume else "ran", started, global_step=results[stage].get("global_step")
             )
@@ -417,11 +417,12 @@ def artifact_usage(directory: Path) -> dict:
     return total
 
 
-def _train(cfg: DictConfig, d: Path, resume: bool) -> dict:
+def _train(cfg: DictConfig, d: Path, resume: bool, prepared, split) -> dict:
     from exp3rt.student.train import train
+    from exp3rt.teacher.annotate import find_annotation_dir
 
     tcfg = _stage_cfg(cfg, ckpt_path="last" if resume else None, task_name="train")
-    return train(tcfg, d)
+    return train(tcfg, d, find_annotation_dir(tcfg, prepared, split))
 
 
 def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None = None) -> dict:

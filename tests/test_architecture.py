@@ -54,3 +54,48 @@ def test_the_cycle_finder_finds_one():
 
 def test_the_package_has_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+# Lower layers never import higher ones: config and helpers → data/models → teacher/baselines → student →
+# inference → evaluation → pipeline/compare/recipes → cli. Teacher and student meet only through artifacts.
+LAYERS = {
+    "exp3rt.data": 1,
+    "exp3rt.models": 1,
+    "exp3rt.teacher": 2,
+    "exp3rt.baselines": 2,
+    "exp3rt.student": 3,
+    "exp3rt.inference": 4,
+    "exp3rt.evaluation": 5,
+    "exp3rt.pipeline": 6,
+    "exp3rt.compare": 6,
+    "exp3rt.recipes": 6,
+    "exp3rt.cli": 7,
+    "exp3rt.__main__": 8,
+}
+# the tiny offline tokenizer learns its words from the extractive teacher's sentence templates, so the
+# demo's rationales tokenise to whole words
+KNOWN = {("exp3rt.models.tiny", "exp3rt.teacher.backends")}
+
+
+def layer_of(module: str) -> int:
+    hits = [(len(k), v) for k, v in LAYERS.items() if module == k or module.startswith(k + ".")]
+    return max(hits)[1] if hits else 0  # the package's top-level helpers: layer 0
+
+
+def test_no_module_imports_a_higher_layer_nor_do_teacher_and_student_meet():
+    upward = []
+    for module, deps in sorted(import_graph().items()):
+        for dep in sorted(deps):
+            if (module, dep) in KNOWN:
+                continue
+            if layer_of(dep) > layer_of(module):
+                upward.append(f"{module} -> {dep}")
+            if {(module.split(".") + [""])[1], (dep.split(".") + [""])[1]} == {"teacher", "student"}:
+                upward.append(f"{module} -> {dep}")
+    assert upward == []
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert (
+        layer_of("exp3rt.student.lightning") > layer_of("exp3rt.teacher.annotate") > layer_of("exp3rt.config")
+    )

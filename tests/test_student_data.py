@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 
 from exp3rt import CONF_DIR
 from exp3rt.config import AblationConf, ConfigError, ScaleConf, StudentDataConf, validate
+from exp3rt.data.schema import describe_item
 from exp3rt.data.splits import Split
 from exp3rt.student.examples import build_examples, strip_average
 from exp3rt.student.ratings import RatingTextError, RatingTokens
 from exp3rt.student.tokenize import ELLIPSIS, ExampleTooLong, build_dataset, collate, encode, render
-from exp3rt.teacher.stages import describe_item
 
 SMALL_WORLD = [
     "dataset.world.n_users=24",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import pandas as pd
 import pyarrow as pa
@@ -194,3 +195,26 @@ def conform_items(df: pd.DataFrame) -> pd.DataFrame:
 def scale_of(cfg) -> RatingScale:
     """The rating scale a ``dataset`` config declares."""
     return RatingScale(float(cfg.scale.min), float(cfg.scale.max), float(cfg.scale.step))
+
+
+def round_rating(mean: Fraction | float) -> float:
+    """One decimal, halves rounded up (4.25 → 4.3, 4.249… → 4.2), computed exactly on the fraction —
+    Python's ``round`` would round half to even on a binary float (``round(4.25, 1) == 4.2``). The
+    averages in profiles, for teacher and student alike."""
+    frac = Fraction(mean)
+    return float(Fraction(math.floor(frac * 10 + Fraction(1, 2)), 10))
+
+
+def describe_item(row: pd.Series | dict | None, domain: str) -> str:
+    """The item description shown to teacher and student: title, categories, description.
+    Never the ``extra`` column (on the synthetic world it holds the answer)."""
+    if row is None:
+        return "Title: unknown"
+    get = row.get
+    lines = [f"Title: {get('title') or 'unknown'}"]
+    cats = get("categories")
+    if cats is not None and len(cats):
+        lines.append(f"Categories: {', '.join(str(c) for c in cats)}")
+    if get("description"):
+        lines.append(f"Description: {get('description')}")
+    return "\n".join(lines)

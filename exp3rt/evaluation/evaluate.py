@@ -281,12 +281,26 @@ def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         release_students()
 
 
+def trained_on(run: Path, tcfg, prepared, split) -> Path:
+    """The teacher's artifacts the student of ``run`` learnt from: the directory its train.json records,
+    else (a run from before that was recorded, or moved artifacts) the one its config names."""
+    from exp3rt.teacher.annotate import find_annotation_dir
+
+    recorded = (
+        json.loads((run / "train.json").read_text()).get("annotations_dir")
+        if (run / "train.json").is_file()
+        else None
+    )
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return find_annotation_dir(tcfg, prepared, split)
+
+
 def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.evaluation import plots
     from exp3rt.student.examples import build_examples
-    from exp3rt.student.train import find_annotation_dir
 
     run, adapter_dir = find_train_run(cfg.get("run_dir"), cfg.get("adapter"))
     tcfg = load_train_config(run)
@@ -294,7 +308,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_dataset(tcfg.dataset, tcfg.paths.data_dir)
     split = prepare_split(prepared, tcfg.split)
-    ann_dir = find_annotation_dir(tcfg, prepared, split)
+    ann_dir = trained_on(run, tcfg, prepared, split)
     sft = OmegaConf.merge(tcfg.sft, {"tasks": ["rating"]})
     # the test examples are never resampled (merging {} would keep the training weights)
     sft.task_weights = {}

@@ -15,12 +15,13 @@ a batch's whole cache; drop the outputs (or use ``generate_and_read``) to free i
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from exp3rt.student.model import forward_accepts  # noqa: F401  (rerank and tests import it from here)
 
 
 @dataclass
@@ -155,20 +156,6 @@ def crop_cache(cache, length: int) -> None:
     extra = int(cache.get_seq_length()) - int(length)
     if extra > 0:
         cache.crop(-extra)
-
-
-@functools.cache
-def _forward_params(cls) -> frozenset[str]:
-    try:
-        return frozenset(inspect.signature(cls.forward).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
-
-
-def forward_accepts(model, name: str) -> bool:
-    """Whether the causal LM under ``model`` (a peft wrapper passes keyword arguments on) takes ``name``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in _forward_params(type(base))
 
 
 def _cache_kwarg(model) -> str:

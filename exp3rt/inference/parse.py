@@ -12,29 +12,13 @@ always flagged, so failures are never scored silently.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from exp3rt.config import FailurePolicy
+from exp3rt.student.ratings import RATING_RE, parse_rating  # noqa: F401  (training reads them too)
 
-RATING_RE = re.compile(r"Predicted User Rating:\s*(-?\d+(?:\.\d+)?)")
 FALLBACK_POLICIES = tuple(p.value for p in FailurePolicy)
-
-
-def parse_rating(text: str, scale_min: float, scale_max: float, from_text=None) -> float | None:
-    """The rating after ``Predicted User Rating:``; None when absent or outside the scale.
-
-    ``from_text`` (e.g. :meth:`RatingTokens.from_text`) maps the written number back to the dataset's
-    scale (undoing ``sft.rating_offset``); text it rejects is None."""
-    m = RATING_RE.search(text or "")
-    if not m:
-        return None
-    try:
-        value = from_text(m.group(1)) if from_text else float(m.group(1))
-    except ValueError:
-        return None
-    return value if scale_min <= value <= scale_max else None
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,9 @@ from exp3rt.config import (
     check_student_data,
 )
 from exp3rt.data.release import strip_average_section
+from exp3rt.data.schema import describe_item, round_rating
 from exp3rt.student.prompts import StudentPrompts, load_student_prompt
 from exp3rt.student.ratings import RatingTokens
-from exp3rt.teacher.selection import round_rating
-from exp3rt.teacher.stages import describe_item
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from exp3rt.inference.parse import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
+from exp3rt.student.model import forward_accepts
+from exp3rt.student.ratings import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
 from exp3rt.student.strategies import adam_class
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,6 @@ class StudentModule(pl.LightningModule):
         # from_pretrained returns modules in eval mode and Lightning does not flip them: without this, dropout
         # (LoRA or attention) would be silently off; here, before Lightning's own check at the start of fit
         self.model.train()
-        from exp3rt.inference.generate import forward_accepts
-
         self._logits_to_keep = forward_accepts(self.model, "logits_to_keep")
 
     def on_validation_end(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import shlex
 from pathlib import Path
@@ -40,6 +42,20 @@ def ensure_model_folder(student_cfg) -> Path:
             )
         raise ConfigError(f"student.model_path: no model at {path} (no config.json); {how}")
     return path
+
+
+@functools.cache
+def _forward_params(cls) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(cls.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def forward_accepts(model, name: str) -> bool:
+    """Whether the causal LM under ``model`` (a peft wrapper passes keyword arguments on) takes ``name``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in _forward_params(type(base))
 
 
 def is_local_path(name: str) -> bool:

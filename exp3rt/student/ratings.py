@@ -9,8 +9,28 @@ Token ids come from the tokenizer, as the ratings appear after the answer prefix
 from __future__ import annotations
 
 import math
+import re
 
 from exp3rt.prompting import fmt_rating
+
+# the rating the student writes after its reasoning (the answer template's last line)
+RATING_RE = re.compile(r"Predicted User Rating:\s*(-?\d+(?:\.\d+)?)")
+
+
+def parse_rating(text: str, scale_min: float, scale_max: float, from_text=None) -> float | None:
+    """The rating after ``Predicted User Rating:``; None when absent or outside the scale.
+
+    ``from_text`` (e.g. :meth:`RatingTokens.from_text`) maps the written number back to the dataset's
+    scale (undoing ``sft.rating_offset``); text it rejects is None."""
+    m = RATING_RE.search(text or "")
+    if not m:
+        return None
+    try:
+        value = from_text(m.group(1)) if from_text else float(m.group(1))
+    except ValueError:
+        return None
+    return value if scale_min <= value <= scale_max else None
+
 
 RATING_PREFIX = "Predicted User Rating: "
 

@@ -23,35 +23,6 @@ from exp3rt.devices import check_machine
 log = logging.getLogger(__name__)
 
 
-def find_annotation_dir(cfg, prepared, split) -> Path:
-    """The teacher artifacts this student learns from: ``annotations_dir`` when given, else the
-    directory ``exp3rt-annotate`` writes for the same dataset, split, teacher, prompt and annotation
-    settings."""
-    if cfg.get("annotations_dir"):
-        path = Path(cfg.annotations_dir)
-        if not path.is_dir():
-            raise FileNotFoundError(f"annotations_dir does not exist: {path}")
-        return path
-    from exp3rt.teacher.annotate import annotation_dir
-    from exp3rt.teacher.prompts import Prompts
-
-    prompts = Prompts.for_run(cfg)
-    path, _ = annotation_dir(cfg, split, prompts)
-    stages = (
-        ("user_profile", "item_profile", "rationale")
-        if cfg.ablation.reasoning
-        else ("user_profile", "item_profile")
-    )
-    needed = [s for s in stages if not (path / f"{s}.parquet").is_file()]
-    if needed:
-        raise FileNotFoundError(
-            f"no teacher annotations for this dataset/split/teacher in {path} (missing: "
-            f"{', '.join(needed)}): "
-            f"run exp3rt-annotate with the same dataset, split and teacher first, or pass annotations_dir=..."
-        )
-    return path
-
-
 def checkpoint_step(path: Path) -> int | None:
     """The ``global_step`` saved in a Lightning checkpoint file; None when it cannot be read (a file cut
     short by a kill). Memory-mapped: the weights and optimizer state are not read. A DeepSpeed
@@ -146,13 +117,15 @@ def _rank() -> int:
     return 0
 
 
-def train(cfg, run_dir: Path) -> dict:
-    """The whole ``exp3rt-train`` run (minus Hydra). Rank zero holds ``<run_dir>/train.lock`` while it
-    trains, so two runs on one run dir never write one checkpoint at once: the second waits, naming the
-    holder's pid, or with ``lock_wait=false`` stops. (The other ranks of one training join rank zero.)"""
+def train(cfg, run_dir: Path, annotations: Path) -> dict:
+    """The whole ``exp3rt-train`` run (minus Hydra) on the teacher's artifacts in ``annotations`` (the
+    caller finds them: :func:`exp3rt.teacher.annotate.find_annotation_dir`). Rank zero holds
+    ``<run_dir>/train.lock`` while it trains, so two runs on one run dir never write one checkpoint at
+    once: the second waits, naming the holder's pid, or with ``lock_wait=false`` stops. (The other ranks
+    of one training join rank zero.)"""
     check_machine(cfg)
     if _rank() != 0:
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, Path(annotations))
     from exp3rt.locks import file_lock
 
     wait = bool(cfg.get("lock_wait", True))
@@ -162,10 +135,10 @@ def train(cfg, run_dir: Path) -> dict:
         wait=wait,
         hint=", or rerun with lock_wait=true to wait for it" if not wait else "",
     ):
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, Path(annotations))
 
 
-def _train(cfg, run_dir: Path) -> dict:
+def _train(cfg, run_dir: Path, ann_dir: Path) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -183,7 +156,6 @@ def _train(cfg, run_dir: Path) -> dict:
     pl.seed_everything(int(cfg.train.seed), workers=True)
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
-    ann_dir = find_annotation_dir(cfg, prepared, split)
     scale = prepared.dataset.scale
     ratings = RatingTokens.from_config(scale, offset=float(cfg.sft.rating_offset))
     examples = build_examples(

@@ -90,6 +90,32 @@ def annotation_dir(cfg, split: Split, prompts: Prompts) -> tuple[Path, str]:
     return root / f"{cfg.teacher.name}-{fp[:12]}", fp
 
 
+def find_annotation_dir(cfg, prepared, split) -> Path:
+    """The teacher artifacts this student learns from: ``annotations_dir`` when given, else the
+    directory ``exp3rt-annotate`` writes for the same dataset, split, teacher, prompt and annotation
+    settings."""
+    if cfg.get("annotations_dir"):
+        path = Path(cfg.annotations_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"annotations_dir does not exist: {path}")
+        return path
+    prompts = Prompts.for_run(cfg)
+    path, _ = annotation_dir(cfg, split, prompts)
+    stages = (
+        ("user_profile", "item_profile", "rationale")
+        if cfg.ablation.reasoning
+        else ("user_profile", "item_profile")
+    )
+    needed = [s for s in stages if not (path / f"{s}.parquet").is_file()]
+    if needed:
+        raise FileNotFoundError(
+            f"no teacher annotations for this dataset/split/teacher in {path} (missing: "
+            f"{', '.join(needed)}): "
+            f"run exp3rt-annotate with the same dataset, split and teacher first, or pass annotations_dir=..."
+        )
+    return path
+
+
 def stage_file(directory: Path, stage: str, shard: int, num_shards: int, suffix: str = "parquet") -> Path:
     if num_shards > 1:
         return directory / f"{stage}.shard-{shard}-of-{num_shards}.{suffix}"

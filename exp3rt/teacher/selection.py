@@ -52,6 +52,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from exp3rt.config import ConfigError, ItemReviewPolicy
+from exp3rt.data.schema import round_rating  # noqa: F401  (the profiles' averages; tests import it here)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "rating", "helpful_votes", "timestamp")
 # similarities equal to this many decimals count as tied (then user id decides): float noise from the
@@ -869,13 +870,6 @@ class ItemProfilePlan:
 
 # ---------------------------------------------------------------------------------------------------
 # average-rating lines
-
-
-def round_rating(mean: Fraction | float) -> float:
-    """One decimal, halves rounded up (4.25 → 4.3, 4.249… → 4.2), computed exactly on the fraction —
-    Python's ``round`` would round half to even on a binary float (``round(4.25, 1) == 4.2``)."""
-    frac = Fraction(mean)
-    return float(Fraction(math.floor(frac * 10 + Fraction(1, 2)), 10))
 
 
 def _mean_rating(values: pd.Series) -> float | None:

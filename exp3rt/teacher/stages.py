@@ -27,7 +27,7 @@ import pandas as pd
 
 from exp3rt.artifacts import atomic_path
 from exp3rt.config import ConfigError, ItemReviewPolicy, Similarity
-from exp3rt.data.schema import RatingScale
+from exp3rt.data.schema import RatingScale, describe_item, round_rating
 from exp3rt.teacher.backends.base import ChatRequest
 from exp3rt.teacher.formats import (
     FormatProblem,
@@ -38,7 +38,6 @@ from exp3rt.teacher.formats import (
     render_profile,
 )
 from exp3rt.teacher.prompts import Prompts, fmt_rating
-from exp3rt.teacher.selection import round_rating
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +51,6 @@ FAILED_STATUSES = ("failed", "failed_upstream", "missing_input")
 
 def shard_of(key: str, num_shards: int) -> int:
     return int(hashlib.blake2b(key.encode(), digest_size=8).hexdigest(), 16) % num_shards
-
-
-def describe_item(row: pd.Series | dict | None, domain: str) -> str:
-    """The item description shown to teacher and student: title, categories, description.
-    Never the ``extra`` column (on the synthetic world it holds the answer)."""
-    if row is None:
-        return "Title: unknown"
-    get = row.get if isinstance(row, dict) else row.get
-    lines = [f"Title: {get('title') or 'unknown'}"]
-    cats = get("categories")
-    if cats is not None and len(cats):
-        lines.append(f"Categories: {', '.join(str(c) for c in cats)}")
-    if get("description"):
-        lines.append(f"Description: {get('description')}")
-    return "\n".join(lines)
 
 
 @dataclass
