@@ -3,10 +3,10 @@
 The ranges are the ``pyproject.toml`` requirements of the installed ``exp3rt`` (one source: pip enforces
 them at install, this check catches a later ``pip install -U``). Code that reaches into a library's
 internals names it here, so the warning says what may break: the in-place KV cache subclasses
-transformers' cache layers (exp3rt/inference/generate.py), the CPU DeepSpeed strategy overrides Lightning
-and DeepSpeed hooks (exp3rt/student/strategies.py), the CSV history subclasses Lightning's CSV writer
-(exp3rt/student/csv_history.py), and the vLLM backend reads its log-probabilities
-(exp3rt/inference/vllm_backend.py). Each has a plain fallback or fails with a sentence.
+transformers' cache layers (exp3rt/inference/kv_cache.py; EXP3RT_KV_CACHE=plain forces its fallback), the
+CPU DeepSpeed strategy overrides Lightning and DeepSpeed hooks (exp3rt/student/strategies.py), the CSV
+history subclasses Lightning's CSV writer (exp3rt/student/csv_history.py), and the vLLM backend reads its
+log-probabilities (exp3rt/inference/vllm_backend.py). Each has a plain fallback or fails with a sentence.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 #: what each pinned library's range protects
 REACHED_INTO = {
-    "transformers": "the in-place KV cache (exp3rt/inference/generate.py) subclasses its cache layers",
+    "transformers": "the in-place KV cache (exp3rt/inference/kv_cache.py) subclasses its cache layers; "
+    "outside the range generation uses its plain DynamicCache",
     "peft": "LoRA adapters are built, saved, merged and reloaded through it",
     "deepspeed": "the CPU DeepSpeed strategy and ZeRO-3 LoRA init (exp3rt/student/strategies.py, "
     "lightning.py)",

@@ -218,14 +218,14 @@ def test_grouped_prefill_equals_one_padded_forward(tiny, monkeypatch):
         assert max(abs(a - b) for a, b in zip(r1.probs, r2.probs, strict=True)) < 1e-5
 
 
-def test_reserved_cache_layer_matches_concatenation(tiny):
+def test_reserved_cache_layer_matches_concatenation(tiny, automatic_kv_cache):
     """The in-place KV layer holds what DynamicLayer's concatenation holds, through growth past its
     reserve, crops, batch selection and a deep copy."""
     import copy
 
     from transformers.cache_utils import DynamicLayer
 
-    from exp3rt.inference.generate import _reserved_layer_class, new_cache
+    from exp3rt.inference.kv_cache import _reserved_layer_class, new_cache
 
     model, _ = tiny
     assert all(type(layer).__name__ == "ReservedLayer" for layer in new_cache(model, 8).layers)
@@ -255,6 +255,94 @@ def test_reserved_cache_layer_matches_concatenation(tiny):
     ref, res = ref2, res2
     step(1, batch=2)
     assert torch.equal(ref.values, res.values) and res.get_seq_length() == 10
+
+
+@pytest.fixture
+def automatic_kv_cache(monkeypatch):
+    """The KV cache decided afresh with EXP3RT_KV_CACHE unset (and again after the test)."""
+    from exp3rt.inference import kv_cache
+
+    monkeypatch.delenv(kv_cache.ENV, raising=False)
+    kv_cache.cache_kind.cache_clear()
+    yield kv_cache
+    kv_cache.cache_kind.cache_clear()
+
+
+def _generate_and_read_kept(model, tok, prompts, ratings):
+    """Greedy batched generation (grouped prompt pass, one row stopping early) and the cached readout,
+    with the cache each batch used."""
+    first = generate_batch(model, tok, prompts[:1], 12)[0]
+    gens = generate_batch(
+        model, tok, prompts, 12, stop=[tok.decode(first.new_token_ids[4:7])], keep_state=True
+    )
+    reads = read_after(model, tok, gens, ratings)
+    return gens, reads, {type(layer).__name__ for g in gens for layer in g.state.cache.layers}
+
+
+def test_plain_kv_cache_switch_gives_the_same_tokens_and_readouts(tiny, automatic_kv_cache, monkeypatch):
+    """EXP3RT_KV_CACHE=plain: transformers' own DynamicLayers, and the same greedy tokens and rating
+    probabilities as the in-place cache."""
+    from transformers.cache_utils import DynamicLayer
+
+    kv_cache = automatic_kv_cache
+    model, tok = tiny
+    prompts = _prompts(tok, (1, 12, 2, 11, 6))  # several length groups: the merged prompt cache too
+    ratings = RatingTokens(1, 10)
+    assert kv_cache.cache_kind() == "in_place"
+    in_place, in_place_reads, in_place_layers = _generate_and_read_kept(model, tok, prompts, ratings)
+    monkeypatch.setenv(kv_cache.ENV, "plain")
+    kv_cache.cache_kind.cache_clear()
+    assert kv_cache.cache_kind() == "plain"
+    layers = kv_cache.new_cache(model, 8).layers
+    assert len(layers) == model.config.num_hidden_layers and all(type(la) is DynamicLayer for la in layers)
+    plain, plain_reads, plain_layers = _generate_and_read_kept(model, tok, prompts, ratings)
+    assert in_place_layers == {"ReservedLayer"} and plain_layers == {"DynamicLayer"}
+    assert in_place[0].stop_reason == "stop" and any(g.stop_reason == "length" for g in in_place)
+    for a, b, ra, rb in zip(in_place, plain, in_place_reads, plain_reads, strict=True):
+        assert a.new_token_ids == b.new_token_ids and a.stop_reason == b.stop_reason and a.text == b.text
+        assert len(ra.probs) == 10 and max(abs(x - y) for x, y in zip(ra.probs, rb.probs, strict=True)) < 1e-6
+
+
+def test_kv_cache_falls_back_when_dynamic_layer_changes(automatic_kv_cache, monkeypatch, caplog):
+    """A transformers whose DynamicLayer lacks a method the in-place layer relies on: the plain cache, and
+    one warning that names what is missing."""
+    import logging
+
+    from transformers.cache_utils import DynamicLayer
+
+    kv_cache = automatic_kv_cache
+    assert kv_cache.cache_kind() == "in_place"
+    kv_cache.cache_kind.cache_clear()
+    monkeypatch.delattr(DynamicLayer, "lazy_initialization")  # what is left is the mixin's abstract one
+    with caplog.at_level(logging.WARNING, logger=kv_cache.__name__):
+        assert kv_cache.cache_kind() == "plain"
+        assert kv_cache.cache_kind() == "plain"  # decided once: one warning
+    warnings = [r.getMessage() for r in caplog.records if r.name == kv_cache.__name__]
+    assert warnings == [
+        "transformers' DynamicLayer has no lazy_initialization, so generation falls back to transformers' "
+        "DynamicCache (slower decoding, same results)"
+    ]
+
+
+def test_kv_cache_falls_back_outside_the_tested_transformers_range(automatic_kv_cache, monkeypatch, caplog):
+    import logging
+
+    from packaging.version import Version
+
+    from exp3rt import versions
+
+    kv_cache = automatic_kv_cache
+    monkeypatch.setattr(versions, "tested_ranges", lambda: {"transformers": "<6,>=5.0"})
+    monkeypatch.setattr(versions, "_installed", lambda name: Version("6.1.0"))
+    with caplog.at_level(logging.WARNING, logger=kv_cache.__name__):
+        assert kv_cache.cache_kind() == "plain"
+    assert [r.getMessage() for r in caplog.records if r.name == kv_cache.__name__] == [
+        "transformers 6.1.0 is outside the range exp3rt was tested with (<6,>=5.0), so generation falls back "
+        "to transformers' DynamicCache (slower decoding, same results)"
+    ]
+    kv_cache.cache_kind.cache_clear()
+    monkeypatch.setattr(versions, "tested_ranges", lambda: {})  # an uninstalled tree: the API check decides
+    assert kv_cache.cache_kind() == "in_place"
 
 
 def test_sorted_batches_keep_the_input_order(tiny):

@@ -9,18 +9,19 @@ alone and batched greedy output equals one-by-one output.
 With ``keep_state=True`` each :class:`GenOutput` holds a :class:`GenState` (shared by its batch): the
 KV cache of every token fed so far, the prompt mask, and how many generated tokens are in the cache.
 :mod:`exp3rt.inference.readout` continues from it without re-encoding prompt + reasoning. A state holds
-a batch's whole cache; drop the outputs (or use ``generate_and_read``) to free it.
+a batch's whole cache; drop the outputs (or use ``generate_and_read``) to free it. The cache itself (in-place
+layers, or transformers' plain ``DynamicCache`` as fallback) comes from :mod:`exp3rt.inference.kv_cache`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from exp3rt.inference.kv_cache import _plain_layers, new_cache  # benchmarks patch generate.new_cache
 from exp3rt.student.model import forward_accepts  # noqa: F401  (rerank and tests import it from here)
 
 
@@ -66,89 +67,6 @@ def eos_ids(model, tokenizer) -> set[int]:
             continue
         ids.update([source] if isinstance(source, int) else list(source))
     return ids
-
-
-def new_cache(model, reserve: int = 0):
-    """An empty KV cache for ``model``. ``reserve`` > 0: its full-attention layers append in place into
-    room for ``reserve`` tokens (:func:`_reserved_layer_class`) instead of concatenating."""
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache()
-    layers = getattr(cache, "layers", None)
-    if reserve > 0 and layers:
-        reserved = _reserved_layer_class()
-        cache.layers = [reserved(int(reserve)) if _plain_layer(layer) else layer for layer in layers]
-    return cache
-
-
-def _plain_layer(layer) -> bool:
-    """A plain full-attention ``DynamicLayer`` (keys/values (B, H, T, D), appended by concatenation); not a
-    sliding window or any other kind."""
-    from transformers.cache_utils import DynamicLayer
-
-    return type(layer) is DynamicLayer
-
-
-@functools.cache
-def _reserved_layer_class():
-    """``DynamicLayer`` concatenates on every update, so each decoding step copies the whole cache: 74% of
-    a batch-16 step of the tiny student on CPU. This layer writes into a buffer with room for ``reserve``
-    tokens (growing by half when full) and exposes ``keys``/``values`` as views of its filled part.
-    Anything that replaces those views (crop, batch selection, a deep copy) is picked up on the next
-    update: the buffer is rebuilt from them."""
-    from transformers.cache_utils import DynamicLayer
-
-    class ReservedLayer(DynamicLayer):
-        def __init__(self, reserve: int = 0):
-            super().__init__()
-            self.reserve = int(reserve)
-            self._kbuf = self._vbuf = self._kview = None
-            self._filled = 0
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            if (
-                self._kbuf is None
-                or self.keys is not self._kview
-                or self._kbuf.shape[0] != key_states.shape[0]
-            ):
-                self._kbuf = None  # keys/values were replaced from outside: rebuild the buffer from them
-                self._filled = int(self.keys.shape[-2]) if self.keys.numel() else 0
-            need = self._filled + int(key_states.shape[-2])
-            if self._kbuf is None or need > self._kbuf.shape[-2]:
-                room = (
-                    max(need, self.reserve)
-                    if self._kbuf is None
-                    else max(need, self._kbuf.shape[-2] * 3 // 2)
-                )
-                kbuf = key_states.new_empty((*key_states.shape[:2], room, key_states.shape[-1]))
-                vbuf = value_states.new_empty((*value_states.shape[:2], room, value_states.shape[-1]))
-                if self._filled:
-                    kbuf[:, :, : self._filled] = self.keys
-                    vbuf[:, :, : self._filled] = self.values
-                self._kbuf, self._vbuf = kbuf, vbuf
-            self._kbuf[:, :, self._filled : need] = key_states
-            self._vbuf[:, :, self._filled : need] = value_states
-            self._filled = need
-            self.keys = self._kview = self._kbuf[:, :, :need]
-            self.values = self._vbuf[:, :, :need]
-            return self.keys, self.values
-
-        def crop(self, tokens_to_remove: int) -> None:
-            super().crop(tokens_to_remove)
-            if self._kbuf is not None and self.is_initialized:  # still views of the buffer: keep it
-                self._kview, self._filled = self.keys, int(self.keys.shape[-2])
-
-        def reset(self) -> None:
-            self._kbuf = self._vbuf = self._kview = None
-            self._filled = 0
-            super().reset()
-
-    return ReservedLayer
 
 
 def crop_cache(cache, length: int) -> None:
@@ -226,14 +144,6 @@ def length_groups(lengths: Sequence[int], slack: float | None = None) -> list[li
     if current:
         groups.append(current)
     return groups
-
-
-def _plain_layers(cache) -> bool:
-    """A cache whose layers are plain full-attention ``DynamicLayer`` s (keys/values (B, H, T, D)), which
-    :func:`_prefill` can assemble from parts; anything else (sliding windows, transformers 4.x lists) is
-    filled by one forward."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(_plain_layer(layer) for layer in layers)
 
 
 def _prefill(model, rows: list[list[int]], pad_id: int, width: int, reserve: int = 0):

@@ -42,8 +42,8 @@ from exp3rt.inference.generate import (
     forward_step,
     generate_batch,
     length_order,
-    new_cache,
 )
+from exp3rt.inference.kv_cache import new_cache
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
 
