@@ -160,6 +160,17 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write(out: Path, results: list[dict], curves: dict) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = f"{stamp}, {os.cpu_count()} CPUs, OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    (out / "table.md").write_text(f"{head}\n\n{table(results)}\n")
+    (out / "results.json").write_text(
+        json.dumps({"date": stamp, "results": results, "curves": curves}, indent=1)
+    )
+    if any(curves.values()):
+        plot(curves, out / "loss.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -191,22 +202,18 @@ def main() -> None:
     out = args.out.resolve()
     artifacts = (args.artifacts or out / "artifacts").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for seed in args.seeds:
-        results.append(
-            run(f"full-seed{seed}", [f"train.seed={seed}", *args.overrides], out, artifacts, args.model)
-        )
-    for seed in args.seeds if args.ablation_seeds is None else args.ablation_seeds:
-        results.append(
-            run(
-                f"no_reasoning-seed{seed}",
-                ["ablation=no_reasoning", f"train.seed={seed}", *args.overrides],
-                out,
-                artifacts,
-                args.model,
-            )
-        )
-    curves = {f"{r['name']} (bf16)": loss_curve(r.get("student_dir")) for r in results[:1] if r["ok"]}
+    results: list[dict] = []
+    curves: dict[str, list[tuple[int, float]]] = {}
+    ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds
+    plan = [(f"full-seed{seed}", [f"train.seed={seed}"]) for seed in args.seeds]
+    for seed in ablation_seeds:  # each ablation run right after its seed's full run
+        at = next((i + 1 for i, (name, _) in enumerate(plan) if name == f"full-seed{seed}"), len(plan))
+        plan.insert(at, (f"no_reasoning-seed{seed}", ["ablation=no_reasoning", f"train.seed={seed}"]))
+    for name, overrides in plan:
+        results.append(run(name, [*overrides, *args.overrides], out, artifacts, args.model))
+        if len(results) == 1 and results[0]["ok"]:
+            curves[f"{name} (bf16, master weights)"] = loss_curve(results[0].get("student_dir"))
+        write(out, results, curves)  # after every run: a stopped benchmark keeps what it measured
     if not args.no_precision:
         short = [
             "stages=[baselines,annotate,train]",
@@ -223,18 +230,8 @@ def main() -> None:
             r = run(f"precision-{label}", [*short, *prec], out, artifacts, args.model)
             results.append(r)
             curves[f"first {args.precision_steps} steps, {label}"] = loss_curve(r.get("student_dir"))
-    text = table(results)
-    print("\n" + text)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    (out / "table.md").write_text(
-        f"{stamp}, {os.cpu_count()} CPUs, OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}\n\n"
-        f"{text}\n"
-    )
-    (out / "results.json").write_text(
-        json.dumps({"date": stamp, "results": results, "curves": curves}, indent=1)
-    )
-    if any(curves.values()):
-        plot(curves, out / "loss.png")
+            write(out, results, curves)
+    print("\n" + table(results))
     print(
         f"\nwrote {out / 'table.md'}, {out / 'results.json'}"
         + (f", {out / 'loss.png'}" if any(curves.values()) else "")

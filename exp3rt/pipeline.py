@@ -202,7 +202,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
             )
             if k in ds_config
         }
-    out["optimizer"] = adam_class(cfg.deepspeed).__name__
+    out["optimizer"] = adam_class(cfg.deepspeed, str(cfg.trainer.precision)).__name__
     world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     accum = int(cfg.trainer.accumulate_grad_batches or 1)
     out["batch"] = {

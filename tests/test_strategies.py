@@ -352,3 +352,53 @@ def test_zero2_bf16_on_cpu(tiny_model, tmp_path):
     assert result["param_dtype"] == "torch.bfloat16"  # DeepSpeed bf16 computes in bf16
     # the checkpoint holds the fp32 master weights: close to the bf16 model's logits, not equal
     torch.testing.assert_close(reloaded_logits(tiny_model, tmp_path), r0["logits"], rtol=0, atol=0.05)
+
+
+def test_master_weight_adamw_matches_adamw_in_float32_and_learns_where_bf16_adamw_rounds_away():
+    from exp3rt.student.optim import MasterWeightAdamW
+
+    torch.manual_seed(0)
+    start = torch.randn(64, 64) * 0.05
+    grads = [torch.randn(64, 64).to(torch.bfloat16).float() for _ in range(10)]  # exact in bf16 too
+
+    def run(opt_cls, dtype, **kw):
+        p = torch.nn.Parameter(start.clone().to(dtype))
+        opt = opt_cls([p], lr=1e-4, weight_decay=0.01, **kw)
+        for g in grads:
+            p.grad = g.to(dtype)
+            opt.step()
+        return p.detach().float()
+
+    assert torch.allclose(
+        run(MasterWeightAdamW, torch.float32), run(torch.optim.AdamW, torch.float32), atol=1e-7
+    )
+    start = start.to(torch.bfloat16).float()  # the bf16 model's starting point, exactly
+    reference = run(torch.optim.AdamW, torch.float32)
+    moved = (reference - start).abs().mean()
+    plain_bf16 = run(torch.optim.AdamW, torch.bfloat16)
+    master_bf16 = run(MasterWeightAdamW, torch.bfloat16)
+    # plain AdamW on bf16 weights: most of ten 1e-4 steps round away
+    assert (plain_bf16 == start).float().mean() > 0.5
+    assert (plain_bf16 - reference).abs().mean() > 0.3 * moved
+    # with float32 master weights the bf16 model holds the float32 run's weights, rounded
+    assert torch.equal(master_bf16, reference.to(torch.bfloat16).float())
+    assert (
+        master_bf16 != start
+    ).float().mean() > 0.7  # most weights moved (the rest by less than a bf16 step)
+
+
+def test_the_optimizer_follows_precision_and_deepspeed():
+    from exp3rt.student.optim import MasterWeightAdamW
+    from exp3rt.student.strategies import adam_class
+
+    assert (
+        adam_class(None, "bf16-true") is MasterWeightAdamW
+        and adam_class(None, "16-true") is MasterWeightAdamW
+    )
+    assert (
+        adam_class(None, "bf16-mixed") is torch.optim.AdamW
+        and adam_class(None, "32-true") is torch.optim.AdamW
+    )
+    assert (
+        adam_class({"stage": 2, "offload_optimizer": False}, "bf16-true") is torch.optim.AdamW
+    )  # DeepSpeed's own

@@ -364,7 +364,8 @@ class StudentModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = adam_class(self.deepspeed_cfg)(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
+        precision = str(self.trainer.precision) if self._trainer is not None else None
+        opt = adam_class(self.deepspeed_cfg, precision)(params, lr=float(self.train_cfg.lr), weight_decay=0.0)
         total = self.total_steps or (self.trainer.estimated_stepping_batches if self.trainer else 1000)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(str(self.train_cfg.scheduler), int(self.train_cfg.warmup_steps), int(total))

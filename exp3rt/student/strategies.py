@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 
 from exp3rt.config import ConfigError, find_auto
+from exp3rt.student.optim import MasterWeightAdamW
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
@@ -212,14 +213,18 @@ def trainer_kwargs(trainer_cfg: Any, deepspeed_cfg: Any = None, micro_batch_size
     return kwargs
 
 
-def adam_class(deepspeed_cfg: Any = None) -> type[torch.optim.Optimizer]:
+def adam_class(deepspeed_cfg: Any = None, precision: str | None = None) -> type[torch.optim.Optimizer]:
     """The Adam a LightningModule should build: DeepSpeed's CPU Adam when the optimizer is offloaded
-    (DeepSpeed refuses a torch optimizer there), ``torch.optim.AdamW`` otherwise."""
+    (DeepSpeed refuses a torch optimizer there); AdamW with float32 master weights when the weights
+    themselves are 16-bit (``precision`` ``bf16-true``/``16-true`` without DeepSpeed, which keeps its own:
+    :mod:`exp3rt.student.optim`); ``torch.optim.AdamW`` otherwise."""
     ds = _plain(deepspeed_cfg) or {}
     if ds.get("stage") is not None and ds.get("offload_optimizer"):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam
+    if ds.get("stage") is None and str(precision) in ("bf16-true", "16-true"):
+        return MasterWeightAdamW
     return torch.optim.AdamW
 
 
