@@ -33,6 +33,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check exp3rt tests benchmarks experiments
 	$(BIN)/ruff format --check exp3rt tests benchmarks experiments
+	$(BIN)/python -m exp3rt.config_reference --check
 
 bench: setup
 	$(BIN)/python benchmarks/bench_ingest.py

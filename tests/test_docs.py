@@ -98,3 +98,59 @@ def test_checker_catches_a_broken_link(tmp_path):
         "page.md: other.md#no-such (no heading #no-such in other.md)",
         "page.md: pic.png (no such file)",
     ]
+
+
+def _reference_row(text: str, key: str) -> str:
+    rows = [line for line in text.splitlines() if line.startswith(f"| `{key}` |")]
+    assert len(rows) == 1, f"{key}: {len(rows)} rows"
+    return rows[0]
+
+
+def test_config_reference_is_current():
+    """docs/config_reference.md is what the generator renders from exp3rt/config.py (CI's staleness check)."""
+    from exp3rt.config_reference import reference_markdown
+
+    committed = (ROOT / "docs" / "config_reference.md").read_text(encoding="utf-8")
+    assert committed == reference_markdown(), (
+        "docs/config_reference.md is stale: run python -m exp3rt.config_reference"
+    )
+
+
+def test_config_reference_reads_types_defaults_and_comments():
+    from exp3rt.config_reference import documented_keys, parse_comments, reference_markdown
+
+    text = reference_markdown()
+    row = _reference_row(text, "eval.rerank_rating_weight")  # three comment lines above the field
+    assert "`float \\| null`" in row and "`null`" in row
+    assert "null: order by the expected rating alone (the paper's)" in row and "plain rating order" in row
+    assert "`32-true`" in _reference_row(text, "trainer.precision")
+    assert "`OPENAI_API_KEY`" in _reference_row(text, "teacher.api_key_env")
+    assert "never from config" in _reference_row(text, "teacher.api_key_env")  # a trailing comment
+    assert "`one of test, valid`" in _reference_row(text, "eval.split")  # an enum shows its values
+    assert "a hyperparameter search optimises on valid" in _reference_row(text, "eval.split")  # inside ()
+    assert "`required`" in _reference_row(text, "dataset.name")  # MISSING
+    assert "`${exp3rt_slurm_tasks_per_node:}`" in _reference_row(text, "trainer.slurm_tasks_per_node")
+    assert "type: ignore" not in text
+    assert "`[1, 5, 10]`" in _reference_row(text, "eval.ks")
+    assert '`"\\n---\\n"`' in _reference_row(text, "student_prompt.set_separator")
+    assert "`dataset.scale.min`" in text and "### teacher.batch" in text  # nested dataclasses
+    assert "Presets: `cpu`, `ddp`," in text
+    assert text.index("## dataset") < text.index("## split") < text.index("## student_prompt")
+    assert "dataset.kcore.user" in documented_keys() and len(documented_keys()) > 200
+    doc = parse_comments(
+        "class A:\n    '''Doc.'''\n\n    # above\n    x: int = 1\n    y: int = (\n        2  # in\n    )\n"
+    )
+    assert doc["A"].doc == "Doc." and doc["A"].fields == {"x": "above", "y": "in"}
+
+
+def test_config_reference_check_flags_a_stale_file(tmp_path, capsys):
+    from exp3rt.config_reference import main, reference_markdown
+
+    out = tmp_path / "config_reference.md"
+    assert main(["--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == reference_markdown()
+    assert main(["--check", "--out", str(out)]) == 0
+    out.write_text(reference_markdown().replace("`32-true`", "`bf16-mixed`"), encoding="utf-8")
+    assert main(["--check", "--out", str(out)]) == 1
+    assert "is stale: run python -m exp3rt.config_reference" in capsys.readouterr().err
+    assert "bf16-mixed" in out.read_text(encoding="utf-8")  # --check writes nothing
