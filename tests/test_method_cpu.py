@@ -55,8 +55,8 @@ def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_met
         assert flat[f"rating/{model}/n"] == 6, model  # every readout and baseline on the same six pairs
     assert 0 <= flat["reasoning/aspect_precision"] <= 1 and 0 <= flat["reasoning/aspect_recall"] <= 1
     assert 0 < flat["reasoning/distinct_share"] <= 1
-    assert {"rerank/before/ndcg@10", "rerank/after/ndcg@10"} <= set(flat)
-    assert saved["rerank"]["mode"] == "full"
+    assert {"rerank/before/ndcg@10", "rerank/after/ndcg@10", "rerank/rating_only/ndcg@10"} <= set(flat)
+    assert saved["rerank"]["mode"] == "full" and saved["rerank"]["rating_weight"] == 1.0
     # the teacher wrote the compact form: every rationale lists the four overlaps in order
     annotations = Path(saved["stages"]["annotate"]["dir"])
     import pandas as pd
