@@ -496,8 +496,8 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     """Every number as ``section/name/key`` — the names W&B, sweeps, Optuna and exp3rt-compare use:
     ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``, ``retrieval/<model>/<metric>``,
     ``generation/<key>`` (reasoning budget and how many reasonings it cut), ``efficiency/<key>``."""
-    from exp3rt.evaluation.evaluate import flat_metrics as eval_flat
-    from exp3rt.evaluation.evaluate import numbers
+    from exp3rt.evaluation.report import flat_metrics as eval_flat
+    from exp3rt.evaluation.report import numbers
 
     out = eval_flat(
         {

@@ -1,6 +1,11 @@
 """Evaluate a trained student: reasoning then rating on test pairs, both readouts, baselines on the same
 pairs, failure accounting, predictions, report and plots; optionally top-k reranking.
 
+This module runs the evaluation (the trained run and its config, the scored pairs and their guards,
+predictions and readouts, fallbacks and error tables); :mod:`exp3rt.evaluation.report` writes and logs
+what it found (predictions file, report.md, flat metrics, W&B) and :mod:`exp3rt.evaluation.rerank`
+reranks top-k candidates.
+
 The trained run is identified by its saved ``config.yaml`` (never by parsing directory names): the
 dataset, split, teacher/annotation groups, SFT and student settings come from there, so evaluation sees
 exactly the prompts and rating mapping the student was trained with.
@@ -11,17 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
-from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from exp3rt.artifacts import atomic_path, write_json_atomic, write_text_atomic
+from exp3rt.artifacts import write_json_atomic, write_text_atomic
 from exp3rt.config import ConfigError, FailurePolicy, validate
+from exp3rt.evaluation.report import generation_summary, log_to_wandb, report_markdown, write_predictions
+from exp3rt.evaluation.rerank import rerank_candidates
 from exp3rt.inference.prediction import Prediction  # noqa: F401 - also imported from here
 from exp3rt.metrics import mae, rmse
 
@@ -116,13 +120,6 @@ def error_table(preds: list[Prediction], which: str, policy: str, models: dict) 
     return out
 
 
-def write_predictions(preds: list[Prediction], path: Path) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        for p in preds:
-            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-    return path
-
-
 def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating) -> dict:
     from exp3rt.baselines.rating import build_rating_baselines
     from exp3rt.baselines.runner import rating_errors
@@ -137,138 +134,6 @@ def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating)
         )
         out[name] = rating_errors(truth, pred, warm)
     return out
-
-
-def report_markdown(metrics: dict, example: Prediction | None) -> str:
-    from exp3rt.evaluation.report import markdown_table
-
-    ds = metrics["dataset"]
-    tag = " — SYNTHETIC data (exp3rt synthetic world)" if ds.get("synthetic") else ""
-    lines = [
-        f"# exp3rt evaluation: {ds['name']}{tag}",
-        "",
-        f"Student run: `{metrics['train_run']}`; {metrics['rating']['student_expected']['n']} pairs "
-        "scored from the "
-        f"{metrics['protocol'].get('source', 'test split')}; readout mode "
-        f"{metrics['protocol']['mode']}; failure policy "
-        f"{metrics['protocol']['failure_policy']}.",
-        "",
-    ]
-    lines += scored_pairs_lines(metrics["protocol"])
-    rows = []
-    for name, r in metrics["rating"].items():
-        rows.append(
-            [
-                name,
-                r.get("rmse"),
-                r.get("mae"),
-                r.get("rmse_warm"),
-                r.get("rmse_cold"),
-                r.get("parse_rate", 1.0),
-                r.get("failures", 0),
-            ]
-        )
-    gen = metrics.get("generation") or {}
-    if gen.get("finish"):
-        lines += [
-            f"Reasoning budget {gen['max_new_tokens']} tokens ({gen['source']}); reasonings ended: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(gen["finish"].items()))
-            + ".",
-            "",
-        ]
-        if gen.get("warning"):
-            lines += [f"**Warning:** {gen['warning']}.", ""]
-    lines += reasoning_lines(metrics.get("reasoning"))
-    lines += [
-        "## Rating prediction",
-        "",
-        markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows),
-        "",
-    ]
-    if metrics.get("rerank"):
-        rr = metrics["rerank"]
-        keys = sorted(k.split("/", 1)[1] for k in rr if k.startswith("before/"))
-        rows = [[k, rr.get(f"before/{k}"), rr.get(f"after/{k}")] for k in keys]
-        lines += [
-            f"## Top-{rr.get('num_candidates')} reranking ({rr.get('retriever')}, {rr.get('users')} users, "
-            f"{rr.get('seconds_per_user', 0):.3f} s/user)",
-            "",
-            markdown_table(["metric", "first stage", "reranked"], rows),
-            "",
-        ]
-    if example is not None:
-        expected = example.rating_expected
-        if expected is not None:
-            expected = round(expected, 2)
-        lines += [
-            "## Example explanation",
-            "",
-            f"User `{example.user_id}`, item `{example.item_id}`, true rating "
-            f"{example.truth:g}, expected {expected}:",
-            "",
-            "> " + (example.reasoning or "(no reasoning)").replace("\n", "\n> "),
-            "",
-        ]
-    lines += [
-        "![rating distributions](rating_distributions.png)",
-        "",
-        "![confusion](confusion.png)",
-        "",
-        "![calibration](calibration.png)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def reasoning_lines(about: dict | None) -> list[str]:
-    """The report's sentence on whether the reasoning is about the pair (synthetic world only)."""
-    if not about:
-        return []
-
-    def pct(v):
-        return "–" if v is None else f"{100 * v:.0f}%"
-
-    text = (
-        "Reasoning about the pair (synthetic ground truth): of the aspects the reasonings name, "
-        f"{pct(about['aspect_precision'])} "
-        f"are where this user's and this item's profiles meet (precision); of those meeting points, "
-        f"{pct(about['aspect_recall'])} are named (recall); {pct(about['distinct_share'])} of the "
-        "reasonings are distinct texts."
-    )
-    if about.get("teacher_aspect_precision") is not None:
-        text += (
-            f" The teacher's own rationales: precision {pct(about['teacher_aspect_precision'])}, "
-            f"recall {pct(about['teacher_aspect_recall'])}."
-        )
-    return [text, ""]
-
-
-def scored_pairs_lines(protocol: dict) -> list[str]:
-    """The report's sentences on which pairs were scored: none seen in training, file overlap dropped,
-    and how many users are cold (the EXP3RT release's pairs mostly are)."""
-    lines = []
-    warm = protocol.get("warm") or {}
-    if warm:
-        lines.append(
-            f"No scored pair was in the student's or the baselines' training data. {warm['users_cold']} of "
-            f"{warm['users']} users ({warm['pairs_cold']} pairs) are cold: fewer than "
-            f"{warm['warm_min_train']} "
-            "training ratings."
-        )
-    if protocol.get("scored_split") == "valid":
-        lines.append(
-            "These are VALIDATION pairs (eval.split=valid, what a search optimises): report test figures "
-            "from a run with eval.split=test."
-        )
-    overlap = protocol.get("overlap") or {}
-    if overlap.get("dropped"):
-        lines.append(
-            f"Dropped {overlap['dropped']} of the file's {overlap['file_pairs']} pairs that the "
-            "student trained "
-            f"on ({overlap['in_train']} training, {overlap['in_valid']} validation; "
-            "eval.test_file_overlap=drop)."
-        )
-    return [" ".join(lines), ""] if lines else []
 
 
 def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
@@ -448,7 +313,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     plots.confusion(truth[ok], expected[ok], levels, out_dir / "confusion.png", "confusion (expected rating)")
     plots.calibration(truth[ok], expected[ok], out_dir / "calibration.png", "calibration")
     if ev.get("rerank"):
-        metrics["rerank"] = rerank_candidates(tcfg, adapter_dir, ann_dir, prepared, split, ev)
+        metrics["rerank"] = rerank_candidates(
+            tcfg, adapter_dir, ann_dir, prepared, split, ev, readout_ablation(tcfg, str(ev.rerank_mode))
+        )
     example = next((p for p in preds if p.reasoning), preds[0] if preds else None)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, example))
     write_json_atomic(out_dir / "metrics.json", metrics)  # last: the file that says the evaluation finished
@@ -634,204 +501,6 @@ def reasoning_budget(tcfg, ev, run: Path) -> dict:
     else:
         value, source = int(tcfg.student.max_new_tokens), "student.max_new_tokens"
     return {"max_new_tokens": value, "source": source, "training_answer_tokens": trained}
-
-
-def generation_summary(preds: list[Prediction], budget: dict) -> dict:
-    """How the reasonings ended (``finish`` counts), and a warning when some hit the token budget."""
-    finish = Counter(p.finish for p in preds if p.finish is not None)
-    cut = int(finish.get("length", 0))
-    out = {
-        "max_new_tokens": budget["max_new_tokens"],
-        "source": budget["source"],
-        "training_answer_tokens": budget["training_answer_tokens"],
-        "finish": dict(finish),
-        "cut": cut,
-        "cut_rate": cut / max(1, sum(finish.values())) if finish else 0.0,
-    }
-    if cut:
-        out["warning"] = (
-            f"{cut} of {sum(finish.values())} reasonings hit max_new_tokens={budget['max_new_tokens']} "
-            f"({budget['source']}) before the rating prefix: their readout follows an unfinished reasoning; "
-            "raise eval.max_new_tokens"
-        )
-    return out
-
-
-def numbers(prefix: str, values: dict) -> dict[str, float]:
-    """``<prefix>/<key>`` for the numeric values of ``values`` (booleans and text left out)."""
-    return {
-        f"{prefix}/{k}": float(v)
-        for k, v in values.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-
-
-def flat_metrics(metrics: dict) -> dict[str, float]:
-    """``rating/<model>/<key>`` and ``rerank/<key>`` numbers, the names a W&B sweep or dashboard uses."""
-    out = {}
-    for model, r in metrics["rating"].items():
-        out.update(numbers(f"rating/{model}", r))
-    out.update(numbers("rerank", metrics.get("rerank") or {}))
-    out.update(numbers("reasoning", metrics.get("reasoning") or {}))
-    gen = metrics.get("generation") or {}
-    out.update(numbers("generation", {k: gen[k] for k in ("max_new_tokens", "cut", "cut_rate") if k in gen}))
-    return out
-
-
-def log_to_wandb(
-    tcfg, metrics: dict, preds: list[Prediction], out_dir: Path, rows: int, run_id: str | None = None
-) -> str:
-    """The metrics and a table of explanations in W&B: a run of its own (job_type=evaluate, grouped with
-    the training run), or, given ``run_id``, appended to the training run (the pipeline does this, so a
-    sweep's run holds both the training curves and the test metrics). Offline unless the training
-    config asked for online. Secrets never reach it."""
-    import wandb
-
-    from exp3rt.artifacts import scrub_secrets, to_container
-
-    run = wandb.init(
-        project=tcfg.logger.project,
-        entity=tcfg.logger.entity,
-        dir=str(out_dir),
-        job_type="evaluate",
-        group=tcfg.logger.group or tcfg.get("experiment_name") or "default",
-        mode="offline" if tcfg.logger.mode == "offline" else "online",
-        config=scrub_secrets({"train": to_container(tcfg), "protocol": metrics["protocol"]}),
-        tags=[f"dataset:{tcfg.dataset.name}", f"student:{tcfg.student.name}"],
-        reinit="finish_previous",
-        **({"id": run_id, "resume": "allow"} if run_id else {}),
-    )
-    try:
-        table = wandb.Table(columns=["user_id", "item_id", "truth", "expected", "most_likely", "reasoning"])
-        for p in preds[:rows]:
-            table.add_data(p.user_id, p.item_id, p.truth, p.rating_expected, p.rating_argmax, p.reasoning)
-        run.log({"explanations": table, **flat_metrics(metrics)})
-        return str(out_dir / "wandb")
-    finally:
-        run.finish()
-
-
-def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, ev) -> dict:
-    """First-stage candidates (a retriever fitted on the training split, training items excluded) for
-    the test users, scored by the student's expected rating with each user's shared prompt prefix run
-    once, reranked; nDCG/Recall/Hit@k before and after. Candidates the student cannot be prompted for
-    (no shared item profile) keep their first-stage place after the scored ones and are counted."""
-    from exp3rt.baselines.retrievers import build_retrievers, relevant_sets
-    from exp3rt.config import RetrieverBaselinesConf
-    from exp3rt.inference.predict import backend_of, student_for
-    from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
-    from exp3rt.student.examples import candidate_examples
-    from exp3rt.student.prompts import StudentPrompts
-    from exp3rt.student.ratings import RatingTokens
-    from exp3rt.student.tokenize import render
-
-    n = int(ev.num_candidates)
-    part = str(ev.get("split") or "test")
-    # relevant: the part's pairs rated >= baselines.retrieval.positive_threshold (all when null), as the
-    # baselines stage judges its retrievers (its relevant.parquet, read below, was written the same way)
-    threshold = OmegaConf.select(tcfg, "baselines.retrieval.positive_threshold", default=None)
-    relevant = relevant_sets(split.part(part), threshold)  # valid during a search
-    users = sorted(u for u, s in relevant.items() if s)
-    theirs = None
-    if ev.get(
-        "candidates_file"
-    ):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
-        from exp3rt.baselines.retrievers import read_candidates, read_relevant
-
-        given = read_candidates(ev.candidates_file)
-        # judged by the test split of the run that wrote the candidates (relevant.parquet beside them),
-        # which may be another dataset's (the release top-k split); a bare file: this split's test pairs.
-        # A search (eval.split=valid) never reads those test pairs: it is judged by this split's validation
-        # pairs
-        theirs = read_relevant(ev.candidates_file) if part == "test" else None
-        if theirs is not None:
-            relevant = theirs
-            users = sorted(u for u, s in relevant.items() if s)
-        users = [u for u in users if u in given]
-        source = str(ev.candidates_file)
-    else:
-        rcfg = OmegaConf.merge(
-            OmegaConf.structured(RetrieverBaselinesConf),
-            {"models": [str(ev.rerank_retriever)], "num_candidates": n, "positive_threshold": threshold},
-        )
-        given = build_retrievers(rcfg)[str(ev.rerank_retriever)].fit(split.train).recommend(users, n)
-        source = str(ev.rerank_retriever)
-    if ev.get("rerank_max_users"):
-        users = users[: int(ev.rerank_max_users)]
-    first = {u: list(given[u])[:n] for u in users}
-    cands, skipped = candidate_examples(
-        ann_dir,
-        split,
-        prepared.dataset.items,
-        str(tcfg.dataset.domain),
-        prepared.dataset.scale,
-        tcfg.sft,
-        readout_ablation(tcfg, str(ev.rerank_mode)),
-        tcfg.student_prompt,
-        first,
-    )
-    scale = prepared.dataset.scale
-    ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
-    prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix
-    if backend_of(ev) == "vllm":  # the same scores; the engine built for the predictions is reused
-        from exp3rt.inference.vllm_backend import load_vllm_student
-
-        student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)
-        tok, score = student.tokenizer, student.score_candidates
-    else:
-        model, tok = student_for(tcfg, adapter_dir, ev)
-        score = partial(score_candidates, model, tok)
-    prompts_by_user = {
-        u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
-        for u, exs in cands.items()
-    }
-    stats: dict = {}
-    sizes = (
-        {} if backend_of(ev) == "vllm" else {"batch_size": int(ev.batch_size)}
-    )  # vLLM schedules its own batches
-    scores = score(
-        prompts_by_user,
-        ratings,
-        prefix,
-        mode=str(ev.rerank_mode),
-        max_new_tokens=int(ev.max_new_tokens or tcfg.student.max_new_tokens),
-        stats=stats,
-        **sizes,
-    )
-    weight = ev.get("rerank_rating_weight")
-
-    def complete(ranked: dict) -> dict:  # unscored candidates keep their first-stage place after the scored
-        return {
-            u: ranked.get(u, []) + [i for i in first[u] if i not in set(ranked.get(u, []))] for u in first
-        }
-
-    after = complete(rerank(scores, rating_weight=weight, scale=(float(scale.min), float(scale.max))))
-    seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
-    judged = {u: relevant[u] for u in first}
-    out = rerank_metrics(first, after, judged, list(ev.ks), seconds_per_user=seconds)
-    if weight is not None:  # the plain rating order beside the blend, on the same scores
-        plain = rerank_metrics(first, complete(rerank(scores)), judged, list(ev.ks))
-        out.update(
-            {f"rating_only/{k.split('/', 1)[1]}": v for k, v in plain.items() if k.startswith("after/")}
-        )
-    unscored = sum(len(first[u]) - len(cands.get(u, [])) for u in first)
-    out.update(
-        {
-            "retriever": source,
-            "num_candidates": n,
-            "mode": str(ev.rerank_mode),
-            "rating_weight": weight,
-            "backend": backend_of(ev),
-            "relevant": f"this split's {part} pairs"
-            + (f" rated >= {threshold:g}" if threshold is not None else "")
-            if theirs is None
-            else "the candidates' run (relevant.parquet beside the file)",
-            "candidates_unscored": int(unscored),
-            "skipped": skipped,
-            "seconds_per_user": out.get("time_per_user_s", 0.0),
-        }
-    )
-    return out
 
 
 def _default_rating_cfg():
