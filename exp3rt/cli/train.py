@@ -26,12 +26,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.config import validate
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
+    from exp3rt.devices import check_machine
     from exp3rt.student.train import train
     from exp3rt.teacher.annotate import find_annotation_dir
     from exp3rt.threads import apply_threads
 
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
+    check_machine(cfg)  # a GPU trainer on a machine without one: one sentence before any data work
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)  # made once, reused by path
     result = train(cfg, out_dir, find_annotation_dir(cfg, prepared, prepare_split(prepared, cfg.split)))
     if not result.get("is_global_zero", True):

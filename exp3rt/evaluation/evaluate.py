@@ -288,7 +288,9 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
         "rating": rating,
         "generation": generation_summary(preds, budget),
     }
-    if str(ev.mode) != "fast":  # on the synthetic world: is the reasoning about the pair?
+    # on the synthetic world: is the reasoning about the pair? (a student trained without reasoning writes
+    # none: no figures then, rather than a recall of 0)
+    if str(ev.mode) != "fast" and any(p.reasoning for p in preds):
         from exp3rt.evaluation.reasoning import reasoning_about_the_pair
 
         rationale = ann_dir / "rationale.parquet"
