@@ -433,12 +433,12 @@ class StudentConf:
 @dataclass
 class PeftConf:
     method: PeftMethod = PeftMethod.lora  # lora | none (full fine-tune)
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA branch's input
     # "all-linear": every linear layer but lm_head (the paper's choice); or a list of module names
     target_modules: Any = "all-linear"
-    bias: str = "none"
+    bias: str = "none"  # peft's bias training: none | all | lora_only
 
 
 @dataclass
@@ -481,21 +481,22 @@ class TrainerConf:
     ``deepspeed`` group) into what the Trainer takes.
     """
 
-    accelerator: Accelerator = Accelerator.cpu
+    accelerator: Accelerator = Accelerator.cpu  # cpu | gpu
     devices: int = 1  # processes per node (one per GPU)
-    num_nodes: int = 1
-    precision: str = "32-true"  # one of PRECISIONS; 16-mixed needs a GPU
-    strategy: StrategyName = StrategyName.auto
+    num_nodes: int = 1  # machines (SLURM nodes) of one training
+    # 32-true | bf16-true | bf16-mixed | 16-mixed | 16-true (16-mixed needs a GPU; *-true: 16-bit weights)
+    precision: str = "32-true"
+    strategy: StrategyName = StrategyName.auto  # auto | ddp | deepspeed (with the deepspeed group)
     process_group_backend: str | None = None  # null: nccl on GPU, gloo on CPU
     max_steps: int = -1  # -1: run max_epochs
-    max_epochs: int | None = 1
+    max_epochs: int | None = 1  # a cap beside max_steps (whichever comes first)
     # null: derived from train.batch_size (see validate); set: must agree with it
     accumulate_grad_batches: int | None = None
-    gradient_clip_val: float | None = None
+    gradient_clip_val: float | None = None  # clip the gradient norm to this (null: no clipping)
     val_check_interval: Any = None  # int: every n training batches; float in (0, 1]: fraction of an epoch
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = 50  # loss, lr, tokens/s and memory to the loggers
     limit_val_batches: Any = None  # int: batches; float in [0, 1]: fraction
-    deterministic: bool = False
+    deterministic: bool = False  # torch deterministic algorithms (slower)
     checkpoint_every_n_steps: int | None = None  # also write checkpoints/last.ckpt every n optimizer steps
     # the tasks per node of the SLURM job this run is in when Hydra's SLURM launcher started it (one task
     # per device; see slurm_tasks_per_node below); null otherwise. Set by hand for a hand-written sbatch.
@@ -580,14 +581,14 @@ class TrainLoopConf:
     """
 
     seed: int = 42  # the training seed (the split seed lives in `split.seed`)
-    lr: float = 2e-4
-    warmup_steps: int = 0
-    scheduler: SchedulerName = SchedulerName.cosine
-    micro_batch_size: int = 1
-    batch_size: int | None = None
-    gradient_checkpointing: bool = False
+    lr: float = 2e-4  # peak learning rate (AdamW; float32 master weights for 16-bit weights)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many optimizer steps
+    scheduler: SchedulerName = SchedulerName.cosine  # after warm-up: cosine decay to 0 or constant
+    micro_batch_size: int = 1  # examples per forward on one device
+    batch_size: int | None = None  # examples per optimizer step over all devices (see the class docstring)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     val_generate: bool = True  # generate rationales on validation samples during training
-    val_generate_samples: int = 16
+    val_generate_samples: int = 16  # validation pairs decoded for the in-training generation metrics
     # weight of the rating's own tokens (after "Predicted User Rating:") in the training loss, relative to
     # every other answer token (1.0: the plain answer-only loss, the paper's). >1 makes a weak student
     # attend to the number it is judged on instead of spending its capacity on the reasoning's wording.
