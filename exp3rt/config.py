@@ -593,6 +593,11 @@ class TrainLoopConf:
     # every other answer token (1.0: the plain answer-only loss, the paper's). >1 makes a weak student
     # attend to the number it is judged on instead of spending its capacity on the reasoning's wording.
     rating_loss_weight: float = 1.0
+    # weight of the squared error of the expected rating (the student_expected readout: the softmax over
+    # the ratings' tokens after "Predicted User Rating:", the scale mapped onto 0-1), added to the loss.
+    # 0: cross-entropy alone (the paper's). >0 trains the readout evaluation reports as a regression, so
+    # an answer one step off costs less than four off; needs one token per rating (1-5 on any tokenizer).
+    rating_mse_weight: float = 0.0
 
 
 # rating_direct: the rating task's rating-only form (the rating right after the prompt, no reasoning)

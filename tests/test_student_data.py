@@ -686,6 +686,58 @@ def test_answer_logits_skip_the_prompt_positions_and_keep_the_loss(tmp_path):
     assert torch.allclose(logits, full.logits[:, first - 1 :], atol=1e-5)
 
 
+def test_expected_rating_error_reads_the_softmax_over_the_rating_tokens_at_the_rating_position():
+    """Hand-built logits: the expectation over the ratings' tokens (the student_expected readout) against
+    the rating in the labels, on the scale mapped to 0-1; rows without a rating token are left out."""
+    import math
+
+    import torch
+
+    from exp3rt.student.lightning import expected_rating_error
+
+    vocab, ids, values = 10, [3, 4, 5], [1.0, 2.0, 3.0]  # a 1-3 scale spelled by tokens 3, 4, 5
+    logits = torch.zeros(3, 4, vocab)
+    logits[0, 1, 3:6] = torch.tensor([0.0, 0.0, math.log(2.0)])  # row 0 at its rating: p = 1/4, 1/4, 1/2
+    logits[0, 1, 7] = 50.0  # a token outside the ratings never enters the readout
+    labels = torch.tensor([[-100, 9, 5, 1], [-100, 9, 9, 1], [-100, -100, 3, 1]])
+    mask = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 1, 0]])  # row 1: no rating (another task)
+    err, rows = expected_rating_error(logits, labels, mask, ids, values, span=2.0)
+    # row 0: E = 1/4 + 2/4 + 3/2 = 2.25 against 3; row 2: uniform, E = 2 against 1
+    assert rows == 2
+    assert float(err) == pytest.approx((((2.25 - 3) / 2) ** 2 + ((2 - 1) / 2) ** 2) / 2)
+    none, zero = expected_rating_error(logits, labels, torch.zeros_like(mask), ids, values, 2.0)
+    assert none is None and zero == 0
+    logits.requires_grad_(True)
+    err, _ = expected_rating_error(logits, labels, mask, ids, values, 2.0)
+    err.backward()
+    assert logits.grad[0, 1, 5] < 0 < logits.grad[0, 1, 3]  # pushes row 0 towards its true 3
+
+
+def test_rating_tokens_need_one_token_per_rating(tmp_path):
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from exp3rt.config import ConfigError
+    from exp3rt.models.tiny import build_tiny_llama
+    from exp3rt.student.prompts import load_student_prompt
+    from exp3rt.student.ratings import RatingTokens
+    from exp3rt.student.train import rating_tokens
+
+    tok = AutoTokenizer.from_pretrained(
+        str(build_tiny_llama(tmp_path / "m", vocab="bpe", hidden=32, layers=1))
+    )
+    cfg = OmegaConf.create({"train": {"rating_mse_weight": 1.0}, "dataset": {"domain": "movie"}})
+    cfg.student_prompt = load_student_prompt("exp3rt_v1")
+    five = rating_tokens(cfg, RatingTokens(1, 5), tok)
+    assert sorted(five.values()) == [1.0, 2.0, 3.0, 4.0, 5.0] and len(set(five)) == 5
+    assert [tok.decode([i]).strip() for i in five] == ["1", "2", "3", "4", "5"]
+    with pytest.raises(ConfigError, match="rating_mse_weight=0") as e:
+        rating_tokens(cfg, RatingTokens(1, 10), tok)  # "10" is two digit tokens here
+    assert "10" in str(e.value)
+    cfg.train.rating_mse_weight = 0.0
+    assert rating_tokens(cfg, RatingTokens(1, 10), tok) is None
+
+
 def test_rating_direct_adds_each_training_pair_in_the_rating_only_form(world, tok):
     from exp3rt.student.tokenize import encode
 

@@ -186,6 +186,36 @@ def weighted_answer_loss(logits, labels, rating_mask, weight: float):
     return (ce * w).sum() / w.sum().clamp(min=1.0)
 
 
+def expected_rating_error(logits, labels, rating_mask, ids, values, span: float):
+    """Mean squared error of the expected rating at each row's rating position, the scale mapped onto 0–1,
+    and how many rows it covered.
+
+    The distribution is the model's next-token softmax restricted to the ratings' tokens (``ids``, one
+    token per rating, in the order of ``values``): the readout that evaluation reports as
+    ``student_expected``. Cross-entropy teaches the most likely token; this term trains the expectation
+    itself (regression-aware fine-tuning), so a rating one step off costs less than one four steps off.
+    Rows without a rating token, or whose rating token is not among ``ids``, are left out. Returns
+    ``(None, 0)`` when no row has one."""
+    target = labels[:, 1:]
+    at = rating_mask[:, 1:].bool() & (target != -100)
+    has = at.any(dim=1)
+    if not bool(has.any()):
+        return None, 0
+    rows = has.nonzero().squeeze(1)
+    pos = at.float().argmax(dim=1)[rows]  # the first rating token of each row
+    ids_t = torch.as_tensor(ids, device=logits.device)
+    match = target[rows, pos][:, None] == ids_t[None, :]
+    ok = match.any(dim=1)
+    if not bool(ok.any()):
+        return None, 0
+    rows, pos, match = rows[ok], pos[ok], match[ok]
+    vals = torch.as_tensor(values, dtype=torch.float32, device=logits.device)
+    probs = torch.softmax(logits[rows, pos][:, ids_t].float(), dim=-1)
+    truth = vals[match.float().argmax(dim=1)]
+    err = ((probs * vals).sum(-1) - truth) / float(span)
+    return (err**2).mean(), int(rows.numel())
+
+
 def answer_logits(model, batch, keep_all: bool = False):
     """(logits, labels, rating_mask) from the last position before the batch's earliest answer token
     onward. The prompt's positions never enter the loss, so projecting them onto the vocabulary (most
@@ -222,6 +252,7 @@ class StudentModule(pl.LightningModule):
         rating_from_text=None,
         total_steps: int | None = None,
         deepspeed_cfg=None,
+        rating_tokens: dict[int, float] | None = None,
     ):
         super().__init__()
         self.student_cfg, self.peft_cfg, self.train_cfg = student_cfg, peft_cfg, train_cfg
@@ -231,6 +262,8 @@ class StudentModule(pl.LightningModule):
         self.tokenizer = tokenizer
         self.rating_from_text = rating_from_text
         self.total_steps = total_steps
+        # each rating's single token after the answer prefix -> its value (train.rating_mse_weight)
+        self.rating_tokens = dict(rating_tokens or {})
         self.model = None
         self._logits_to_keep = False
         self._t_last: float | None = None
@@ -270,6 +303,15 @@ class StudentModule(pl.LightningModule):
         n = batch["input_ids"].shape[0]
         logits, labels, mask = answer_logits(self.model, batch, keep_all=not self._logits_to_keep)
         loss = weighted_answer_loss(logits, labels, mask, w)
+        mse_w = float(self.train_cfg.get("rating_mse_weight", 0.0) or 0.0)
+        if mse_w > 0 and self.rating_tokens:
+            ids, values = list(self.rating_tokens), list(self.rating_tokens.values())
+            err, rows = expected_rating_error(
+                logits, labels, mask, ids, values, self.scale[1] - self.scale[0]
+            )
+            if err is not None:
+                loss = loss + mse_w * err
+                self.log("train/rating_mse", err.detach(), on_step=True, on_epoch=False, batch_size=rows)
         if w != 1.0:
             self.log(
                 "train/loss_unweighted",

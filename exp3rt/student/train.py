@@ -117,6 +117,26 @@ def _rank() -> int:
     return 0
 
 
+def rating_tokens(cfg, ratings, tokenizer) -> dict[int, float] | None:
+    """Token id -> rating value after the student's answer prefix, for ``train.rating_mse_weight`` (None
+    when the weight is 0). The expected-rating loss reads one next-token distribution, so every rating
+    must be one token there; a scale whose ratings take several (a tokenizer that splits "10" or "4.5")
+    is a configuration error, not a silent skip."""
+    if not float(cfg.train.get("rating_mse_weight", 0.0) or 0.0) > 0:
+        return None
+    from exp3rt.student.prompts import StudentPrompts
+
+    prefix = StudentPrompts(cfg.student_prompt, str(cfg.dataset.domain), ratings).rating_prefix
+    seqs = ratings.token_ids(tokenizer, prefix)
+    multi = [t for t, ids in zip(ratings.texts, seqs, strict=True) if len(ids) != 1]
+    if multi:
+        raise ConfigError(
+            f"train.rating_mse_weight needs every rating written as one token after {prefix!r}; this "
+            f"tokenizer spells {', '.join(multi[:3])} with several: set train.rating_mse_weight=0"
+        )
+    return {ids[0]: float(r) for ids, r in zip(seqs, ratings.ratings, strict=True)}
+
+
 def train(cfg, run_dir: Path, annotations: Path) -> dict:
     """The whole ``exp3rt-train`` run (minus Hydra) on the teacher's artifacts in ``annotations`` (the
     caller finds them: :func:`exp3rt.teacher.annotate.find_annotation_dir`). Rank zero holds
@@ -204,6 +224,7 @@ def _train(cfg, run_dir: Path, ann_dir: Path) -> dict:
         tokenizer,
         rating_from_text=ratings.from_text,
         deepspeed_cfg=cfg.deepspeed,
+        rating_tokens=rating_tokens(cfg, ratings, tokenizer),
     )
 
     run_name = (
