@@ -87,30 +87,32 @@ class OverlapPolicy(StrEnum):
 
 @dataclass
 class ScaleConf:
-    min: float = 1.0
-    max: float = 5.0
-    step: float = 1.0
+    min: float = 1.0  # the lowest rating; a loader treats a rating outside [min, max] as bad input
+    max: float = 5.0  # the highest rating; must be above min
+    step: float = 1.0  # valid ratings are min + k·step (0.5 admits 3.5); an off-step rating is bad input
 
 
 @dataclass
 class KCoreConf:
     user: int = 0  # keep users with at least this many interactions (0 = no filter)
-    item: int = 0
+    item: int = 0  # keep items with at least this many interactions (0 = no filter); alternates with `user`
 
 
 @dataclass
 class SyntheticWorldConf:
-    seed: int = 7
-    n_users: int = 200
-    n_items: int = 150
-    min_per_user: int = 8
-    max_per_user: int = 30
+    seed: int = 7  # seeds every draw of the world: the same seed and settings give the same dataset
+    n_users: int = 200  # users generated (ids u0001, u0002, …)
+    n_items: int = 150  # items generated (ids i0001, …)
+    min_per_user: int = 8  # fewest items a user rates (each user's count is uniform in [min, max])
+    max_per_user: int = 30  # most items a user rates; at most n_items
+    # aspects each user values: +1.1 points (1–5 scale) when the item is strong in one, -1.3 if weak
     likes_per_user: int = 3
+    # aspects each user minds, apart from the likes: -2.2 points when the item is weak in one, +0.25 if strong
     dislikes_per_user: int = 2
     noise: float = 0.35  # std of the rating noise, in points of a 1–5 scale (scaled for other scales)
     popularity_skew: float = 1.0  # Zipf exponent of item popularity (0 = uniform)
-    strong_per_item: int = 3
-    weak_per_item: int = 2
+    strong_per_item: int = 3  # aspects an item is strong in (genre-tilted; its description names them)
+    weak_per_item: int = 2  # aspects an item is weak in (only reviews reveal them, never the description)
     selection_bias: float = 0.5  # how much users pick items whose description promises what they like
     base: float = 4.3  # the rating before biases and matches, in points of a 1–5 scale
     user_bias_std: float = 0.7  # spread of users' personal tendencies (harsh … generous)
@@ -121,20 +123,30 @@ class SyntheticWorldConf:
 class ReleaseFilesConf:
     """File names (relative to ``dataset.path``) of an EXP3RT release directory; null = absent."""
 
+    # a rating file (JSON list) whose pairs are labelled train for split.strategy=predefined; at least one
+    # of rating_train / rating_valid / rating_test must be set
     rating_train: str | None = None
-    rating_valid: str | None = None
-    rating_test: str | None = None
+    rating_valid: str | None = None  # a rating file whose pairs are labelled valid (see rating_train)
+    rating_test: str | None = None  # a rating file whose pairs are labelled test (see rating_train)
+    # {user_id, user_persona} records: adds the users the rating files lack to the profiles teacher=release
+    # imports
     user_profiles: str | None = None
+    # {item_id, item_synopsis} records: adds the items the rating files lack to extras/item_profiles.parquet,
+    # which no stage reads (teacher=release takes each pair's synopsis from the rating files)
     item_profiles: str | None = None
+    # the release's profile SFT file ({instruction, input, output}): kept as extras/user_profile_sft.parquet;
+    # no stage reads it
     user_profile_sft: str | None = None
-    item_profile_sft: str | None = None
+    item_profile_sft: str | None = None  # like user_profile_sft, for item profiles; no stage reads it
+    # a LightGCN folder (train.txt, test.txt, id lists): kept as extras/topk_train.parquet and
+    # topk_test.parquet, which no stage reads (loader lightgcn_topk loads such a folder as a dataset)
     topk_dir: str | None = None
 
 
 @dataclass
 class DatasetConf:
-    name: str = MISSING
-    loader: Loader = MISSING
+    name: str = MISSING  # names the prepared data, annotation and student folders (<name>-…) and W&B tags
+    loader: Loader = MISSING  # which reader builds the interactions from dataset.path (allowed values below)
     domain: str = "item"  # the noun prompts use: movie / book / product
     scale: ScaleConf = field(default_factory=ScaleConf)
     path: str | None = None  # main file or directory
@@ -145,10 +157,17 @@ class DatasetConf:
     column_names: list[str] | None = None  # tabular without header
     fields: dict[str, str] = field(default_factory=dict)  # canonical field -> source column
     item_fields: dict[str, str] = field(default_factory=dict)  # canonical item field -> source column
+    # text encoding of the amazon2018 files and of tabular CSV/TSV/JSONL files; other loaders ignore it
     encoding: str = "utf-8"
+    # true: the first bad input record stops loading, naming file, line and field; false: such records are
+    # skipped and counted in the prepared data's data_report.md
     strict: bool = True
     require_review: bool = True  # an empty review is bad input (false for rating-only data)
+    # a (user, item) pair rated more than once: keep_first in file order, keep_latest by timestamp (file order
+    # breaks ties), or error naming both lines; lightgcn_topk: a pair in train.txt and test.txt (data/topk.py)
     duplicates: DuplicatePolicy = DuplicatePolicy.keep_first
+    # amazon2018: a review repeated under other product variants' asins (allowed values below); other
+    # loaders ignore it
     variants: VariantPolicy = VariantPolicy.keep_one
     kcore: KCoreConf = field(default_factory=KCoreConf)
     world: SyntheticWorldConf = field(default_factory=SyntheticWorldConf)
@@ -157,11 +176,15 @@ class DatasetConf:
 
 @dataclass
 class SplitConf:
-    strategy: SplitStrategy = SplitStrategy.random
+    strategy: SplitStrategy = SplitStrategy.random  # how interactions are divided (allowed values below)
     seed: int = (
         42  # the split seed; training seeds are baselines.rating.seed, baselines.retrieval.seed, train.seed
     )
+    # share held out as test: of all interactions (random, temporal), of each user's (per_user, rounded per
+    # user; unused with leave_n_out), of the users (unseen_user); predefined ignores it
     test_ratio: float = 0.2
+    # share held out for validation, counted as test_ratio is (0: no validation part); per_user with
+    # leave_n_out: any value > 0 holds out leave_n_out more per user; test_ratio + valid_ratio < 1
     valid_ratio: float = 0.0
     leave_n_out: int | None = None  # per_user: hold out n per user instead of a ratio
     order: HoldoutOrder = HoldoutOrder.random  # per_user: which interactions are held out
@@ -174,18 +197,20 @@ class RatingBaselinesConf:
     """Classical rating predictors (``exp3rt.baselines.rating``). MF defaults were chosen on a
     validation split carved from the ML-100k training part (seeded 80/20, then 90/10)."""
 
+    # the rating predictors the baselines stage fits on train and scores on test (RMSE, MAE), in this order:
+    # global_mean | user_mean | item_mean | bias | biased_mf
     models: list[str] = field(
         default_factory=lambda: ["global_mean", "user_mean", "item_mean", "bias", "biased_mf"]
     )
     bias_reg: float = 5.0  # L2 on b_u, b_i of the `bias` model (shrinks sparse users/items toward mu)
     bias_iters: int = 15  # alternating closed-form sweeps
-    mf_factors: int = 100
-    mf_epochs: int = 40
-    mf_lr: float = 0.02
+    mf_factors: int = 100  # biased_mf: latent factors per user and per item
+    mf_epochs: int = 40  # biased_mf: SGD passes over the training ratings
+    mf_lr: float = 0.02  # biased_mf: the SGD learning rate of the first epoch (see mf_lr_decay)
     mf_lr_decay: float = 0.95  # learning rate multiplied by this after every epoch
     mf_reg: float = 0.08  # L2 on factors
     mf_bias_reg: float = 0.02  # L2 on biases
-    mf_init_std: float = 0.1
+    mf_init_std: float = 0.1  # biased_mf: std of the normal initialisation of the factors (biases start at 0)
     mf_batch_size: int = 512  # vectorised SGD mini-batch
     seed: int = 0  # training seed (the split seed lives in `split.seed`)
 
@@ -194,6 +219,8 @@ class RatingBaselinesConf:
 class RetrieverBaselinesConf:
     """First-stage retrievers (``exp3rt.baselines.retrievers``) on implicit feedback."""
 
+    # the retrievers the baselines stage fits and scores (top-k metrics at eval.ks); each writes its top
+    # num_candidates per test user to candidates/<name>.parquet: popularity | bpr_mf | lightgcn
     models: list[str] = field(default_factory=lambda: ["popularity", "bpr_mf", "lightgcn"])
     num_candidates: int = 20  # N candidates per user handed to the reranker (paper: 20)
     positive_threshold: float | None = None  # implicit feedback: ratings >= this count (null: all)
@@ -201,14 +228,14 @@ class RetrieverBaselinesConf:
     # triple. Chosen on a validation split carved from the ML-100k training part (LightGCN: paper's 1e-4).
     dim: int = 64
     lr: float = 0.01  # Adam
-    batch_size: int = 2048
-    bpr_epochs: int = 50
-    bpr_reg: float = 3e-2
-    lightgcn_epochs: int = 30
-    lightgcn_reg: float = 1e-4
+    batch_size: int = 2048  # BPR-MF / LightGCN: training positives per Adam step, each with a negative
+    bpr_epochs: int = 50  # BPR-MF: passes over the training positives
+    bpr_reg: float = 3e-2  # BPR-MF: L2 weight on the ego embeddings of each triple
+    lightgcn_epochs: int = 30  # LightGCN: passes over the training positives
+    lightgcn_reg: float = 1e-4  # LightGCN: L2 weight on the ego (layer-0) embeddings of each triple
     lightgcn_lr: float | None = None  # LightGCN's own Adam learning rate (null: lr, shared with BPR-MF)
-    init_std: float = 0.1
-    lightgcn_layers: int = 3
+    init_std: float = 0.1  # BPR-MF / LightGCN: std of the normal initialisation of the embeddings
+    lightgcn_layers: int = 3  # LightGCN: propagation layers; the embedding averages layers 0..L (0: none)
     seed: int = 0  # training seed (the split seed lives in `split.seed`)
 
 
@@ -220,6 +247,7 @@ class BaselinesConf:
 
 @dataclass
 class EvalConf:
+    # cut-offs k of the top-k metrics (ndcg@k, recall@k, …) of the baseline retrievers and of reranking
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     candidates: str = "full"  # full: rank all non-training items (the protocol is logged)
     # exp3rt-evaluate (student): reasoning then readout (full) or readout alone (fast)
@@ -232,9 +260,11 @@ class EvalConf:
     max_new_tokens: int | None = (
         None  # null: the longest answer the student trained on + 16 (train.json), else student.max_new_tokens
     )
+    # the reasoning of full-mode predictions: false = greedy, true = sampled at eval.temperature (the readout
+    # is read from the rating tokens' probabilities either way; reranking always decodes greedily)
     do_sample: bool = False
-    temperature: float = 1.0
-    seed: int = 0
+    temperature: float = 1.0  # do_sample: the logits are divided by this before sampling
+    seed: int = 0  # do_sample: the sampling seed; also the vLLM engine's seed
     # top-k reranking of a first-stage retriever's candidates by the student's expected rating
     rerank: bool = False
     rerank_retriever: str = "lightgcn"  # popularity | bpr_mf | lightgcn, fitted on the training split
@@ -284,8 +314,8 @@ class TeacherBackendName(StrEnum):
 class PriceConf:
     """USD per one million tokens."""
 
-    input_per_1m: float = 0.0
-    output_per_1m: float = 0.0
+    input_per_1m: float = 0.0  # prompt tokens
+    output_per_1m: float = 0.0  # completion (generated) tokens
 
 
 @dataclass
@@ -295,7 +325,7 @@ class TeacherBatchConf:
     max_requests: int = 50000  # lines per batch (the API's limit)
     max_bytes: int = 190_000_000  # bytes per input file (the API's limit is 200 MB)
     poll_initial_s: float = 5.0  # the first wait between polls; it doubles up to poll_max_s
-    poll_max_s: float = 300.0
+    poll_max_s: float = 300.0  # the longest wait between two polls of the submitted batches, in seconds
     submit_only: bool = False  # submit the stage's batches and exit; a later run collects them
     max_failed_rounds: int = 2  # follow-up batches for lines that failed, then they are recorded as failures
     price_factor: float = 0.5  # batch price = sync price (teacher.prices) x this factor, for every model
@@ -303,41 +333,56 @@ class TeacherBatchConf:
 
 @dataclass
 class TeacherConf:
+    # who writes the annotations (allowed values below)
     backend: TeacherBackendName = TeacherBackendName.extractive
     mode: str = "sync"  # sync: one HTTP call per request | batch: the OpenAI Batch API (openai backend only)
     name: str = "extractive"  # a label for runs and W&B tags
+    # openai: the model the server is asked for; hf, extractive, release: a label. It is part of every
+    # answer-cache key and the key of teacher.prices
     model: str = "vader-lexicon"
     # openai backend
     base_url: str | None = None  # null = api.openai.com; e.g. http://localhost:8000/v1 for vLLM
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from config
-    organization: str | None = None
+    organization: str | None = None  # openai: the OpenAI organization id (null: $OPENAI_ORG_ID if set)
     # sampling (the paper: temperature 0.1, max_tokens 200)
     temperature: float = 0.1
+    # most tokens one answer may hold (openai max_tokens, hf max_new_tokens); the budget reserves this much
+    # output per request
     max_tokens: int = 200
+    # openai, hf: sample from the smallest set of tokens whose probability reaches top_p (1.0: no cut)
     top_p: float = 1.0
+    # openai: sent as the request's seed (null: not sent); hf: seeds its sampling, per batch (null: unseeded)
     seed: int | None = None
     # throughput and robustness
-    concurrency: int = 8
-    requests_per_minute: float | None = None
+    concurrency: int = 8  # requests in flight at once (values below 1 count as 1)
+    requests_per_minute: float | None = None  # sends are paced evenly to this rate (null or 0: none)
+    # most tokens sent per minute, counting estimated prompt tokens + max_tokens per request (null or 0: none)
     tokens_per_minute: float | None = None
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # openai: seconds one HTTP call may take; a timeout is a transient failure
+    # retries of a request after a transient failure (timeout, HTTP 429/408/409/5xx, malformed answer);
+    # then it is recorded as failed and the run goes on
     max_retries: int = 6
+    # the wait before the first retry, doubled per retry up to backoff_max_s (a random draw between half
+    # and all of it); a server's Retry-After replaces it
     backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
+    backoff_max_s: float = 60.0  # the longest wait between two retries, in seconds
     repair_retries: int = 2  # re-asks when an answer breaks the stage's format
-    # cost
+    # cost: stop before more than max_cost_usd USD is spent (requests in flight reserved at their worst case,
+    # earlier runs in the same annotation directory counted); needs teacher.prices for the model; null: no cap
     max_cost_usd: float | None = None
     prices: dict[str, PriceConf] = field(default_factory=dict)  # model -> price
     batch: TeacherBatchConf = field(default_factory=TeacherBatchConf)
     # hf backend
-    model_path: str | None = None
-    batch_size: int = 8
+    model_path: str | None = None  # hf: a local model folder (config.json, weights, tokenizer); never the hub
+    batch_size: int = 8  # hf: requests per generate call (left-padded, equal sampling parameters)
     device: str = (
         "auto"  # auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N | mps
     )
+    # hf: the weights' dtype: float32 | bfloat16 | float16 (or fp32, bf16, fp16) | auto (the checkpoint's)
     dtype: str = "float32"
+    # hf: the longest prompt in tokens; a longer one loses tokens from the start of its last user message
     max_input_tokens: int = 2048
-    # release backend
+    # release backend: read by no code; teacher=release imports from the dataset (loader exp3rt_release)
     release_dir: str | None = None
 
 
@@ -354,24 +399,31 @@ class Similarity(StrEnum):
 
 @dataclass
 class AnnotateConf:
+    # which training reviews feed an item profile: all (most helpful first, up to item_max_reviews) |
+    # helpful (the item_k most helpful) | similar_users (per pair: the item_k reviewers nearest the user)
     item_policy: ItemReviewPolicy = ItemReviewPolicy.all
     item_k: int = 3  # helpful / similar_users: how many reviews (paper: k=3 similar users)
     item_max_reviews: int = 30  # policy all: at most this many (most helpful first)
+    # similar_users: how reviewers are ranked against the target user (profile_embedding: after user_profile)
     similarity: Similarity = Similarity.rating_cosine
     user_max_sets: int = 30  # summarise in groups of this many preference sets, then summarise summaries
     context_tokens: int = 3000  # prompt budget for one profile call
     rationale_pairs: str = "train"  # which pairs get rationales: train | train+valid
     max_rationale_pairs: int | None = None  # cap (seeded sample) for cost control
+    # a second teacher call (prompt.consistency) reads the rating implied by each rationale; pairs off by more
+    # than consistency_margin are flagged or regenerated (consistency_action)
     consistency_check: bool = False
-    consistency_margin: float = 1.0
+    consistency_margin: float = 1.0  # largest |implied rating - true rating| that passes, in rating points
     consistency_action: str = "flag"  # flag | regenerate
-    sample_seed: int = 0
+    sample_seed: int = 0  # seed of the rationale pairs sampled when max_rationale_pairs caps them
 
 
 @dataclass
 class PromptTemplate:
+    # the system message: a str.format template filled from {domain}, {domain_title}, {scale_min},
+    # {scale_max} and the stage's own fields; a placeholder the stage does not provide is an error
     system: str = MISSING
-    user: str = MISSING
+    user: str = MISSING  # the user message: a template like system, holding the stage's inputs
 
 
 class RationaleForm(StrEnum):
@@ -385,13 +437,19 @@ class RationaleForm(StrEnum):
 
 @dataclass
 class PromptConf:
+    # a name for these templates; with a hash of each stage's template it forms the prompt version in every
+    # answer-cache key, so edited wording never reuses old answers
     version: str = MISSING
+    # the extractive teacher writes this form, an LLM what prompt.rationale asks for; compact also tags the
+    # rationale stage's prompt version (allowed values below)
     rationale_form: RationaleForm = RationaleForm.narrative
     extract: PromptTemplate = field(default_factory=PromptTemplate)
     user_profile: PromptTemplate = field(default_factory=PromptTemplate)
     item_profile: PromptTemplate = field(default_factory=PromptTemplate)
     rationale: PromptTemplate = field(default_factory=PromptTemplate)
     consistency: PromptTemplate = field(default_factory=PromptTemplate)
+    # the user message sent after an answer that breaks the stage's format ({problem} names what was wrong),
+    # up to teacher.repair_retries times
     repair: str = MISSING
 
 
@@ -416,12 +474,13 @@ class StudentConf:
     """The student model. ``model_path`` is a local folder or a hub id (GPU machines); ``tiny`` builds a
     random Llama with an offline tokenizer into ``model_path`` when it is missing (tests, demo)."""
 
-    name: str = "tiny"
-    model_path: str = MISSING
+    name: str = "tiny"  # a label: in the pipeline's student folder name, the training run's name and W&B tags
+    model_path: str = MISSING  # the base model: a local folder (config.json, weights, tokenizer) or a hub id
     build_tiny: bool = False  # create the tiny offline Llama at model_path if absent
+    # build_tiny: its byte-level BPE tokenizer: byte (no merges) | bpe (400 merges) | words (3,000 merges)
     tiny_vocab: str = "bpe"
-    tiny_hidden: int = 64
-    tiny_layers: int = 2
+    tiny_hidden: int = 64  # build_tiny: hidden size (the MLP is twice that; 4 attention heads)
+    tiny_layers: int = 2  # build_tiny: decoder layers
     dtype: Dtype = Dtype.float32  # float32 | bfloat16 | float16: weights as loaded
     quantization: str | None = None  # null | 4bit (QLoRA through the `qlora` extra: bitsandbytes, GPU)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
@@ -443,13 +502,15 @@ class PeftConf:
 
 @dataclass
 class LoggerConf:
+    # log training to Weights & Biases (mode=disabled: never); false also keeps the run's evaluations off W&B
     wandb: bool = True
-    project: str = "exp3rt"
-    entity: str | None = None
+    project: str = "exp3rt"  # the W&B project of the training run and of its evaluations
+    entity: str | None = None  # the W&B user or team the runs go to (null: the account's default entity)
     mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
     group: str | None = None  # null: the experiment name
+    # extra W&B tags of the training run (its dataset:, teacher:, student:, ablation: tags are added)
     tags: list[str] = field(default_factory=list)
-    csv: bool = True
+    csv: bool = True  # log training metrics to <run dir>/csv/version_0/metrics.csv (Lightning's CSVLogger)
 
 
 class Accelerator(StrEnum):
@@ -547,17 +608,24 @@ class DeepSpeedConf:
     stage: int | None = None  # ZeRO stage 1, 2 or 3; null: DeepSpeed off (deepspeed=none)
     offload_optimizer: str | None = None  # null | cpu | nvme: optimizer states (and step) off the GPU
     offload_param: str | None = None  # null | cpu | nvme: parameters off the GPU (stage 3 only)
-    nvme_path: str = "/local_nvme"
+    nvme_path: str = "/local_nvme"  # the folder offloaded tensors go to when an offload_* key is nvme
+    # with offload_* set: offload into page-locked CPU memory (faster transfers; it cannot be paged out)
     pin_memory: bool = True
+    # copy gradients into one contiguous buffer as they are produced (avoids memory fragmentation)
     contiguous_gradients: bool = True
-    overlap_comm: bool = True
+    overlap_comm: bool = True  # overlap the gradient reduction with the backward computation
+    # stages 1-2: elements all-gathered at a time (bounds the memory of the all-gather)
     allgather_bucket_size: int = 200_000_000
-    reduce_bucket_size: int = 200_000_000
-    # stage 3
+    reduce_bucket_size: int = 200_000_000  # elements reduced at a time (bounds the reduction's memory)
+    # stage 3: parameter elements per sub-group, the unit the optimizer steps (and offloads) at a time
     sub_group_size: int = 1_000_000_000
-    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000  # stage 3: most parameter elements fetched ahead of use
+    # stage 3: parameters with fewer elements are not partitioned (lower: less memory, more communication)
     stage3_param_persistence_threshold: int = 100_000
+    # stage 3: most parameters resident per GPU before they are released (lower: less memory, more traffic)
     stage3_max_live_parameters: int = 1_000_000_000
+    # stage 3: gather the shards into one 16-bit copy in DeepSpeed's save_16bit_model(), which neither
+    # exp3rt nor Lightning calls
     stage3_gather_16bit_weights_on_model_save: bool = False
     # ZeRO-3 shards every weight across ranks, so in-training generation (train.val_generate) must
     # gather the full weights on each rank first (deepspeed.zero.GatheredParameters); true declares
@@ -611,6 +679,8 @@ STUDENT_TASKS = (*DEFAULT_STUDENT_TASKS, "rating_direct")
 class StudentDataConf:
     """How the student's SFT examples are built from an annotation directory (``exp3rt.student``)."""
 
+    # the SFT tasks: extract | user_profile | item_profile (training only) | rating (reasoning, then the
+    # rating) | rating_direct (the rating alone); see exp3rt/student/examples.py
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_STUDENT_TASKS))
     # train examples of a task are repeated / subsampled to round(weight * count); a missing task weighs 1
     task_weights: dict[str, float] = field(default_factory=dict)
@@ -629,22 +699,26 @@ class AblationConf:
     """Which inputs the rating task shows and whether the student reasons first. Every ablation config
     flips only the switches it is named after; ``full`` is the paper's model."""
 
+    # a label: in the training run's name and W&B tag (unless the root key ablation_name is set) and in
+    # each example's metadata
     name: str = "full"
     reasoning: bool = True  # answer "Reasoning: ...\nPredicted User Rating: r" (false: the rating alone)
-    user_profile: bool = True
+    user_profile: bool = True  # show the user profile (raw_reviews: the user's other training reviews)
+    # show the item profile (raw_reviews: other users' training reviews of the item)
     item_profile: bool = True
-    item_description: bool = True
+    item_description: bool = True  # show the item's title, categories and description
     avg_rating: bool = True  # keep the [Average Rating] sections of profiles (and raw-review blocks)
     raw_reviews: bool = False  # show raw training reviews of the user / item instead of the profiles
 
 
 @dataclass
 class RatingPromptConf:
+    # the system message: a template filled from {domain}, {domain_title}, {scale_min}, {scale_max}
     system: str = MISSING
     user: str = MISSING  # {context} (the sections below, joined) and {instruction}
     instruction: str = MISSING  # reason first, then the rating
     instruction_rating_only: str = MISSING  # ablation no_reasoning
-    section_separator: str = "\n\n"
+    section_separator: str = "\n\n"  # the text between two sections in {context}
     sections: dict[str, str] = field(
         default_factory=dict
     )  # user_profile, item_description, item_profile, user_reviews, item_reviews
@@ -658,6 +732,8 @@ class RatingPromptConf:
 
 @dataclass
 class StudentPromptConf:
+    # a name for these templates; with a hash of all of them it is recorded as each SFT example's
+    # prompt_version
     version: str = MISSING
     set_separator: str = "\n---\n"  # between preference sets / raw reviews
     extract: PromptTemplate = field(default_factory=PromptTemplate)
