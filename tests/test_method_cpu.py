@@ -34,23 +34,16 @@ SLICE = [
 
 
 @pytest.mark.slow
-def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_metrics(tmp_path, monkeypatch):
+def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_metrics(env):
     if not (SMOLLM2 / "config.json").exists():
         pytest.skip(f"no SmolLM2 folder at {SMOLLM2} (make smollm2)")
-    for var, sub in (
-        ("EXP3RT_ARTIFACTS", "artifacts"),
-        ("EXP3RT_OUTPUTS", "outputs"),
-        ("EXP3RT_MULTIRUN", "multirun"),
-    ):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_MODE", "offline")
     from exp3rt.cli.pipeline import run
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="pipeline", overrides=[*SLICE, f"student.model_path={SMOLLM2}"])
     assert cfg.prompt.rationale_form == "compact" and cfg.trainer.precision == "bf16-true"
-    run(cfg, tmp_path / "run")
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    run(cfg, env / "run")
+    saved = json.loads((env / "run" / "metrics.json").read_text())
     flat = saved["flat"]
     for model in ("student_expected", "student_direct_expected", "biased_mf", "global_mean"):
         assert flat[f"rating/{model}/n"] == 6, model  # every readout and baseline on the same six pairs
@@ -71,4 +64,4 @@ def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_met
     # the student trained in bf16 and logged its loss (the benchmark's loss curve reads this file)
     log = next(Path(saved["stages"]["train"]["dir"]).glob("csv/version_*/metrics.csv")).read_text()
     assert "train/loss" in log.splitlines()[0]
-    assert (tmp_path / "run" / "report.md").read_text().count("student_expected") >= 1
+    assert (env / "run" / "report.md").read_text().count("student_expected") >= 1

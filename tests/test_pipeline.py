@@ -39,18 +39,6 @@ def compose_pipeline(overrides: list[str]):
         return compose(config_name="pipeline", overrides=overrides)
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    for var, sub in (
-        ("EXP3RT_ARTIFACTS", "artifacts"),
-        ("EXP3RT_OUTPUTS", "outputs"),
-        ("EXP3RT_MULTIRUN", "multirun"),
-    ):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    return tmp_path
-
-
 def run_in_process(overrides: list[str], out_dir: Path) -> dict:
     from exp3rt.cli.pipeline import run
 
