@@ -162,20 +162,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     if "annotate" in [str(s) for s in cfg.stages]:
         from exp3rt.teacher.annotate import annotate
 
-        est = annotate(
-            _stage_cfg(
-                cfg,
-                stage="all",
-                dry_run=True,
-                shard=0,
-                num_shards=1,
-                merge=False,
-                force=False,
-                progress=False,
-            ),
-            prepared,
-            split,
-        )
+        est = annotate(cfg, prepared, split, dry_run=True, progress=False)
         out["teacher"] = {
             "identity": _teacher_identity(cfg),
             "directory": est.get("directory"),
@@ -370,20 +357,16 @@ def _load_result(stage: str, d: Path) -> dict:
 
 
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
-    from exp3rt.teacher.annotate import annotate, check_run_config
+    from exp3rt.teacher.annotate import annotate
 
-    acfg = _stage_cfg(
+    result = annotate(
         cfg,
-        stage="all",
-        dry_run=False,
-        shard=0,
-        num_shards=1,
-        merge=False,
+        prepared,
+        split,
         force=force,
         retry_failed=bool(cfg.get("retry_failed", False)),
+        progress=bool(cfg.get("progress", True)),
     )
-    check_run_config(acfg)
-    result = annotate(acfg, prepared, split)
     pending = result.get("batch_pending")
     if pending:  # teacher.batch.submit_only: the stages are not done, so nothing after them may run
         from exp3rt.teacher.batch import BatchPending
