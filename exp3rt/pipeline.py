@@ -404,8 +404,13 @@ def _train(cfg: DictConfig, d: Path, resume: bool, prepared, split) -> dict:
     from exp3rt.student.train import train
     from exp3rt.teacher.annotate import find_annotation_dir
 
-    tcfg = _stage_cfg(cfg, ckpt_path="last" if resume else None, task_name="train")
-    return train(tcfg, d, find_annotation_dir(tcfg, prepared, split))
+    return train(
+        cfg,
+        d,
+        find_annotation_dir(cfg, prepared, split),
+        ckpt_path="last" if resume else None,
+        progress=bool(cfg.get("progress", True)),
+    )
 
 
 def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None = None) -> dict:
