@@ -24,7 +24,6 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -119,14 +118,6 @@ def stage_dirs(cfg: DictConfig, fps: dict[str, str]) -> dict[str, Path]:
         "train": art / "students" / f"{name}-{cfg.student.name}-{fps['train'][:12]}",
         "evaluate": art / "evaluations" / f"{name}-{fps['evaluate'][:12]}",
     }
-
-
-def _stage_cfg(cfg: DictConfig, **top: Any) -> DictConfig:
-    """The pipeline config with the top-level keys one entry point expects."""
-    out = OmegaConf.create(to_container(cfg))
-    for k, v in top.items():
-        OmegaConf.update(out, k, v, force_add=True)
-    return out
 
 
 def check_stages(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -422,18 +413,10 @@ def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None =
         cand = base_dir / "candidates" / f"{ev['rerank_retriever']}.parquet"
         if cand.is_file():  # the first stage's own candidates, as the baselines stage wrote them
             ev["candidates_file"] = str(cand)
-    ecfg = OmegaConf.create(
-        {
-            "run_dir": str(train_dir),
-            "adapter": None,
-            "paths": to_container(cfg.paths),
-            "eval": ev,
-            "task_name": "evaluate",
-            "wandb_into_train_run": True,
-        }
-    )
     with _staging(d) as tmp:
-        metrics = evaluate(ecfg, tmp, predict_fn=predict)
+        metrics = evaluate(
+            OmegaConf.create(ev), tmp, run_dir=train_dir, predict_fn=predict, wandb_into_train_run=True
+        )
     return json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else metrics
 
 
