@@ -24,7 +24,6 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,14 +120,6 @@ def stage_dirs(cfg: DictConfig, fps: dict[str, str]) -> dict[str, Path]:
     }
 
 
-def _stage_cfg(cfg: DictConfig, **top: Any) -> DictConfig:
-    """The pipeline config with the top-level keys one entry point expects."""
-    out = OmegaConf.create(to_container(cfg))
-    for k, v in top.items():
-        OmegaConf.update(out, k, v, force_add=True)
-    return out
-
-
 def check_stages(cfg: DictConfig) -> tuple[list[str], list[str]]:
     stages = [str(s) for s in cfg.stages]
     force = [str(s) for s in (cfg.get("force") or [])]
@@ -162,20 +153,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     if "annotate" in [str(s) for s in cfg.stages]:
         from exp3rt.teacher.annotate import annotate
 
-        est = annotate(
-            _stage_cfg(
-                cfg,
-                stage="all",
-                dry_run=True,
-                shard=0,
-                num_shards=1,
-                merge=False,
-                force=False,
-                progress=False,
-            ),
-            prepared,
-            split,
-        )
+        est = annotate(cfg, prepared, split, dry_run=True, progress=False)
         out["teacher"] = {
             "identity": _teacher_identity(cfg),
             "directory": est.get("directory"),
@@ -370,20 +348,16 @@ def _load_result(stage: str, d: Path) -> dict:
 
 
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
-    from exp3rt.teacher.annotate import annotate, check_run_config
+    from exp3rt.teacher.annotate import annotate
 
-    acfg = _stage_cfg(
+    result = annotate(
         cfg,
-        stage="all",
-        dry_run=False,
-        shard=0,
-        num_shards=1,
-        merge=False,
+        prepared,
+        split,
         force=force,
         retry_failed=bool(cfg.get("retry_failed", False)),
+        progress=bool(cfg.get("progress", True)),
     )
-    check_run_config(acfg)
-    result = annotate(acfg, prepared, split)
     pending = result.get("batch_pending")
     if pending:  # teacher.batch.submit_only: the stages are not done, so nothing after them may run
         from exp3rt.teacher.batch import BatchPending
@@ -421,8 +395,13 @@ def _train(cfg: DictConfig, d: Path, resume: bool, prepared, split) -> dict:
     from exp3rt.student.train import train
     from exp3rt.teacher.annotate import find_annotation_dir
 
-    tcfg = _stage_cfg(cfg, ckpt_path="last" if resume else None, task_name="train")
-    return train(tcfg, d, find_annotation_dir(tcfg, prepared, split))
+    return train(
+        cfg,
+        d,
+        find_annotation_dir(cfg, prepared, split),
+        ckpt_path="last" if resume else None,
+        progress=bool(cfg.get("progress", True)),
+    )
 
 
 def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None = None) -> dict:
@@ -434,18 +413,10 @@ def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None =
         cand = base_dir / "candidates" / f"{ev['rerank_retriever']}.parquet"
         if cand.is_file():  # the first stage's own candidates, as the baselines stage wrote them
             ev["candidates_file"] = str(cand)
-    ecfg = OmegaConf.create(
-        {
-            "run_dir": str(train_dir),
-            "adapter": None,
-            "paths": to_container(cfg.paths),
-            "eval": ev,
-            "task_name": "evaluate",
-            "wandb_into_train_run": True,
-        }
-    )
     with _staging(d) as tmp:
-        metrics = evaluate(ecfg, tmp, predict_fn=predict)
+        metrics = evaluate(
+            OmegaConf.create(ev), tmp, run_dir=train_dir, predict_fn=predict, wandb_into_train_run=True
+        )
     return json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else metrics
 
 

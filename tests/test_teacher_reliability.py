@@ -424,8 +424,8 @@ def test_the_pipeline_passes_retry_failed_to_its_annotate_stage(tmp_path, monkey
 
     seen = {}
 
-    def fake_annotate(cfg, prepared, split):
-        seen["retry_failed"] = cfg.retry_failed
+    def fake_annotate(cfg, prepared, split, **options):
+        seen["retry_failed"] = options["retry_failed"]
         return {"directory": str(tmp_path)}
 
     monkeypatch.setattr(annotate_module, "annotate", fake_annotate)

@@ -102,17 +102,30 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from exp3rt.config import validate
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
-    from exp3rt.teacher.annotate import annotate, check_run_config
+    from exp3rt.teacher.annotate import annotate, check_run_options
     from exp3rt.threads import apply_threads
 
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
-    check_run_config(cfg)
+    check_run_options(cfg.stage, cfg.shard, cfg.num_shards, cfg.merge)  # before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
     split = prepare_split(prepared, cfg.split)
-    result = annotate(cfg, prepared, split)
+    result = annotate(
+        cfg,
+        prepared,
+        split,
+        stage=cfg.stage,
+        dry_run=cfg.dry_run,
+        shard=cfg.shard,
+        num_shards=cfg.num_shards,
+        merge=cfg.merge,
+        force=cfg.force,
+        retry_failed=cfg.retry_failed,
+        progress=cfg.progress,
+        lock_wait=cfg.lock_wait,
+    )
     write_json_atomic(out_dir / "annotate.json", result)
     if result.get("report") or "batch_pending" not in result:  # nothing finished yet: no empty table
         print(annotation_table(result))

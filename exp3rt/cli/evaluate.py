@@ -28,7 +28,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
-    metrics = evaluate(cfg, out_dir, predict_fn=predict)
+    metrics = evaluate(cfg.eval, out_dir, run_dir=cfg.run_dir, adapter=cfg.adapter, predict_fn=predict)
     rows = [
         [name, r.get("rmse"), r.get("mae"), r.get("rmse_warm"), r.get("rmse_cold"), r.get("parse_rate", 1.0)]
         for name, r in metrics["rating"].items()

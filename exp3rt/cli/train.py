@@ -35,7 +35,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     apply_threads(cfg)  # before any torch work
     check_machine(cfg)  # a GPU trainer on a machine without one: one sentence before any data work
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)  # made once, reused by path
-    result = train(cfg, out_dir, find_annotation_dir(cfg, prepared, prepare_split(prepared, cfg.split)))
+    result = train(
+        cfg,
+        out_dir,
+        find_annotation_dir(cfg, prepared, prepare_split(prepared, cfg.split)),
+        ckpt_path=cfg.ckpt_path,
+        progress=cfg.progress,
+        lock_wait=cfg.lock_wait,
+    )
     if not result.get("is_global_zero", True):
         return result
     m = result["metrics"]

@@ -136,12 +136,22 @@ def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating)
     return out
 
 
-def evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
-    """The whole exp3rt-evaluate run (minus Hydra); the student is loaded once and freed at the end."""
+def evaluate(
+    ev: DictConfig,
+    out_dir: Path,
+    *,
+    run_dir: str | Path | None = None,
+    adapter: str | Path | None = None,
+    predict_fn=None,
+    wandb_into_train_run: bool = False,
+) -> dict:
+    """The whole exp3rt-evaluate run (minus Hydra) of the student in ``run_dir`` (or ``adapter``) with the
+    ``eval`` settings ``ev``; the student is loaded once and freed at the end. ``wandb_into_train_run``:
+    W&B logs into the training's run (its ``wandb_run_id.txt``) instead of a new one."""
     from exp3rt.inference.predict import release_students
 
     try:
-        return _evaluate(cfg, out_dir, predict_fn)
+        return _evaluate(ev, out_dir, run_dir, adapter, predict_fn, wandb_into_train_run)
     finally:
         release_students()
 
@@ -161,15 +171,16 @@ def trained_on(run: Path, tcfg, prepared, split) -> Path:
     return find_annotation_dir(tcfg, prepared, split)
 
 
-def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
+def _evaluate(
+    ev: DictConfig, out_dir: Path, run_dir, adapter, predict_fn, wandb_into_train_run: bool
+) -> dict:
     from exp3rt.data.prepare import prepare_dataset
     from exp3rt.data.splits import prepare_split
     from exp3rt.evaluation import plots
     from exp3rt.student.examples import build_examples
 
-    run, adapter_dir = find_train_run(cfg.get("run_dir"), cfg.get("adapter"))
+    run, adapter_dir = find_train_run(run_dir, adapter)
     tcfg = load_train_config(run)
-    ev = cfg.eval
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_dataset(tcfg.dataset, tcfg.paths.data_dir)
     split = prepare_split(prepared, tcfg.split)
@@ -323,7 +334,7 @@ def _evaluate(cfg: DictConfig, out_dir: Path, predict_fn=None) -> dict:
     write_json_atomic(out_dir / "metrics.json", metrics)  # last: the file that says the evaluation finished
     if ev.get("wandb") and tcfg.logger.get("wandb", True) and tcfg.logger.mode != "disabled":
         run_id = None
-        if cfg.get("wandb_into_train_run") and (run / "wandb_run_id.txt").is_file():
+        if wandb_into_train_run and (run / "wandb_run_id.txt").is_file():
             run_id = (run / "wandb_run_id.txt").read_text().strip()
         metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows), run_id=run_id)
     return metrics

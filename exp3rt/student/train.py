@@ -137,28 +137,35 @@ def rating_tokens(cfg, ratings, tokenizer) -> dict[int, float] | None:
     return {ids[0]: float(r) for ids, r in zip(seqs, ratings.ratings, strict=True)}
 
 
-def train(cfg, run_dir: Path, annotations: Path) -> dict:
+def train(
+    cfg,
+    run_dir: Path,
+    annotations: Path,
+    *,
+    ckpt_path: str | None = None,
+    progress: bool = True,
+    lock_wait: bool = True,
+) -> dict:
     """The whole ``exp3rt-train`` run (minus Hydra) on the teacher's artifacts in ``annotations`` (the
-    caller finds them: :func:`exp3rt.teacher.annotate.find_annotation_dir`). Rank zero holds
-    ``<run_dir>/train.lock`` while it trains, so two runs on one run dir never write one checkpoint at
-    once: the second waits, naming the holder's pid, or with ``lock_wait=false`` stops. (The other ranks
-    of one training join rank zero.)"""
+    caller finds them: :func:`exp3rt.teacher.annotate.find_annotation_dir`); ``ckpt_path`` resumes
+    (:func:`resolve_ckpt`). Rank zero holds ``<run_dir>/train.lock`` while it trains, so two runs on one
+    run dir never write one checkpoint at once: the second waits, naming the holder's pid, or with
+    ``lock_wait=False`` stops. (The other ranks of one training join rank zero.)"""
     check_machine(cfg)
     if _rank() != 0:
-        return _train(cfg, run_dir, Path(annotations))
+        return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress))
     from exp3rt.locks import file_lock
 
-    wait = bool(cfg.get("lock_wait", True))
     with file_lock(
         Path(run_dir) / "train.lock",
         what="exp3rt-train",
-        wait=wait,
-        hint=", or rerun with lock_wait=true to wait for it" if not wait else "",
+        wait=bool(lock_wait),
+        hint=", or rerun with lock_wait=true to wait for it" if not lock_wait else "",
     ):
-        return _train(cfg, run_dir, Path(annotations))
+        return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress))
 
 
-def _train(cfg, run_dir: Path, ann_dir: Path) -> dict:
+def _train(cfg, run_dir: Path, ann_dir: Path, ckpt_path: str | None, progress: bool) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -233,7 +240,7 @@ def _train(cfg, run_dir: Path, ann_dir: Path) -> dict:
         f"{cfg.dataset.name}"
     )
     loggers = []
-    ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
+    ckpt_path = resolve_ckpt(ckpt_path, run_dir)
     if cfg.logger.csv:
         from exp3rt.student.csv_history import csv_logger
 
@@ -265,7 +272,7 @@ def _train(cfg, run_dir: Path, ann_dir: Path) -> dict:
             ),
             LearningRateMonitor(logging_interval="step"),
         ],
-        enable_progress_bar=bool(cfg.get("progress", True)),
+        enable_progress_bar=progress,
         num_sanity_val_steps=0,
     )
     if loggers and trainer.is_global_zero:

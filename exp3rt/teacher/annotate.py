@@ -71,6 +71,22 @@ class AnnotationPlan:
     stages: list[str]
 
 
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """How one annotation run goes (:func:`annotate`'s keyword arguments; exp3rt-annotate's config keys of
+    the same names). None of them is in the directory's fingerprint."""
+
+    stage: str = "all"
+    dry_run: bool = False
+    shard: int = 0
+    num_shards: int = 1
+    merge: bool = False
+    force: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+    lock_wait: bool = True
+
+
 def teacher_identity(teacher_cfg) -> dict:
     return {k: to_container(teacher_cfg.get(k)) for k in TEACHER_IDENTITY_KEYS}
 
@@ -122,12 +138,15 @@ def stage_file(directory: Path, stage: str, shard: int, num_shards: int, suffix:
     return directory / f"{stage}.{suffix}"
 
 
-def check_run_config(cfg) -> list[str]:
-    stage = str(cfg.stage)
+def check_run_options(
+    stage: str = "all", shard: int = 0, num_shards: int = 1, merge: bool = False
+) -> list[str]:
+    """The stages one run covers, after checking its ``stage``/``shard``/``num_shards``/``merge``."""
+    stage = str(stage)
     allowed = ("all", *STAGE_ORDER)
     if stage not in allowed:
         raise ConfigError(f"config key 'stage': '{stage}' is not one of {list(allowed)}")
-    n, i = int(cfg.num_shards), int(cfg.shard)
+    n, i = int(num_shards), int(shard)
     if n < 1 or not 0 <= i < n:
         raise ConfigError(
             f"config keys 'shard'/'num_shards': need 0 <= shard < num_shards (got shard={i}, num_shards={n})"
@@ -138,7 +157,7 @@ def check_run_config(cfg) -> list[str]:
             "run one stage at a time (stage=extract shard=0..n-1, then stage=extract merge=true, then "
             "the next stage)"
         )
-    if cfg.merge and stage == "all":
+    if merge and stage == "all":
         raise ConfigError("merge=true needs a single stage, e.g. stage=extract merge=true num_shards=4")
     return list(STAGE_ORDER) if stage == "all" else [stage]
 
@@ -299,11 +318,18 @@ def _summary(frame: pd.DataFrame) -> dict:
 
 
 async def run_stages(
-    cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path
+    cfg,
+    prepared: PreparedData,
+    split: Split,
+    client,
+    backend,
+    stages: list[str],
+    directory: Path,
+    opts: AnnotateOptions,
 ) -> dict:
     prompts = Prompts.for_run(cfg)
-    n, i = int(cfg.num_shards), int(cfg.shard)
-    retry_failed = bool(cfg.get("retry_failed", False))
+    n, i = opts.num_shards, opts.shard
+    retry_failed = opts.retry_failed
     ctx = AnnotationContext(
         split.train,
         split.valid,
@@ -350,7 +376,7 @@ async def run_stages(
         bases: dict[str, int] = dict((recorded or {}).get("attempt_base", {}))
         why: dict = {}
         usable = False
-        if out.is_file() and not cfg.force:
+        if out.is_file() and not opts.force:
             # a damaged stage file, or a damaged record of what built it: rebuilt from the answer cache (a
             # warning names it)
             if inputs_path.is_file() and recorded is None:
@@ -455,7 +481,14 @@ async def run_stages(
 
 
 def estimate_stages(
-    cfg, prepared: PreparedData, split: Split, client, backend, stages: list[str], directory: Path
+    cfg,
+    prepared: PreparedData,
+    split: Split,
+    client,
+    backend,
+    stages: list[str],
+    directory: Path,
+    opts: AnnotateOptions,
 ) -> dict:
     """Dry run: calls, tokens and cost per stage, calling nothing. Extraction prompts are exact; later
     stages depend on earlier answers, so their prompts are estimated from typical preference-set sizes
@@ -470,8 +503,8 @@ def estimate_stages(
         prepared.dataset.scale,
         str(cfg.dataset.domain),
         cfg.annotation,
-        shard=int(cfg.shard),
-        num_shards=int(cfg.num_shards),
+        shard=opts.shard,
+        num_shards=opts.num_shards,
     )
     out: dict = {}
     set_tokens = 60.0
@@ -609,31 +642,63 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
     return report
 
 
-def annotate(cfg, prepared: PreparedData, split: Split) -> dict:
-    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report. Holds
-    ``<directory>/annotate.lock`` (``annotate.shard-i-of-n.lock`` for a shard) while it runs; a second
-    process waits for it, or with ``lock_wait=false`` stops naming the holder's pid."""
-
-    stages = check_run_config(cfg)
+def annotate(
+    cfg,
+    prepared: PreparedData,
+    split: Split,
+    *,
+    stage: str = "all",
+    dry_run: bool = False,
+    shard: int = 0,
+    num_shards: int = 1,
+    merge: bool = False,
+    force: bool = False,
+    retry_failed: bool = False,
+    progress: bool = True,
+    lock_wait: bool = True,
+) -> dict:
+    """The whole ``exp3rt-annotate`` run (minus Hydra): returns a JSON-ready report. ``cfg`` gives the
+    groups the artifacts depend on (teacher, prompt, annotation, dataset, paths); the keywords say how
+    this run goes (:class:`AnnotateOptions`). Holds ``<directory>/annotate.lock``
+    (``annotate.shard-i-of-n.lock`` for a shard) while it runs; a second process waits for it, or with
+    ``lock_wait=False`` stops naming the holder's pid."""
+    opts = AnnotateOptions(
+        stage=str(stage),
+        dry_run=bool(dry_run),
+        shard=int(shard),
+        num_shards=int(num_shards),
+        merge=bool(merge),
+        force=bool(force),
+        retry_failed=bool(retry_failed),
+        progress=bool(progress),
+        lock_wait=bool(lock_wait),
+    )
+    stages = check_run_options(opts.stage, opts.shard, opts.num_shards, opts.merge)
     prompts = Prompts.for_run(cfg)
     directory, fp = annotation_dir(cfg, split, prompts)
     directory.mkdir(parents=True, exist_ok=True)
-    if cfg.dry_run:  # sends nothing, writes no stage file: no lock needed
-        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
-    n, i = int(cfg.num_shards), int(cfg.shard)
-    name = "annotate.lock" if n == 1 or cfg.merge else f"annotate.shard-{i}-of-{n}.lock"
-    wait = bool(cfg.get("lock_wait", True))
+    if opts.dry_run:  # sends nothing, writes no stage file: no lock needed
+        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp, opts)
+    n, i = opts.num_shards, opts.shard
+    name = "annotate.lock" if n == 1 or opts.merge else f"annotate.shard-{i}-of-{n}.lock"
     with file_lock(
         directory / name,
         what="exp3rt-annotate",
-        wait=wait,
-        hint=", or rerun with lock_wait=true to wait for it" if not wait else "",
+        wait=opts.lock_wait,
+        hint=", or rerun with lock_wait=true to wait for it" if not opts.lock_wait else "",
     ):
-        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp)
+        return _annotate_locked(cfg, prepared, split, prompts, stages, directory, fp, opts)
 
 
 def _annotate_locked(
-    cfg, prepared: PreparedData, split: Split, prompts: Prompts, stages: list[str], directory: Path, fp: str
+    cfg,
+    prepared: PreparedData,
+    split: Split,
+    prompts: Prompts,
+    stages: list[str],
+    directory: Path,
+    fp: str,
+    opts: AnnotateOptions,
 ) -> dict:
     """:func:`annotate` while this process holds the directory's (or its shard's) lock: no other
     exp3rt-annotate sends this directory's requests at the same time."""
@@ -655,14 +720,14 @@ def _annotate_locked(
         dataset_dir=str(prepared.directory),
         split_dir=str(split.directory),
     )
-    result = {"directory": str(directory), "fingerprint": fp, "stages": stages, "dry_run": bool(cfg.dry_run)}
-    if cfg.merge:
-        result["merged"] = str(merge_shards(directory, stages[0], int(cfg.num_shards)))
+    result = {"directory": str(directory), "fingerprint": fp, "stages": stages, "dry_run": opts.dry_run}
+    if opts.merge:
+        result["merged"] = str(merge_shards(directory, stages[0], opts.num_shards))
         return result
     if TeacherBackendName(cfg.teacher.backend) == TeacherBackendName.release:
         result["report"] = import_release(cfg, prepared, split, directory)
         return result
-    backend = build_backend(cfg.teacher, dry_run=bool(cfg.dry_run))
+    backend = build_backend(cfg.teacher, dry_run=opts.dry_run)
     cache = AnswerCache(Path(cfg.paths.artifacts_dir) / "teacher_cache.sqlite")
     ledger = SpendLedger(
         directory / SPEND_FILE
@@ -675,19 +740,21 @@ def _annotate_locked(
             directory / BATCH_FILE
         )  # every submitted batch id, committed before it is polled
         client = BatchTeacherClient(
-            backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger, batches=batches
+            backend, cfg.teacher, cache, progress=opts.progress, ledger=ledger, batches=batches
         )
     else:
-        client = TeacherClient(backend, cfg.teacher, cache, progress=bool(cfg.progress), ledger=ledger)
+        client = TeacherClient(backend, cfg.teacher, cache, progress=opts.progress, ledger=ledger)
 
     async def main() -> None:
         try:  # one event loop for the whole run: the HTTP client is bound to it
-            if cfg.dry_run:
-                result["estimate"] = estimate_stages(cfg, prepared, split, client, backend, stages, directory)
+            if opts.dry_run:
+                result["estimate"] = estimate_stages(
+                    cfg, prepared, split, client, backend, stages, directory, opts
+                )
             else:
                 try:
                     result["report"] = await run_stages(
-                        cfg, prepared, split, client, backend, stages, directory
+                        cfg, prepared, split, client, backend, stages, directory, opts
                     )
                 except TeacherError as e:
                     if type(e).__name__ != "BatchPending":
