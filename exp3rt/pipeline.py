@@ -401,6 +401,8 @@ def _train(cfg: DictConfig, d: Path, resume: bool, prepared, split) -> dict:
         find_annotation_dir(cfg, prepared, split),
         ckpt_path="last" if resume else None,
         progress=bool(cfg.get("progress", True)),
+        prepared=prepared,
+        split=split,
     )
 
 

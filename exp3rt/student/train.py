@@ -145,15 +145,19 @@ def train(
     ckpt_path: str | None = None,
     progress: bool = True,
     lock_wait: bool = True,
+    prepared=None,
+    split=None,
 ) -> dict:
     """The whole ``exp3rt-train`` run (minus Hydra) on the teacher's artifacts in ``annotations`` (the
     caller finds them: :func:`exp3rt.teacher.annotate.find_annotation_dir`); ``ckpt_path`` resumes
-    (:func:`resolve_ckpt`). Rank zero holds ``<run_dir>/train.lock`` while it trains, so two runs on one
+    (:func:`resolve_ckpt`). ``prepared`` / ``split``: the data handles the caller already holds (the
+    pipeline); without them they are prepared (or loaded from their cache) from ``cfg.dataset`` /
+    ``cfg.split``. Rank zero holds ``<run_dir>/train.lock`` while it trains, so two runs on one
     run dir never write one checkpoint at once: the second waits, naming the holder's pid, or with
     ``lock_wait=False`` stops. (The other ranks of one training join rank zero.)"""
     check_machine(cfg)
     if _rank() != 0:
-        return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress))
+        return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress), prepared, split)
     from exp3rt.locks import file_lock
 
     with file_lock(
@@ -162,10 +166,12 @@ def train(
         wait=bool(lock_wait),
         hint=", or rerun with lock_wait=true to wait for it" if not lock_wait else "",
     ):
-        return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress))
+        return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress), prepared, split)
 
 
-def _train(cfg, run_dir: Path, ann_dir: Path, ckpt_path: str | None, progress: bool) -> dict:
+def _train(
+    cfg, run_dir: Path, ann_dir: Path, ckpt_path: str | None, progress: bool, prepared=None, split=None
+) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -181,8 +187,10 @@ def _train(cfg, run_dir: Path, ann_dir: Path, ckpt_path: str | None, progress: b
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     pl.seed_everything(int(cfg.train.seed), workers=True)
-    prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
-    split = prepare_split(prepared, cfg.split)
+    if prepared is None:
+        prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)
+    if split is None:
+        split = prepare_split(prepared, cfg.split)
     scale = prepared.dataset.scale
     ratings = RatingTokens.from_config(scale, offset=float(cfg.sft.rating_offset))
     examples = build_examples(
