@@ -66,6 +66,9 @@ _TRAIN_KEYS = (
 # trainer keys that change neither the weights nor the metrics
 _TRAINER_COSMETIC = ("log_every_n_steps", "checkpoint_every_n_steps", "slurm_tasks_per_node")
 _EVAL_COSMETIC = ("wandb", "wandb_rows")
+#: keys added after students were trained, at the value that trains exactly as before they existed: left out
+#: of the fingerprint at that value, so a student trained before the key existed is still found
+_TRAIN_NEUTRAL = {("train", "rating_mse_weight"): 0.0}
 
 
 def _pick(cfg: DictConfig, keys) -> dict:
@@ -85,6 +88,9 @@ def stage_fingerprints(cfg: DictConfig, data_fp: str, split_fp: str) -> dict[str
     train_part = _pick(cfg, _TRAIN_KEYS)
     train_part["teacher"] = _teacher_identity(cfg)
     train_part["trainer"] = {k: v for k, v in train_part["trainer"].items() if k not in _TRAINER_COSMETIC}
+    for (group, key), neutral in _TRAIN_NEUTRAL.items():
+        if train_part[group].get(key, neutral) == neutral:
+            train_part[group].pop(key, None)
     train = fingerprint("train", data_fp, split_fp, train_part)
     ev = {k: v for k, v in to_container(cfg.eval).items() if k not in _EVAL_COSMETIC}
     evaluate = fingerprint("evaluate", train, base, ev)  # reranking reads the baselines' candidates
