@@ -5,6 +5,7 @@ re-runs the launching script once per extra device)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -385,6 +386,43 @@ def test_master_weight_adamw_matches_adamw_in_float32_and_learns_where_bf16_adam
     assert (
         master_bf16 != start
     ).float().mean() > 0.7  # most weights moved (the rest by less than a bf16 step)
+
+
+def test_master_weight_adamw_resumes_from_its_state_dict_exactly_in_float32():
+    """torch's load_state_dict casts floating state to the parameter's dtype: for bf16 weights that would
+    round the master copy and moments to bf16 and then fail on mixed dtypes at the next step."""
+    from exp3rt.student.optim import MasterWeightAdamW
+
+    torch.manual_seed(0)
+    start = (torch.randn(32, 32) * 0.05).to(torch.bfloat16)
+    grads = [torch.randn(32, 32).to(torch.bfloat16) for _ in range(6)]
+
+    def fresh():
+        p = torch.nn.Parameter(start.clone())
+        return p, MasterWeightAdamW([p], lr=1e-4, weight_decay=0.01)
+
+    p, opt = fresh()
+    for g in grads:
+        p.grad = g
+        opt.step()
+    straight = p.detach().clone()
+    p, opt = fresh()
+    for g in grads[:3]:
+        p.grad = g
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    master = saved["state"][0]["master"].clone()
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = MasterWeightAdamW([q], lr=1e-4, weight_decay=0.01)
+    resumed.load_state_dict(saved)
+    state = resumed.state[q]
+    assert {state[k].dtype for k in ("master", "exp_avg", "exp_avg_sq")} == {torch.float32}
+    assert torch.equal(state["master"], master) and state["step"] == 3
+    assert not torch.equal(master, master.to(torch.bfloat16).float())  # bits bf16 would have lost
+    for g in grads[3:]:
+        q.grad = g
+        resumed.step()
+    assert q.dtype == torch.bfloat16 and torch.equal(q.detach(), straight)
 
 
 def test_the_optimizer_follows_precision_and_deepspeed():

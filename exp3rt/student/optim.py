@@ -9,12 +9,16 @@ autocast's casts in every forward). DeepSpeed keeps its own master weights; it i
 
 The update is torch's AdamW (decoupled weight decay, bias-corrected moments); on float32 weights it
 matches ``torch.optim.AdamW`` step for step. Its state (master weights, moments, step) is saved with the
-checkpoint, so a resumed run continues exactly.
+checkpoint, so a resumed run continues exactly: ``load_state_dict`` keeps it in float32, where torch's
+would cast every floating-point state tensor to its parameter's bf16 (losing the master weights' extra
+bits, and failing at the next step on mixed dtypes).
 """
 
 from __future__ import annotations
 
 import torch
+
+_FLOAT32_STATE = ("master", "exp_avg", "exp_avg_sq")
 
 
 class MasterWeightAdamW(torch.optim.Optimizer):
@@ -22,6 +26,16 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
     ):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    def load_state_dict(self, state_dict) -> None:
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)  # casts floating state to each parameter's dtype
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params, strict=True):
+            for name in _FLOAT32_STATE:
+                if i in saved and name in saved[i]:
+                    self.state[p][name] = saved[i][name].to(device=p.device, dtype=torch.float32, copy=True)
 
     @torch.no_grad()
     def step(self, closure=None):
