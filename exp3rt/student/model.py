@@ -25,7 +25,7 @@ def ensure_model_folder(student_cfg) -> Path:
 
         build_tiny_llama(
             path,
-            vocab=student_cfg.tiny_vocab,
+            vocab=str(student_cfg.tiny_vocab),
             hidden=int(student_cfg.tiny_hidden),
             layers=int(student_cfg.tiny_layers),
         )
@@ -113,7 +113,7 @@ def lora_config(peft_cfg):
         lora_alpha=int(peft_cfg.alpha),
         lora_dropout=float(peft_cfg.dropout),
         target_modules=targets if isinstance(targets, str) else list(targets),
-        bias=peft_cfg.bias,
+        bias=str(peft_cfg.bias),  # a plain str in the adapter_config.json peft writes
         task_type="CAUSAL_LM",
     )
 
