@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from exp3rt.config import ConfigError
+from exp3rt.models.tiny import build_tiny_llama
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,6 @@ def ensure_model_folder(student_cfg) -> Path:
     """The model folder; for the ``tiny`` student it is built offline on first use."""
     path = Path(student_cfg.model_path)
     if student_cfg.build_tiny and not (path / "config.json").exists():
-        from exp3rt.models.tiny import build_tiny_llama
-
         build_tiny_llama(
             path,
             vocab=str(student_cfg.tiny_vocab),

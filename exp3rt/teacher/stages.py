@@ -451,6 +451,7 @@ async def run_item_profiles(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Item profiles for every pair that needs one (rationale pairs + valid/test pairs) under the
     configured review-selection policy; returns (profiles, pair → profile map)."""
+    # heavy: scipy (only the item-profile stage needs it)
     from exp3rt.teacher.selection import ItemProfilePlan, make_similarity
 
     similarity = None
