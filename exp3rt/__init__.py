@@ -21,13 +21,12 @@ def _register_resolvers() -> None:
 
 
 def _slurm_tasks_per_node(*, _root_):
-    from exp3rt.config import slurm_tasks_per_node
-
-    return slurm_tasks_per_node(_root_)
+    return _tasks_per_node(_root_)
 
 
 _register_resolvers()
 
 from exp3rt.config import register_schemas as _register_schemas  # noqa: E402
+from exp3rt.config import slurm_tasks_per_node as _tasks_per_node  # noqa: E402
 
 _register_schemas()

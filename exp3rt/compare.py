@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from exp3rt.artifacts import write_json_atomic, write_text_atomic
+from exp3rt.evaluation.plots import metric_bars
+from exp3rt.evaluation.report import markdown_table
+from exp3rt.pipeline import flat_metrics
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +188,6 @@ def derived(flat: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
 
 def flat_of(metrics: dict) -> dict[str, float]:
     """The flat numbers of any exp3rt metrics.json (pipeline, evaluate or baselines), with derived ones."""
-    from exp3rt.pipeline import flat_metrics
-
     flat = metrics.get("flat")
     if not isinstance(flat, dict):
         flat = flat_metrics(metrics)
@@ -613,8 +614,6 @@ class Comparison:
         return out
 
     def table(self) -> str:
-        from exp3rt.evaluation.report import markdown_table
-
         return markdown_table(self.header(), self.rows())
 
     def summary_line(self) -> str:
@@ -749,8 +748,6 @@ def write_outputs(
 ) -> dict[str, Path]:
     """``<stem>.md``, ``<stem>.json`` and a bar plot (``<stem>.png`` unless ``plot`` names another file):
     runs × metrics, or the ``bars`` a recipe gives as (labels, metric names, values)."""
-    from exp3rt.evaluation.plots import metric_bars
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": out_dir / f"{stem}.md",

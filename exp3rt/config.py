@@ -85,6 +85,24 @@ class OverlapPolicy(StrEnum):
     drop = "drop"  # score only the unseen pairs; the dropped ones are counted in metrics.json
 
 
+class TabularFormat(StrEnum):
+    """The tabular loader's file format."""
+
+    auto = "auto"  # by the file's extension (a .gz suffix is looked through)
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+class RetrieverName(StrEnum):
+    """A first-stage retriever, fitted on the training split."""
+
+    popularity = "popularity"
+    bpr_mf = "bpr_mf"
+    lightgcn = "lightgcn"
+
+
 @dataclass
 class ScaleConf:
     min: float = 1.0  # the lowest rating; a loader treats a rating outside [min, max] as bad input
@@ -151,7 +169,7 @@ class DatasetConf:
     scale: ScaleConf = field(default_factory=ScaleConf)
     path: str | None = None  # main file or directory
     meta_path: str | None = None  # item metadata (Amazon meta file, generic items table)
-    format: str = "auto"  # tabular: auto | csv | tsv | jsonl | parquet
+    format: TabularFormat = TabularFormat.auto  # tabular: auto | csv | tsv | jsonl | parquet
     separator: str | None = None  # tabular: override the delimiter
     header: bool = True  # tabular: first line names the columns
     column_names: list[str] | None = None  # tabular without header
@@ -267,7 +285,8 @@ class EvalConf:
     seed: int = 0  # do_sample: the sampling seed; also the vLLM engine's seed
     # top-k reranking of a first-stage retriever's candidates by the student's expected rating
     rerank: bool = False
-    rerank_retriever: str = "lightgcn"  # popularity | bpr_mf | lightgcn, fitted on the training split
+    # popularity | bpr_mf | lightgcn, fitted on the training split
+    rerank_retriever: RetrieverName = RetrieverName.lightgcn
     num_candidates: int = 20  # the paper reranks top-20
     rerank_mode: ReadoutMode = ReadoutMode.fast  # fast: readout only; full: reasoning then readout
     rerank_max_users: int | None = 50  # test users reranked (null: all)
@@ -310,6 +329,23 @@ class TeacherBackendName(StrEnum):
     release = "release"  # no calls: import the EXP3RT release annotations
 
 
+class TeacherMode(StrEnum):
+    sync = "sync"  # one HTTP call per request
+    batch = "batch"  # the OpenAI Batch API (openai backend only)
+
+
+class TeacherDtype(StrEnum):
+    """The hf teacher's weights as loaded (the short names are aliases of the long ones)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    auto = "auto"  # the checkpoint's own dtype
+
+
 @dataclass
 class PriceConf:
     """USD per one million tokens."""
@@ -335,7 +371,7 @@ class TeacherBatchConf:
 class TeacherConf:
     # who writes the annotations (allowed values below)
     backend: TeacherBackendName = TeacherBackendName.extractive
-    mode: str = "sync"  # sync: one HTTP call per request | batch: the OpenAI Batch API (openai backend only)
+    mode: TeacherMode = TeacherMode.sync  # sync: one HTTP call per request | batch: the OpenAI Batch API
     name: str = "extractive"  # a label for runs and W&B tags
     # openai: the model the server is asked for; hf, extractive, release: a label. It is part of every
     # answer-cache key and the key of teacher.prices
@@ -379,7 +415,7 @@ class TeacherConf:
         "auto"  # auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | cuda:N | mps
     )
     # hf: the weights' dtype: float32 | bfloat16 | float16 (or fp32, bf16, fp16) | auto (the checkpoint's)
-    dtype: str = "float32"
+    dtype: TeacherDtype = TeacherDtype.float32
     # hf: the longest prompt in tokens; a longer one loses tokens from the start of its last user message
     max_input_tokens: int = 2048
     # release backend: read by no code; teacher=release imports from the dataset (loader exp3rt_release)
@@ -395,6 +431,11 @@ class ItemReviewPolicy(StrEnum):
 class Similarity(StrEnum):
     rating_cosine = "rating_cosine"  # cosine on mean-centred sparse rating vectors
     profile_embedding = "profile_embedding"  # all-MiniLM-L6-v2 embeddings of user profiles
+
+
+class ConsistencyAction(StrEnum):
+    flag = "flag"  # keep the rationale, flagged in the annotations
+    regenerate = "regenerate"  # ask for the rationale once more, then check it again
 
 
 @dataclass
@@ -414,7 +455,7 @@ class AnnotateConf:
     # than consistency_margin are flagged or regenerated (consistency_action)
     consistency_check: bool = False
     consistency_margin: float = 1.0  # largest |implied rating - true rating| that passes, in rating points
-    consistency_action: str = "flag"  # flag | regenerate
+    consistency_action: ConsistencyAction = ConsistencyAction.flag  # flag | regenerate
     sample_seed: int = 0  # seed of the rationale pairs sampled when max_rationale_pairs caps them
 
 
@@ -466,6 +507,22 @@ class PeftMethod(StrEnum):
     none = "none"  # a full fine-tune
 
 
+class TinyVocab(StrEnum):
+    """The tiny Llama's byte-level BPE tokenizer."""
+
+    byte = "byte"  # no merges
+    bpe = "bpe"  # 400 merges
+    words = "words"  # 3,000 merges
+
+
+class LoraBias(StrEnum):
+    """Which biases peft trains."""
+
+    none = "none"
+    all = "all"
+    lora_only = "lora_only"
+
+
 QUANTIZATIONS = (None, "4bit")  # a string, not an enum: "4bit" cannot be an enum member's name
 
 
@@ -478,7 +535,7 @@ class StudentConf:
     model_path: str = MISSING  # the base model: a local folder (config.json, weights, tokenizer) or a hub id
     build_tiny: bool = False  # create the tiny offline Llama at model_path if absent
     # build_tiny: its byte-level BPE tokenizer: byte (no merges) | bpe (400 merges) | words (3,000 merges)
-    tiny_vocab: str = "bpe"
+    tiny_vocab: TinyVocab = TinyVocab.bpe
     tiny_hidden: int = 64  # build_tiny: hidden size (the MLP is twice that; 4 attention heads)
     tiny_layers: int = 2  # build_tiny: decoder layers
     dtype: Dtype = Dtype.float32  # float32 | bfloat16 | float16: weights as loaded
@@ -497,7 +554,15 @@ class PeftConf:
     dropout: float = 0.0  # dropout on the LoRA branch's input
     # "all-linear": every linear layer but lm_head (the paper's choice); or a list of module names
     target_modules: Any = "all-linear"
-    bias: str = "none"  # peft's bias training: none | all | lora_only
+    bias: LoraBias = LoraBias.none  # peft's bias training: none | all | lora_only
+
+
+class LoggerMode(StrEnum):
+    """The W&B mode of the training run and of its evaluations."""
+
+    offline = "offline"  # written locally; sync later with `wandb sync`
+    online = "online"
+    disabled = "disabled"  # nothing is logged to W&B
 
 
 @dataclass
@@ -506,7 +571,7 @@ class LoggerConf:
     wandb: bool = True
     project: str = "exp3rt"  # the W&B project of the training run and of its evaluations
     entity: str | None = None  # the W&B user or team the runs go to (null: the account's default entity)
-    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    mode: LoggerMode = LoggerMode.offline  # offline (sync later with `wandb sync`) | online | disabled
     group: str | None = None  # null: the experiment name
     # extra W&B tags of the training run (its dataset:, teacher:, student:, ablation: tags are added)
     tags: list[str] = field(default_factory=list)
@@ -594,6 +659,11 @@ def slurm_tasks_per_node(root: Any = None) -> int | None:
     return int(launcher.tasks_per_node)
 
 
+class OffloadDevice(StrEnum):
+    cpu = "cpu"
+    nvme = "nvme"  # deepspeed.nvme_path
+
+
 @dataclass
 class DeepSpeedConf:
     """DeepSpeed ZeRO in Lightning's dialect (``DeepSpeedStrategy(config=...)``), typed.
@@ -606,8 +676,10 @@ class DeepSpeedConf:
     """
 
     stage: int | None = None  # ZeRO stage 1, 2 or 3; null: DeepSpeed off (deepspeed=none)
-    offload_optimizer: str | None = None  # null | cpu | nvme: optimizer states (and step) off the GPU
-    offload_param: str | None = None  # null | cpu | nvme: parameters off the GPU (stage 3 only)
+    offload_optimizer: OffloadDevice | None = (
+        None  # null | cpu | nvme: optimizer states (and step) off the GPU
+    )
+    offload_param: OffloadDevice | None = None  # null | cpu | nvme: parameters off the GPU (stage 3 only)
     nvme_path: str = "/local_nvme"  # the folder offloaded tensors go to when an offload_* key is nvme
     # with offload_* set: offload into page-locked CPU memory (faster transfers; it cannot be paged out)
     pin_memory: bool = True
@@ -786,10 +858,9 @@ def check_threads(value: Any) -> int | str:
 
 
 def check_teacher_mode(tc) -> None:
-    """``teacher.mode``: sync, or batch with the openai backend and sane ``teacher.batch.*`` keys."""
-    if tc.mode not in ("sync", "batch"):
-        raise ConfigError(f"config key 'teacher.mode' must be sync or batch (got {tc.mode!r})")
-    if tc.mode == "batch" and tc.backend != TeacherBackendName.openai:
+    """``teacher.mode=batch`` needs the openai backend; sane ``teacher.batch.*`` keys (the schema allows
+    only sync and batch)."""
+    if tc.mode == TeacherMode.batch and tc.backend != TeacherBackendName.openai:
         raise ConfigError(
             f"teacher.mode=batch uses the OpenAI Batch API, so it needs teacher.backend=openai (got "
             f"teacher.backend={tc.backend.value}); use teacher.mode=sync with this backend"
@@ -1004,8 +1075,6 @@ def _validate_training(typed: DictConfig) -> None:
         if ds.stage not in (1, 2, 3):
             raise ConfigError(f"config key 'deepspeed.stage' must be 1, 2 or 3 (got {ds.stage})")
         for key in ("offload_optimizer", "offload_param"):
-            if ds[key] not in (None, "cpu", "nvme"):
-                raise ConfigError(f"config key 'deepspeed.{key}' must be null, cpu or nvme (got {ds[key]!r})")
             if ds[key] is not None and tr is not None and tr.accelerator == Accelerator.cpu:
                 raise ConfigError(
                     f"config key 'deepspeed.{key}': offloading does nothing on trainer.accelerator=cpu "

@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import (
+    StagingDir,
     atomic_path,
     discard,
     fingerprint,
@@ -40,8 +41,17 @@ from exp3rt.artifacts import (
 )
 from exp3rt.baselines.runner import baselines_stage
 from exp3rt.config import ConfigError
+from exp3rt.data.prepare import prepare_dataset
+from exp3rt.data.splits import prepare_split
 from exp3rt.devices import check_machine, free_memory
+from exp3rt.evaluation.evaluate import evaluate
+from exp3rt.evaluation.report import flat_metrics as eval_flat
+from exp3rt.evaluation.report import markdown_table, numbers
+from exp3rt.inference.predict import predict
 from exp3rt.locks import file_lock  # noqa: F401 - also imported from here
+from exp3rt.student.train import latest_checkpoint, train
+from exp3rt.teacher.annotate import annotate, annotation_dir, find_annotation_dir, teacher_identity
+from exp3rt.teacher.prompts import Prompts
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +87,6 @@ def _pick(cfg: DictConfig, keys) -> dict:
 
 def _teacher_identity(cfg) -> dict:
     """The teacher settings that change its answers (not its key variable, rate limits or concurrency)."""
-    from exp3rt.teacher.annotate import teacher_identity
-
     return teacher_identity(cfg.teacher)
 
 
@@ -141,8 +149,7 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     teacher: the prepared data and split, the teacher's calls/tokens/cost estimate (no key needed), the
     Lightning strategy with its DeepSpeed dict, the batch arithmetic, the LoRA and 4-bit configs, and the
     stage artifacts a real run would write or reuse. For cluster presets checked on a laptop."""
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
+    # heavy: torch, pytorch_lightning (a dry run only)
     from exp3rt.student.model import lora_config, quantization_config
     from exp3rt.student.strategies import adam_class, build_strategy
 
@@ -157,8 +164,6 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
     train_dir = stage_dirs(cfg, stage_fingerprints(cfg, prepared.fingerprint, split.fingerprint))["train"]
     out["artifacts"] = {"train": {"dir": str(train_dir), "finished": _done("train", train_dir)}}
     if "annotate" in [str(s) for s in cfg.stages]:
-        from exp3rt.teacher.annotate import annotate
-
         est = annotate(cfg, prepared, split, dry_run=True, progress=False)
         out["teacher"] = {
             "identity": _teacher_identity(cfg),
@@ -245,9 +250,6 @@ def dry_run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None) -> dict:
     """The whole ``exp3rt-pipeline`` run (minus Hydra). Returns the combined metrics."""
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
-
     stages, force = check_stages(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
@@ -303,8 +305,6 @@ def run_pipeline(cfg: DictConfig, out_dir: Path, hydra_info: dict | None = None)
                     stage, status, started, dir=results[stage]["directory"], usage=results[stage].get("usage")
                 )
         if stage == "train":
-            from exp3rt.student.train import latest_checkpoint
-
             resume = latest_checkpoint(d) is not None  # a DeepSpeed last.ckpt is a folder
             results[stage] = _train(cfg, d, resume, prepared, split)
             finish(
@@ -339,9 +339,6 @@ def _shared_stage_lock(stage: str, cfg: DictConfig, dirs: dict, split):
     if stage == "baselines":
         target = dirs["baselines"]
     elif stage == "annotate":
-        from exp3rt.teacher.annotate import annotation_dir
-        from exp3rt.teacher.prompts import Prompts
-
         prompts = Prompts.for_run(cfg)
         target, _ = annotation_dir(cfg, split, prompts)
     else:
@@ -354,8 +351,6 @@ def _load_result(stage: str, d: Path) -> dict:
 
 
 def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
-    from exp3rt.teacher.annotate import annotate
-
     result = annotate(
         cfg,
         prepared,
@@ -366,6 +361,7 @@ def _annotate(cfg: DictConfig, prepared, split, force: bool) -> dict:
     )
     pending = result.get("batch_pending")
     if pending:  # teacher.batch.submit_only: the stages are not done, so nothing after them may run
+        # heavy: openai
         from exp3rt.teacher.batch import BatchPending
 
         raise BatchPending(
@@ -398,9 +394,6 @@ def artifact_usage(directory: Path) -> dict:
 
 
 def _train(cfg: DictConfig, d: Path, resume: bool, prepared, split) -> dict:
-    from exp3rt.student.train import train
-    from exp3rt.teacher.annotate import find_annotation_dir
-
     return train(
         cfg,
         d,
@@ -413,9 +406,6 @@ def _train(cfg: DictConfig, d: Path, resume: bool, prepared, split) -> dict:
 
 
 def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None = None) -> dict:
-    from exp3rt.evaluation.evaluate import evaluate
-    from exp3rt.inference.predict import predict
-
     ev = to_container(cfg.eval)
     if ev.get("rerank") and not ev.get("candidates_file") and base_dir is not None:
         cand = base_dir / "candidates" / f"{ev['rerank_retriever']}.parquet"
@@ -429,8 +419,6 @@ def _evaluate(cfg: DictConfig, train_dir: Path, d: Path, base_dir: Path | None =
 
 
 def _staging(d: Path):
-    from exp3rt.artifacts import StagingDir
-
     d.parent.mkdir(parents=True, exist_ok=True)
     return StagingDir(d)
 
@@ -475,9 +463,6 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     """Every number as ``section/name/key`` — the names W&B, sweeps, Optuna and exp3rt-compare use:
     ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``, ``retrieval/<model>/<metric>``,
     ``generation/<key>`` (reasoning budget and how many reasonings it cut), ``efficiency/<key>``."""
-    from exp3rt.evaluation.report import flat_metrics as eval_flat
-    from exp3rt.evaluation.report import numbers
-
     out = eval_flat(
         {
             "rating": metrics.get("rating") or {},
@@ -511,8 +496,6 @@ def first_explanation(path: Path) -> dict | None:
 
 
 def _write_report(out_dir: Path, eval_dir: Path, record: dict) -> None:
-    from exp3rt.evaluation.report import markdown_table
-
     text = (eval_dir / "report.md").read_text()
     rows = [[s, r.get("status"), r.get("seconds"), r.get("dir")] for s, r in record["stages"].items()]
     text += (

@@ -25,7 +25,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exp3rt.compare import Comparison, Run, cell, collect_runs, compare, split_override, write_outputs
+from exp3rt.compare import (
+    Comparison,
+    Run,
+    cell,
+    collect_runs,
+    compare,
+    entity_table,
+    split_override,
+    write_outputs,
+)
+from exp3rt.evaluation.report import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,9 +217,6 @@ def entity_view(
 ) -> Table:
     """A paper table whose rows are a section's entities (rating models; first stage / reranked) of each
     run, and bars of ``plot_keys`` per row."""
-    from exp3rt.compare import entity_table
-    from exp3rt.evaluation.report import markdown_table
-
     header, rows = entity_table(cmp.runs, section, keys, entities=entities, names=names)
     n_label = len(header) - len(keys)
     plot_keys = list(plot_keys or keys)
@@ -225,8 +232,6 @@ def runs_view(
     cmp: Comparison, heading: str, columns: Sequence[tuple[str, str]], extra_lines: Sequence[str] = ()
 ) -> Table:
     """A paper table with one row per run: ``columns`` are (header, flat metric name) pairs."""
-    from exp3rt.evaluation.report import markdown_table
-
     header = ["run", *[h for h, _ in columns]]
     ok = [r for r in cmp.runs if r.ok]
     rows = [[r.label, *[cell(m, r.value(m)) for _, m in columns]] for r in ok]

@@ -99,3 +99,66 @@ def test_the_layer_check_catches_an_upward_import():
     assert (
         layer_of("exp3rt.student.lightning") > layer_of("exp3rt.teacher.annotate") > layer_of("exp3rt.config")
     )
+
+
+# An import of the package's own modules belongs at the top of the module. One inside a function is kept
+# only to defer a heavy library (torch, transformers, pytorch_lightning, vllm, openai, scipy, …) past
+# import time, e.g. so `exp3rt-pipeline --help` and the data-only paths never load torch, or to break an
+# import cycle; it says which with a `# heavy: …` or `# cycle: …` comment on the line above its group of
+# imports (or on one of its lines).
+REASON = ("# heavy:", "# cycle:")
+
+
+def unexplained_function_imports(source: str) -> list[int]:
+    """Line numbers of function-level ``exp3rt`` imports whose group of consecutive imports carries no
+    reason comment."""
+    tree, lines = ast.parse(source), source.splitlines()
+    bad = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for block in ast.walk(fn):
+            for body in (getattr(block, f, None) for f in ("body", "orelse", "finalbody")):
+                if not isinstance(body, list):
+                    continue
+                groups, run = [], []
+                for stmt in body:
+                    if isinstance(stmt, ast.Import | ast.ImportFrom):
+                        run.append(stmt)
+                    elif run:
+                        groups.append(run)
+                        run = []
+                groups += [run] if run else []
+                for group in groups:
+                    own = [
+                        s
+                        for s in group
+                        if any(
+                            n == "exp3rt" or n.startswith("exp3rt.")
+                            for n in (
+                                [s.module or ""]
+                                if isinstance(s, ast.ImportFrom)
+                                else [a.name for a in s.names]
+                            )
+                        )
+                    ]
+                    text = lines[group[0].lineno - 2 : group[-1].end_lineno]
+                    if own and not any(reason in line for line in text for reason in REASON):
+                        bad += [s.lineno for s in own]
+    return sorted(set(bad))
+
+
+def test_the_reason_check_catches_an_unexplained_function_import():
+    bare = "def f():\n    import torch\n    from exp3rt.config import validate\n    return validate\n"
+    said = "def f():\n    # heavy: torch\n    import torch\n    from exp3rt.student.model import x\n"
+    assert unexplained_function_imports(bare) == [3]
+    assert unexplained_function_imports(said) == []
+
+
+def test_every_function_level_import_of_the_package_says_why():
+    bad = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line in unexplained_function_imports(path.read_text())
+    ]
+    assert bad == [], "move these imports to the module's top, or say `# heavy: <library>` / `# cycle: …`"

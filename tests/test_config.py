@@ -123,3 +123,29 @@ def test_bad_student_values_are_rejected_before_any_model_loads(overrides, key, 
 
     said = _rejection(compose_train, overrides)
     assert key in said and message in said
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "message"),
+    [
+        (["teacher.mode=stream"], "teacher.mode", "expected one of [sync, batch]"),
+        (["teacher.dtype=int8"], "teacher.dtype", "expected one of [float32, bfloat16, float16, fp32, bf16"),
+        (["logger.mode=remote"], "logger.mode", "expected one of [offline, online, disabled]"),
+        (["annotation.consistency_action=drop"], "annotation.consistency_action", "[flag, regenerate]"),
+        (["student.tiny_vocab=chars"], "student.tiny_vocab", "expected one of [byte, bpe, words]"),
+        (["peft.bias=some"], "peft.bias", "expected one of [none, all, lora_only]"),
+        (["deepspeed.offload_param=gpu"], "deepspeed.offload_param", "expected one of [cpu, nvme]"),
+        (["eval.rerank_retriever=svd"], "eval.rerank_retriever", "[popularity, bpr_mf, lightgcn]"),
+        (["dataset.format=xlsx"], "dataset.format", "expected one of [auto, csv, tsv, jsonl, parquet]"),
+    ],
+)
+def test_choice_keys_are_enums_rejected_while_composing(overrides, key, message):
+    """Every key that takes one of a fixed set of names is an enum in exp3rt.config, so a bad value is
+    refused while composing (naming the allowed values), never late in the stage that reads it."""
+
+    def compose_pipeline(ov):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="pipeline", overrides=ov)
+
+    said = _rejection(compose_pipeline, overrides)
+    assert key in said and message in said

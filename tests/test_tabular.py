@@ -144,7 +144,7 @@ def test_format_detection(tmp_path):
         load(path)
     ds, _ = load(path, format="csv")
     assert len(ds.interactions) == 1
-    with pytest.raises(ConfigError, match="unknown format 'xlsx'"):
+    with pytest.raises(ConfigError, match="'dataset.format': Invalid value 'xlsx', expected one of"):
         load(path, format="xlsx")
 
 

@@ -419,7 +419,6 @@ def test_a_single_stage_run_on_a_stale_input_stops_and_its_command_rebuilds_it(s
 
 
 def test_the_pipeline_passes_retry_failed_to_its_annotate_stage(tmp_path, monkeypatch):
-    import exp3rt.teacher.annotate as annotate_module
     from exp3rt import pipeline
 
     seen = {}
@@ -428,7 +427,7 @@ def test_the_pipeline_passes_retry_failed_to_its_annotate_stage(tmp_path, monkey
         seen["retry_failed"] = options["retry_failed"]
         return {"directory": str(tmp_path)}
 
-    monkeypatch.setattr(annotate_module, "annotate", fake_annotate)
+    monkeypatch.setattr(pipeline, "annotate", fake_annotate)  # the name the pipeline calls
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             config_name="pipeline", overrides=["retry_failed=true", f"paths.artifacts_dir={tmp_path}"]

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from exp3rt.artifacts import save_config, write_json_atomic, write_text_atomic
+from exp3rt.baselines.report import baselines_report
+from exp3rt.config import SplitStrategy
 from exp3rt.data.schema import RatingScale
 from exp3rt.data.splits import Split
 from exp3rt.metrics import mae, rmse
@@ -27,6 +30,7 @@ def rating_errors(truth: np.ndarray, pred: np.ndarray, warm: np.ndarray) -> dict
 
 
 def run_baselines(split: Split, cfg, eval_cfg, scale: RatingScale, out_dir: Path | None = None) -> dict:
+    # heavy: torch (the baselines' models)
     from exp3rt.baselines.rating import build_rating_baselines
     from exp3rt.baselines.retrievers import (
         build_retrievers,
@@ -97,10 +101,6 @@ def baselines_stage(prepared, split: Split, cfg, eval_cfg, out_dir: Path, config
     (``baselines``, ``eval`` for the cut-offs): fit, score, write ``candidates/``, ``report.md`` and
     ``metrics.json`` (last: the finished marker) into ``out_dir``, and return the metrics. ``config``: the
     resolved config saved beside them for provenance. exp3rt-baselines and the pipeline both call it."""
-    from exp3rt.artifacts import save_config, write_json_atomic, write_text_atomic
-    from exp3rt.baselines.report import baselines_report
-    from exp3rt.config import SplitStrategy
-
     out_dir.mkdir(parents=True, exist_ok=True)
     if config is not None:
         save_config(config, out_dir / "config.yaml")

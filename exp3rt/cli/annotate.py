@@ -18,14 +18,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from exp3rt import CONF_DIR
+from exp3rt.artifacts import save_config, write_json_atomic
 from exp3rt.cli.common import fail_cleanly
+from exp3rt.config import validate
+from exp3rt.data.prepare import prepare_dataset
+from exp3rt.data.splits import prepare_split
+from exp3rt.evaluation.report import markdown_table
+from exp3rt.teacher.annotate import annotate, check_run_options
+from exp3rt.threads import apply_threads
 
 log = logging.getLogger("exp3rt.annotate")
 
 
 def annotation_table(result: dict) -> str:
-    from exp3rt.evaluation.report import markdown_table
-
     if "estimate" in result:
         rows = []
         modes = set()
@@ -98,13 +103,6 @@ def annotation_table(result: dict) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.artifacts import save_config, write_json_atomic
-    from exp3rt.config import validate
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
-    from exp3rt.teacher.annotate import annotate, check_run_options
-    from exp3rt.threads import apply_threads
-
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
     check_run_options(cfg.stage, cfg.shard, cfg.num_shards, cfg.merge)  # before anything is written

@@ -15,19 +15,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from exp3rt import CONF_DIR
+from exp3rt.baselines.report import baselines_report
+from exp3rt.baselines.runner import baselines_stage
 from exp3rt.cli.common import fail_cleanly
+from exp3rt.config import validate
+from exp3rt.data.prepare import prepare_dataset
+from exp3rt.data.splits import prepare_split
+from exp3rt.threads import apply_threads
 
 log = logging.getLogger("exp3rt.baselines")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.baselines.report import baselines_report
-    from exp3rt.baselines.runner import baselines_stage
-    from exp3rt.config import validate
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
-    from exp3rt.threads import apply_threads
-
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
     prepared = prepare_dataset(cfg.dataset, cfg.paths.data_dir)

@@ -10,6 +10,8 @@ import sys
 from exp3rt.config import ConfigError
 from exp3rt.data.problems import DataError
 from exp3rt.locks import LockHeld
+from exp3rt.teacher.backends.base import TeacherError
+from exp3rt.versions import warn_untested_versions
 
 
 @contextlib.contextmanager
@@ -18,9 +20,6 @@ def fail_cleanly(log: logging.Logger):
     budget that ran out, another process holding the lock) into one clear line on stderr and exit status 2
     instead of a traceback; set EXP3RT_TRACEBACK=1 to see the traceback. (A crash with a traceback
     exits 1.)"""
-    from exp3rt.teacher.backends.base import TeacherError
-    from exp3rt.versions import warn_untested_versions
-
     warn_untested_versions()  # a library upgraded past the tested range is said once, up front
     try:
         yield

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exp3rt.compare import collect_runs, compare, default_out_dir, wandb_runs, write_outputs
+
 log = logging.getLogger("exp3rt.compare")
 
 
@@ -62,8 +64,6 @@ def _split(text: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None, api: Any = None) -> int:
     """``api``: a ``wandb.Api``-like object for ``--wandb`` (tests inject a double; None makes a real one)."""
-    from exp3rt.compare import collect_runs, compare, default_out_dir, wandb_runs, write_outputs
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
     if bool(args.paths) == bool(args.wandb):

@@ -15,17 +15,16 @@ from omegaconf import DictConfig
 
 from exp3rt import CONF_DIR
 from exp3rt.cli.common import fail_cleanly
+from exp3rt.config import validate
+from exp3rt.evaluation.evaluate import evaluate
+from exp3rt.evaluation.report import markdown_table
+from exp3rt.inference.predict import predict
+from exp3rt.threads import apply_threads
 
 log = logging.getLogger("exp3rt.evaluate")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.config import validate
-    from exp3rt.evaluation.evaluate import evaluate
-    from exp3rt.evaluation.report import markdown_table
-    from exp3rt.inference.predict import predict
-    from exp3rt.threads import apply_threads
-
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
     metrics = evaluate(cfg.eval, out_dir, run_dir=cfg.run_dir, adapter=cfg.adapter, predict_fn=predict)

@@ -19,6 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from exp3rt import CONF_DIR
 from exp3rt.cli.common import fail_cleanly
+from exp3rt.config import ConfigError, validate
+from exp3rt.evaluation.report import markdown_table
+from exp3rt.pipeline import run_pipeline
+from exp3rt.threads import apply_threads
 
 log = logging.getLogger("exp3rt.pipeline")
 
@@ -26,8 +30,6 @@ log = logging.getLogger("exp3rt.pipeline")
 def summary(metrics: dict, out_dir: Path) -> str:
     """The table a user reads first: the student against the rating baselines on the same test pairs,
     reranking before/after, one explanation, and where the report is."""
-    from exp3rt.evaluation.report import markdown_table
-
     lines = []
     ds = metrics.get("dataset") or {}
     proto = metrics.get("protocol") or {}
@@ -145,10 +147,6 @@ def hydra_info() -> dict:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.config import validate
-    from exp3rt.pipeline import run_pipeline
-    from exp3rt.threads import apply_threads
-
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
     metrics = run_pipeline(cfg, out_dir, hydra_info())
@@ -193,8 +191,6 @@ def searching() -> str | None:
 def check_search_split(cfg: DictConfig) -> None:
     """A search optimises what it measures: it must never measure the test pairs (issue: the Optuna
     objective used to be the test RMSE). Refused before any work, with the keys that fix it."""
-    from exp3rt.config import ConfigError
-
     who = searching()
     if who and str(cfg.eval.get("split", "test")) != "valid":
         raise ConfigError(

@@ -18,19 +18,18 @@ from omegaconf import DictConfig
 
 from exp3rt import CONF_DIR
 from exp3rt.cli.common import fail_cleanly
+from exp3rt.config import validate
+from exp3rt.data.prepare import prepare_dataset
+from exp3rt.data.splits import prepare_split
+from exp3rt.devices import check_machine
+from exp3rt.student.train import train
+from exp3rt.teacher.annotate import find_annotation_dir
+from exp3rt.threads import apply_threads
 
 log = logging.getLogger("exp3rt.train")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from exp3rt.config import validate
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
-    from exp3rt.devices import check_machine
-    from exp3rt.student.train import train
-    from exp3rt.teacher.annotate import find_annotation_dir
-    from exp3rt.threads import apply_threads
-
     cfg = validate(cfg)
     apply_threads(cfg)  # before any torch work
     check_machine(cfg)  # a GPU trainer on a machine without one: one sentence before any data work

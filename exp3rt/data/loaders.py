@@ -15,20 +15,20 @@ import numpy as np
 import pandas as pd
 
 from exp3rt.config import DuplicatePolicy, Loader
+from exp3rt.data.amazon import load_amazon2018
 from exp3rt.data.files import require_file  # noqa: F401 - also imported from here
 from exp3rt.data.problems import DataError, InputProblems, NoUsableData
+from exp3rt.data.release import load_release
 from exp3rt.data.schema import Dataset, RatingScale, conform_interactions, conform_items, scale_of  # noqa: F401
+from exp3rt.data.synthetic import load_synthetic
+from exp3rt.data.tabular import load_tabular
+from exp3rt.data.topk import load_topk
 
 LoaderFn = Callable[[object, InputProblems], Dataset]
 
 
 def _registry() -> dict[Loader, LoaderFn]:
     # imported lazily so a loader's optional heavy imports cost nothing for the others
-    from exp3rt.data.amazon import load_amazon2018
-    from exp3rt.data.release import load_release
-    from exp3rt.data.synthetic import load_synthetic
-    from exp3rt.data.tabular import load_tabular
-    from exp3rt.data.topk import load_topk
 
     return {
         Loader.synthetic: load_synthetic,

@@ -32,6 +32,7 @@ from exp3rt.config import Loader
 from exp3rt.data.files import require_file
 from exp3rt.data.loaders import load_dataset
 from exp3rt.data.problems import InputProblems
+from exp3rt.data.release import no_release_folder
 from exp3rt.data.schema import Dataset, conform_interactions, conform_items, scale_of
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ def input_digests(cfg) -> dict[str, str]:
         root = Path(cfg.path)
         if not root.exists():
             if Loader(cfg.loader) == Loader.exp3rt_release:
-                from exp3rt.data.release import no_release_folder
-
                 raise FileNotFoundError(no_release_folder(cfg))
             raise FileNotFoundError(f"dataset.path does not exist: {root} (dataset '{cfg.name}')")
         if Loader(cfg.loader) == Loader.exp3rt_release and root.is_dir():

@@ -33,6 +33,7 @@ import random
 import numpy as np
 import pandas as pd
 
+from exp3rt.config import ConfigError
 from exp3rt.data.problems import InputProblems
 from exp3rt.data.schema import Dataset, RatingScale, scale_of
 from exp3rt.data.world_vocab import (
@@ -417,8 +418,6 @@ def load_synthetic(cfg, problems: InputProblems) -> Dataset:
     try:
         return generate_world(cfg.world, str(cfg.domain), scale_of(cfg), name=str(cfg.name))
     except ValueError as e:
-        from exp3rt.config import ConfigError
-
         raise ConfigError(str(e)) from None
 
 

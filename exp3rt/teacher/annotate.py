@@ -31,10 +31,16 @@ from exp3rt.artifacts import (
 )
 from exp3rt.config import ConfigError, TeacherBackendName
 from exp3rt.data.prepare import PreparedData
+from exp3rt.data.release import split_profile
 from exp3rt.data.splits import Split
 from exp3rt.locks import file_lock
 from exp3rt.teacher.backends.base import TeacherError
+from exp3rt.teacher.backends.extractive import ExtractiveBackend
+from exp3rt.teacher.backends.hf_backend import HFBackend
+from exp3rt.teacher.cache import AnswerCache
+from exp3rt.teacher.client import TeacherClient
 from exp3rt.teacher.prompts import Prompts
+from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
 from exp3rt.teacher.stages import (
     RETRY_STEP,
     STAGE_ORDER,
@@ -165,16 +171,13 @@ def check_run_options(
 def build_backend(teacher_cfg, dry_run: bool = False):
     backend = TeacherBackendName(teacher_cfg.backend)
     if backend == TeacherBackendName.openai:
+        # heavy: openai
         from exp3rt.teacher.backends.openai_backend import OpenAIBackend
 
         return OpenAIBackend(teacher_cfg, require_key=not dry_run)  # pricing a run needs no key
     if backend == TeacherBackendName.hf:
-        from exp3rt.teacher.backends.hf_backend import HFBackend
-
         return HFBackend(teacher_cfg)
     if backend == TeacherBackendName.extractive:
-        from exp3rt.teacher.backends.extractive import ExtractiveBackend
-
         return ExtractiveBackend(teacher_cfg)
     raise ConfigError("teacher.backend=release makes no calls; it is handled by import_release()")
 
@@ -584,7 +587,6 @@ def import_release(cfg, prepared: PreparedData, split: Split, directory: Path) -
         }
     )
     # the release gives each record its own item synopsis (selected for that target user): one job per pair
-    from exp3rt.data.release import split_profile
 
     parsed = [split_profile(t) for t in pp["item_profile"]]
     item_frame = pd.DataFrame(
@@ -702,10 +704,6 @@ def _annotate_locked(
 ) -> dict:
     """:func:`annotate` while this process holds the directory's (or its shard's) lock: no other
     exp3rt-annotate sends this directory's requests at the same time."""
-    from exp3rt.teacher.cache import AnswerCache
-    from exp3rt.teacher.client import TeacherClient
-    from exp3rt.teacher.spend import SPEND_FILE, SpendLedger
-
     save_config(cfg, directory / "config.yaml")
     write_meta(
         directory,
@@ -734,6 +732,7 @@ def _annotate_locked(
     )  # the budget holds for the directory, across reruns and shards
     batches = None
     if str(cfg.teacher.get("mode", "sync")) == "batch":
+        # heavy: openai
         from exp3rt.teacher.batch import BATCH_FILE, BatchLedger, BatchTeacherClient
 
         batches = BatchLedger(

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from exp3rt.config import ConfigError, ItemReviewPolicy
+from exp3rt.config import ConfigError, ItemReviewPolicy, Similarity
 from exp3rt.data.schema import round_rating  # noqa: F401  (the profiles' averages; tests import it here)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "rating", "helpful_votes", "timestamp")
@@ -713,8 +713,6 @@ def make_similarity(
     conf, train_df: pd.DataFrame, profile_texts: Mapping[str, str] | None = None
 ) -> UserSimilarity:
     """The fitted similarity that ``annotate.similarity`` names."""
-    from exp3rt.config import Similarity
-
     name = Similarity(str(getattr(conf.similarity, "value", conf.similarity)))
     if name == Similarity.rating_cosine:
         return RatingCosine().fit(train_df)

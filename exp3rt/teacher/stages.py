@@ -451,6 +451,7 @@ async def run_item_profiles(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Item profiles for every pair that needs one (rationale pairs + valid/test pairs) under the
     configured review-selection policy; returns (profiles, pair → profile map)."""
+    # heavy: scipy (only the item-profile stage needs it)
     from exp3rt.teacher.selection import ItemProfilePlan, make_similarity
 
     similarity = None
@@ -615,9 +616,7 @@ async def consistency(
     """A second call predicts the rating from the rationale alone; pairs off by more than the margin
     are flagged, or regenerated once (``annotation.consistency_action=regenerate``) and re-checked."""
     margin = float(ctx.annotation.consistency_margin)
-    action = ctx.annotation.consistency_action
-    if action not in ("flag", "regenerate"):
-        raise ConfigError(f"annotation.consistency_action must be 'flag' or 'regenerate' (got {action!r})")
+    action = ctx.annotation.consistency_action  # flag | regenerate (config.ConsistencyAction)
 
     def check_works(rows: pd.DataFrame) -> list[Work]:
         out = []

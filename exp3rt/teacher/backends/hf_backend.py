@@ -53,11 +53,7 @@ class HFBackend:
                 f"hf backend: teacher.model_path must be a local model folder (got {path!r}); "
                 f"build one with exp3rt.models.tiny.build_tiny_llama or exp3rt.models.smollm2.prepare_smollm2"
             )
-        dtype_name = _DTYPES.get(str(getattr(cfg, "dtype", "float32")))
-        if dtype_name is None:
-            raise PermanentError(
-                f"hf backend: teacher.dtype={cfg.dtype!r} is not one of {sorted(set(_DTYPES))}"
-            )
+        dtype_name = _DTYPES[str(getattr(cfg, "dtype", "float32"))]  # a config.TeacherDtype value
         dtype = dtype_name if dtype_name == "auto" else getattr(torch, dtype_name)
         self.model_path = str(path)
         # the label goes into cache keys: TeacherConf's default label names the extractive lexicon,
