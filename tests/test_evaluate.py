@@ -9,7 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from exp3rt import CONF_DIR
-from exp3rt.evaluation.evaluate import Prediction, apply_fallback, error_table
+from exp3rt.evaluation.pairs import check_scored_pairs
+from exp3rt.evaluation.scoring import apply_fallback, error_table, fallback_models
+from exp3rt.inference.prediction import Prediction
 
 WORLD = [
     "dataset.world.n_users=12",
@@ -135,8 +137,6 @@ def test_answer_token_stats_counts_the_answer_tokens_of_one_task():
 def test_failure_policies_count_and_never_score_zero_error():
     import pandas as pd
 
-    from exp3rt.evaluation.evaluate import fallback_models
-
     train = pd.DataFrame({"user_id": ["u", "u", "w"], "item_id": ["i", "j", "i"], "rating": [4.0, 4.0, 1.0]})
     models = fallback_models(train, (1.0, 5.0))  # user u 4, item i 2.5, global 3
     preds = [
@@ -166,7 +166,6 @@ def test_user_mean_failure_policy_predicts_what_the_user_mean_baseline_row_predi
     import pandas as pd
 
     from exp3rt.baselines.rating import UserMean
-    from exp3rt.evaluation.evaluate import fallback_models
 
     train = pd.DataFrame(
         {"user_id": ["u", "u", "w", "x"], "item_id": ["i", "j", "i", "i"], "rating": [5.0, 4.0, 1.0, 2.0]}
@@ -562,7 +561,6 @@ def test_eval_split_valid_without_a_validation_part_says_how_to_get_one(trained,
 def test_the_guard_refuses_a_training_pair_among_the_scored_ones():
     import pandas as pd
 
-    from exp3rt.evaluation.evaluate import check_scored_pairs
     from exp3rt.student.examples import SFTExample
 
     class Split:

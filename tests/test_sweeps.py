@@ -74,8 +74,9 @@ def logged_metric_names() -> frozenset[str]:
     """Every metric name exp3rt-pipeline writes to metrics.json "flat" and W&B, built by the code that
     builds them (evaluate's error table and reranking metrics, both flat_metrics functions) plus what
     the LightningModule logs with self.log — not a copied list."""
-    from exp3rt.evaluation.evaluate import Prediction, error_table, fallback_models
     from exp3rt.evaluation.report import flat_metrics as eval_flat
+    from exp3rt.evaluation.scoring import error_table, fallback_models
+    from exp3rt.inference.prediction import Prediction
     from exp3rt.inference.rerank import rerank_metrics
     from exp3rt.pipeline import flat_metrics as pipeline_flat
 

@@ -1,10 +1,12 @@
 """Evaluate a trained student: reasoning then rating on test pairs, both readouts, baselines on the same
 pairs, failure accounting, predictions, report and plots; optionally top-k reranking.
 
-This module runs the evaluation (the trained run and its config, the scored pairs and their guards,
-predictions and readouts, fallbacks and error tables); :mod:`exp3rt.evaluation.report` writes and logs
-what it found (predictions file, report.md, flat metrics, W&B) and :mod:`exp3rt.evaluation.rerank`
-reranks top-k candidates.
+This module runs the evaluation (the trained run and its config, the test examples, predictions and
+readouts, the reasoning budget); :mod:`exp3rt.evaluation.pairs` decides which pairs are scored and checks
+that none was trained on, :mod:`exp3rt.evaluation.scoring` turns predictions into error tables (failure
+fallbacks, baselines on the same pairs), :mod:`exp3rt.evaluation.report` writes and logs what it found
+(predictions file, report.md, flat metrics, W&B) and :mod:`exp3rt.evaluation.rerank` reranks top-k
+candidates.
 
 The trained run is identified by its saved ``config.yaml`` (never by parsing directory names): the
 dataset, split, teacher/annotation groups, SFT and student settings come from there, so evaluation sees
@@ -23,24 +25,22 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from exp3rt.artifacts import write_json_atomic, write_text_atomic
-from exp3rt.baselines.runner import rating_errors
-from exp3rt.config import ConfigError, FailurePolicy, RatingBaselinesConf, validate
+from exp3rt.config import ConfigError, validate
 from exp3rt.data.prepare import prepare_dataset
 from exp3rt.data.splits import prepare_split
 from exp3rt.devices import resolve_device
 from exp3rt.evaluation import plots
+from exp3rt.evaluation.pairs import check_scored_pairs, mark_warm, pair_of, scored_part, unseen_file_pairs
 from exp3rt.evaluation.reasoning import reasoning_about_the_pair
 from exp3rt.evaluation.report import generation_summary, log_to_wandb, report_markdown, write_predictions
 from exp3rt.evaluation.rerank import rerank_candidates
+from exp3rt.evaluation.scoring import baseline_errors, default_rating_cfg, error_table, fallback_models
 from exp3rt.inference.predict import release_students
-from exp3rt.inference.prediction import Prediction  # noqa: F401 - also imported from here
-from exp3rt.metrics import mae, rmse
+from exp3rt.inference.prediction import Prediction
 from exp3rt.student.examples import build_examples, direct_ablation, rating_file_examples
 from exp3rt.teacher.annotate import find_annotation_dir
 
 log = logging.getLogger(__name__)
-
-POLICIES = tuple(p.value for p in FailurePolicy)
 
 
 def find_train_run(run_dir: str | None, adapter: str | None) -> tuple[Path, Path]:
@@ -69,81 +69,6 @@ def load_train_config(run: Path, overrides: DictConfig | None = None) -> DictCon
     if overrides is not None:
         cfg = OmegaConf.merge(cfg, overrides)
     return validate(cfg)
-
-
-def fallback_models(train: pd.DataFrame, scale=None) -> dict:
-    """The failure policies' values: the ``user_mean``, ``item_mean`` and ``global_mean`` rating baselines
-    (:mod:`exp3rt.baselines.rating`) fitted on the training split, so a filled failure gets exactly the
-    rating the baseline row of the same name predicts (an unseen user or item: the global mean)."""
-    # heavy: torch (the rating baselines)
-    from exp3rt.baselines.rating import GlobalMean, ItemMean, UserMean
-
-    return {m.name: m(scale).fit(train) for m in (UserMean, ItemMean, GlobalMean)}
-
-
-def apply_fallback(
-    value: float | None, policy: str, user_id: str, item_id: str, models: dict
-) -> tuple[float | None, bool]:
-    """The rating to score and whether the failure policy supplied it: the policy's baseline
-    (:func:`fallback_models`) predicts the pair. ``exclude`` returns None: the pair is left out of the
-    error metrics and counted, never scored as zero error."""
-    if value is not None:
-        return value, False
-    if policy == "exclude":
-        return None, True
-    return float(models[policy].predict([user_id], [item_id])[0]), True
-
-
-def error_table(preds: list[Prediction], which: str, policy: str, models: dict) -> dict:
-    """RMSE/MAE of one readout (``argmax`` | ``expected`` | ``direct_*``) overall, warm and cold, with the
-    number of failures and how they were handled (``models``: :func:`fallback_models`)."""
-    policy = FailurePolicy(policy)  # a value the schema checked; a caller's typo is a ValueError naming it
-    missing = [p for p in preds if getattr(p, f"rating_{which}") is None]
-    filled = {}  # (user, item) -> the policy's baseline prediction, one predict call for every failure
-    if missing and policy != "exclude":
-        values = models[policy].predict([p.user_id for p in missing], [p.item_id for p in missing])
-        filled = {(p.user_id, p.item_id): float(v) for p, v in zip(missing, values, strict=True)}
-    truth, pred, warm, failures = [], [], [], 0
-    for p in preds:
-        value, fell_back = getattr(p, f"rating_{which}"), False
-        if value is None:
-            value, fell_back = filled.get((p.user_id, p.item_id)), True
-        failures += int(fell_back)
-        if value is None:
-            continue
-        truth.append(p.truth)
-        pred.append(value)
-        warm.append(p.warm)
-    truth_a, pred_a, warm_a = np.array(truth), np.array(pred), np.array(warm, dtype=bool)
-    out = {
-        "n": len(preds),
-        "scored": int(len(truth_a)),
-        "failures": failures,
-        "failure_policy": policy,
-        "parse_rate": 1.0 - failures / max(1, len(preds)),
-    }
-    out["rmse"] = rmse(truth_a, pred_a) if len(truth_a) else None
-    out["mae"] = mae(truth_a, pred_a) if len(truth_a) else None
-    for tag, mask in (("warm", warm_a), ("cold", ~warm_a)):
-        out[f"rmse_{tag}"] = rmse(truth_a[mask], pred_a[mask]) if mask.any() else None
-        out[f"mae_{tag}"] = mae(truth_a[mask], pred_a[mask]) if mask.any() else None
-    return out
-
-
-def baseline_errors(train: pd.DataFrame, pairs: pd.DataFrame, scale, cfg_rating) -> dict:
-    # heavy: torch
-    from exp3rt.baselines.rating import build_rating_baselines
-
-    out = {}
-    truth = pairs["rating"].to_numpy(dtype=float)
-    warm = pairs["warm"].to_numpy(dtype=bool)
-    for name, model in build_rating_baselines(cfg_rating, scale).items():
-        model.fit(train)
-        pred = np.asarray(
-            model.predict(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), dtype=float
-        )
-        out[name] = rating_errors(truth, pred, warm)
-    return out
 
 
 def evaluate(
@@ -247,12 +172,8 @@ def _evaluate(
     if (
         trained_direct(tcfg) and str(ev.mode) != "fast"
     ):  # the same pairs read out once more, after the rating-only prompt
-        wanted = {(str(e.meta["user_id"]), str(e.meta["item_id"])) for e in test_examples}
-        direct_examples = [
-            e
-            for e in test_set(readout_ablation(tcfg, "fast"))[0]
-            if (str(e.meta["user_id"]), str(e.meta["item_id"])) in wanted
-        ]
+        wanted = {pair_of(e) for e in test_examples}
+        direct_examples = [e for e in test_set(readout_ablation(tcfg, "fast"))[0] if pair_of(e) in wanted]
         attach_direct(
             preds, predict_fn(tcfg, adapter_dir, direct_examples, OmegaConf.merge(ev, {"mode": "fast"}))
         )
@@ -277,7 +198,7 @@ def _evaluate(
             train,
             pairs,
             prepared.dataset.scale,
-            tcfg.get("baselines", {}).get("rating") or _default_rating_cfg(),
+            tcfg.get("baselines", {}).get("rating") or default_rating_cfg(),
         ),
     }
     metrics = {
@@ -335,110 +256,6 @@ def _evaluate(
             run_id = (run / "wandb_run_id.txt").read_text().strip()
         metrics["wandb_dir"] = log_to_wandb(tcfg, metrics, preds, out_dir, int(ev.wandb_rows), run_id=run_id)
     return metrics
-
-
-def scored_part(ev, split, tcfg) -> str:
-    """The split part exp3rt-evaluate scores (``eval.split``), checked against what the split holds."""
-    part = str(ev.get("split") or "test")
-    if ev.get("test_file") and part != "test":
-        raise ConfigError(
-            f"eval.test_file scores the pairs of {ev.test_file}; eval.split={part} does not apply to it: "
-            "leave eval.split at test, or drop eval.test_file to score the split's own validation pairs"
-        )
-    if part == "valid" and len(split.valid) == 0:
-        raise ConfigError(
-            f"eval.split=valid, but split '{tcfg.split.strategy}' of dataset '{tcfg.dataset.name}' has "
-            "no validation "
-            f"pairs ({split.directory}): train on a split with a validation part, e.g. exp3rt-pipeline "
-            "split.valid_ratio=0.1 "
-            f"eval.split=valid (the student is retrained on the new split)"
-        )
-    return part
-
-
-def _pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
-    return set(zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True))
-
-
-def _pair_of(example) -> tuple[str, str]:
-    return str(example.meta["user_id"]), str(example.meta["item_id"])
-
-
-def unseen_file_pairs(examples: list, split, policy: str, path: str) -> tuple[list, dict]:
-    """``eval.test_file``'s examples less the pairs the student and the baselines trained on (the split's
-    train and valid parts). With ``eval.test_file_overlap=error`` (default) any such pair stops the run:
-    a memorised rating is no test (seen on the EXP3RT release: 1,631 of 2,049 file pairs were training pairs).
-    Returns the examples kept and the counts, which metrics.json records."""
-    train, valid = _pairs(split.train), _pairs(split.valid)
-    in_train = sum(_pair_of(e) in train for e in examples)
-    in_valid = sum(_pair_of(e) in valid for e in examples)
-    seen = train | valid
-    kept = [e for e in examples if _pair_of(e) not in seen]
-    counts = {
-        "file_pairs": len(examples),
-        "in_train": int(in_train),
-        "in_valid": int(in_valid),
-        "dropped": 0,
-        "scored": len(kept),
-    }
-    if in_train or in_valid:
-        if policy == "error":
-            raise ConfigError(
-                f"eval.test_file={path}: {in_train + in_valid} of {len(examples)} pairs are in the "
-                "data the student and "
-                f"the baselines trained on ({in_train} training, {in_valid} validation pairs of its "
-                "split), and scoring "
-                f"them would report memorised ratings. Score only the {len(kept)} unseen pairs with "
-                "eval.test_file_overlap=drop, or evaluate on the split's own test pairs (leave "
-                "eval.test_file unset)"
-            )
-        counts["dropped"] = in_train + in_valid
-        log.warning(
-            "eval.test_file: dropped %d of %d pairs that the student trained on (%d training, %d "
-            "validation); "
-            "scoring the %d unseen ones",
-            in_train + in_valid,
-            len(examples),
-            in_train,
-            in_valid,
-            len(kept),
-        )
-    return kept, counts
-
-
-def check_scored_pairs(examples: list, split, part: str) -> None:
-    """The guarantee behind every figure: no scored pair was a training pair of the student or the
-    baselines (the split's train part; for test scores, its valid part too), and split-scored pairs are
-    exactly pairs of that part. Raises RuntimeError (a bug, never a user error) otherwise."""
-    scored = {_pair_of(e) for e in examples}
-    banned = _pairs(split.train) | (_pairs(split.valid) if part != "valid" else set())
-    leaked = scored & banned
-    outside = scored - _pairs(split.part(part)) if part in ("train", "valid", "test") else set()
-    if leaked or outside:
-        example = sorted(leaked or outside)[0]
-        raise RuntimeError(
-            f"refusing to score: {len(leaked)} pair(s) the student trained on and {len(outside)} outside "
-            f"the {part} part, e.g. {example}"
-        )
-
-
-def mark_warm(preds: list[Prediction], train: pd.DataFrame, warm_min_train: int) -> dict:
-    """Set each prediction's warm flag from the training data actually used (a user with at least
-    ``split.warm_min_train`` training ratings is warm) and return the counts for metrics.json."""
-    counts = train["user_id"].astype(str).value_counts()
-    users_cold = set()
-    for p in preds:
-        p.warm = int(counts.get(str(p.user_id), 0)) >= warm_min_train
-        if not p.warm:
-            users_cold.add(p.user_id)
-    users = {p.user_id for p in preds}
-    return {
-        "warm_min_train": warm_min_train,
-        "pairs_warm": sum(p.warm for p in preds),
-        "pairs_cold": sum(not p.warm for p in preds),
-        "users": len(users),
-        "users_cold": len(users_cold),
-    }
 
 
 def inference_device(ev) -> dict:
@@ -508,7 +325,3 @@ def reasoning_budget(tcfg, ev, run: Path) -> dict:
     else:
         value, source = int(tcfg.student.max_new_tokens), "student.max_new_tokens"
     return {"max_new_tokens": value, "source": source, "training_answer_tokens": trained}
-
-
-def _default_rating_cfg():
-    return OmegaConf.structured(RatingBaselinesConf)
