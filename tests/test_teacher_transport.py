@@ -292,10 +292,13 @@ def test_request_rate_limit_spaces_requests(fake_openai):
 
 
 def test_token_rate_limit_spaces_requests(fake_openai):
-    reqs = requests_for(5, max_tokens=100)  # ~ 100 + 12 prompt tokens each
-    run_client(make_cfg(fake_openai, concurrency=5, tokens_per_minute=60 * 500), reqs)  # 500 tokens/s
+    # ~ 100 + 12 prompt tokens each; 12 of them need 1.7 s of pacing beyond the first second's burst, so a
+    # connection set-up of tens of ms on the first arrival cannot hide the pacing (5 requests needed
+    # 0.12 s, within that jitter)
+    reqs = requests_for(12, max_tokens=100)
+    run_client(make_cfg(fake_openai, concurrency=6, tokens_per_minute=60 * 500), reqs)  # 500 tokens/s
     span = fake_openai.arrivals[-1] - fake_openai.arrivals[0]
-    assert span >= (5 * 112 - 500) / 500 * 0.8  # the first second's worth passes at once, then paced
+    assert span >= (12 * 112 - 500) / 500 * 0.8  # the first second's worth passes at once, then paced
 
 
 # -- budget and dry run ------------------------------------------------------------------------------
