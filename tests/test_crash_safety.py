@@ -185,21 +185,13 @@ def test_a_damaged_prepared_dataset_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".damaged" in p.name]
 
 
-def test_a_damaged_evaluation_baselines_or_training_marker_is_not_taken_as_finished(
-    tmp_path, monkeypatch, caplog
-):
+def test_a_damaged_evaluation_baselines_or_training_marker_is_not_taken_as_finished(env, caplog):
     """The pipeline skips a stage whose marker file exists; a truncated metrics.json (evaluation,
     baselines) or train.json made it crash with a JSONDecodeError instead. Now the stage runs again with
     a warning naming the file — training resumes from its checkpoint, which is kept."""
     from test_pipeline import FAST, run_in_process
 
-    for var, sub in (
-        ("EXP3RT_ARTIFACTS", "artifacts"),
-        ("EXP3RT_OUTPUTS", "outputs"),
-        ("EXP3RT_MULTIRUN", "multirun"),
-    ):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    tmp_path = env
     first = run_in_process(FAST, tmp_path / "run1")
     dirs = {s: Path(first["stages"][s]["dir"]) for s in ("baselines", "train", "evaluate")}
     truncate(dirs["evaluate"] / "metrics.json")
