@@ -10,7 +10,11 @@ training pairs and prints the RMSE on the evaluation's test pairs of:
 * least squares on profile overlaps: how many aspects the user likes / dislikes that the item's
   profile lists as liked / disliked (an aspect is found by the synthetic world's nouns, a shortcut
   that only this world allows), plus the averages;
-* ridge regression on the prompt's word counts (user and item sections kept apart).
+* ridge regression on the prompt's word counts (user and item sections kept apart);
+* least squares on the compact rationale (``prompt=exp3rt_compact``, the extractive teacher's form,
+  written here from the two profiles in the prompt): how many aspects it names in each of its four lists,
+  plus its averages. No world shortcut: what a student that writes this reasoning perfectly could read
+  off it with a linear readout.
 
 A student that reads its prompt well could reach the overlap fit; the README's demo section compares.
 
@@ -35,6 +39,9 @@ from exp3rt.data.splits import prepare_split
 from exp3rt.data.synthetic import vocab_for
 from exp3rt.student.examples import build_examples, direct_ablation
 from exp3rt.teacher.annotate import find_annotation_dir
+from exp3rt.teacher.backends.extractive import ExtractiveBackend
+
+COMPACT_LISTS = ("Likes it meets", "Likes it misses", "Dislikes it triggers", "Dislikes it avoids")
 
 SECTION = re.compile(r"^\[(Like|Dislike|Average Rating)\]\s*$")
 
@@ -55,7 +62,9 @@ def parse_profile(text: str, nouns: list[tuple[str, str]]) -> tuple[set, set, fl
             current = None
         elif current in sides and line.startswith("- "):
             low = line.lower()
-            found = next((aspect for noun, aspect in nouns if noun in low), None)
+            found = next(
+                (aspect for noun, aspect in nouns if re.search(rf"\b{re.escape(noun)}\b", low)), None
+            )
             if found:
                 sides[current].add(found)
     return sides["Like"], sides["Dislike"], average
@@ -76,6 +85,24 @@ def overlap_features(prompt: str, item_header: str, nouns) -> list[float]:
         float(ia is None),
         1.0,
     ]
+
+
+def compact_features(example, domain: str) -> list[float]:
+    """Counts of the compact rationale's four lists and its two averages, for one rating example."""
+    (u0, u1), (i0, i1) = example.meta["cut_spans"][:2]  # the user's and the item's profile in the prompt
+    text = example.user if isinstance(example.user, str) else example.user.text
+    teacher = ExtractiveBackend.__new__(ExtractiveBackend)  # compact_rationale reads no backend state
+    why = teacher.compact_rationale(text[u0:u1], text[i0:i1], domain)
+    named = dict(
+        re.findall(
+            r"(Likes it meets|Likes it misses|Dislikes it triggers|Dislikes it avoids): ([^.]*)\.", why
+        )
+    )
+    counts = [
+        0.0 if named.get(k, "none") == "none" else float(len(named[k].split(", "))) for k in COMPACT_LISTS
+    ]
+    avg = dict(re.findall(rf"(user|{re.escape(domain)}) (\d+(?:\.\d+)?)", why))
+    return [*counts, float(avg.get("user", 0.0)), float(avg.get(domain, 0.0)), 1.0]
 
 
 def words(prompt: str, item_header: str) -> Counter:
@@ -120,7 +147,11 @@ def main(overrides: list[str]) -> None:
             "stage first"
         )
     vocab = vocab_for(str(cfg.dataset.domain))
-    nouns = sorted(((n, a.name) for a in vocab.aspects for n, _ in a.nouns), key=lambda p: -len(p[0]))
+    # "the pacing" as the world writes it; "pacing" alone as an aspect profile names it
+    nouns = sorted(
+        ((n.removeprefix("the "), a.name) for a in vocab.aspects for n, _ in a.nouns),
+        key=lambda p: -len(p[0]),
+    )
     header = cfg.student_prompt.rating.sections.item_profile.split("\n")[0].format(
         domain_title=str(cfg.dataset.domain)[:1].upper() + str(cfg.dataset.domain)[1:]
     )
@@ -152,6 +183,13 @@ def main(overrides: list[str]) -> None:
             lstsq_rmse(bow(text), y, bow(text_t), yt, lo, hi, ridge=100.0),
         ),
     ]
+    if all(e.meta.get("cut_spans") for e in train + test):
+        domain = str(cfg.dataset.domain)
+        xc = np.array([compact_features(e, domain) for e in train])
+        xct = np.array([compact_features(e, domain) for e in test])
+        rows.append(
+            ("least squares: compact rationale counts + averages", lstsq_rmse(xc, y, xct, yt, lo, hi))
+        )
     print(
         f"{cfg.dataset.name}: {len(train)} training pairs, {len(test)} test pairs (eval.max_pairs), "
         f"header {header!r}"

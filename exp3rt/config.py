@@ -476,6 +476,14 @@ class RationaleForm(StrEnum):
     compact = "compact"
 
 
+class ProfileForm(StrEnum):
+    """How a user's or an item's profile lists its likes and dislikes (the extractive teacher writes either;
+    an LLM teacher is asked by its prompt)."""
+
+    sentences = "sentences"  # a short sentence per bullet, as reviewers wrote it
+    aspects = "aspects"  # the aspect alone, a word or two per bullet: about half the tokens of sentences
+
+
 @dataclass
 class PromptConf:
     # a name for these templates; with a hash of each stage's template it forms the prompt version in every
@@ -484,6 +492,9 @@ class PromptConf:
     # the extractive teacher writes this form, an LLM what prompt.rationale asks for; compact also tags the
     # rationale stage's prompt version (allowed values below)
     rationale_form: RationaleForm = RationaleForm.narrative
+    # the extractive teacher writes profiles in this form, an LLM what prompt.user_profile/item_profile ask
+    # for; aspects also tags both profile stages' prompt versions (allowed values below)
+    profile_form: ProfileForm = ProfileForm.sentences
     extract: PromptTemplate = field(default_factory=PromptTemplate)
     user_profile: PromptTemplate = field(default_factory=PromptTemplate)
     item_profile: PromptTemplate = field(default_factory=PromptTemplate)

@@ -156,6 +156,58 @@ def test_profile_keeps_the_most_recurrent_bullets(ext):
     assert empty == "[Like]\n- None.\n\n[Dislike]\n- None."
 
 
+def test_an_aspects_profile_names_each_recurring_aspect_alone_and_the_compact_rationale_matches_them(ext):
+    payload = {"preference_sets": SETS, "domain": "movie", "max_bullets": 2, "form": "aspects"}
+    text = _run(ext.complete(_req("user_profile", payload))).text
+    assert PREF_FORMAT.match(text), text
+    # the same two groups as the sentences form, each named by the term that groups it
+    assert parse_preferences(text) == (["soundtrack", "acting"], ["pacing", "ending"])
+    item = _run(
+        ext.complete(_req("item_profile", {**payload, "preference_sets": SETS[1:3], "max_bullets": 5}))
+    ).text
+    assert parse_preferences(item) == (["soundtrack", "visuals"], ["pacing"])
+    why = ext.compact_rationale(text, item + "\n\n[Average Rating]\n3.9", "movie")
+    assert why == (
+        "Likes it meets: soundtrack. Likes it misses: none. Dislikes it triggers: pacing. "
+        "Dislikes it avoids: none. Averages: movie 3.9."
+    )
+
+
+@pytest.mark.parametrize(
+    "key, value, tagged",
+    [
+        ("rationale_form", "compact", ("rationale",)),
+        ("profile_form", "aspects", ("user_profile", "item_profile")),
+    ],
+)
+def test_a_form_tags_only_its_stages_versions_and_the_default_form_keeps_the_old_ones(key, value, tagged):
+    from omegaconf import OmegaConf
+
+    from exp3rt import CONF_DIR
+    from exp3rt.teacher.prompts import STAGES, Prompts
+
+    v1 = OmegaConf.load(CONF_DIR / "prompt" / "exp3rt_v1.yaml")
+    default, changed = Prompts(v1, "movie", 1, 5), Prompts(OmegaConf.merge(v1, {key: value}), "movie", 1, 5)
+    assert getattr(changed, key) == value and getattr(default, key) != value
+    for stage in STAGES:
+        assert changed.version(stage) == default.version(stage) + (f":{value}" if stage in tagged else "")
+
+
+def test_the_aspects_preset_asks_an_llm_teacher_for_aspects_and_a_compact_rationale():
+    from hydra import compose, initialize_config_dir
+
+    from exp3rt import CONF_DIR
+    from exp3rt.teacher.prompts import Prompts
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="annotate", overrides=["prompt=exp3rt_aspects"])
+    preset = Prompts.for_run(cfg)
+    assert (preset.profile_form, preset.rationale_form) == ("aspects", "compact")
+    for stage in ("user_profile", "item_profile"):
+        user = dict(preset.render(stage, preference_sets="[Like]\n- x", max_bullets=5))["user"]
+        assert "naming the aspect alone" in user and "{" not in user
+
+
 USER = "[Like]\n- The soundtrack was gorgeous\n- The acting was superb\n\n[Dislike]\n- The pacing dragged"
 ITEM = (
     "[Like]\n- The soundtrack was haunting\n- The acting was convincing\n\n"
@@ -242,20 +294,6 @@ def test_compact_rationale_lists_the_overlaps_in_a_fixed_order_whatever_the_rati
         empty == "Likes it meets: none. Likes it misses: none. Dislikes it triggers: none. Dislikes it "
         "avoids: none. Averages: movie 3.4."
     )
-
-
-def test_the_compact_form_has_its_own_rationale_version_and_the_narrative_keeps_its_own():
-    from omegaconf import OmegaConf
-
-    from exp3rt import CONF_DIR
-    from exp3rt.teacher.prompts import Prompts
-
-    v1 = OmegaConf.load(CONF_DIR / "prompt" / "exp3rt_v1.yaml")
-    narrative = Prompts(v1, "movie", 1, 5)
-    compact = Prompts(OmegaConf.merge(v1, {"rationale_form": "compact"}), "movie", 1, 5)
-    assert narrative.rationale_form == "narrative" and compact.rationale_form == "compact"
-    assert compact.version("rationale") == narrative.version("rationale") + ":compact"
-    assert compact.version("extract") == narrative.version("extract")
 
 
 @pytest.mark.parametrize("scale", [(1, 5), (1, 10)])

@@ -24,6 +24,7 @@ class Prompts:
             "scale_max": fmt_rating(scale_max),
         }
         self.rationale_form = str(prompt_cfg.get("rationale_form", "narrative"))
+        self.profile_form = str(prompt_cfg.get("profile_form", "sentences"))
         self._versions = {}
         for stage in STAGES:
             tpl = prompt_cfg[stage]
@@ -32,6 +33,8 @@ class Prompts:
                 stage == "rationale" and self.rationale_form != "narrative"
             ):  # narrative keeps its old versions (and caches)
                 self._versions[stage] += f":{self.rationale_form}"
+            if stage in ("user_profile", "item_profile") and self.profile_form != "sentences":
+                self._versions[stage] += f":{self.profile_form}"  # sentences keeps its old versions
             # fail at start-up, not after an hour of calls, when a template names an unknown field
             for part in ("system", "user"):
                 check_placeholders(tpl[part], f"prompt.{stage}.{part}")

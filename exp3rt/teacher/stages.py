@@ -297,8 +297,10 @@ def _sets_field(sets: list[str]) -> str:
     return SET_SEPARATOR.join(sets)
 
 
-def profile_work(stage: str, key: str, sets: list[str], ctx: AnnotationContext, meta: dict) -> Work:
-    payload = {"preference_sets": sets, "domain": ctx.domain, "max_bullets": 5}
+def profile_work(
+    stage: str, key: str, sets: list[str], ctx: AnnotationContext, meta: dict, form: str = "sentences"
+) -> Work:
+    payload = {"preference_sets": sets, "domain": ctx.domain, "max_bullets": 5, "form": form}
     fields = {"preference_sets": _sets_field(sets), "max_bullets": 5}
     return Work(key, fields, payload, _profile_check, meta)
 
@@ -323,7 +325,14 @@ async def summarise_groups(
                 chunks = _chunks(sets, max(1, len(sets) // 2))
             for j, chunk in enumerate(chunks):
                 works.append(
-                    profile_work(stage, f"{key}#r{round_no}g{j}", chunk, ctx, {"key": key, "round": round_no})
+                    profile_work(
+                        stage,
+                        f"{key}#r{round_no}g{j}",
+                        chunk,
+                        ctx,
+                        {"key": key, "round": round_no},
+                        runner.prompts.profile_form,
+                    )
                 )
                 owners.append((key, len(chunks) > 1))
         outcomes = await runner.run(stage, works)

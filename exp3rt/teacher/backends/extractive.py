@@ -177,7 +177,9 @@ class ExtractiveBackend:
             if request.stage == "extract":
                 text = self.extract(p["review"], p.get("summary"))
             elif request.stage in ("user_profile", "item_profile"):
-                text = self.profile(p["preference_sets"], int(p.get("max_bullets", MAX_BULLETS)))
+                text = self.profile(
+                    p["preference_sets"], int(p.get("max_bullets", MAX_BULLETS)), p.get("form") or "sentences"
+                )
             elif request.stage == "rationale":
                 text = self.rationale(
                     float(p["rating"]),
@@ -265,14 +267,21 @@ class ExtractiveBackend:
         return format_preferences(likes[:MAX_BULLETS], dislikes[:MAX_BULLETS])
 
     # --- profiles ---------------------------------------------------------------------------------
-    def profile(self, preference_sets: list[str], max_bullets: int = MAX_BULLETS) -> str:
+    def profile(
+        self, preference_sets: list[str], max_bullets: int = MAX_BULLETS, form: str = "sentences"
+    ) -> str:
+        """The most recurrent likes and dislikes across ``preference_sets``: a representative bullet each
+        (``sentences``), or only the aspect term that groups them (``aspects``: "pacing")."""
         likes: list[str] = []
         dislikes: list[str] = []
         for s in preference_sets:
             like, dislike = parse_preferences(s)
             likes += like
             dislikes += dislike
-        return format_preferences(_summarise(likes, max_bullets), _summarise(dislikes, max_bullets))
+        side = 1 if form == "aspects" else 0
+        return format_preferences(
+            *([c[side] for c in _summarise(xs, max_bullets)] for xs in (likes, dislikes))
+        )
 
     # --- rationale --------------------------------------------------------------------------------
     def rationale(
@@ -474,9 +483,10 @@ def _norm(text: str) -> str:
     return " ".join(words)
 
 
-def _summarise(bullets: list[str], k: int) -> list[str]:
-    """The ``k`` most recurrent bullets: group by key term (document frequency over bullets), each
-    term represented by its most common normalised bullet (ties: shorter, then alphabetical)."""
+def _summarise(bullets: list[str], k: int) -> list[tuple[str, str]]:
+    """(bullet, term) for the ``k`` most recurrent bullets: group by key term (document frequency over
+    bullets), each term represented by its most common normalised bullet (ties: shorter, then
+    alphabetical)."""
     if not bullets:
         return []
     forms: dict[str, str] = {}
@@ -487,6 +497,7 @@ def _summarise(bullets: list[str], k: int) -> list[str]:
     for b in bullets:
         term_n.update(set(_aspect_terms(b)) or {_norm(b)})
     chosen: list[str] = []
+    terms: list[str] = []
     covered: set[str] = set()
     for term, _ in sorted(term_n.items(), key=lambda kv: (-kv[1], kv[0])):
         if len(chosen) >= k:
@@ -500,8 +511,9 @@ def _summarise(bullets: list[str], k: int) -> list[str]:
         if forms[best] in chosen or covered & set(_aspect_terms(best)):
             continue
         chosen.append(forms[best])
+        terms.append(term)
         covered.update(_aspect_terms(best))
-    return chosen
+    return list(zip(chosen, terms, strict=True))
 
 
 def _clean_list(xs: list[str]) -> list[str]:
