@@ -294,9 +294,11 @@ class ExtractiveBackend:
         domain: str,
         form: str = "narrative",
     ) -> str:
-        if form == "compact":
-            return self.compact_rationale(user_profile, item_profile, domain)
         lo, hi = float(scale[0]), float(scale[1])
+        if form in ("compact", "scored"):
+            return self.compact_rationale(
+                user_profile, item_profile, domain, (lo, hi) if form == "scored" else None
+            )
         band = lean_band((rating - lo) / (hi - lo) if hi > lo else 0.5)
         u_like, u_dis = (_clean_list(x) for x in parse_preferences(user_profile))
         i_like, i_dis = (_clean_list(x) for x in parse_preferences(item_profile))
@@ -338,28 +340,36 @@ class ExtractiveBackend:
         sents.append(LEANS[band].format(noun=noun))
         return " ".join(sents)
 
-    def compact_rationale(self, user_profile: str, item_profile: str, domain: str) -> str:
+    def compact_rationale(
+        self,
+        user_profile: str,
+        item_profile: str,
+        domain: str,
+        estimate_scale: tuple[float, float] | None = None,
+    ) -> str:
         """The overlaps between the two profiles in a fixed order, named by the aspect words they share,
         then both averages: what the rating follows from, computable from the student's prompt alone
-        (the rating is not used, so the reasoning never leans towards an answer it could not know)."""
+        (the rating is not used, so the reasoning never leans towards an answer it could not know). With
+        ``estimate_scale`` (the ``scored`` form), then an estimate computed from those: :func:`estimate`."""
         u_like, u_dis = (_clean_list(x) for x in parse_preferences(user_profile))
         i_like, i_dis = (_clean_list(x) for x in parse_preferences(item_profile))
-        parts = [
-            f"{label}: {_names(_pairs(users, items, ''))}."
-            for label, users, items in (
-                ("Likes it meets", u_like, i_like),
-                ("Likes it misses", u_like, i_dis),
-                ("Dislikes it triggers", u_dis, i_dis),
-                ("Dislikes it avoids", u_dis, i_like),
-            )
+        named = [
+            _names(_pairs(users, items, ""))
+            for users, items in ((u_like, i_like), (u_like, i_dis), (u_dis, i_dis), (u_dis, i_like))
         ]
-        averages = [
-            f"{who} {a}"
+        labels = ("Likes it meets", "Likes it misses", "Dislikes it triggers", "Dislikes it avoids")
+        parts = [f"{label}: {names}." for label, names in zip(labels, named, strict=True)]
+        found = [
+            (who, a)
             for who, a in (("user", _average(user_profile)), (domain or "item", _average(item_profile)))
             if a
         ]
-        if averages:
-            parts.append(f"Averages: {', '.join(averages)}.")
+        if found:
+            parts.append(f"Averages: {', '.join(f'{who} {a}' for who, a in found)}.")
+        if estimate_scale is not None:
+            counts = [0 if names == "none" else len(names.split(", ")) for names in named[:3]]
+            value = estimate(*counts, [float(a) for _, a in found], estimate_scale)
+            parts.append(f"Estimate: {value:.1f}.")
         return " ".join(parts)
 
     # --- consistency ------------------------------------------------------------------------------
@@ -378,6 +388,20 @@ class ExtractiveBackend:
         if float(lo).is_integer() and float(hi).is_integer():
             value = float(round(value))
         return min(hi, max(lo, value))
+
+
+def estimate(
+    met: int, missed: int, triggered: int, averages: list[float], scale: tuple[float, float]
+) -> float:
+    """The ``scored`` rationale's closing number: the mean of the profiles' averages (the scale's middle
+    without one), plus 1/16 of the scale's span per like the item meets (0.25 on 1–5), minus as much per
+    like it misses, minus 1/8 of the span per dislike it triggers; within the scale, to one decimal. Round
+    weights near a least-squares fit on the synthetic world's training pairs (docs/teacher.md), simple
+    enough for an LLM teacher to follow from its prompt."""
+    lo, hi = float(scale[0]), float(scale[1])
+    base = sum(averages) / len(averages) if averages else (lo + hi) / 2
+    value = base + (hi - lo) / 4 * (0.25 * met - 0.25 * missed - 0.5 * triggered)
+    return math.floor(min(hi, max(lo, value)) * 10 + 0.5) / 10
 
 
 # Overall leans, from the bottom of the scale (0) to its top (4).
