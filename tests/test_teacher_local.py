@@ -177,6 +177,7 @@ def test_an_aspects_profile_names_each_recurring_aspect_alone_and_the_compact_ra
     "key, value, tagged",
     [
         ("rationale_form", "compact", ("rationale",)),
+        ("rationale_form", "scored", ("rationale",)),
         ("profile_form", "aspects", ("user_profile", "item_profile")),
     ],
 )
@@ -193,19 +194,58 @@ def test_a_form_tags_only_its_stages_versions_and_the_default_form_keeps_the_old
         assert changed.version(stage) == default.version(stage) + (f":{value}" if stage in tagged else "")
 
 
-def test_the_aspects_preset_asks_an_llm_teacher_for_aspects_and_a_compact_rationale():
+@pytest.mark.parametrize(
+    "preset, rationale_form", [("exp3rt_aspects", "compact"), ("exp3rt_scored", "scored")]
+)
+def test_the_aspect_presets_ask_an_llm_teacher_for_aspects_and_their_rationale_form(preset, rationale_form):
     from hydra import compose, initialize_config_dir
 
     from exp3rt import CONF_DIR
     from exp3rt.teacher.prompts import Prompts
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="annotate", overrides=["prompt=exp3rt_aspects"])
-    preset = Prompts.for_run(cfg)
-    assert (preset.profile_form, preset.rationale_form) == ("aspects", "compact")
+        cfg = compose(config_name="annotate", overrides=[f"prompt={preset}"])
+    prompts = Prompts.for_run(cfg)
+    assert (prompts.profile_form, prompts.rationale_form) == ("aspects", rationale_form)
     for stage in ("user_profile", "item_profile"):
-        user = dict(preset.render(stage, preference_sets="[Like]\n- x", max_bullets=5))["user"]
+        user = dict(prompts.render(stage, preference_sets="[Like]\n- x", max_bullets=5))["user"]
         assert "naming the aspect alone" in user and "{" not in user
+    fields = {"rating": "4", "user_profile": "u", "item_profile": "i", "item_description": "d"}
+    asked = dict(prompts.render("rationale", **fields))["user"]
+    assert ("Estimate: <the mean of the two averages" in asked) == (rationale_form == "scored")
+    assert "{" not in asked and "A user rated" not in asked  # no rating shown: the estimate is computed
+
+
+@pytest.mark.parametrize("scale, value", [((1, 5), "3.7"), ((1, 10), "3.3")])
+def test_the_scored_rationale_ends_with_the_estimate_its_lists_and_averages_give(ext, scale, value):
+    user = "[Like]\n- soundtrack\n- acting\n\n[Dislike]\n- pacing\n- ending"
+    item = "[Like]\n- soundtrack\n- visuals\n\n[Dislike]\n- pacing\n\n[Average Rating]\n3.9"
+    payload = {
+        "rating": 2,
+        "scale": list(scale),
+        "user_profile": user,
+        "item_profile": item,
+        "domain": "movie",
+        "form": "scored",
+    }
+    text = _run(ext.complete(_req("rationale", payload))).text
+    # one like met (+1/16 of the span), one dislike triggered (-1/8), from the one average there is
+    assert text == (
+        "Likes it meets: soundtrack. Likes it misses: none. Dislikes it triggers: pacing. "
+        f"Dislikes it avoids: none. Averages: movie 3.9. Estimate: {value}."
+    )
+    assert _run(ext.complete(_req("rationale", {**payload, "rating": 5}))).text == text  # never the rating
+    compact = _run(ext.complete(_req("rationale", {**payload, "form": "compact"}))).text
+    assert text == compact + f" Estimate: {value}."
+
+
+def test_the_estimate_stays_on_the_scale_and_starts_from_its_middle_without_averages():
+    from exp3rt.teacher.backends.extractive import estimate
+
+    assert estimate(0, 0, 0, [4.0, 3.4], (1, 5)) == 3.7
+    assert estimate(0, 0, 0, [], (1, 5)) == 3.0 and estimate(0, 0, 0, [], (1, 10)) == 5.5
+    assert estimate(5, 0, 0, [4.8, 5.0], (1, 5)) == 5.0 and estimate(0, 3, 4, [1.5], (1, 5)) == 1.0
+    assert estimate(1, 1, 0, [3.0, 3.1], (1, 5)) == 3.1  # 3.05 rounds half up, not to even
 
 
 USER = "[Like]\n- The soundtrack was gorgeous\n- The acting was superb\n\n[Dislike]\n- The pacing dragged"
