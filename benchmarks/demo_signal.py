@@ -15,6 +15,8 @@ training pairs and prints the RMSE on the evaluation's test pairs of:
   written here from the two profiles in the prompt): how many aspects it names in each of its four lists,
   plus its averages. No world shortcut: what a student that writes this reasoning perfectly could read
   off it with a linear readout.
+* the scored rationale's estimate (``prompt=exp3rt_scored``), fitted on nothing: what a student that
+  writes the teacher's reasoning perfectly and copies its estimate into the rating would score.
 
 A student that reads its prompt well could reach the overlap fit; the README's demo section compares.
 
@@ -87,12 +89,17 @@ def overlap_features(prompt: str, item_header: str, nouns) -> list[float]:
     ]
 
 
-def compact_features(example, domain: str) -> list[float]:
-    """Counts of the compact rationale's four lists and its two averages, for one rating example."""
+def teacher_rationale(example, domain: str, scale: tuple[float, float] | None = None) -> str:
+    """The extractive teacher's compact rationale (scored with ``scale``) from the example's two profiles."""
     (u0, u1), (i0, i1) = example.meta["cut_spans"][:2]  # the user's and the item's profile in the prompt
     text = example.user if isinstance(example.user, str) else example.user.text
     teacher = ExtractiveBackend.__new__(ExtractiveBackend)  # compact_rationale reads no backend state
-    why = teacher.compact_rationale(text[u0:u1], text[i0:i1], domain)
+    return teacher.compact_rationale(text[u0:u1], text[i0:i1], domain, scale)
+
+
+def compact_features(example, domain: str) -> list[float]:
+    """Counts of the compact rationale's four lists and its two averages, for one rating example."""
+    why = teacher_rationale(example, domain)
     named = dict(
         re.findall(
             r"(Likes it meets|Likes it misses|Dislikes it triggers|Dislikes it avoids): ([^.]*)\.", why
@@ -190,6 +197,9 @@ def main(overrides: list[str]) -> None:
         rows.append(
             ("least squares: compact rationale counts + averages", lstsq_rmse(xc, y, xct, yt, lo, hi))
         )
+        said = [teacher_rationale(e, domain, (lo, hi)) for e in test]
+        guess = np.array([float(re.search(r"Estimate: (\d+(?:\.\d+)?)", w).group(1)) for w in said])
+        rows.append(("the scored rationale's estimate (no fit)", float(np.sqrt(np.mean((guess - yt) ** 2)))))
     print(
         f"{cfg.dataset.name}: {len(train)} training pairs, {len(test)} test pairs (eval.max_pairs), "
         f"header {header!r}"
