@@ -474,8 +474,8 @@ class RationaleForm(StrEnum):
     narrative = "narrative"  # a few sentences weighing the pair, ending in an overall lean
     # the profile overlaps in a fixed order (met / missed / triggered / avoided) and the averages
     compact = "compact"
-    # compact, then an estimate computed from it: the mean of the two averages, a quarter of the scale per
-    # like met (+) or missed (-), half per dislike triggered (-); a noise-free number for the rating to follow
+    # compact, then an estimate computed from it: the user's average, 1/16 of the span per like met (+)
+    # or missed (-), 1/8 per dislike triggered (-); a noise-free number for the rating to follow
     scored = "scored"
 
 

@@ -212,7 +212,7 @@ def test_the_aspect_presets_ask_an_llm_teacher_for_aspects_and_their_rationale_f
         assert "naming the aspect alone" in user and "{" not in user
     fields = {"rating": "4", "user_profile": "u", "item_profile": "i", "item_description": "d"}
     asked = dict(prompts.render("rationale", **fields))["user"]
-    assert ("Estimate: <the mean of the two averages" in asked) == (rationale_form == "scored")
+    assert ("Estimate: <the user's average" in asked) == (rationale_form == "scored")
     assert "{" not in asked and "A user rated" not in asked  # no rating shown: the estimate is computed
 
 
@@ -242,10 +242,11 @@ def test_the_scored_rationale_ends_with_the_estimate_its_lists_and_averages_give
 def test_the_estimate_stays_on_the_scale_and_starts_from_its_middle_without_averages():
     from exp3rt.teacher.backends.extractive import estimate
 
-    assert estimate(0, 0, 0, [4.0, 3.4], (1, 5)) == 3.7
+    assert estimate(0, 0, 0, [4.0, 3.4], (1, 5)) == 4.0  # the user's average, the item's left out
+    assert estimate(2, 1, 1, [4.0, 3.4], (1, 5)) == 3.8 and estimate(2, 1, 1, [4.0], (1, 10)) == 3.4
     assert estimate(0, 0, 0, [], (1, 5)) == 3.0 and estimate(0, 0, 0, [], (1, 10)) == 5.5
     assert estimate(5, 0, 0, [4.8, 5.0], (1, 5)) == 5.0 and estimate(0, 3, 4, [1.5], (1, 5)) == 1.0
-    assert estimate(1, 1, 0, [3.0, 3.1], (1, 5)) == 3.1  # 3.05 rounds half up, not to even
+    assert estimate(1, 0, 0, [3.0, 4.0], (1, 5)) == 3.3  # 3.25 rounds half up, not to even
 
 
 USER = "[Like]\n- The soundtrack was gorgeous\n- The acting was superb\n\n[Dislike]\n- The pacing dragged"
