@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -558,3 +559,43 @@ def test_smollm2_prepares_a_loadable_folder(tmp_path):
     be = HFBackend(TeacherConf(backend="hf", model_path=str(out)))
     resp = _run(be.complete(_hf_req("Say hello.", max_tokens=8)))
     assert resp.completion_tokens >= 1 and resp.text
+
+
+def test_the_scored_reasoning_benchmark_splits_lists_from_arithmetic(tmp_path, capsys, monkeypatch):
+    """benchmarks/scored_reasoning.py on two generated reasonings: one whose estimate follows the rule on
+    its own lists, one that wrote the user's average back unchanged."""
+    import importlib.util
+
+    from exp3rt import CONF_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "scored_reasoning", CONF_DIR.parent / "benchmarks" / "scored_reasoning.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    right = (
+        "Likes it meets: romance, pacing. Likes it misses: none. Dislikes it triggers: acting. Dislikes it "
+        "avoids: none. Averages: user 4.0, movie 3.4. Estimate: 4.0."
+    )
+    copied = (
+        right.replace("triggers: acting", "triggers: none")
+        .replace("user 4.0", "user 3.8")
+        .replace("Estimate: 4.0", "Estimate: 3.8")
+    )
+    assert bench.parse(right, "movie") == ([2, 0, 1], [4.0, 3.4], 4.0)
+    assert bench.parse("Averages: user 4.0.", "movie") is None
+    rows = [
+        {"reasoning": right, "rating_expected": 4.2, "truth": 4.0},  # rule: 4.0 + 0.5 - 0.5 = 4.0
+        {"reasoning": copied, "rating_expected": 3.9, "truth": 3.0},  # rule: 3.8 + 0.5 = 4.3; it wrote 3.8
+        {"reasoning": "", "rating_expected": 3.0, "truth": 3.0},
+    ]
+    (tmp_path / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    monkeypatch.setattr("sys.argv", ["scored_reasoning.py", str(tmp_path)])
+    bench.main()
+    out = capsys.readouterr().out
+    assert "2 of 3 reasonings end with an estimate" in out
+    assert "| estimate = the rule on its own lists (arithmetic right) | 0.500 |" in out
+    # the rule on its own lists: errors 0 and 1.3; its estimate: 0 and 0.8
+    assert f"| RMSE: the rule on the student's own lists | {math.sqrt(1.69 / 2):.4f} |" in out
+    assert f"| RMSE: the student's estimate | {math.sqrt(0.64 / 2):.4f} |" in out
+    assert f"| RMSE: the expected rating (student_expected) | {math.sqrt((0.04 + 0.81) / 2):.4f} |" in out
