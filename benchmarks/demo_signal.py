@@ -41,9 +41,7 @@ from exp3rt.data.splits import prepare_split
 from exp3rt.data.synthetic import vocab_for
 from exp3rt.student.examples import build_examples, direct_ablation
 from exp3rt.teacher.annotate import find_annotation_dir
-from exp3rt.teacher.backends.extractive import ExtractiveBackend
-
-COMPACT_LISTS = ("Likes it meets", "Likes it misses", "Dislikes it triggers", "Dislikes it avoids")
+from exp3rt.teacher.backends.extractive import ExtractiveBackend, compact_counts
 
 SECTION = re.compile(r"^\[(Like|Dislike|Average Rating)\]\s*$")
 
@@ -100,14 +98,7 @@ def teacher_rationale(example, domain: str, scale: tuple[float, float] | None = 
 def compact_features(example, domain: str) -> list[float]:
     """Counts of the compact rationale's four lists and its two averages, for one rating example."""
     why = teacher_rationale(example, domain)
-    named = dict(
-        re.findall(
-            r"(Likes it meets|Likes it misses|Dislikes it triggers|Dislikes it avoids): ([^.]*)\.", why
-        )
-    )
-    counts = [
-        0.0 if named.get(k, "none") == "none" else float(len(named[k].split(", "))) for k in COMPACT_LISTS
-    ]
+    counts = [float(n) for n in compact_counts(why)]
     avg = dict(re.findall(rf"(user|{re.escape(domain)}) (\d+(?:\.\d+)?)", why))
     return [*counts, float(avg.get("user", 0.0)), float(avg.get(domain, 0.0)), 1.0]
 

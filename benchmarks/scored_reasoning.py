@@ -24,9 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exp3rt.teacher.backends.extractive import estimate  # noqa: E402
-
-LISTS = ("Likes it meets", "Likes it misses", "Dislikes it triggers")
+from exp3rt.teacher.backends.extractive import compact_counts, estimate  # noqa: E402
 
 
 def parse(reasoning: str, domain: str) -> tuple[list[int], list[float], float] | None:
@@ -34,8 +32,7 @@ def parse(reasoning: str, domain: str) -> tuple[list[int], list[float], float] |
     said = re.search(r"Estimate: (\d+(?:\.\d+)?)", reasoning or "")
     if not said:
         return None
-    named = dict(re.findall(r"(Likes it meets|Likes it misses|Dislikes it triggers): ([^.]*)\.", reasoning))
-    counts = [0 if named.get(k, "none").strip() == "none" else len(named[k].split(", ")) for k in LISTS]
+    counts = compact_counts(reasoning)[:3]  # the estimate reads met, missed and triggered
     found = dict(re.findall(rf"(user|{re.escape(domain)}) (\d+(?:\.\d+)?)[,.]", reasoning))
     averages = [float(found[k]) for k in ("user", domain) if k in found]
     return counts, averages, float(said.group(1))

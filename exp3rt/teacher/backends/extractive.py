@@ -357,8 +357,7 @@ class ExtractiveBackend:
             _names(_pairs(users, items, ""))
             for users, items in ((u_like, i_like), (u_like, i_dis), (u_dis, i_dis), (u_dis, i_like))
         ]
-        labels = ("Likes it meets", "Likes it misses", "Dislikes it triggers", "Dislikes it avoids")
-        parts = [f"{label}: {names}." for label, names in zip(labels, named, strict=True)]
+        parts = [f"{label}: {names}." for label, names in zip(COMPACT_LISTS, named, strict=True)]
         found = [
             (who, a)
             for who, a in (("user", _average(user_profile)), (domain or "item", _average(item_profile)))
@@ -388,6 +387,17 @@ class ExtractiveBackend:
         if float(lo).is_integer() and float(hi).is_integer():
             value = float(round(value))
         return min(hi, max(lo, value))
+
+
+# the compact rationale's four lists, in the order it writes them
+COMPACT_LISTS = ("Likes it meets", "Likes it misses", "Dislikes it triggers", "Dislikes it avoids")
+_COMPACT_LIST = re.compile(rf"({'|'.join(COMPACT_LISTS)}): ([^.]*)\.")
+
+
+def compact_counts(text: str) -> list[int]:
+    """How many aspects each of a compact rationale's four lists names ("none" and a missing list: 0)."""
+    named = dict(_COMPACT_LIST.findall(text or ""))
+    return [0 if named.get(k, "none").strip() == "none" else len(named[k].split(", ")) for k in COMPACT_LISTS]
 
 
 def estimate(
