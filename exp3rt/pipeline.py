@@ -437,6 +437,7 @@ def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> d
         "overrides": hydra_info.get("overrides", []),
         "dataset": ev.get("dataset") or base.get("dataset"),
         "rating": ev.get("rating") or {},
+        "paired": ev.get("paired") or {},
         "rerank": ev.get("rerank") or {},
         "generation": ev.get("generation") or {},
         "reasoning": ev.get("reasoning") or {},
@@ -461,11 +462,13 @@ def combine(cfg: DictConfig, record: dict, results: dict, hydra_info: dict) -> d
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """Every number as ``section/name/key`` — the names W&B, sweeps, Optuna and exp3rt-compare use:
-    ``rating/<model>/<key>``, ``rerank/<before|after>/<metric>``, ``retrieval/<model>/<metric>``,
-    ``generation/<key>`` (reasoning budget and how many reasonings it cut), ``efficiency/<key>``."""
+    ``rating/<model>/<key>``, ``paired/student_expected_vs_<model>/<key>``,
+    ``rerank/<before|after|gain>/<metric>``, ``retrieval/<model>/<metric>``, ``generation/<key>``
+    (reasoning budget and how many reasonings it cut), ``efficiency/<key>``."""
     out = eval_flat(
         {
             "rating": metrics.get("rating") or {},
+            "paired": metrics.get("paired") or {},
             "rerank": metrics.get("rerank") or {},
             "generation": metrics.get("generation") or {},
             "reasoning": metrics.get("reasoning") or {},

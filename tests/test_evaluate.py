@@ -4,6 +4,7 @@ by policy, baselines on the same pairs, report and plots written; the saved conf
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -73,6 +74,14 @@ def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path)
     r = metrics["rating"]
     assert {"student_expected", "student_argmax", "global_mean", "biased_mf"} <= set(r)
     assert r["student_expected"]["n"] == 6 and r["student_expected"]["parse_rate"] == 1.0
+    # the method against every baseline on the same pairs, with a paired bootstrap interval
+    paired = metrics["paired"]
+    assert {f"student_expected_vs_{m}" for m in r if not m.startswith("student")} <= set(paired)
+    vs_mf = paired["student_expected_vs_biased_mf"]
+    assert vs_mf["n"] == 6 and math.isclose(vs_mf["rmse_a"], r["student_expected"]["rmse"])
+    assert math.isclose(vs_mf["rmse_b"], r["biased_mf"]["rmse"])
+    assert vs_mf["ci_low"] <= vs_mf["rmse_diff"] <= vs_mf["ci_high"]
+    assert "## The method against each model, paired" in (out / "report.md").read_text()
     # no free-text row: the reasoning stops at the rating prefix, so a parse of it never found a rating
     # (0 % parsed in every run); the mass on valid ratings says whether the student would write one
     assert not any("parsed" in name for name in r) and "student_parsed" not in (out / "report.md").read_text()
@@ -80,6 +89,42 @@ def test_evaluate_writes_predictions_metrics_report_and_plots(trained, tmp_path)
     for name in ("report.md", "metrics.json", "rating_distributions.png", "confusion.png", "calibration.png"):
         assert (out / name).stat().st_size > 0
     assert "SYNTHETIC" in (out / "report.md").read_text()
+
+
+def test_paired_runs_benchmark_recomputes_an_older_runs_table_exactly(trained, tmp_path, capsys, monkeypatch):
+    """benchmarks/paired_runs.py on a run evaluated before metrics.json had "paired": the baselines
+    refitted on its training split give the table the evaluation wrote; a run against itself ties."""
+    import importlib.util
+
+    from exp3rt import CONF_DIR
+    from exp3rt.cli.evaluate import run
+
+    cfg = compose_cfg(
+        "evaluate",
+        [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=6"],
+    )
+    ev = tmp_path / "ev"
+    written = run(cfg, ev)["paired"]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    del metrics["paired"]  # as an older evaluation left it
+    (ev / "metrics.json").write_text(json.dumps(metrics))
+    spec = importlib.util.spec_from_file_location(
+        "paired_runs", CONF_DIR.parent / "benchmarks" / "paired_runs.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    again = bench.within(ev)
+    assert set(again) == set(written)
+    for name, r in written.items():
+        assert again[name] == pytest.approx(r), name
+    same = bench.across(ev, ev)
+    assert same["n"] == 6 and same["rmse_diff"] == 0.0 and same["share_a_better"] == 0.0
+    monkeypatch.setattr("sys.argv", ["paired_runs.py", str(ev), "--against", str(ev)])
+    bench.main()
+    out = capsys.readouterr().out
+    mf = written["student_expected_vs_biased_mf"]
+    assert f"| biased_mf (ev) | 6 | {mf['rmse_a']:.4f} | {mf['rmse_b']:.4f} | {mf['rmse_diff']:+.4f} |" in out
+    assert "| ev's student (ev) | 6 |" in out and "+0.0000 | [+0.0000, +0.0000] | 0.000 |" in out
 
 
 def test_reasoning_budget_defaults_to_the_training_answers_and_cut_reasonings_are_counted(
@@ -207,7 +252,11 @@ def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, 
     # reranking permutes the same 5 candidates: recall@5 (and hit@5) cannot change
     assert rr["before/recall@5"] == rr["after/recall@5"] and rr["before/hit@5"] == rr["after/hit@5"]
     assert rr["candidates_unscored"] == 0 and rr["time_per_user_s"] > 0
-    assert "reranking" in (tmp_path / "ev" / "report.md").read_text()
+    gain = rr["gain/ndcg@10"]
+    assert math.isclose(gain, rr["after/ndcg@10"] - rr["before/ndcg@10"], abs_tol=1e-12)
+    assert rr["gain/ndcg@10_ci_low"] <= gain <= rr["gain/ndcg@10_ci_high"]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "reranking" in report and f"ndcg@10 {gain:+.4f}" in report
 
 
 def test_the_student_is_loaded_once_on_its_device_with_lora_folded_in(trained, tmp_path, monkeypatch):

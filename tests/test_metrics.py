@@ -15,6 +15,9 @@ from exp3rt.metrics import (
     mae,
     mrr_at_k,
     ndcg_at_k,
+    paired_gain,
+    paired_rmse,
+    per_user,
     precision_at_k,
     recall_at_k,
     rmse,
@@ -177,3 +180,77 @@ def test_perfect_ranking_scores_one(relevant, extra, k):
 def test_rmse_at_least_mae(pairs):
     y, p = zip(*pairs, strict=True)
     assert rmse(y, p) >= mae(y, p) - 1e-12
+
+
+# ---------------------------------------------------------------------------------------------- paired
+
+
+def test_paired_rmse_of_a_model_better_on_every_pair_is_certain():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(1, 6, size=50).astype(float)
+    b = truth + rng.choice([-1.0, 1.0], size=50)  # off by one everywhere: RMSE 1
+    a = truth + 0.5 * np.sign(b - truth)  # half as far, on the same side: RMSE 0.5
+    r = paired_rmse(truth, a, b, resamples=500)
+    assert r["n"] == 50 and r["level"] == 0.95
+    assert math.isclose(r["rmse_a"], 0.5) and math.isclose(r["rmse_b"], 1.0)
+    assert math.isclose(r["rmse_diff"], -0.5)
+    # every draw has the same two RMSEs: the interval is the point and a always wins
+    assert math.isclose(r["ci_low"], -0.5) and math.isclose(r["ci_high"], -0.5)
+    assert r["share_a_better"] == 1.0
+
+
+def test_paired_rmse_interval_holds_the_difference_and_shrinks_with_more_pairs():
+    rng = np.random.default_rng(2)
+
+    def draw(n):
+        truth = rng.normal(3.0, 1.0, size=n)
+        a = truth + rng.normal(0.0, 0.9, size=n)
+        b = truth + rng.normal(0.0, 1.0, size=n)
+        return paired_rmse(truth, a, b, resamples=1000)
+
+    small, large = draw(40), draw(4000)
+    for r in (small, large):
+        assert r["ci_low"] <= r["rmse_diff"] <= r["ci_high"]
+        assert math.isclose(r["rmse_diff"], r["rmse_a"] - r["rmse_b"])
+    assert (large["ci_high"] - large["ci_low"]) < (small["ci_high"] - small["ci_low"]) / 5
+    # 4000 pairs tell 0.9 from 1.0 apart; the sign of the true gap is -0.1
+    assert large["ci_high"] < 0 and large["share_a_better"] > 0.99
+
+
+def test_paired_rmse_is_reproducible_and_identical_models_tie():
+    truth, a = [1.0, 2.0, 3.0, 4.0, 5.0], [1.5, 2.0, 2.0, 4.5, 4.0]
+    assert paired_rmse(truth, a, [3.0] * 5, seed=7) == paired_rmse(truth, a, [3.0] * 5, seed=7)
+    same = paired_rmse(truth, a, a)
+    assert same["rmse_diff"] == 0.0 and same["ci_low"] == same["ci_high"] == 0.0
+    assert same["share_a_better"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (([1.0], [1.0], [2.0]), {}, "at least 2 pairs"),
+        (([1.0, 2.0], [1.0], [2.0, 2.0]), {}, "same shape"),
+        (([1.0, 2.0], [1.0, 2.0], [2.0, 2.0]), {"level": 1.0}, "level"),
+        (([1.0, 2.0], [1.0, 2.0], [2.0, 2.0]), {"resamples": 0}, "resamples"),
+    ],
+)
+def test_paired_rmse_rejects_bad_input(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        paired_rmse(*args, **kwargs)
+
+
+def test_paired_gain_by_hand_and_per_user_matches_topk_metrics():
+    g = paired_gain([0.5, 0.7, 0.2], [0.4, 0.6, 0.1])
+    assert math.isclose(g["gain"], 0.1) and g["n"] == 3 and g["share_better"] == 1.0
+    assert math.isclose(g["ci_low"], 0.1) and math.isclose(g["ci_high"], 0.1)
+    mixed = paired_gain([1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0])
+    assert mixed["gain"] == 0.0 and mixed["ci_low"] < 0 < mixed["ci_high"]
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_gain([1.0, 2.0], [1.0])
+    ranked = {"a": ["x", "y", "z"], "b": ["p", "q"], "c": ["m"]}
+    relevant = {"a": {"z"}, "b": {"p", "q"}, "c": set(), "d": {"w"}}  # c: no relevant; d: not ranked
+    scores = per_user(ranked, relevant, "ndcg", 2)
+    assert set(scores) == {"a", "b", "d"} and scores["a"] == 0.0 and scores["b"] == 1.0 and scores["d"] == 0.0
+    assert math.isclose(sum(scores.values()) / 3, topk_metrics(ranked, relevant, [2], ["ndcg"])["ndcg@2"])
+    with pytest.raises(ValueError, match="unknown top-k metric"):
+        per_user(ranked, relevant, "auc", 2)

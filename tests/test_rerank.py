@@ -233,5 +233,10 @@ def test_rerank_order_and_metrics_by_hand():
     }
     for key, value in expect.items():
         assert math.isclose(m[key], value, abs_tol=1e-12), key
+    # per-user gains, paired: both users gain a full point at k=1, so every resample does
+    assert m["gain/ndcg@1"] == 1.0 and m["gain/ndcg@1_ci_low"] == m["gain/ndcg@1_ci_high"] == 1.0
+    assert m["gain/ndcg@1_share_better"] == 1.0
+    assert math.isclose(m["gain/ndcg@5"], ((1 - nd5_a) + (1 - nd5_b)) / 2)
+    assert m["gain/ndcg@5_ci_low"] <= m["gain/ndcg@5"] <= m["gain/ndcg@5_ci_high"]
     with pytest.raises(ValueError, match="not its candidates"):
         rerank_metrics(first, {"a": ["z", "w"]}, relevant)

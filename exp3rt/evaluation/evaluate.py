@@ -34,7 +34,14 @@ from exp3rt.evaluation.pairs import check_scored_pairs, mark_warm, pair_of, scor
 from exp3rt.evaluation.reasoning import reasoning_about_the_pair
 from exp3rt.evaluation.report import generation_summary, log_to_wandb, report_markdown, write_predictions
 from exp3rt.evaluation.rerank import rerank_candidates
-from exp3rt.evaluation.scoring import baseline_errors, default_rating_cfg, error_table, fallback_models
+from exp3rt.evaluation.scoring import (
+    baseline_errors,
+    default_rating_cfg,
+    error_table,
+    fallback_models,
+    paired_errors,
+    pairs_frame,
+)
 from exp3rt.inference.predict import release_students
 from exp3rt.inference.prediction import Prediction
 from exp3rt.student.examples import build_examples, direct_ablation, rating_file_examples
@@ -182,14 +189,8 @@ def _evaluate(
     source["warm"] = mark_warm(preds, train, int(tcfg.split.warm_min_train))
     means = fallback_models(train, prepared.dataset.scale)
     policy = str(ev.failure_policy)
-    pairs = pd.DataFrame(
-        {
-            "user_id": [p.user_id for p in preds],
-            "item_id": [p.item_id for p in preds],
-            "rating": [p.truth for p in preds],
-            "warm": [p.warm for p in preds],
-        }
-    )
+    pairs = pairs_frame(preds)
+    baseline_preds: dict = {}
     rating = {
         "student_expected": error_table(preds, "expected", policy, means),
         "student_argmax": error_table(preds, "argmax", policy, means),
@@ -199,8 +200,18 @@ def _evaluate(
             pairs,
             prepared.dataset.scale,
             tcfg.get("baselines", {}).get("rating") or default_rating_cfg(),
+            predictions=baseline_preds,
         ),
     }
+    # the method against each model on the same pairs, with a paired bootstrap interval: is the gap more
+    # than which pairs happened to be drawn?
+    paired = paired_errors(
+        preds,
+        policy,
+        means,
+        {k: v for k, v in direct_rows.items() if k == "student_direct_expected"},
+        baseline_preds,
+    )
     metrics = {
         "task": "evaluate",
         "train_run": str(run),
@@ -217,6 +228,7 @@ def _evaluate(
             "seconds_per_pair": seconds / max(1, len(preds)),
         },
         "rating": rating,
+        "paired": paired,
         "generation": generation_summary(preds, budget),
     }
     # on the synthetic world: is the reasoning about the pair? (a student trained without reasoning writes

@@ -70,6 +70,7 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
         markdown_table(["model", "RMSE", "MAE", "RMSE warm", "RMSE cold", "parse rate", "failures"], rows),
         "",
     ]
+    lines += paired_lines(metrics.get("paired"))
     if metrics.get("rerank"):
         rr = metrics["rerank"]
         keys = sorted(k.split("/", 1)[1] for k in rr if k.startswith("before/"))
@@ -81,6 +82,18 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
             markdown_table(["metric", "first stage", "reranked"], rows),
             "",
         ]
+        tails = ("_ci_low", "_ci_high", "_share_better")
+        gains = sorted(k for k in rr if k.startswith("gain/") and not k.endswith(tails))
+        if gains:
+            lines += [
+                "Reranked minus first stage, the mean over users with a paired bootstrap 95% interval: "
+                + "; ".join(
+                    f"{k.split('/', 1)[1]} {rr[k]:+.4f} [{rr[k + '_ci_low']:+.4f}, {rr[k + '_ci_high']:+.4f}]"
+                    for k in gains
+                )
+                + ".",
+                "",
+            ]
     if example is not None:
         expected = example.rating_expected
         if expected is not None:
@@ -103,6 +116,31 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def paired_lines(paired: dict | None) -> list[str]:
+    """The report's table of the method's readout against each model on the same pairs."""
+    if not paired:
+        return []
+    rows = [
+        [
+            name.removeprefix("student_expected_vs_"),
+            r["rmse_diff"],
+            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
+            r["share_a_better"],
+        ]
+        for name, r in paired.items()
+    ]
+    return [
+        "## The method against each model, paired",
+        "",
+        "`student_expected` RMSE minus the model's on the same pairs (negative: the student is better), with "
+        "a paired bootstrap 95% interval over the pairs and the share of resamples in which the student is "
+        "better.",
+        "",
+        markdown_table(["model", "RMSE difference", "95% interval", "student better"], rows),
+        "",
+    ]
 
 
 def reasoning_lines(about: dict | None) -> list[str]:
@@ -187,10 +225,13 @@ def numbers(prefix: str, values: dict) -> dict[str, float]:
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
-    """``rating/<model>/<key>`` and ``rerank/<key>`` numbers, the names a W&B sweep or dashboard uses."""
+    """``rating/<model>/<key>``, ``paired/student_expected_vs_<model>/<key>`` and ``rerank/<key>`` numbers,
+    the names a W&B sweep or dashboard uses."""
     out = {}
     for model, r in metrics["rating"].items():
         out.update(numbers(f"rating/{model}", r))
+    for pair, r in (metrics.get("paired") or {}).items():
+        out.update(numbers(f"paired/{pair}", r))
     out.update(numbers("rerank", metrics.get("rerank") or {}))
     out.update(numbers("reasoning", metrics.get("reasoning") or {}))
     gen = metrics.get("generation") or {}

@@ -37,7 +37,7 @@ import torch
 
 from exp3rt.inference.generate import _cache_kwarg, forward_accepts
 from exp3rt.inference.readout import _Trie, generate_and_read
-from exp3rt.metrics import topk_metrics
+from exp3rt.metrics import paired_gain, per_user, topk_metrics
 from exp3rt.student.ratings import RATING_PREFIX, RatingTokens
 
 MODES = ("fast", "full")
@@ -321,8 +321,10 @@ def rerank_metrics(
     seconds_per_user: Mapping[Hashable, float] | float | None = None,
 ) -> dict:
     """``before/<metric>@k`` (the first-stage order) and ``after/<metric>@k`` (reranked) for nDCG, Recall
-    and Hit, over the users with relevant items (``users``); ``time_per_user_s`` when timings are given
-    (a mean of ``{user: seconds}`` or one number). A reranked list must hold only the user's candidates."""
+    and Hit, over the users with relevant items (``users``); ``gain/ndcg@k`` (after − before, the mean over
+    those users) with its paired bootstrap interval ``gain/ndcg@k_ci_low``/``_ci_high`` and
+    ``_share_better``; ``time_per_user_s`` when timings are given (a mean of ``{user: seconds}`` or one
+    number). A reranked list must hold only the user's candidates."""
     for user, items in reranked.items():
         extra = set(items) - set(first_stage.get(user, ()))
         if extra:
@@ -341,6 +343,16 @@ def rerank_metrics(
         for key, value in res.items():
             if "@" in key:
                 out[f"{name}/{key}"] = value
+    # is the change more than which users happened to be reranked? each user's nDCG@k after minus
+    # before, with a paired bootstrap interval over the users (exp3rt.metrics.paired_gain)
+    for k in sorted({int(k) for k in ks}):
+        was, now = per_user(first_stage, relevant, "ndcg", k), per_user(reranked, relevant, "ndcg", k)
+        if len(was) < 2:
+            continue
+        g = paired_gain([now[u] for u in was], [was[u] for u in was])
+        out[f"gain/ndcg@{k}"] = g["gain"]
+        for key in ("ci_low", "ci_high", "share_better"):
+            out[f"gain/ndcg@{k}_{key}"] = g[key]
     if seconds_per_user is not None:
         if isinstance(seconds_per_user, Mapping):
             vals = [float(v) for v in seconds_per_user.values()]
