@@ -34,9 +34,11 @@ COLUMNS = [
     ("reasoning readout RMSE", "rating/student_expected/rmse"),
     ("rating-only readout RMSE", "rating/student_direct_expected/rmse"),
     ("biased MF RMSE", "rating/biased_mf/rmse"),
+    ("reasoning − biased MF [95%]", "paired/student_expected_vs_biased_mf/rmse_diff"),
     ("global mean RMSE", "rating/global_mean/rmse"),
     ("nDCG@10 LightGCN", "rerank/before/ndcg@10"),
     ("nDCG@10 reranked", "rerank/after/ndcg@10"),
+    ("nDCG@10 gain [95%]", "rerank/gain/ndcg@10"),
     ("aspect precision", "reasoning/aspect_precision"),
     ("aspect recall", "reasoning/aspect_recall"),
     ("distinct reasonings", "reasoning/distinct_share"),
@@ -108,6 +110,15 @@ def fmt(x: float | None) -> str:
     )
 
 
+def cell(metrics: dict, key: str) -> str:
+    """A figure, with its paired bootstrap interval where the run has one (paired/*, rerank/gain/*)."""
+    base = key.rsplit("/", 1)[0] + "/" if key.startswith("paired/") else key + "_"
+    lo, hi = metrics.get(base + "ci_low"), metrics.get(base + "ci_high")
+    if lo is None or hi is None:
+        return fmt(metrics.get(key))
+    return f"{metrics[key]:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def spread(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -125,7 +136,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         lines.append(
             f"| {r['name']} | {r['wall_s']:.0f} | "
-            + " | ".join(fmt(r["metrics"].get(key)) for _, key in COLUMNS)
+            + " | ".join(cell(r["metrics"], key) for _, key in COLUMNS)
             + " |"
         )
     groups: dict[str, list[dict]] = {}

@@ -53,6 +53,11 @@ def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_met
     assert flat["reasoning/aspects_named"] == 0 or 0 <= flat["reasoning/aspect_precision"] <= 1
     assert flat["reasoning/teacher_aspect_recall"] > 0.5  # the compact rationales name the true overlaps
     assert {"rerank/before/ndcg@10", "rerank/after/ndcg@10", "rerank/rating_only/ndcg@10"} <= set(flat)
+    # the paired intervals the benchmark's table prints beside the method's gaps
+    for key in ("paired/student_expected_vs_biased_mf", "paired/student_expected_vs_student_direct_expected"):
+        assert flat[f"{key}/ci_low"] <= flat[f"{key}/rmse_diff"] <= flat[f"{key}/ci_high"], key
+    gain = "rerank/gain/ndcg@10"
+    assert flat[f"{gain}_ci_low"] <= flat[gain] <= flat[f"{gain}_ci_high"]
     assert saved["rerank"]["mode"] == "full" and saved["rerank"]["rating_weight"] == 1.0
     # the teacher wrote the compact form: every rationale lists the four overlaps in order
     annotations = Path(saved["stages"]["annotate"]["dir"])
