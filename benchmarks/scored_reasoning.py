@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -24,18 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exp3rt.teacher.backends.extractive import compact_counts, estimate  # noqa: E402
+from exp3rt.teacher.backends.extractive import estimate, read_scored  # noqa: E402
 
 
 def parse(reasoning: str, domain: str) -> tuple[list[int], list[float], float] | None:
     """(counts of the three lists the estimate uses, averages user first, the estimate), or None."""
-    said = re.search(r"Estimate: (\d+(?:\.\d+)?)", reasoning or "")
-    if not said:
-        return None
-    counts = compact_counts(reasoning)[:3]  # the estimate reads met, missed and triggered
-    found = dict(re.findall(rf"(user|{re.escape(domain)}) (\d+(?:\.\d+)?)[,.]", reasoning))
-    averages = [float(found[k]) for k in ("user", domain) if k in found]
-    return counts, averages, float(said.group(1))
+    return read_scored(reasoning, domain)
 
 
 def main() -> None:

@@ -283,6 +283,10 @@ class EvalConf:
     do_sample: bool = False
     temperature: float = 1.0  # do_sample: the logits are divided by this before sampling
     seed: int = 0  # do_sample: the sampling seed; also the vLLM engine's seed
+    # a student trained on the scored rationale (prompt.rationale_form=scored): its estimate is recomputed
+    # from the lists and averages it wrote (the teacher's rule, exact arithmetic) before the rating is read
+    # (predictions and full-mode reranking; hf backend)
+    compute_estimate: bool = False
     # top-k reranking of a first-stage retriever's candidates by the student's expected rating
     rerank: bool = False
     # popularity | bpr_mf | lightgcn, fitted on the training split
@@ -1177,6 +1181,11 @@ def check_eval_backend(ev) -> None:
     check_device(getattr(ev, "device", "auto"), "eval.device")
     if ev.backend != "vllm":
         return
+    if getattr(ev, "compute_estimate", False):
+        raise ConfigError(
+            "config key 'eval.compute_estimate' is true but the vLLM backend cannot rewrite a reasoning "
+            "before its readout: use eval.backend=hf, or eval.compute_estimate=false"
+        )
     if not vllm_installed():
         raise ConfigError(
             "config key 'eval.backend' is 'vllm' but the vllm package is not installed: "

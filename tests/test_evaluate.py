@@ -127,6 +127,19 @@ def test_paired_runs_benchmark_recomputes_an_older_runs_table_exactly(trained, t
     assert "| ev's student (ev) | 6 |" in out and "+0.0000 | [+0.0000, +0.0000] | 0.000 |" in out
 
 
+def test_compute_estimate_on_a_student_that_writes_none_is_refused_before_any_work(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+    from exp3rt.config import ConfigError
+
+    base = [f"paths.artifacts_dir={trained}/artifacts", f"run_dir={trained}/train", "eval.max_pairs=2"]
+    with pytest.raises(ConfigError, match=r"eval.compute_estimate.*prompt.rationale_form=scored") as err:
+        run(compose_cfg("evaluate", [*base, "eval.compute_estimate=true"]), tmp_path / "ev")
+    assert not (tmp_path / "ev" / "predictions.jsonl").exists()
+    advice = "eval.compute_estimate=false"
+    assert advice in str(err.value)
+    assert run(compose_cfg("evaluate", [*base, advice, "eval.mode=fast"]), tmp_path / "ok")["rating"]
+
+
 def test_reasoning_budget_defaults_to_the_training_answers_and_cut_reasonings_are_counted(
     trained, tmp_path, caplog
 ):

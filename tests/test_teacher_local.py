@@ -561,6 +561,28 @@ def test_smollm2_prepares_a_loadable_folder(tmp_path):
     assert resp.completion_tokens >= 1 and resp.text
 
 
+def test_the_estimate_is_recomputed_from_the_lists_and_averages_the_text_names():
+    """eval.compute_estimate's tool: the rule on the writer's own lists; nothing else changes."""
+    from exp3rt.teacher.backends.extractive import read_scored, recompute_estimate
+
+    wrote = (
+        "Likes it meets: romance, pacing. Likes it misses: plot. Dislikes it triggers: acting. Dislikes it "
+        "avoids: gore. Averages: user 3.8, movie 3.4. Estimate: 3.8."
+    )
+    assert read_scored(wrote, "movie") == ([2, 1, 1], [3.8, 3.4], 3.8)
+    # 3.8 + 0.25·2 − 0.25·1 − 0.5·1 = 3.55 → 3.6 (half up)
+    assert recompute_estimate(wrote, "movie", (1, 5)) == wrote.replace("Estimate: 3.8.", "Estimate: 3.6.")
+    # no user average: the item's; a 1–10 scale: quarter steps of its span/4
+    book = "Likes it meets: romance. Averages: book 6.0. Estimate: 9."
+    assert recompute_estimate(book, "book", (1, 10)) == book.replace("Estimate: 9.", "Estimate: 6.6.")
+    assert recompute_estimate("Likes it meets: none. Averages: user 4.0.", "movie", (1, 5)) == (
+        "Likes it meets: none. Averages: user 4.0."
+    )  # no estimate written: nothing to recompute
+    # clipped to the scale
+    low = "Dislikes it triggers: a, b, c, d, e, f, g, h, i. Averages: user 2.0. Estimate: 2.0."
+    assert recompute_estimate(low, "movie", (1, 5)).endswith("Estimate: 1.0.")
+
+
 def test_the_scored_reasoning_benchmark_splits_lists_from_arithmetic(tmp_path, capsys, monkeypatch):
     """benchmarks/scored_reasoning.py on two generated reasonings: one whose estimate follows the rule on
     its own lists, one that wrote the user's average back unchanged."""

@@ -407,6 +407,12 @@ def test_backend_config_errors(monkeypatch):
     ):
         with pytest.raises(ConfigError, match=f"config key 'eval.{key}'"):
             validate(_eval_cfg(["eval.backend=vllm", f"eval.{key}={value}"]))
+    # the estimate tool rewrites a reasoning between generation and readout: the hf path only
+    with pytest.raises(ConfigError, match="config key 'eval.compute_estimate'") as err:
+        validate(_eval_cfg(["eval.backend=vllm", "eval.compute_estimate=true"]))
+    for advice in ("eval.backend=hf", "eval.compute_estimate=false"):
+        assert advice in str(err.value)
+        validate(_eval_cfg(["eval.backend=vllm", "eval.compute_estimate=true", advice]))
 
 
 def test_the_package_imports_without_vllm(tiny, monkeypatch):

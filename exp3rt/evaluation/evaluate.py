@@ -42,7 +42,7 @@ from exp3rt.evaluation.scoring import (
     paired_errors,
     pairs_frame,
 )
-from exp3rt.inference.predict import release_students
+from exp3rt.inference.predict import estimate_rewrite, release_students
 from exp3rt.inference.prediction import Prediction
 from exp3rt.student.examples import build_examples, direct_ablation, rating_file_examples
 from exp3rt.teacher.annotate import find_annotation_dir
@@ -114,6 +114,7 @@ def _evaluate(
 ) -> dict:
     run, adapter_dir = find_train_run(run_dir, adapter)
     tcfg = load_train_config(run)
+    estimate_rewrite(tcfg, ev)  # eval.compute_estimate on a student that writes no estimate: before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_dataset(tcfg.dataset, tcfg.paths.data_dir)
     split = prepare_split(prepared, tcfg.split)
@@ -225,6 +226,9 @@ def _evaluate(
             "backend": str(ev.get("backend") or "hf"),
             **inference_device(ev),
             "readout": "next-token distribution over the valid rating tokens after the reasoning",
+            # eval.compute_estimate: how many reasonings' estimates the tool changed before the readout
+            "compute_estimate": bool(ev.get("compute_estimate")),
+            "estimates_recomputed": sum(p.written is not None for p in preds),
             "seconds_per_pair": seconds / max(1, len(preds)),
         },
         "rating": rating,

@@ -63,6 +63,14 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
         ]
         if gen.get("warning"):
             lines += [f"**Warning:** {gen['warning']}.", ""]
+    if metrics["protocol"].get("compute_estimate"):
+        lines += [
+            f"`eval.compute_estimate`: the estimate of {metrics['protocol'].get('estimates_recomputed')} "
+            f"of {metrics['protocol']['pairs']} "
+            "reasonings was recomputed from the lists and averages they name before the rating was read "
+            "(`predictions.jsonl` keeps the student's own text as `written`).",
+            "",
+        ]
     lines += reasoning_lines(metrics.get("reasoning"))
     lines += [
         "## Rating prediction",

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from exp3rt.config import RetrieverBaselinesConf
-from exp3rt.inference.predict import backend_of, student_for
+from exp3rt.inference.predict import backend_of, estimate_rewrite, student_for
 from exp3rt.student.examples import candidate_examples
 from exp3rt.student.prompts import StudentPrompts
 from exp3rt.student.ratings import RatingTokens
@@ -86,7 +86,7 @@ def rerank_candidates(tcfg, adapter_dir: Path, ann_dir: Path, prepared, split, e
         tok, score = student.tokenizer, student.score_candidates
     else:
         model, tok = student_for(tcfg, adapter_dir, ev)
-        score = partial(score_candidates, model, tok)
+        score = partial(score_candidates, model, tok, rewrite=estimate_rewrite(tcfg, ev))
     prompts_by_user = {
         u: [(ex.meta["item_id"], render(tok, ex, add_answer=False)[0]) for ex in exs]
         for u, exs in cands.items()

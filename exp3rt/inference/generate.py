@@ -50,6 +50,7 @@ class GenOutput:
     stop_reason: str  # "eos" | "stop" (a stop string) | "length" (max_new_tokens)
     state: GenState | None = field(default=None, repr=False)
     row: int = 0  # this output's row in ``state``
+    written: str | None = None  # the student's own text where a rewrite (generate_and_read) changed it
 
     @property
     def in_cache(self) -> int:

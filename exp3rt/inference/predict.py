@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from exp3rt.config import ConfigError
 from exp3rt.devices import free_memory, resolve_device
 from exp3rt.inference.prediction import Prediction
 from exp3rt.student.prompts import StudentPrompts
@@ -65,6 +69,26 @@ def student_for(tcfg, adapter_dir: Path, ev):
     return load_student(tcfg, Path(adapter_dir), ev.get("device", "auto"), bool(ev.get("merge_lora", True)))
 
 
+def estimate_rewrite(tcfg, ev):
+    """The tool ``eval.compute_estimate`` puts between a reasoning and its readout: the scored rationale's
+    estimate recomputed from the lists and averages the student wrote (:func:`exp3rt.teacher.backends.
+    extractive.recompute_estimate`); None when the key is off. A student trained on another rationale
+    form writes no estimate: that is a config error, not a silent no-op."""
+    if not ev.get("compute_estimate"):
+        return None
+    form = str(OmegaConf.select(tcfg, "prompt.rationale_form", default=None))
+    if form != "scored":
+        raise ConfigError(
+            "config key 'eval.compute_estimate' is true but the student was trained on the "
+            f"'{form}' rationale, which writes no estimate (it needs prompt.rationale_form=scored): "
+            "set eval.compute_estimate=false"
+        )
+    from exp3rt.teacher.backends.extractive import recompute_estimate
+
+    domain, scale = str(tcfg.dataset.domain), (float(tcfg.dataset.scale.min), float(tcfg.dataset.scale.max))
+    return partial(recompute_estimate, domain=domain, scale=scale)
+
+
 def backend_of(ev) -> str:
     """``eval.backend`` (``hf`` when a config predates the key)."""
     return str(getattr(ev, "backend", None) or "hf")
@@ -102,7 +126,15 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
             pairs = [(None, r) for r in reads]
         else:
             pairs = generate_and_read(
-                model, tok, prompts, ratings, max_new, prefix, batch_size=int(ev.batch_size), **sampling
+                model,
+                tok,
+                prompts,
+                ratings,
+                max_new,
+                prefix,
+                batch_size=int(ev.batch_size),
+                rewrite=estimate_rewrite(tcfg, ev),
+                **sampling,
             )
     out: list[Prediction] = []
     for ex, (gen, read) in zip(examples, pairs, strict=True):
@@ -122,6 +154,7 @@ def predict(tcfg, adapter_dir: Path, examples, ev) -> list[Prediction]:
                 rating_expected=float(read.expected),
                 valid_mass=None if math.isnan(read.mass) else float(read.mass),
                 finish=gen.stop_reason if gen is not None else None,
+                written=gen.written if gen is not None else None,
             )
         )
     return out

@@ -27,3 +27,6 @@ class Prediction:
     direct_probs: dict[str, float] | None = None
     rating_direct_argmax: float | None = None
     rating_direct_expected: float | None = None
+    # eval.compute_estimate: the reasoning as the student wrote it, where the tool changed its estimate
+    # (``reasoning`` then holds the rewritten text the rating was read after)
+    written: str | None = None

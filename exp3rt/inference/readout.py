@@ -30,7 +30,7 @@ again. :func:`readout_only` is the fast mode: prompt + prefix, no reasoning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -276,6 +276,7 @@ def generate_and_read(
     temperature: float = 1.0,
     seed: int | None = None,
     sort_by_length: bool = True,
+    rewrite: Callable[[str], str] | None = None,
 ) -> list[tuple[GenOutput, RatingReadout]]:
     """Reasoning then readout, batch by batch (each batch's cache is freed before the next); results in
     the input order.
@@ -283,7 +284,12 @@ def generate_and_read(
     Generation stops where the student writes the prefix itself (``prefix`` without its trailing space);
     the prefix is then appended as its training tokens and read. ``sort_by_length``: batches of prompts
     of similar length (:func:`length_order`); greedy output is the same either way, a seeded sample is
-    reproducible either way (the seed advances per batch)."""
+    reproducible either way (the seed advances per batch).
+
+    ``rewrite`` (a tool between the reasoning and the readout, e.g. the scored rationale's estimate
+    recomputed from the student's own lists): each reasoning it changes is read afresh as ``prompt +
+    rewritten reasoning + separator + prefix``; the output's ``text`` becomes the rewritten one and
+    ``written`` keeps the student's own."""
     stop = (prefix.rstrip(),) if prefix.strip() else ()
     order = length_order(tokenizer, prompts) if sort_by_length else list(range(len(prompts)))
     generator_seed = seed
@@ -303,6 +309,24 @@ def generate_and_read(
             keep_state=True,
         )
         reads = read_after(model, tokenizer, gens, ratings, prefix, separator)
+        if rewrite is not None:
+            redo = []
+            for k, g in enumerate(gens):
+                fixed = rewrite(g.text)
+                if fixed != g.text:
+                    g.written, g.text = g.text, fixed
+                    redo.append(k)
+            if redo:
+                texts = [
+                    prompts[members[k]]
+                    + gens[k].text
+                    + ("" if gens[k].text.endswith(separator) else separator)
+                    for k in redo
+                ]
+                for k, r in zip(
+                    redo, readout_only(model, tokenizer, texts, ratings, prefix, batch_size), strict=True
+                ):
+                    reads[k] = r
         for i, g, r in zip(members, gens, reads, strict=True):
             g.state = None  # free the cache
             out[i] = (g, r)

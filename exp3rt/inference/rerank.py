@@ -189,6 +189,7 @@ def score_candidates(
     batch_size: int = 32,
     reuse_prefix: bool = True,
     stats: dict | None = None,
+    rewrite=None,
 ) -> Scores:
     """``{user: [(item_id, expected_rating, probs), ...]}`` in the input (first-stage) order.
 
@@ -199,9 +200,10 @@ def score_candidates(
     ``reuse_prefix=False`` runs every prompt whole (the reference, and the benchmark's comparison); it
     concerns the fast readout only (full mode's batch of reasonings shares no prefix cache).
     ``stats`` (optional) receives per user ``seconds``, ``prefix_tokens``, ``suffix_tokens`` and, in full
-    mode, ``reasoning`` ({item: text}) and ``finish``. Full mode reasons over all users' candidates at
-    once (``batch_size`` prompts per batch, similar lengths together, as vLLM schedules them), so a
-    user's ``seconds`` there is an equal share of the whole.
+    mode, ``reasoning`` ({item: text}) and ``finish``. ``rewrite``: full mode's tool between the
+    reasoning and the readout (:func:`exp3rt.inference.readout.generate_and_read`). Full mode reasons
+    over all users' candidates at once (``batch_size`` prompts per batch, similar lengths together, as
+    vLLM schedules them), so a user's ``seconds`` there is an equal share of the whole.
     """
     if mode not in MODES:
         raise ValueError(f"rerank mode must be one of {MODES} (got {mode!r})")
@@ -238,6 +240,7 @@ def score_candidates(
                     int(max_new_tokens),
                     rating_prefix,
                     batch_size=max(1, int(batch_size)),
+                    rewrite=rewrite,
                 )
                 if rows
                 else []

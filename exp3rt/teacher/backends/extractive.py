@@ -417,6 +417,34 @@ def estimate(
     return math.floor(min(hi, max(lo, value)) * 10 + 0.5) / 10
 
 
+_ESTIMATE = re.compile(r"Estimate: (\d+(?:\.\d+)?)")
+
+
+def read_scored(text: str, domain: str) -> tuple[list[int], list[float], float] | None:
+    """What a ``scored`` rationale says, or None without an estimate: the counts of the three lists
+    :func:`estimate` reads (met, missed, triggered), the averages it names (the user's first; the item's
+    is labelled with ``domain``, "item" without one) and the estimate it wrote (its last)."""
+    said = _ESTIMATE.findall(text or "")
+    if not said:
+        return None
+    label = re.escape(domain or "item")
+    found = dict(re.findall(rf"\b(user|{label}) (\d+(?:\.\d+)?)[,.]", text))
+    averages = [float(found[k]) for k in ("user", domain or "item") if k in found]
+    return compact_counts(text)[:3], averages, float(said[-1])
+
+
+def recompute_estimate(text: str, domain: str, scale: tuple[float, float]) -> str:
+    """``text`` with its (last) estimate replaced by :func:`estimate` of the lists and averages the text
+    itself names: the scored rationale's sum done exactly, as a calculator would (``eval.compute_estimate``).
+    The lists and averages are the writer's own; nothing else is read. Unchanged without an estimate."""
+    got = read_scored(text, domain)
+    if got is None:
+        return text
+    counts, averages, _ = got
+    last = list(_ESTIMATE.finditer(text))[-1]
+    return f"{text[: last.start(1)]}{estimate(*counts, averages, scale):.1f}{text[last.end(1) :]}"
+
+
 # Overall leans, from the bottom of the scale (0) to its top (4).
 LEANS = (
     "Overall, the weaknesses dominate what this user cares about, so this {noun} is likely to leave "
