@@ -1,12 +1,13 @@
 """A short slice of ``experiment=method_cpu`` with the real SmolLM2-135M-Instruct (CI builds it with
-``make smollm2``): the whole path — compact teacher rationales, a bf16 full fine-tune, both readouts,
+``make smollm2``): the whole path — scored teacher rationales, a bf16 full fine-tune, both readouts,
 reranking with reasoning, the reasoning metrics — runs and writes every file and field the benchmark
-(benchmarks/method_cpu.py) reads. Scores are not asserted: ten steps teach the format, not the task."""
+(benchmarks/method_cpu.py) reads. Scores are not asserted: twenty steps teach the format, not the task."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ SLICE = [
     "experiment=method_cpu",
     "dataset.world.n_users=60",
     "dataset.world.n_items=50",
-    "trainer.max_steps=10",
+    "trainer.max_steps=20",
     "train.lr=1e-3",
     "train.micro_batch_size=4",
     "train.warmup_steps=1",
@@ -41,7 +42,8 @@ def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_met
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="pipeline", overrides=[*SLICE, f"student.model_path={SMOLLM2}"])
-    assert cfg.prompt.rationale_form == "compact" and cfg.trainer.precision == "bf16-true"
+    assert cfg.prompt.rationale_form == "scored" and cfg.prompt.profile_form == "aspects"
+    assert cfg.trainer.precision == "bf16-true" and cfg.eval.compute_estimate
     run(cfg, env / "run")
     saved = json.loads((env / "run" / "metrics.json").read_text())
     flat = saved["flat"]
@@ -59,13 +61,25 @@ def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_met
     gain = "rerank/gain/ndcg@10"
     assert flat[f"{gain}_ci_low"] <= flat[gain] <= flat[f"{gain}_ci_high"]
     assert saved["rerank"]["mode"] == "full" and saved["rerank"]["rating_weight"] == 1.0
-    # the teacher wrote the compact form: every rationale lists the four overlaps in order
+    # the calculator: where it changed an estimate, the student's own text is kept and differs in it alone
+    protocol = saved["protocol"]
+    assert protocol["compute_estimate"] is True and 0 <= protocol["estimates_recomputed"] <= 6
+    rows = (Path(saved["stages"]["evaluate"]["dir"]) / "predictions.jsonl").read_text().splitlines()
+    changed = [json.loads(line) for line in rows if json.loads(line)["written"] is not None]
+    assert len(changed) == protocol["estimates_recomputed"]
+    for row in changed:
+        now, was = (re.findall(r"Estimate: (\d+(?:\.\d+)?)", row[k]) for k in ("reasoning", "written"))
+        assert now and was and now[-1] != was[-1]
+        bare = [re.sub(r"Estimate: \d+(\.\d+)?", "", row[k]).strip() for k in ("reasoning", "written")]
+        assert bare[0] in bare[1]
+    # the teacher wrote the scored form: every rationale lists the four overlaps in order, then an estimate
     annotations = Path(saved["stages"]["annotate"]["dir"])
     import pandas as pd
 
     rationales = pd.read_parquet(annotations / "rationale.parquet").rationale.dropna()
     assert len(rationales) > 0
     assert all(r.startswith("Likes it meets: ") and " Dislikes it avoids: " in r for r in rationales)
+    assert all(re.search(r" Estimate: \d+(\.\d)?\.$", r) for r in rationales)
     # the student trained in bf16 and logged its loss (the benchmark's loss curve reads this file)
     log = next(Path(saved["stages"]["train"]["dir"]).glob("csv/version_*/metrics.csv")).read_text()
     assert "train/loss" in log.splitlines()[0]
