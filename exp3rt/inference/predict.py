@@ -14,6 +14,7 @@ from exp3rt.inference.prediction import Prediction
 from exp3rt.student.prompts import StudentPrompts
 from exp3rt.student.ratings import RatingTokens
 from exp3rt.student.tokenize import render
+from exp3rt.teacher.backends.extractive import recompute_estimate
 
 _LOADED: dict = {}  # the student of the evaluation in progress: predictions, the rating-only readout and
 # reranking share one load (an 8B model takes minutes to load); released when the evaluation ends
@@ -83,8 +84,6 @@ def estimate_rewrite(tcfg, ev):
             f"'{form}' rationale, which writes no estimate (it needs prompt.rationale_form=scored): "
             "set eval.compute_estimate=false"
         )
-    from exp3rt.teacher.backends.extractive import recompute_estimate
-
     domain, scale = str(tcfg.dataset.domain), (float(tcfg.dataset.scale.min), float(tcfg.dataset.scale.max))
     return partial(recompute_estimate, domain=domain, scale=scale)
 
