@@ -59,6 +59,13 @@ class EvalPart(StrEnum):
     valid = "valid"  # the split's validation pairs: what a search (Optuna, a W&B sweep) may optimise
 
 
+class RerankTuneOn(StrEnum):
+    """Whose relevant items choose the reranking blend weight (eval.rerank_tune_weights)."""
+
+    valid = "valid"  # validation users' candidates, scored before any test user is read
+    crossfit = "crossfit"  # two folds of the reranked users, each reranked with the β the other fold chose
+
+
 class ReadoutMode(StrEnum):
     full = "full"  # reasoning, then the rating readout after it
     fast = "fast"  # the readout alone, right after the prompt
@@ -298,6 +305,14 @@ class EvalConf:
     # minus the first-stage position / N (exp3rt.inference.rerank.rerank); rerank/rating_only/* then
     # reports the plain rating order beside it
     rerank_rating_weight: float | None = None
+    # β values tried, the one with the highest nDCG@rerank_tune_k replacing rerank_rating_weight (the first
+    # listed wins a tie; rerank.tuning holds every figure); []: no tuning. Chosen by rerank_tune_on
+    rerank_tune_weights: list[float] = field(default_factory=list)
+    # valid: on validation users' candidates, scored before the test users are read (needs
+    # split.valid_ratio > 0); crossfit: each half of the reranked users with the β the other half chose
+    rerank_tune_on: RerankTuneOn = RerankTuneOn.valid
+    rerank_tune_users: int | None = 20  # valid: validation users scored to choose β (null: all)
+    rerank_tune_k: int = 10  # the nDCG cut-off β is chosen by
     candidates_file: str | None = (
         None  # a first-stage candidates parquet (exp3rt-baselines writes them); null: fit rerank_retriever
     )
@@ -975,6 +990,11 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(
                 f"config key 'eval.rerank_rating_weight' must be >= 0 or null (got {ev.rerank_rating_weight})"
             )
+        bad = [w for w in ev.rerank_tune_weights if not w >= 0]
+        if bad:
+            raise ConfigError(f"config key 'eval.rerank_tune_weights' must hold weights >= 0 (got {bad})")
+        if ev.rerank_tune_k < 1:
+            raise ConfigError(f"config key 'eval.rerank_tune_k' must be >= 1 (got {ev.rerank_tune_k})")
         check_eval_backend(ev)
     if typed.get("threads") is not None:
         check_threads(typed.threads)

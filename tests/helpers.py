@@ -64,3 +64,17 @@ def rejection(compose_fn, overrides: list[str]) -> str:
     except ConfigCompositionException as e:
         return f"{e} {e.__cause__}"
     pytest.fail(f"{overrides} was accepted")
+
+
+def blend_by_hand(rows: list[dict], beta: float, lo: float = 1.0, hi: float = 5.0) -> dict:
+    """Each user's candidates ordered by β·(E[r] − lo)/(hi − lo) − rank/n, from rerank_scores.jsonl rows."""
+    lists: dict = {}
+    for r in rows:
+        lists.setdefault(r["user_id"], []).append(r)
+    out = {}
+    for user, rs in lists.items():
+        rs = sorted(rs, key=lambda r: r["first_stage_rank"])
+        n = len(rs)
+        keyed = sorted(range(n), key=lambda i: (-(beta * (rs[i]["expected"] - lo) / (hi - lo) - i / n), i))
+        out[user] = [rs[i]["item_id"] for i in keyed]
+    return out

@@ -78,6 +78,9 @@ def rejection(overrides: list[str]) -> str:
         (["baselines.rating.models=[svdpp]"], "baselines.rating.models", "unknown model 'svdpp'; allowed:"),
         (["eval.ks=[0,5]"], "eval.ks", "must hold positive cut-offs"),
         (["eval.rerank_rating_weight=-0.5"], "eval.rerank_rating_weight", "must be >= 0 or null"),
+        (["eval.rerank_tune_weights=[1,-2]"], "eval.rerank_tune_weights", "must hold weights >= 0"),
+        (["eval.rerank_tune_k=0"], "eval.rerank_tune_k", "must be >= 1"),
+        (["eval.rerank_tune_on=test"], "eval.rerank_tune_on", "expected one of [valid, crossfit]"),
         (["eval.mode=slow"], "eval.mode", "Invalid value 'slow', expected one of [full, fast]"),
         (["eval.rerank_mode=half"], "eval.rerank_mode", "expected one of [full, fast]"),
         (

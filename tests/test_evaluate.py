@@ -272,6 +272,89 @@ def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, 
     assert "reranking" in report and f"ndcg@10 {gain:+.4f}" in report
 
 
+def test_crossfit_reranks_each_half_of_the_users_with_the_weight_the_other_half_chose(trained, tmp_path):
+    """eval.rerank_tune_on=crossfit: no user's relevant items choose the β that user is reranked with.
+    Rebuilt by hand from rerank_scores.jsonl: each fold's β is the best one on the other fold, and the
+    reranked figures are those of each user ranked with their fold's β."""
+    from exp3rt.cli.evaluate import run
+    from exp3rt.metrics import per_user
+    from tests.helpers import blend_by_hand as _by_hand
+
+    grid = [0.25, 1.0, 4.0]
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            f"paths.artifacts_dir={trained}/artifacts",
+            f"run_dir={trained}/train",
+            "eval.max_pairs=1",
+            "eval.mode=fast",
+            "eval.rerank=true",
+            "eval.rerank_max_users=6",
+            "eval.num_candidates=6",
+            "eval.rerank_retriever=popularity",
+            f"eval.rerank_tune_weights=[{','.join(map(str, grid))}]",
+            "eval.rerank_tune_on=crossfit",
+            "eval.rerank_tune_k=5",
+        ],
+    )
+    rr = run(cfg, tmp_path / "ev")["rerank"]
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "rerank_scores.jsonl").read_text().splitlines()]
+    assert {r["part"] for r in rows} == {"test"} and rr["candidates_unscored"] == 0
+    ranks: dict = {}
+    for r in rows:
+        ranks.setdefault(r["user_id"], []).append(r["first_stage_rank"])
+    assert len(ranks) == 6 and all(sorted(v) == list(range(len(v))) for v in ranks.values())
+    test = _split_parts(trained)["test"]
+    relevant = {u: set(test[test.user_id == u].item_id) for u in {r["user_id"] for r in rows}}
+    assert all(r["relevant"] == (r["item_id"] in relevant[r["user_id"]]) for r in rows)
+    users = sorted(relevant)
+    folds = [users[0::2], users[1::2]]
+    t = rr["tuning"]
+    assert t["on"] == "crossfit" and t["metric"] == "ndcg@5" and [f["users"] for f in t["folds"]] == [3, 3]
+
+    def ndcg(ranked: dict, who: list) -> float:
+        got = per_user(ranked, {u: relevant[u] for u in who}, "ndcg", 5)
+        return sum(got.values()) / len(got)
+
+    reranked: dict = {}
+    for f, (mine, other) in enumerate(((folds[0], folds[1]), (folds[1], folds[0]))):
+        on_other = {b: ndcg(_by_hand(rows, b), other) for b in grid}
+        assert t["folds"][f]["other_ndcg"] == pytest.approx({f"{b:g}": v for b, v in on_other.items()})
+        best = max(grid, key=lambda b: (on_other[b], -grid.index(b)))
+        assert t["folds"][f]["chosen"] == best
+        reranked.update({u: lst for u, lst in _by_hand(rows, best).items() if u in mine})
+    assert rr["rating_weight"] == [f["chosen"] for f in t["folds"]]
+    assert rr["after/ndcg@5"] == pytest.approx(ndcg(reranked, users))
+    assert t["scored_ndcg"]["1"] == pytest.approx(ndcg(_by_hand(rows, 1.0), users))
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "Blend weight by cross-fitting over users: fold 1 (3 users) got β = " in report
+
+
+def test_tuning_on_validation_users_without_a_validation_part_says_what_to_do_and_that_works(
+    trained, tmp_path
+):
+    from exp3rt.cli.evaluate import run
+    from exp3rt.config import ConfigError
+
+    base = [
+        f"paths.artifacts_dir={trained}/artifacts",
+        f"run_dir={trained}/train",
+        "eval.max_pairs=1",
+        "eval.mode=fast",
+        "eval.rerank=true",
+        "eval.rerank_max_users=2",
+        "eval.num_candidates=4",
+        "eval.rerank_retriever=popularity",
+        "eval.rerank_tune_weights=[0.5,2.0]",
+    ]
+    with pytest.raises(ConfigError, match="this split has no validation pairs") as err:
+        run(compose_cfg("evaluate", base), tmp_path / "refused")
+    advice = str(err.value).split("instead: ")[1]
+    assert advice == "eval.rerank_tune_on=crossfit"
+    rr = run(compose_cfg("evaluate", [*base, advice]), tmp_path / "ev")["rerank"]
+    assert rr["users"] == 2 and [f["users"] for f in rr["tuning"]["folds"]] == [1, 1]
+
+
 def test_the_student_is_loaded_once_on_its_device_with_lora_folded_in(trained, tmp_path, monkeypatch):
     """Predictions and reranking share one load (an 8B model takes minutes); eval.device places it (the
     hf backend once left it on the CPU of a GPU machine); the LoRA adapter is merged into the weights

@@ -65,7 +65,13 @@ def test_a_method_cpu_slice_writes_both_readouts_reranking_and_the_reasoning_met
         assert flat[f"{key}/ci_low"] <= flat[f"{key}/rmse_diff"] <= flat[f"{key}/ci_high"], key
     gain = "rerank/gain/ndcg@10"
     assert flat[f"{gain}_ci_low"] <= flat[gain] <= flat[f"{gain}_ci_high"]
-    assert saved["rerank"]["mode"] == "full" and saved["rerank"]["rating_weight"] == 1.0
+    # β cross-fitted over the two reranked users: each user's β was the best on the other one
+    rr = saved["rerank"]
+    assert rr["mode"] == "full" and rr["tuning"]["on"] == "crossfit"
+    assert rr["rating_weight"] == [f["chosen"] for f in rr["tuning"]["folds"]]
+    assert all(w in (0.25, 0.5, 1.0, 2.0) for w in rr["rating_weight"])
+    scored = (Path(saved["stages"]["evaluate"]["dir"]) / "rerank_scores.jsonl").read_text().splitlines()
+    assert len(scored) == 10 - rr["candidates_unscored"]  # two users' five candidates
     # the calculator: where it changed an estimate, the student's own text is kept and differs in it alone
     protocol = saved["protocol"]
     assert protocol["compute_estimate"] is True and 0 <= protocol["estimates_recomputed"] <= 6

@@ -645,6 +645,49 @@ def test_a_validation_scored_run_never_reads_a_test_pair_even_when_reranking(in_
     assert len(scored & set(zip(test.user_id, test.item_id, strict=True))) == 0
 
 
+def test_the_blend_weight_is_chosen_on_validation_users_before_any_test_user_is_read(in_shared, tmp_path):
+    """eval.rerank_tune_on=valid: the student scores validation users' candidates (LightGCN refitted with
+    the baselines stage's settings, since the pipeline hands the reranker the baselines' test candidates),
+    and the β best on their validation pairs reranks the test users. Checked by hand from
+    rerank_scores.jsonl: validation rows are judged by validation pairs only, and the β is their best."""
+    from exp3rt.metrics import per_user
+    from tests.helpers import blend_by_hand
+
+    grid = [0.5, 1.0, 4.0]
+    m = run_in_process(
+        [
+            *FAST,
+            "split.valid_ratio=0.1",
+            f"eval.rerank_tune_weights=[{','.join(map(str, grid))}]",
+            "eval.rerank_tune_users=3",
+        ],
+        tmp_path / "tuned",
+    )
+    split_dir = Path(m["stages"]["data"]["split_dir"])
+    valid, test = (pd.read_parquet(split_dir / f"{p}.parquet") for p in ("valid", "test"))
+    rows = [
+        json.loads(line)
+        for line in (Path(m["stages"]["evaluate"]["dir"]) / "rerank_scores.jsonl").read_text().splitlines()
+    ]
+    t = m["rerank"]["tuning"]
+    assert t["on"] == "valid" and t["retriever"] == "lightgcn" and t["users"] == 3
+    mine = [r for r in rows if r["part"] == "valid"]
+    assert len({r["user_id"] for r in mine}) == 3 and {r["part"] for r in rows} == {"valid", "test"}
+    valid_pairs = set(zip(valid.user_id, valid.item_id, strict=True))
+    test_pairs = set(zip(test.user_id, test.item_id, strict=True))
+    assert all(r["relevant"] == ((r["user_id"], r["item_id"]) in valid_pairs) for r in mine)
+    assert not any((r["user_id"], r["item_id"]) in test_pairs for r in mine if r["relevant"])
+    judged = {u: set(valid[valid.user_id == u].item_id) for u in {r["user_id"] for r in mine}}
+    by_hand = {}
+    for b in grid:
+        got = per_user(blend_by_hand(mine, b), judged, "ndcg", 10)
+        by_hand[b] = sum(got.values()) / len(got)
+    assert t["valid_ndcg"] == pytest.approx({f"{b:g}": v for b, v in by_hand.items()})
+    best = max(grid, key=lambda b: (by_hand[b], -grid.index(b)))
+    assert t["chosen"] == m["rerank"]["rating_weight"] == best
+    assert str(m["rerank"]["retriever"]).endswith("candidates/lightgcn.parquet")  # test users: the file
+
+
 def test_the_run_says_which_readout_is_the_method_and_whether_reasoning_is_about_the_pair(shared):
     from exp3rt.cli.pipeline import summary
 

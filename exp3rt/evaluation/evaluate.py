@@ -261,7 +261,14 @@ def _evaluate(
     plots.calibration(truth[ok], expected[ok], out_dir / "calibration.png", "calibration")
     if ev.get("rerank"):
         metrics["rerank"] = rerank_candidates(
-            tcfg, adapter_dir, ann_dir, prepared, split, ev, readout_ablation(tcfg, str(ev.rerank_mode))
+            tcfg,
+            adapter_dir,
+            ann_dir,
+            prepared,
+            split,
+            ev,
+            readout_ablation(tcfg, str(ev.rerank_mode)),
+            out_dir=out_dir,
         )
     example = next((p for p in preds if p.reasoning), preds[0] if preds else None)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, example))

@@ -102,6 +102,7 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
                 + ".",
                 "",
             ]
+        lines += tuning_lines(rr)
     if example is not None:
         expected = example.rating_expected
         if expected is not None:
@@ -223,6 +224,34 @@ def generation_summary(preds: list[Prediction], budget: dict) -> dict:
     return out
 
 
+def tuning_lines(rr: dict) -> list[str]:
+    """How the blend weight was chosen (``eval.rerank_tune_weights``), never on the users it reranks."""
+    t = rr.get("tuning")
+    if not t:
+        return []
+    metric = t["metric"]
+    if t.get("on") == "crossfit":
+        said = "; ".join(
+            f"fold {n + 1} ({f['users']} users) got β = {f['chosen']:g}, chosen on the other "
+            f"{f['chosen_on_users']} users' {metric} (first stage {f['other_before']:.4f}; "
+            + ", ".join(f"β={w} {v:.4f}" for w, v in f["other_ndcg"].items())
+            + ")"
+            for n, f in enumerate(t["folds"])
+        )
+        head = f"Blend weight by cross-fitting over users: {said}."
+    else:
+        tried = ", ".join(f"β={w} {v:.4f}" for w, v in t["valid_ndcg"].items())
+        head = (
+            f"Blend weight β = {t['chosen']:g}, chosen on {t['users']} validation users' {metric} "
+            f"(first stage {t['valid_before']:.4f}; {tried})."
+        )
+    shown = ", ".join(f"β={w} {v:.4f}" for w, v in t.get("scored_ndcg", {}).items())
+    return [
+        head + f" Every β on all the reranked users, shown and not used to choose: {shown}.",
+        "",
+    ]
+
+
 def numbers(prefix: str, values: dict) -> dict[str, float]:
     """``<prefix>/<key>`` for the numeric values of ``values`` (booleans and text left out)."""
     return {
@@ -241,6 +270,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     for pair, r in (metrics.get("paired") or {}).items():
         out.update(numbers(f"paired/{pair}", r))
     out.update(numbers("rerank", metrics.get("rerank") or {}))
+    out.update(numbers("rerank/tuning", (metrics.get("rerank") or {}).get("tuning") or {}))
     out.update(numbers("reasoning", metrics.get("reasoning") or {}))
     gen = metrics.get("generation") or {}
     out.update(numbers("generation", {k: gen[k] for k in ("max_new_tokens", "cut", "cut_rate") if k in gen}))
