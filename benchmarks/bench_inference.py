@@ -14,6 +14,11 @@ Two ratios:
    prefix, plus one per inner trie node — the 1–10 scale scores "10" as "1","0") divided by the
    seconds of generating the reasoning. For reference the same readout without the cache
    (``readout_only`` over prompt + reasoning + prefix, i.e. re-encoding everything) is timed too.
+3. **after the calculator's rewrite, re-encoding ÷ continuing the cache**: ``eval.compute_estimate``
+   changes a reasoning's last number before the readout. :func:`apply_rewrite` keeps the cached tokens
+   the two texts share and :func:`read_after` runs only the changed tail; the arm it replaced encoded
+   prompt + rewritten reasoning again (``readout_only``). Both readouts are compared (largest difference
+   in any rating's probability).
 
 **Measurement.** The arms are interleaved within each repeat (their order alternating) and each repeat
 gives its own ratio; the median and the range over ``--repeats`` are reported, for wall-clock time and
@@ -53,7 +58,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import exp3rt.inference.generate as generation
 from exp3rt.inference.generate import generate_batch, length_groups
-from exp3rt.inference.readout import read_after, readout_only
+from exp3rt.inference.readout import apply_rewrite, read_after, readout_only
 from exp3rt.models.tiny import build_tiny_llama
 from exp3rt.student.ratings import RatingTokens
 
@@ -165,6 +170,7 @@ def main(argv=None) -> dict:
     wall: dict[str, list] = {k: [] for k in ("single", "batched", "plain", "single_1", "batched_1")}
     cpu: dict[str, list] = {k: [] for k in wall}
     identical, t_gen, t_read5, t_read10, t_reencode = [], [], [], [], []
+    t_fix_old, t_fix_new, fix_diff = [], [], []
     r5, r10 = RatingTokens(1, 5), RatingTokens(1, 10)
     for rep in range(args.repeats):
         order = ["single", "batched", "plain"] if rep % 2 == 0 else ["plain", "batched", "single"]
@@ -193,6 +199,16 @@ def main(argv=None) -> dict:
         t_read10.append(timed(read_after, model, tok, gens, r10)[0])
         full = [p + g.text + "\n" for p, g in zip(ps, gens, strict=True)]
         t_reencode.append(timed(readout_only, model, tok, full, r5, batch_size=b)[0])
+        # the calculator (eval.compute_estimate) changes a reasoning's last number: the cache continued
+        # over the unchanged tokens against the whole prompt + rewritten reasoning encoded again
+        apply_rewrite(tok, gens, lambda text: text.rsplit(" ", 1)[0] + " 4.0")
+        after = [p + g.text + "\n" for p, g in zip(ps, gens, strict=True)]
+        w_old, _, old = timed(readout_only, model, tok, after, r5, batch_size=b)
+        w_new, _, new = timed(read_after, model, tok, gens, r5)
+        t_fix_old.append(w_old)
+        t_fix_new.append(w_new)
+        pairs = zip(old, new, strict=True)
+        fix_diff.append(max(abs(a - c) for o, n in pairs for a, c in zip(o.probs, n.probs, strict=True)))
         del gens, outs
 
     def ratios(times, end_to_end: bool) -> list[float]:
@@ -243,6 +259,9 @@ def main(argv=None) -> dict:
         "readout_over_gen_1to5": med(t_read5) / med(t_gen),
         "readout_over_gen_1to10": med(t_read10) / med(t_gen),
         "reencode_readout_over_gen_1to5": med(t_reencode) / med(t_gen),
+        "rewrite_reencode_over_cached": spread([o / n for o, n in zip(t_fix_old, t_fix_new, strict=True)]),
+        "rewrite_cached_s": med(t_fix_new),
+        "rewrite_max_prob_diff": max(fix_diff),
         "goals": {"batched_over_single": ">= 4", "readout_over_gen": "<= 0.10"},
     }
     if args.json:
@@ -286,6 +305,12 @@ def main(argv=None) -> dict:
             f"readout / generation: {res['readout_over_gen_1to5']:.4f} (1-5), "
             f"{res['readout_over_gen_1to10']:.4f} (1-10)   goal <= 0.10; "
             f"re-encoding instead: {res['reencode_readout_over_gen_1to5']:.3f}"
+        )
+        fx = res["rewrite_reencode_over_cached"]
+        print(
+            "after a rewrite of the last number (eval.compute_estimate): re-encoding / continuing the cache "
+            f"{fx['median']:.2f}x wall (range {fx['min']:.2f}-{fx['max']:.2f}); the readouts differ by at "
+            f"most {res['rewrite_max_prob_diff']:.1e} in probability"
         )
     return res
 

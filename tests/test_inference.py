@@ -396,22 +396,29 @@ def test_generate_and_read(tiny):
 
 def test_a_rewrite_between_reasoning_and_readout_reads_the_rewritten_text(tiny):
     """generate_and_read(rewrite=...): a reasoning the tool changes is read after the new text, exactly as
-    the fast readout reads prompt + that text; a reasoning it leaves alone keeps its cached readout."""
+    the fast readout reads prompt + that text, wherever the change is; a reasoning it leaves alone keeps its
+    cached readout."""
     model, tok = tiny
     ratings = RatingTokens(1, 5)
     prompts = _prompts(tok)
     plain = generate_and_read(model, tok, prompts, ratings, max_new_tokens=6, batch_size=3)
     edited = " Estimate: 4.5."
 
-    def tool(text: str) -> str:  # changes the reasoning of the first two prompts only
-        return text + edited if text == plain[0][0].text or text == plain[1][0].text else text
+    def tool(text: str) -> str:
+        """Appends to the first reasoning, replaces the second's first word (a change before cached
+        tokens: those must be run again), leaves the others alone."""
+        if text == plain[0][0].text:
+            return text + edited
+        if text == plain[1][0].text:
+            return " ".join(["great", *text.split(" ")[1:]])
+        return text
 
     out = generate_and_read(model, tok, prompts, ratings, max_new_tokens=6, batch_size=3, rewrite=tool)
     for k, ((g0, r0), (g, r)) in enumerate(zip(plain, out, strict=True)):
         if tool(g0.text) == g0.text:
             assert g.written is None and g.text == g0.text and r.probs == pytest.approx(r0.probs)
             continue
-        assert g.written == g0.text and g.text == g0.text + edited
+        assert g.written == g0.text and g.text == tool(g0.text)
         expect = readout_only(model, tok, [prompts[k] + g.text + "\n"], ratings)[0]
         assert r.probs == pytest.approx(expect.probs) and r.probs != pytest.approx(r0.probs), k
 

@@ -51,11 +51,16 @@ class GenOutput:
     state: GenState | None = field(default=None, repr=False)
     row: int = 0  # this output's row in ``state``
     written: str | None = None  # the student's own text where a rewrite (generate_and_read) changed it
+    # after a rewrite: how many of the (new) ``new_token_ids`` still match the cached tokens
+    cache_valid: int | None = None
 
     @property
     def in_cache(self) -> int:
         """How many of :attr:`new_token_ids` are in the state's cache (the rest must be fed first)."""
-        return min(len(self.new_token_ids), self.state.fed) if self.state is not None else 0
+        if self.state is None:
+            return 0
+        n = min(len(self.new_token_ids), self.state.fed)
+        return n if self.cache_valid is None else min(n, self.cache_valid)
 
 
 def eos_ids(model, tokenizer) -> set[int]:

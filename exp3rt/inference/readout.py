@@ -263,6 +263,26 @@ def readout_only(
     return out
 
 
+def apply_rewrite(tokenizer, outputs: Sequence[GenOutput], rewrite: Callable[[str], str]) -> int:
+    """Rewrite each output's reasoning in place before :func:`read_after`: ``text`` and ``new_token_ids``
+    become the rewritten ones, ``written`` keeps the student's text, and the cache rows keep only the
+    tokens both texts share (read_after runs the changed tail). Returns how many changed."""
+    changed = 0
+    for g in outputs:
+        fixed = rewrite(g.text)
+        if fixed == g.text:
+            continue
+        ids = _tokens(tokenizer, fixed)
+        shared = next(
+            (n for n, (a, b) in enumerate(zip(g.new_token_ids, ids, strict=False)) if a != b),
+            min(len(g.new_token_ids), len(ids)),
+        )
+        g.cache_valid = min(g.in_cache, shared)
+        g.written, g.text, g.new_token_ids = g.text, fixed, ids
+        changed += 1
+    return changed
+
+
 def generate_and_read(
     model,
     tokenizer,
@@ -287,9 +307,10 @@ def generate_and_read(
     reproducible either way (the seed advances per batch).
 
     ``rewrite`` (a tool between the reasoning and the readout, e.g. the scored rationale's estimate
-    recomputed from the student's own lists): each reasoning it changes is read afresh as ``prompt +
-    rewritten reasoning + separator + prefix``; the output's ``text`` becomes the rewritten one and
-    ``written`` keeps the student's own."""
+    recomputed from the student's own lists): each reasoning it changes is read as ``prompt + rewritten
+    reasoning + separator + prefix``, continuing the batch's cache over the tokens the two texts share
+    (only the changed tail is run again); the output's ``text`` and ``new_token_ids`` become the
+    rewritten ones and ``written`` keeps the student's own text."""
     stop = (prefix.rstrip(),) if prefix.strip() else ()
     order = length_order(tokenizer, prompts) if sort_by_length else list(range(len(prompts)))
     generator_seed = seed
@@ -308,25 +329,9 @@ def generate_and_read(
             stop=stop,
             keep_state=True,
         )
-        reads = read_after(model, tokenizer, gens, ratings, prefix, separator)
         if rewrite is not None:
-            redo = []
-            for k, g in enumerate(gens):
-                fixed = rewrite(g.text)
-                if fixed != g.text:
-                    g.written, g.text = g.text, fixed
-                    redo.append(k)
-            if redo:
-                texts = [
-                    prompts[members[k]]
-                    + gens[k].text
-                    + ("" if gens[k].text.endswith(separator) else separator)
-                    for k in redo
-                ]
-                for k, r in zip(
-                    redo, readout_only(model, tokenizer, texts, ratings, prefix, batch_size), strict=True
-                ):
-                    reads[k] = r
+            apply_rewrite(tokenizer, gens, rewrite)
+        reads = read_after(model, tokenizer, gens, ratings, prefix, separator)
         for i, g, r in zip(members, gens, reads, strict=True):
             g.state = None  # free the cache
             out[i] = (g, r)
