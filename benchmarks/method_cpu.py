@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from exp3rt.evaluation.rerank import score_auc  # noqa: E402
 from exp3rt.pipeline import flat_metrics  # noqa: E402
 
 COLUMNS = [
@@ -39,6 +40,8 @@ COLUMNS = [
     ("nDCG@10 LightGCN", "rerank/before/ndcg@10"),
     ("nDCG@10 reranked", "rerank/after/ndcg@10"),
     ("nDCG@10 gain [95%]", "rerank/gain/ndcg@10"),
+    ("candidate AUC, student", "rerank/auc/student"),
+    ("candidate AUC, LightGCN", "rerank/auc/first_stage"),
     ("aspect precision", "reasoning/aspect_precision"),
     ("aspect recall", "reasoning/aspect_recall"),
     ("distinct reasonings", "reasoning/distinct_share"),
@@ -72,6 +75,12 @@ def run(name: str, overrides: list[str], out: Path, artifacts: Path, model: str 
         return {"name": name, "ok": False, "wall_s": wall, "metrics": {}}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     flat = flat_metrics(metrics)
+    evaluation = (metrics.get("stages") or {}).get("evaluate", {}).get("dir") or run_dir
+    scores = Path(evaluation) / "rerank_scores.jsonl"
+    if "rerank/auc/student" not in flat and scores.is_file():  # an evaluation from before the AUC existed
+        rows = [json.loads(line) for line in scores.read_text().splitlines()]
+        test = [r for r in rows if r["part"] == "test"]
+        flat.update({f"rerank/{k}": v for k, v in score_auc(test).items()})
     print(
         f"  {name}: {wall:.0f} s; "
         + ", ".join(f"{label} {flat[key]:.4f}" for label, key in COLUMNS[:2] if key in flat),

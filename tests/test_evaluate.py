@@ -326,8 +326,18 @@ def test_crossfit_reranks_each_half_of_the_users_with_the_weight_the_other_half_
     assert rr["rating_weight"] == [f["chosen"] for f in t["folds"]]
     assert rr["after/ndcg@5"] == pytest.approx(ndcg(reranked, users))
     assert t["scored_ndcg"]["1"] == pytest.approx(ndcg(_by_hand(rows, 1.0), users))
+    # the separation of relevant from other candidates, by hand
+    aucs = []
+    for u in users:
+        mine_rows = [r for r in rows if r["user_id"] == u]
+        pos = [r["expected"] for r in mine_rows if r["relevant"]]
+        neg = [r["expected"] for r in mine_rows if not r["relevant"]]
+        if pos and neg:
+            aucs.append(sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg)))
+    assert rr["auc/users"] == len(aucs) and rr["auc/student"] == pytest.approx(sum(aucs) / len(aucs))
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "Blend weight by cross-fitting over users: fold 1 (3 users) got β = " in report
+    assert f"the student's expected rating {rr['auc/student']:.3f}" in report
 
 
 def test_tuning_on_validation_users_without_a_validation_part_says_what_to_do_and_that_works(

@@ -102,6 +102,14 @@ def report_markdown(metrics: dict, example: Prediction | None) -> str:
                 + ".",
                 "",
             ]
+        if "auc/student" in rr:
+            lines += [
+                "Separation of each user's relevant candidates from the rest (AUC over "
+                f"{rr['auc/users']} users, 0.5 = none): the student's expected rating "
+                f"{rr['auc/student']:.3f}, the first stage "
+                f"{rr['auc/first_stage']:.3f}.",
+                "",
+            ]
         lines += tuning_lines(rr)
     if example is not None:
         expected = example.rating_expected

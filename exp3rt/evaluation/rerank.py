@@ -142,6 +142,7 @@ def rerank_candidates(
     scores, stats, skipped, unscored = scored(first)
     judged = {u: relevant[u] for u in first}
     rows += score_rows(scores, first, judged, part)
+    separation = score_auc([r for r in rows if r["part"] == part])
     seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
     if grid and tune_on == "crossfit":
         after, tuning = crossfit(scores, first, judged, grid, k, ranked, rerank_metrics)
@@ -163,6 +164,7 @@ def rerank_candidates(
                 for w in grid
             },
         }
+    out.update(separation)
     if out_dir is not None:
         write_text_atomic(Path(out_dir) / "rerank_scores.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     out.update(
@@ -279,6 +281,35 @@ def crossfit(scores: dict, first: dict, judged: dict, grid: list[float], k: int,
         "weights": [float(w) for w in grid],
         "metric": f"ndcg@{k}",
         "folds": figures,
+    }
+
+
+def score_auc(rows: list[dict]) -> dict:
+    """How well each order separates a user's relevant candidates from the rest, whatever the blend: the
+    chance that a relevant scored candidate comes before an irrelevant one (ties half), by the student's
+    expected rating (``auc/student``) and by the first stage (``auc/first_stage``); the mean over the
+    ``auc/users`` users with both kinds."""
+    users: dict = {}
+    for r in rows:
+        users.setdefault(r["user_id"], []).append(r)
+    student, first = [], []
+    for rs in users.values():
+        pos = [r for r in rs if r["relevant"]]
+        neg = [r for r in rs if not r["relevant"]]
+        if not pos or not neg:
+            continue
+        pairs = [(p, q) for p in pos for q in neg]
+        student.append(
+            sum((p["expected"] > q["expected"]) + 0.5 * (p["expected"] == q["expected"]) for p, q in pairs)
+            / len(pairs)
+        )
+        first.append(sum(p["first_stage_rank"] < q["first_stage_rank"] for p, q in pairs) / len(pairs))
+    if not student:
+        return {"auc/users": 0}
+    return {
+        "auc/student": sum(student) / len(student),
+        "auc/first_stage": sum(first) / len(first),
+        "auc/users": len(student),
     }
 
 
