@@ -300,6 +300,10 @@ def test_crossfit_reranks_each_half_of_the_users_with_the_weight_the_other_half_
     rr = run(cfg, tmp_path / "ev")["rerank"]
     rows = [json.loads(line) for line in (tmp_path / "ev" / "rerank_scores.jsonl").read_text().splitlines()]
     assert {r["part"] for r in rows} == {"test"} and rr["candidates_unscored"] == 0
+    for r in rows:  # the readout behind each score: E[r] = Σ r·p over the scale
+        assert sorted(r["probs"]) == ["1", "2", "3", "4", "5"]
+        assert sum(r["probs"].values()) == pytest.approx(1.0)
+        assert r["expected"] == pytest.approx(sum(float(v) * q for v, q in r["probs"].items()))
     ranks: dict = {}
     for r in rows:
         ranks.setdefault(r["user_id"], []).append(r["first_stage_rank"])

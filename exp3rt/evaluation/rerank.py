@@ -138,10 +138,10 @@ def rerank_candidates(
             split, threshold, fitted, n, ev, grid, scored, ranked, rerank_metrics
         )
         tuning["retriever"] = str(ev.rerank_retriever)
-        rows += score_rows(vscores, vfirst, vrel, "valid")
+        rows += score_rows(vscores, vfirst, vrel, "valid", list(ratings.ratings))
     scores, stats, skipped, unscored = scored(first)
     judged = {u: relevant[u] for u in first}
-    rows += score_rows(scores, first, judged, part)
+    rows += score_rows(scores, first, judged, part, list(ratings.ratings))
     separation = score_auc([r for r in rows if r["part"] == part])
     seconds = {u: float(s.get("seconds", 0.0)) for u, s in stats.items()} if stats else None
     if grid and tune_on == "crossfit":
@@ -313,12 +313,15 @@ def score_auc(rows: list[dict]) -> dict:
     }
 
 
-def score_rows(scores: dict, first: dict, relevant: dict, part: str) -> list[dict]:
-    """One row per scored candidate: its user, item, first-stage rank, expected rating and relevance."""
+def score_rows(scores: dict, first: dict, relevant: dict, part: str, levels: list[float]) -> list[dict]:
+    """One row per scored candidate: its user, item, first-stage rank, expected rating, the readout's
+    probability of each rating (``levels``, e.g. for P(r >= 4)) and relevance."""
     rows = []
     for user, items in first.items():
         rank = {item: r for r, item in enumerate(items)}
-        for item, expected, *_ in scores.get(user, []):
+        for item, expected, *rest in scores.get(user, []):
+            probs = list(rest[0]) if rest else []  # the readout's distribution over ``levels``
+            dist = {f"{v:g}": float(q) for v, q in zip(levels, probs, strict=True)} if probs else {}
             rows.append(
                 {
                     "part": part,
@@ -326,6 +329,7 @@ def score_rows(scores: dict, first: dict, relevant: dict, part: str) -> list[dic
                     "item_id": str(item),
                     "first_stage_rank": rank[item],
                     "expected": float(expected),
+                    "probs": dist,
                     "relevant": item in relevant.get(user, ()),
                 }
             )
