@@ -241,21 +241,30 @@ def test_user_mean_failure_policy_predicts_what_the_user_mean_baseline_row_predi
     assert table["mae"] == pytest.approx(sum(abs(3.0 - v) for v in expected) / 4)
 
 
-def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, tmp_path):
-    from exp3rt.cli.evaluate import run
-
-    cfg = compose_cfg(
+def _fast_rerank_cfg(trained, pairs: int, *overrides: str):
+    """The evaluate config of the ``trained`` run, scoring ``pairs`` pairs in fast mode, with reranking on."""
+    return compose_cfg(
         "evaluate",
         [
             f"paths.artifacts_dir={trained}/artifacts",
             f"run_dir={trained}/train",
-            "eval.max_pairs=2",
+            f"eval.max_pairs={pairs}",
             "eval.mode=fast",
             "eval.rerank=true",
-            "eval.rerank_max_users=4",
-            "eval.num_candidates=5",
-            "eval.rerank_retriever=popularity",
+            *overrides,
         ],
+    )
+
+
+def test_reranking_scores_every_candidate_and_reports_before_and_after(trained, tmp_path):
+    from exp3rt.cli.evaluate import run
+
+    cfg = _fast_rerank_cfg(
+        trained,
+        2,
+        "eval.rerank_max_users=4",
+        "eval.num_candidates=5",
+        "eval.rerank_retriever=popularity",
     )
     rr = run(cfg, tmp_path / "ev")["rerank"]
     assert rr["users"] == 4 and rr["num_candidates"] == 5 and rr["retriever"] == "popularity"
@@ -281,21 +290,15 @@ def test_crossfit_reranks_each_half_of_the_users_with_the_weight_the_other_half_
     from tests.helpers import blend_by_hand as _by_hand
 
     grid = [0.25, 1.0, 4.0]
-    cfg = compose_cfg(
-        "evaluate",
-        [
-            f"paths.artifacts_dir={trained}/artifacts",
-            f"run_dir={trained}/train",
-            "eval.max_pairs=1",
-            "eval.mode=fast",
-            "eval.rerank=true",
-            "eval.rerank_max_users=6",
-            "eval.num_candidates=6",
-            "eval.rerank_retriever=popularity",
-            f"eval.rerank_tune_weights=[{','.join(map(str, grid))}]",
-            "eval.rerank_tune_on=crossfit",
-            "eval.rerank_tune_k=5",
-        ],
+    cfg = _fast_rerank_cfg(
+        trained,
+        1,
+        "eval.rerank_max_users=6",
+        "eval.num_candidates=6",
+        "eval.rerank_retriever=popularity",
+        f"eval.rerank_tune_weights=[{','.join(map(str, grid))}]",
+        "eval.rerank_tune_on=crossfit",
+        "eval.rerank_tune_k=5",
     )
     rr = run(cfg, tmp_path / "ev")["rerank"]
     rows = [json.loads(line) for line in (tmp_path / "ev" / "rerank_scores.jsonl").read_text().splitlines()]
@@ -507,17 +510,11 @@ def test_reranking_reads_a_candidates_file(trained, tmp_path):
         },
         tmp_path / "cands.parquet",
     )
-    cfg = compose_cfg(
-        "evaluate",
-        [
-            f"paths.artifacts_dir={trained}/artifacts",
-            f"run_dir={trained}/train",
-            "eval.max_pairs=1",
-            "eval.mode=fast",
-            "eval.rerank=true",
-            f"eval.candidates_file={path}",
-            "eval.num_candidates=4",
-        ],
+    cfg = _fast_rerank_cfg(
+        trained,
+        1,
+        f"eval.candidates_file={path}",
+        "eval.num_candidates=4",
     )
     rr = run(cfg, tmp_path / "ev")["rerank"]
     assert rr["users"] == 3 and rr["retriever"] == str(path)

@@ -135,7 +135,7 @@ def rerank_candidates(
         # baselines stage's settings of eval.rerank_retriever fitted again on the same training pairs
         fitted = fitted or fit_retriever(tcfg, ev, split, n, threshold)
         weight, tuning, vscores, vfirst, vrel = tune_weight(
-            split, threshold, fitted, n, ev, grid, scored, ranked, rerank_metrics
+            split, threshold, fitted, n, grid, k, ev.get("rerank_tune_users"), scored, ranked, rerank_metrics
         )
         tuning["retriever"] = str(ev.rerank_retriever)
         rows += score_rows(vscores, vfirst, vrel, "valid", list(ratings.ratings))
@@ -211,13 +211,12 @@ def fmt_weight(w: float) -> str:
     return f"{float(w):g}"
 
 
-def tune_weight(split, threshold, fitted, n, ev, grid, scored, ranked, rerank_metrics):
-    """The blend weight β of ``grid`` whose reranking gives the validation users the highest
-    nDCG@``eval.rerank_tune_k``; ``(β, figures, scores, first-stage lists, relevant sets)``."""
+def tune_weight(split, threshold, fitted, n, grid, k, max_users, scored, ranked, rerank_metrics):
+    """The blend weight β of ``grid`` whose reranking gives (up to ``max_users`` of) the validation users
+    the highest nDCG@``k``: ``(β, figures, scores, first-stage lists, relevant sets)``."""
     # heavy: torch (the retrievers)
     from exp3rt.baselines.retrievers import relevant_sets
 
-    k = int(ev.rerank_tune_k)
     valid = split.part("valid")
     if valid is None or not len(valid):
         raise ConfigError(
@@ -227,14 +226,12 @@ def tune_weight(split, threshold, fitted, n, ev, grid, scored, ranked, rerank_me
         )
     rel = relevant_sets(valid, threshold)
     users = sorted(u for u, s in rel.items() if s)
-    if ev.get("rerank_tune_users"):
-        users = users[: int(ev.rerank_tune_users)]
+    if max_users:
+        users = users[: int(max_users)]
     first = top_n(fitted, users, n)
     scores, _, _, _ = scored(first)
     judged = {u: rel[u] for u in first}
-    before = rerank_metrics(first, first, judged, [k])[f"before/ndcg@{k}"]
-    table = {w: rerank_metrics(first, ranked(scores, first, w), judged, [k])[f"after/ndcg@{k}"] for w in grid}
-    best = max(grid, key=lambda w: (table[w], -grid.index(w)))
+    best, table, before = best_weight(scores, first, judged, grid, k, ranked, rerank_metrics)
     figures = {
         "weights": [float(w) for w in grid],
         "chosen": float(best),
@@ -244,6 +241,16 @@ def tune_weight(split, threshold, fitted, n, ev, grid, scored, ranked, rerank_me
         "valid_ndcg": {fmt_weight(w): table[w] for w in grid},
     }
     return best, figures, scores, first, judged
+
+
+def best_weight(scores: dict, lists: dict, relevant: dict, grid: list[float], k: int, ranked, rerank_metrics):
+    """The β of ``grid`` whose reranking of ``lists`` by ``scores`` gives the highest nDCG@k against
+    ``relevant`` (the first listed wins a tie): ``(β, {β: nDCG@k}, the first stage's nDCG@k)``."""
+    table = {
+        w: rerank_metrics(lists, ranked(scores, lists, w), relevant, [k])[f"after/ndcg@{k}"] for w in grid
+    }
+    best = max(grid, key=lambda w: (table[w], -grid.index(w)))
+    return best, table, rerank_metrics(lists, lists, relevant, [k])[f"before/ndcg@{k}"]
 
 
 def crossfit(scores: dict, first: dict, judged: dict, grid: list[float], k: int, ranked, rerank_metrics):
@@ -263,17 +270,14 @@ def crossfit(scores: dict, first: dict, judged: dict, grid: list[float], k: int,
     for mine, other in ((folds[0], folds[1]), (folds[1], folds[0])):
         lists = {u: first[u] for u in other}
         rel = {u: judged[u] for u in other}
-        table = {
-            w: rerank_metrics(lists, ranked(scores, lists, w), rel, [k])[f"after/ndcg@{k}"] for w in grid
-        }
-        best = max(grid, key=lambda w: (table[w], -grid.index(w)))
+        best, table, before = best_weight(scores, lists, rel, grid, k, ranked, rerank_metrics)
         after.update(ranked(scores, {u: first[u] for u in mine}, best))
         figures.append(
             {
                 "users": len(mine),
                 "chosen": float(best),
                 "chosen_on_users": len(other),
-                "other_before": rerank_metrics(lists, lists, rel, [k])[f"before/ndcg@{k}"],
+                "other_before": before,
                 "other_ndcg": {fmt_weight(w): table[w] for w in grid},
             }
         )
