@@ -36,7 +36,7 @@ def rerank_candidates(
     (:func:`exp3rt.evaluation.evaluate.readout_ablation`)."""
     # heavy: torch (the retrievers, the reranker)
     from exp3rt.baselines.retrievers import relevant_sets
-    from exp3rt.inference.rerank import rerank, rerank_metrics, score_candidates
+    from exp3rt.inference.rerank import rerank_metrics, score_candidates
 
     n = int(ev.num_candidates)
     part = str(ev.get("split") or "test")
@@ -118,13 +118,7 @@ def rerank_candidates(
         unscored = sum(len(lists[u]) - len(cands.get(u, [])) for u in lists)
         return out, stats, skipped, unscored
 
-    span = (float(scale.min), float(scale.max))
-
-    def ranked(scores: dict, lists: dict, weight: float | None) -> dict:
-        """Reranked lists; unscored candidates keep their first-stage place after the scored ones."""
-        order = rerank({u: scores[u] for u in lists if u in scores}, rating_weight=weight, scale=span)
-        return {u: order.get(u, []) + [i for i in lists[u] if i not in set(order.get(u, []))] for u in lists}
-
+    ranked = partial(reranked_lists, span=(float(scale.min), float(scale.max)))
     weight = ev.get("rerank_rating_weight")
     tune_on = str(ev.get("rerank_tune_on") or "valid")
     k = int(ev.get("rerank_tune_k") or 10)
@@ -184,6 +178,17 @@ def rerank_candidates(
         }
     )
     return out
+
+
+def reranked_lists(scores: dict, lists: dict, weight: float | None, span: tuple[float, float]) -> dict:
+    """``lists`` reranked by ``scores`` (``{user: [(item, expected rating, ...), ...]}``, ratings on
+    ``span``) alone or blended with weight β; unscored candidates keep their first-stage place after the
+    scored ones."""
+    # heavy: torch (the reranker)
+    from exp3rt.inference.rerank import rerank
+
+    order = rerank({u: scores[u] for u in lists if u in scores}, rating_weight=weight, scale=span)
+    return {u: order.get(u, []) + [i for i in lists[u] if i not in set(order.get(u, []))] for u in lists}
 
 
 def fit_retriever(tcfg, ev, split, n: int, threshold):
