@@ -83,7 +83,10 @@ def compare(cfg, prepared, split, evaluation: Path, grid=(0.25, 0.5, 1.0, 2.0), 
     """The student's scores in ``evaluation``'s rerank_scores.jsonl against the teacher's rule and the
     world's truth on the same candidates (the module's docstring)."""
     # heavy: demo_signal imports the teacher
-    from demo_signal import teacher_rationale
+    from demo_signal import parse_profile, teacher_rationale
+
+    from exp3rt.data.synthetic import vocab_for
+    from exp3rt.teacher.backends.extractive import estimate
 
     path = evaluation / "rerank_scores.jsonl"
     if not path.exists():
@@ -116,10 +119,28 @@ def compare(cfg, prepared, split, evaluation: Path, grid=(0.25, 0.5, 1.0, 2.0), 
         for u, es in examples.items()
         for e in es
     }
+    # "the protagonist" as the world writes it, "protagonist" as a profile names it: the world's aspect
+    nouns = sorted(
+        ((n.removeprefix("the "), a.name) for a in vocab_for(domain).aspects for n, _ in a.nouns),
+        key=lambda p: -len(p[0]),
+    )
+
+    def resolved(e) -> float:
+        """The teacher's rule with the profiles' words read as the world's aspects (synonyms meet)."""
+        (u0, u1), (i0, i1) = e.meta["cut_spans"][:2]
+        text = e.user if isinstance(e.user, str) else e.user.text
+        likes, dislikes, average = parse_profile(text[u0:u1], nouns)
+        strong, weak, _ = parse_profile(text[i0:i1], nouns)
+        counts = (len(likes & strong), len(likes & weak), len(dislikes & weak))
+        return estimate(*counts, [average] if average else [], (lo, hi))
+
     truth = world_truth(prepared)
     columns = {
         "the student's expected rating": {(r["user_id"], r["item_id"]): r["expected"] for r in rows},
         "the teacher's rule on the same prompts": rule,
+        "the same rule, profile words read as the world's aspects": {
+            (u, e.meta["item_id"]): resolved(e) for u, es in examples.items() for e in es
+        },
         "the world's rating (item bias + match)": {(u, i): truth(u, i) for u, c in lists.items() for i in c},
         "the world's match term alone": {(u, i): truth(u, i, False) for u, c in lists.items() for i in c},
     }
