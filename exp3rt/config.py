@@ -517,6 +517,11 @@ class PromptConf:
     # the extractive teacher writes profiles in this form, an LLM what prompt.user_profile/item_profile ask
     # for; aspects also tags both profile stages' prompt versions (allowed values below)
     profile_form: ProfileForm = ProfileForm.sentences
+    # the extractive teacher writes each other name of an aspect as the aspect's own name before it reads a
+    # review, so profiles meet on one word: null (reviews as written), world (the synthetic world's names
+    # for dataset.domain) or a YAML file of 'aspect: [other name, ...]'; set, it tags the extract stage's
+    # prompt version. An LLM teacher names aspects as its prompt asks (docs/teacher.md#aspect-names)
+    aspect_lexicon: str | None = None
     extract: PromptTemplate = field(default_factory=PromptTemplate)
     user_profile: PromptTemplate = field(default_factory=PromptTemplate)
     item_profile: PromptTemplate = field(default_factory=PromptTemplate)

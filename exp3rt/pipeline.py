@@ -78,7 +78,7 @@ _TRAINER_COSMETIC = ("log_every_n_steps", "checkpoint_every_n_steps", "slurm_tas
 _EVAL_COSMETIC = ("wandb", "wandb_rows")
 #: keys added after students were trained, at the value that trains exactly as before they existed: left out
 #: of the fingerprint at that value, so a student trained before the key existed is still found
-_TRAIN_NEUTRAL = {("train", "rating_mse_weight"): 0.0}
+_TRAIN_NEUTRAL = {("train", "rating_mse_weight"): 0.0, ("prompt", "aspect_lexicon"): None}
 
 
 def _pick(cfg: DictConfig, keys) -> dict:

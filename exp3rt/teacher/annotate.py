@@ -343,7 +343,14 @@ async def run_stages(
         cfg.annotation,
         shard=i,
         num_shards=n,
+        aspect_lexicon=prompts.aspect_lexicon,
     )
+    if prompts.aspect_lexicon and "extract" in stages and str(cfg.teacher.backend) != "extractive":
+        raise ConfigError(
+            f"prompt.aspect_lexicon is applied by the extractive teacher only; teacher.backend="
+            f"{cfg.teacher.backend} names aspects as its prompt asks (write the names into "
+            "prompt.extract.user), so drop it: prompt.aspect_lexicon=null"
+        )
     if cfg.dataset.get("require_review") is False and "extract" in stages:
         if split.train["review"].isna().all():
             raise ConfigError(
@@ -508,6 +515,7 @@ def estimate_stages(
         cfg.annotation,
         shard=opts.shard,
         num_shards=opts.num_shards,
+        aspect_lexicon=prompts.aspect_lexicon,
     )
     out: dict = {}
     set_tokens = 60.0

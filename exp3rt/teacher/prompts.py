@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from exp3rt.prompting import Strict as _Strict
 from exp3rt.prompting import check_placeholders, fmt_rating, template_digest
+from exp3rt.teacher.lexicon import lexicon_tag, load_lexicon
 
 __all__ = ["STAGES", "Prompts", "fmt_rating"]
 
@@ -15,7 +16,9 @@ STAGES = ("extract", "user_profile", "item_profile", "rationale", "consistency")
 
 
 class Prompts:
-    def __init__(self, prompt_cfg, domain: str, scale_min: float, scale_max: float):
+    def __init__(
+        self, prompt_cfg, domain: str, scale_min: float, scale_max: float, loader: str | None = None
+    ):
         self.cfg = prompt_cfg
         self.common = {
             "domain": domain,
@@ -25,6 +28,9 @@ class Prompts:
         }
         self.rationale_form = str(prompt_cfg.get("rationale_form", "narrative"))
         self.profile_form = str(prompt_cfg.get("profile_form", "sentences"))
+        # other name -> aspect name, applied to reviews by the extractive teacher (prompt.aspect_lexicon;
+        # ``loader``: dataset.loader, for the synthetic world's own lexicon)
+        self.aspect_lexicon = load_lexicon(prompt_cfg.get("aspect_lexicon"), domain, loader)
         self._versions = {}
         for stage in STAGES:
             tpl = prompt_cfg[stage]
@@ -35,6 +41,8 @@ class Prompts:
                 self._versions[stage] += f":{self.rationale_form}"
             if stage in ("user_profile", "item_profile") and self.profile_form != "sentences":
                 self._versions[stage] += f":{self.profile_form}"  # sentences keeps its old versions
+            if stage == "extract" and self.aspect_lexicon:  # without one: the old versions (and caches)
+                self._versions[stage] += f":lexicon-{lexicon_tag(self.aspect_lexicon)}"
             # fail at start-up, not after an hour of calls, when a template names an unknown field
             for part in ("system", "user"):
                 check_placeholders(tpl[part], f"prompt.{stage}.{part}")
@@ -44,7 +52,11 @@ class Prompts:
         """The prompts of a run's composed config (``prompt``, ``dataset.domain``, ``dataset.scale``): the
         one place annotation, training and the pipeline build them."""
         return cls(
-            cfg.prompt, str(cfg.dataset.domain), float(cfg.dataset.scale.min), float(cfg.dataset.scale.max)
+            cfg.prompt,
+            str(cfg.dataset.domain),
+            float(cfg.dataset.scale.min),
+            float(cfg.dataset.scale.max),
+            loader=cfg.dataset.get("loader"),
         )
 
     def version(self, stage: str) -> str:

@@ -201,6 +201,8 @@ class AnnotationContext:
     annotation: Any  # AnnotateConf
     shard: int = 0
     num_shards: int = 1
+    # other name -> aspect name, sent with each review to the extract stage (prompt.aspect_lexicon)
+    aspect_lexicon: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.item_rows = {r["item_id"]: r for r in self.items.to_dict("records")}
@@ -251,6 +253,8 @@ def extract_works(ctx: AnnotationContext) -> list[Work]:
             "scale": [ctx.scale.min, ctx.scale.max],
             "domain": ctx.domain,
         }
+        if ctx.aspect_lexicon:
+            payload["aspect_lexicon"] = ctx.aspect_lexicon
         works.append(
             Work(key, fields, payload, parse_preference_set, {"user_id": row.user_id, "item_id": row.item_id})
         )

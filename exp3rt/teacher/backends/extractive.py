@@ -31,6 +31,7 @@ from collections import Counter
 from typing import Any
 
 from exp3rt.teacher.backends.base import ChatRequest, ChatResponse, PermanentError
+from exp3rt.teacher.lexicon import name_aspects
 
 MAX_BULLETS = 5
 MAX_BULLET_WORDS = 12
@@ -175,7 +176,7 @@ class ExtractiveBackend:
         p = request.payload
         try:
             if request.stage == "extract":
-                text = self.extract(p["review"], p.get("summary"))
+                text = self.extract(p["review"], p.get("summary"), p.get("aspect_lexicon"))
             elif request.stage in ("user_profile", "item_profile"):
                 text = self.profile(
                     p["preference_sets"], int(p.get("max_bullets", MAX_BULLETS)), p.get("form") or "sentences"
@@ -253,7 +254,10 @@ class ExtractiveBackend:
                     out.append((core, pol))
         return out
 
-    def extract(self, review: str, summary: str | None = None) -> str:
+    def extract(self, review: str, summary: str | None = None, lexicon: dict | None = None) -> str:
+        """The review's likes and dislikes, one clause each; ``lexicon`` (``{other name: aspect}``,
+        prompt.aspect_lexicon) first writes every aspect by its own name."""
+        review = name_aspects(review, lexicon or {})
         likes: list[str] = []
         dislikes: list[str] = []
         seen: set[str] = set()
