@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -91,13 +92,19 @@ def lexicon_tag(lexicon: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(lexicon, sort_keys=True).encode()).hexdigest()[:8]
 
 
+@lru_cache(maxsize=8)
+def _pattern(names: tuple[str, ...]) -> re.Pattern:
+    """One pattern for a lexicon's other names, the longest first (so "love story" wins over "story")."""
+    longest = sorted(names, key=lambda n: (-len(n), n))
+    return re.compile(r"\b(" + "|".join(re.escape(n) for n in longest) + r")\b", re.IGNORECASE)
+
+
 def name_aspects(text: str, lexicon: dict[str, str]) -> str:
     """``text`` with every other name in ``lexicon`` (whole words, any case, longest first) written as its
     aspect's name; a capital first letter stays capital."""
     if not lexicon or not text:
         return text
-    names = sorted(lexicon, key=lambda n: (-len(n), n))
-    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
+    pattern = _pattern(tuple(sorted(lexicon)))
 
     def swap(m: re.Match) -> str:
         out = lexicon[m.group(0).lower()]
