@@ -34,7 +34,7 @@ export WANDB_MODE=disabled PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HYDRA
 if [ "$MODE" = cpu ]; then
   HW="trainer=cpu"; METHOD_STEPS=2; METHOD_BATCH=4; DEMO_STEPS=2; DS_STEPS=2; PAIRS=4; DS_DRY="dry_run=true"; REL_EPOCHS=1; GEN_BATCH=4; USERS=2
 else
-  HW="trainer=gpu"; METHOD_STEPS=${METHOD_STEPS:-300}; METHOD_BATCH=32; DEMO_STEPS=${DEMO_STEPS:-400}; DS_STEPS=30; PAIRS=${PAIRS:-200}; DS_DRY=""; REL_EPOCHS=4; GEN_BATCH=64; USERS=${USERS:-20}
+  HW="trainer=gpu"; METHOD_STEPS=${METHOD_STEPS:-300}; METHOD_BATCH=32; DEMO_STEPS=${DEMO_STEPS:-400}; DS_STEPS=30; PAIRS=${PAIRS:-200}; DS_DRY=""; REL_EPOCHS=4; GEN_BATCH=64; USERS=${USERS:-100}
 fi
 COMMON=(paths.artifacts_dir="$WORK/artifacts" student.model_path="$SMOL" logger.wandb=false progress=false)
 DEMO=(experiment=demo_smollm train.micro_batch_size=8 train.warmup_steps=20 trainer.log_every_n_steps=20
