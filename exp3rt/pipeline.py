@@ -51,6 +51,7 @@ from exp3rt.inference.predict import predict
 from exp3rt.locks import file_lock  # noqa: F401 - also imported from here
 from exp3rt.student.train import latest_checkpoint, train
 from exp3rt.teacher.annotate import annotate, annotation_dir, find_annotation_dir, teacher_identity
+from exp3rt.teacher.lexicon import WORLD, lexicon_tag, load_lexicon
 from exp3rt.teacher.prompts import Prompts
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ def stage_fingerprints(cfg: DictConfig, data_fp: str, split_fp: str) -> dict[str
     for (group, key), neutral in _TRAIN_NEUTRAL.items():
         if train_part[group].get(key, neutral) == neutral:
             train_part[group].pop(key, None)
+    lexicon = train_part["prompt"].get("aspect_lexicon")
+    if lexicon and lexicon != WORLD:  # a file: what it says, not only its name (an edited file is new data)
+        train_part["prompt"]["aspect_lexicon_digest"] = lexicon_tag(
+            load_lexicon(lexicon, str(cfg.dataset.domain), cfg.dataset.get("loader"))
+        )
     train = fingerprint("train", data_fp, split_fp, train_part)
     ev = {k: v for k, v in to_container(cfg.eval).items() if k not in _EVAL_COSMETIC}
     evaluate = fingerprint("evaluate", train, base, ev)  # reranking reads the baselines' candidates

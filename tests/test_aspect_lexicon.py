@@ -141,3 +141,18 @@ def test_the_pipeline_finds_students_trained_before_the_key_existed(tmp_path):
     assert stage_fingerprints(before, "d", "s")["train"] == with_key
     before.prompt.aspect_lexicon = "world"
     assert stage_fingerprints(before, "d", "s")["train"] != with_key
+
+
+def test_an_edited_lexicon_file_is_a_new_student(tmp_path):
+    """The train fingerprint reads a lexicon file's content: the same path with other names must not find
+    the student trained on the old profiles."""
+    from exp3rt.pipeline import stage_fingerprints
+
+    path = tmp_path / "aspects.yaml"
+    path.write_text("plot: [story, storyline]\n")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=[f"prompt.aspect_lexicon={path}"])
+    first = stage_fingerprints(cfg, "d", "s")["train"]
+    assert stage_fingerprints(cfg, "d", "s")["train"] == first
+    path.write_text("plot: [story, storyline]\nacting: [cast]\n")
+    assert stage_fingerprints(cfg, "d", "s")["train"] != first
